@@ -1,0 +1,75 @@
+"""Format registry: each checkpoint format registers a sniffer and a reader.
+
+Detection walks :data:`PRIORITY` (most specific first, stated explicitly so import order never
+matters): a compressed-tensors checkpoint often also carries a stale ModelOpt
+``hf_quant_config.json``, so compressed-tensors is asked first, and plain safetensors last.
+"""
+
+from __future__ import annotations
+
+import os
+
+from nvfp4tools.errors import UnknownFormatError
+from nvfp4tools.model import Checkpoint
+
+from .base import FormatSpec
+
+_REGISTRY: dict[str, FormatSpec] = {}
+PRIORITY = ("compressed-tensors", "modelopt", "gguf", "safetensors")
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("_", "-").replace(" ", "-")
+
+
+def register(spec: FormatSpec) -> FormatSpec:
+    key = _key(spec.name)
+    if key in _REGISTRY:
+        raise RuntimeError(f"format {key!r} registered twice")
+    if key not in PRIORITY:
+        raise RuntimeError(f"format {key!r} has no place in formats.PRIORITY")
+    _REGISTRY[key] = spec
+    return spec
+
+
+def _load_builtin() -> None:
+    if _REGISTRY:
+        return
+    from . import compressed_tensors, modelopt, safetensors_plain  # noqa: F401  (register on import)
+    try:
+        from . import gguf_format  # noqa: F401
+    except ImportError:  # the GGUF reader lands in its own issue
+        pass
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return [n for n in PRIORITY if n in _REGISTRY]
+
+
+def get(name: str) -> FormatSpec:
+    _load_builtin()
+    key = _key(name)
+    if key not in _REGISTRY:
+        raise UnknownFormatError(f"unknown format {name!r}", hint=f"known formats: {', '.join(names())}")
+    return _REGISTRY[key]
+
+
+def detect(path: str) -> FormatSpec:
+    """The first registered format, in PRIORITY order, whose sniffer accepts PATH."""
+    _load_builtin()
+    if not os.path.exists(path):
+        raise UnknownFormatError(f"{path}: no such file or directory")
+    for key in PRIORITY:
+        spec = _REGISTRY.get(key)
+        if spec is not None and spec.sniff(path):
+            return spec
+    raise UnknownFormatError(
+        f"{path}: not a checkpoint nvfp4tools can read (no *.safetensors, no GGUF file)",
+        hint=f"supported formats: {', '.join(names())}")
+
+
+def read(path: str, format: str | None = None) -> Checkpoint:
+    """Read PATH's headers into a :class:`Checkpoint`, detecting the format unless given."""
+    spec = get(format) if format else detect(path)
+    return spec.read(path)

@@ -1,0 +1,336 @@
+"""Group the raw tensors of a safetensors checkpoint into logical tensors with their scales.
+
+ModelOpt and compressed-tensors store the same NVFP4 bytes under different names and scale
+conventions; each format module passes its suffix table and a config-derived expectation,
+and everything else (scheme from stored dtypes, logical shapes, shape checks, findings about
+config vs. stored reality) is shared here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import struct
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+from nvfp4tools import schemes
+from nvfp4tools.errors import FormatError
+from nvfp4tools.model import Finding, PartRole, QuantScheme, StoredAs, TensorInfo, TensorPart
+from nvfp4tools.roles import LINEAR_ROLES, classify
+
+from ._safetensors import RawTensor
+
+
+@dataclass(frozen=True)
+class Suffix:
+    suffix: str
+    role: PartRole
+    stored_as: StoredAs = "value"
+
+
+# Expectation hook: what the quantization config says this module should be (None = left
+# unquantized by the config), and whether activations are quantized statically.
+Expect = Callable[[str], QuantScheme | None]
+
+KV_SUFFIXES = ("k_scale", "v_scale", "q_scale", "k_zero_point", "v_zero_point", "k_bias", "v_bias")
+
+
+def match_pattern(module: str, pattern: str) -> bool:
+    """Exclude/ignore pattern matching.
+
+    ``re:`` prefixes are regular expressions matched at the start of the name (compressed-tensors
+    ``match_name`` uses ``re.match``); patterns with ``*``/``?`` are shell wildcards in which
+    ``*`` also spans dots (ModelOpt ``exclude_modules`` are fnmatch patterns, e.g.
+    ``model.vision_tower*``); anything else must equal the module name.
+    """
+    if pattern.startswith("re:"):
+        try:
+            return re.match(pattern[3:], module) is not None
+        except re.error:
+            return False
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(module, pattern)
+    return module == pattern
+
+
+def _split(name: str, table: tuple[Suffix, ...], names: Mapping[str, RawTensor]) -> tuple[str, Suffix] | None:
+    for sfx in table:
+        if name.endswith("." + sfx.suffix):
+            return name[: -len(sfx.suffix) - 1], sfx
+    # Fused 3-D parameters carry no ".weight": experts.gate_up_proj, experts.gate_up_proj_weight_scale
+    for sfx in table:
+        if sfx.role != "data" and name.endswith("_" + sfx.suffix):
+            base = name[: -len(sfx.suffix) - 1]
+            if base in names:
+                return base, sfx
+    return None
+
+
+def _prod(shape: Iterable[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _part(raw: RawTensor, sfx: Suffix) -> TensorPart:
+    return TensorPart(sfx.role, raw.name, raw.file, raw.offset, raw.nbytes, raw.dtype, raw.shape, sfx.stored_as)
+
+
+class Assembler:
+    """Builds TensorInfos and findings for one checkpoint."""
+
+    def __init__(self, raw: Mapping[str, RawTensor], suffixes: tuple[Suffix, ...], expect: Expect,
+                 read_bytes: Callable[[TensorPart], bytes], config_label: str, int_bits: int = 4,
+                 requires_input_scale: bool = False, has_config: bool = True) -> None:
+        self.raw = raw
+        self.suffixes = tuple(sorted(suffixes, key=lambda s: -len(s.suffix)))
+        self.expect = expect
+        self.read_bytes = read_bytes
+        self.config_label = config_label
+        self.int_bits = int_bits
+        self.requires_input_scale = requires_input_scale  # static activation scales are declared
+        self.has_config = has_config  # False: nothing declares what should be quantized
+        self.findings: list[Finding] = []
+
+    # -- scheme and shape -------------------------------------------------------------------
+    def _scheme(self, module: str, parts: dict[PartRole, TensorPart], expected: QuantScheme | None) -> QuantScheme:
+        data = parts["data"]
+        bs = parts.get("block_scale")
+        d, b = data.stored_dtype, (bs.stored_dtype if bs else None)
+        static_act = "input_scale" in parts
+        act_expected = expected.activations if expected else None
+        if d == "U8" and (b == "F8_E4M3" or (b is None and expected is not None and expected.element == "e2m1"
+                                              and expected.block_size == 16)):
+            return schemes.NVFP4 if (static_act or act_expected == "nvfp4") else schemes.NVFP4_A16
+        if d == "U8" and b in ("F8_E8M0", "U8"):
+            return schemes.MXFP4
+        if d == "I32" and b is not None:
+            group = None
+            shape = self._logical_int_shape(module, parts)
+            if b is not None and bs.stored_shape and shape[-1]:
+                cols = bs.stored_shape[-1]
+                group = shape[-1] // cols if cols and cols > 1 else None
+            return schemes.int_group(self.int_bits, group, "zero_point" not in parts, "g_idx" in parts)
+        if d == "U8" and b in ("F16", "BF16", "F32"):
+            # ModelOpt W4A16_AWQ: signed int4 packed along the output dim (pack_int4_in_uint8).
+            cols = bs.stored_shape[-1] if bs.stored_shape else 0
+            group = data.stored_shape[-1] // cols if cols else None
+            return schemes.int_group(4, group, True)
+        if d == "F8_E4M3":
+            return schemes.FP8 if (static_act or act_expected == "fp8") else schemes.FP8_A16
+        if d == "I8" and b is not None:
+            return schemes.INT8 if static_act else schemes.INT8_A16
+        return schemes.UNQUANTIZED_BY_DTYPE.get(d, schemes.INT_PLAIN)
+
+    def _logical_int_shape(self, module: str, parts: dict[PartRole, TensorPart]) -> tuple[int, ...]:
+        data = parts["data"]
+        shp = parts.get("shape")
+        if shp is not None and shp.stored_dtype in ("I64", "I32") and _prod(shp.stored_shape) == len(data.stored_shape):
+            raw = self.read_bytes(shp)
+            fmt = "<%d%s" % (_prod(shp.stored_shape), "q" if shp.stored_dtype == "I64" else "i")
+            vals = struct.unpack(fmt, raw)
+            if len(vals) == len(data.stored_shape) and all(v >= 0 for v in vals):
+                expect_cols = -(-vals[-1] * self.int_bits // 32)
+                if vals[:-1] != data.stored_shape[:-1] or expect_cols != data.stored_shape[-1]:
+                    raise FormatError(f"{data.file}: tensor '{shp.key}' says shape {list(vals)} but "
+                                      f"'{data.key}' is {list(data.stored_shape)} (expected last dim {expect_cols} "
+                                      f"for int{self.int_bits} packed in int32)")
+                return tuple(vals)
+        return data.stored_shape[:-1] + (data.stored_shape[-1] * 32 // self.int_bits,)
+
+    def _logical_shape(self, module: str, scheme: QuantScheme, parts: dict[PartRole, TensorPart]) -> tuple[int, ...]:
+        data = parts["data"]
+        s = data.stored_shape
+        if scheme.element == "e2m1":
+            if not s:
+                raise FormatError(f"{data.file}: tensor '{data.key}' is 0-d, expected packed [out, in/2] uint8")
+            shape = s[:-1] + (s[-1] * 2,)
+            bs = parts.get("block_scale")
+            if bs is not None and scheme.block_size:
+                want = shape[:-1] + (-(-shape[-1] // scheme.block_size),)
+                if bs.stored_shape != want:
+                    raise FormatError(
+                        f"{bs.file}: tensor '{bs.key}' has shape {list(bs.stored_shape)}, expected {list(want)} "
+                        f"for {scheme.name} block_size={scheme.block_size} over in_features={shape[-1]}")
+            return shape
+        if scheme.element.startswith("int") and data.stored_dtype == "I32":
+            return self._logical_int_shape(module, parts)
+        if scheme.element == "int4" and data.stored_dtype == "U8":
+            return (s[0] * 2,) + s[1:]
+        return s
+
+    def _check_scalars(self, info: TensorInfo) -> None:
+        """Per-tensor scales must hold one value (or one per fused expert)."""
+        lead = info.shape[0] if len(info.shape) == 3 else 1
+        for p in info.parts:
+            if p.role in ("global_scale", "input_scale", "kv_scale"):
+                n = _prod(p.stored_shape)
+                if p.stored_dtype not in ("F32", "F16", "BF16", "F64"):
+                    raise FormatError(f"{p.file}: tensor '{p.key}' has dtype {p.stored_dtype}, expected F32 "
+                                      f"for a per-tensor scale")
+                if n not in (1, lead):
+                    raise FormatError(f"{p.file}: tensor '{p.key}' has shape {list(p.stored_shape)} "
+                                      f"({n} values), expected a single value" +
+                                      (f" or {lead} (one per expert)" if lead > 1 else ""))
+
+    # -- main ---------------------------------------------------------------------------------
+    def build(self) -> dict[str, TensorInfo]:
+        groups: dict[str, dict[PartRole, tuple[RawTensor, Suffix]]] = {}
+        kv: list[tuple[str, RawTensor]] = []
+        loose: list[RawTensor] = []
+        for name, raw in self.raw.items():
+            last = name.rsplit(".", 1)[-1]
+            if last in KV_SUFFIXES:
+                kv.append((name.rsplit(".", 1)[0], raw))
+                continue
+            sp = _split(name, self.suffixes, self.raw)
+            if sp is None:
+                groups.setdefault(name, {})["data"] = (raw, Suffix("", "data"))
+                continue
+            module, sfx = sp
+            g = groups.setdefault(module, {})
+            if sfx.role in g:
+                loose.append(raw)
+            else:
+                g[sfx.role] = (raw, sfx)
+
+        out: dict[str, TensorInfo] = {}
+        orphans: list[str] = []
+        not_as_configured: dict[str, list[TensorInfo]] = {}
+        quantized_but_excluded: list[TensorInfo] = []
+        missing: list[tuple[TensorInfo, str]] = []
+        for module, g in groups.items():
+            if "data" not in g:
+                for raw, _ in g.values():
+                    orphans.append(raw.name)
+                    loose.append(raw)
+                continue
+            raw_data, sfx_data = g["data"]
+            parts = {role: _part(raw, sfx) for role, (raw, sfx) in g.items()}
+            is_param = sfx_data.suffix == ""  # stored without a ".weight"-style suffix
+            name = raw_data.name if is_param else module + ".weight"
+            if not is_param and sfx_data.suffix not in ("weight", "weight_packed"):
+                name = raw_data.name
+            ri = classify(name)
+            linear_like = len(raw_data.shape) >= 2 and ri.role not in ("embedding", "norm")
+            expected = self.expect(name.rsplit(".", 1)[0] if name.endswith(".weight") else name) if linear_like else None
+            scheme = self._scheme(module, parts, expected)
+            shape = self._logical_shape(module, scheme, parts)
+            info = TensorInfo(
+                name=name, shape=tuple(shape), scheme=scheme,
+                parts=tuple(sorted(parts.values(), key=lambda p: _ROLE_ORDER[p.role])),
+                role=ri.role, proj=ri.proj, layer=ri.layer, stack=ri.stack, expert=ri.expert,
+                n_experts_fused=shape[0] if (len(shape) == 3 and ri.role == "experts") else None,
+            )
+            self._check_scalars(info)
+            out[name] = info
+            if scheme.quantized:
+                if expected is None and linear_like and self.has_config:
+                    quantized_but_excluded.append(info)
+                if scheme.global_scale and "global_scale" not in parts:
+                    missing.append((info, "global scale (weight_scale_2 / weight_global_scale)"))
+                if scheme.block_size and "block_scale" not in parts:
+                    missing.append((info, "block scale (weight_scale)"))
+                if (self.requires_input_scale and expected is not None and expected.activations
+                        and "input_scale" not in parts):
+                    missing.append((info, "input scale (static activation scale)"))
+            elif expected is not None and linear_like:
+                not_as_configured.setdefault(ri.role, []).append(info)
+
+        # KV-cache scales: ModelOpt puts them on k_proj/v_proj, compressed-tensors on the attention module.
+        for owner, raw in kv:
+            which = raw.name.rsplit(".", 1)[-1][0]  # "k", "v" or "q"
+            target = None
+            for cand in (owner + ".weight", f"{owner}.{which}_proj.weight", f"{owner}.k_proj.weight"):
+                if cand in out:
+                    target = cand
+                    break
+            part = TensorPart("kv_scale", raw.name, raw.file, raw.offset, raw.nbytes, raw.dtype, raw.shape, "multiplier")
+            if target is None:
+                loose.append(raw)
+                continue
+            t = out[target]
+            out[target] = TensorInfo(t.name, t.shape, t.scheme, t.parts + (part,), t.role, t.proj, t.layer,
+                                     t.stack, t.expert, t.n_experts_fused)
+
+        for raw in loose:
+            ri = classify(raw.name)
+            scheme = schemes.UNQUANTIZED_BY_DTYPE.get(raw.dtype, schemes.INT_PLAIN)
+            out.setdefault(raw.name, TensorInfo(
+                raw.name, raw.shape, scheme, (_part(raw, Suffix("", "data")),), ri.role, ri.proj, ri.layer,
+                ri.stack, ri.expert))
+
+        self._findings(orphans, not_as_configured, quantized_but_excluded, missing)
+        return out
+
+    def _findings(self, orphans, not_as_configured, quantized_but_excluded, missing) -> None:
+        if orphans:
+            self.findings.append(Finding(
+                "orphan_scale", "error",
+                f"{len(orphans)} scale tensors have no weight next to them (e.g. '{orphans[0]}')",
+                tensor=orphans[0]))
+        for role, infos in not_as_configured.items():
+            n = sum(i.n_elements for i in infos)
+            sev = "error" if role in LINEAR_ROLES else "warning"
+            extra = ""
+            if role == "experts":
+                extra = (" This is the known ModelOpt failure on fused 3-D experts (Model-Optimizer #1173, "
+                         "fixed by PR #1219): the experts stayed BF16 and the checkpoint is ~3x larger than intended.")
+            self.findings.append(Finding(
+                "not_quantized_as_configured", sev,
+                f"{len(infos)} {role} tensors ({n:,} parameters) are stored {infos[0].scheme.name} but "
+                f"{self.config_label} says they should be quantized (e.g. '{infos[0].name}').{extra}",
+                tensor=infos[0].name))
+        if quantized_but_excluded:
+            i = quantized_but_excluded[0]
+            self.findings.append(Finding(
+                "quantized_but_excluded", "error",
+                f"{len(quantized_but_excluded)} tensors are stored quantized but {self.config_label} excludes "
+                f"them (e.g. '{i.name}', {i.scheme.name}); engines will load them as unquantized and fail",
+                tensor=i.name))
+        seen: set[str] = set()
+        for info, what in missing:
+            key = what
+            count = sum(1 for _, w in missing if w == what)
+            if key in seen:
+                continue
+            seen.add(key)
+            self.findings.append(Finding(
+                "missing_scale", "error",
+                f"{count} quantized tensors have no {what} (e.g. '{info.name}', {info.scheme.name})",
+                tensor=info.name))
+
+
+_ROLE_ORDER = {"data": 0, "block_scale": 1, "global_scale": 2, "input_scale": 3, "zero_point": 4,
+               "g_idx": 5, "shape": 6, "kv_scale": 7}
+
+
+def unmatched_patterns(patterns: Iterable[str], module_names: Iterable[str], tied_embeddings: bool,
+                       label: str) -> list[Finding]:
+    """Exclude/ignore entries that match no module in the checkpoint."""
+    mods = list(module_names)
+    out: list[Finding] = []
+    for pat in patterns:
+        if not isinstance(pat, str):
+            continue
+        if pat in ("lm_head", "re:.*lm_head", "re:lm_head") and tied_embeddings:
+            continue  # tied: no lm_head tensor exists, the pattern is harmless
+        if re.fullmatch(r"[A-Z][A-Za-z0-9]*", pat):
+            continue  # a class name (e.g. "Linear"): cannot be checked from tensor names
+        if not any(match_pattern(m, pat) for m in mods):
+            out.append(Finding("pattern_matches_nothing", "warning",
+                               f"{label} entry {pat!r} matches no module in the checkpoint "
+                               "(a typo, or a name from another model revision)"))
+    return out
+
+
+def module_names(names: Iterable[str]) -> set[str]:
+    """Every module path and its ancestors, from tensor names."""
+    mods: set[str] = set()
+    for n in names:
+        parts = n.split(".")
+        for i in range(1, len(parts)):
+            mods.add(".".join(parts[:i]))
+    return mods

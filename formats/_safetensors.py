@@ -1,0 +1,246 @@
+"""safetensors container: header parsing with the checks a hostile file needs, and discovery
+of a checkpoint's files (single file, directory, sharded with an index).
+
+Spec (huggingface/safetensors README, "Format"): 8-byte little-endian header length N, N bytes
+of JSON ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}``, then
+the byte buffer. Offsets are relative to the buffer; the buffer must be entirely indexed with no
+holes and no overlaps. The reference implementation caps the header at 100 MB. Nothing here reads
+tensor bytes; stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from nvfp4tools.errors import FormatError, UnsupportedError
+
+HEADER_MAX_BYTES = 100_000_000  # safetensors' own limit ("HeaderTooLarge", 100 MB)
+
+# dtype -> bits per element (safetensors/src/tensor.rs ``Dtype``)
+DTYPE_BITS: dict[str, int] = {
+    "BOOL": 8, "U8": 8, "I8": 8, "U16": 16, "I16": 16, "U32": 32, "I32": 32, "U64": 64, "I64": 64,
+    "F16": 16, "BF16": 16, "F32": 32, "F64": 64, "C64": 64,
+    "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+_MAX_ELEMENTS = 1 << 50  # anything larger is a lying header, not a model
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class RawTensor:
+    """One entry of a safetensors header, with its absolute byte range."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: str        # relative to the checkpoint root
+    offset: int      # absolute offset in the file
+    nbytes: int
+
+
+@dataclass
+class ParsedFile:
+    file: str
+    size: int
+    tensors: dict[str, RawTensor]
+    metadata: dict[str, str]
+
+
+def parse_header(root: str, rel: str) -> ParsedFile:
+    """Parse and validate one safetensors file's header. Raises FormatError naming the problem."""
+    path = os.path.join(root, rel)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise FormatError(f"{rel}: truncated file: {size} bytes, expected at least 8 (header length)")
+            (n,) = struct.unpack("<Q", head)
+            if n > HEADER_MAX_BYTES:
+                raise FormatError(f"{rel}: header length {n} bytes exceeds the 100 MB limit safetensors allows",
+                                  hint="the file is corrupt or not safetensors")
+            if 8 + n > size:
+                raise FormatError(f"{rel}: header length {n} runs past end of file (file is {size} bytes, "
+                                  f"header needs {8 + n})", hint="the file is truncated; download it again")
+            raw = fh.read(n)
+    except OSError as e:
+        raise FormatError(f"{rel}: cannot read: {e.strerror}") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{rel}: header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{rel}: header is a JSON {type(header).__name__}, expected an object")
+    data_start = 8 + n
+    data_len = size - data_start
+    meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise FormatError(f"{rel}: __metadata__ is a {type(meta).__name__}, expected an object of strings")
+    tensors: dict[str, RawTensor] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, entry in header.items():
+        where = f"{rel}: tensor '{name}'"
+        if not isinstance(entry, dict):
+            raise FormatError(f"{where}: header entry is not an object")
+        dtype = entry.get("dtype")
+        if dtype not in DTYPE_BITS:
+            raise UnsupportedError(f"{where}: unknown dtype {dtype!r}",
+                                   hint=f"known: {', '.join(sorted(DTYPE_BITS))}")
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise FormatError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        offs = entry.get("data_offsets")
+        if (not isinstance(offs, list) or len(offs) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+            raise FormatError(f"{where}: data_offsets {offs!r} is not [begin, end]")
+        begin, end = offs
+        if begin < 0 or end < begin:
+            raise FormatError(f"{where}: data_offsets [{begin}, {end}] are not ordered")
+        if end > data_len:
+            raise FormatError(f"{where}: data_offsets end {end} is past the end of the data buffer "
+                              f"({data_len} bytes)", hint="the file is truncated or the header lies")
+        numel = 1
+        for d in shape:
+            numel *= d
+            if numel > _MAX_ELEMENTS:
+                raise FormatError(f"{where}: shape {shape} has more than 2^50 elements")
+        bits = numel * DTYPE_BITS[dtype]
+        if bits % 8:
+            raise FormatError(f"{where}: {numel} elements of {dtype} do not fill whole bytes")
+        if end - begin != bits // 8:
+            raise FormatError(f"{where}: byte count mismatch: dtype {dtype} shape {shape} needs "
+                              f"{bits // 8} bytes, data_offsets give {end - begin}")
+        tensors[name] = RawTensor(name, dtype, tuple(shape), rel, data_start + begin, end - begin)
+        spans.append((begin, end, name))
+    spans.sort()
+    covered = 0
+    for begin, end, name in spans:
+        if begin < covered:
+            raise FormatError(f"{rel}: tensor '{name}' data_offsets [{begin}, {end}] overlap the previous "
+                              f"tensor (which ends at {covered})", hint="the header lies; the file is unsafe to load")
+        if begin > covered:
+            raise FormatError(f"{rel}: hole in the data buffer before tensor '{name}' (bytes {covered}..{begin} "
+                              f"are not indexed; safetensors forbids holes)")
+        covered = end
+    if covered != data_len:
+        raise FormatError(f"{rel}: data buffer is {data_len} bytes but tensors index {covered}",
+                          hint="trailing bytes after the last tensor: the file is corrupt or not safetensors")
+    return ParsedFile(rel, size, tensors, {str(k): str(v) for k, v in meta.items()})
+
+
+@dataclass
+class Source:
+    """The files of a safetensors-based checkpoint, and its JSON side files."""
+
+    root: str
+    given: str
+    files: list[str]
+    config: dict[str, Any] = field(default_factory=dict)
+    hf_quant_config: dict[str, Any] | None = None
+    index: dict[str, str] | None = None   # tensor -> file, from model.safetensors.index.json
+
+
+def _load_json(root: str, name: str) -> dict[str, Any] | None:
+    path = os.path.join(root, name)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{name}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{name}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _safe_member(root: str, rel: str, index_name: str) -> str:
+    """An index may only name files inside the checkpoint folder."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
+        raise FormatError(f"{index_name}: shard name {rel!r} is not a relative file name")
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(root, rel))
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise FormatError(f"{index_name}: shard {rel!r} points outside the checkpoint folder",
+                          hint="refusing to read it; fix the index")
+    return os.path.normpath(rel)
+
+
+def discover(path: str) -> Source | None:
+    """Find the safetensors files of PATH; None when PATH holds none (another format may)."""
+    if os.path.isfile(path):
+        if not path.endswith(".safetensors"):
+            return None
+        root = os.path.dirname(os.path.abspath(path))
+        src = Source(root, path, [os.path.basename(path)])
+        src.config = _load_json(root, "config.json") or {}
+        src.hf_quant_config = _load_json(root, "hf_quant_config.json")
+        return src
+    if not os.path.isdir(path):
+        return None
+    root = os.path.abspath(path)
+    names = sorted(os.listdir(root))
+    index_names = [n for n in names if n.endswith(".safetensors.index.json")]
+    src = Source(root, path, [])
+    if index_names:
+        index_name = "model.safetensors.index.json" if "model.safetensors.index.json" in index_names else index_names[0]
+        idx = _load_json(root, index_name) or {}
+        wm = idx.get("weight_map")
+        if not isinstance(wm, dict) or not wm:
+            raise FormatError(f"{index_name}: no weight_map object")
+        mapping: dict[str, str] = {}
+        for tname, rel in wm.items():
+            mapping[tname] = _safe_member(root, rel, index_name)
+        files = sorted(set(mapping.values()))
+        for rel in files:
+            if not os.path.isfile(os.path.join(root, rel)):
+                n_in = sum(1 for v in mapping.values() if v == rel)
+                raise FormatError(f"{index_name}: shard '{rel}' is missing ({n_in} tensors are mapped to it)",
+                                  hint="download every shard listed in the index")
+        src.files, src.index = files, mapping
+    else:
+        src.files = [n for n in names if n.endswith(".safetensors")]
+    if not src.files:
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise UnsupportedError(
+                f"{path}: only pickle checkpoints found ({', '.join(pickles[:3])}); nvfp4tools never unpickles files",
+                hint="convert them to safetensors with the model's own tooling first")
+        return None
+    src.config = _load_json(root, "config.json") or {}
+    src.hf_quant_config = _load_json(root, "hf_quant_config.json")
+    return src
+
+
+def parse_all(src: Source) -> tuple[dict[str, RawTensor], int, list[str]]:
+    """Parse every file's header. Returns (tensors by name, bytes on disk, index warnings)."""
+    tensors: dict[str, RawTensor] = {}
+    total = 0
+    notes: list[str] = []
+    for rel in src.files:
+        pf = parse_header(src.root, rel)
+        total += pf.size
+        for name, t in pf.tensors.items():
+            if name in tensors:
+                raise FormatError(f"{rel}: tensor '{name}' also appears in {tensors[name].file}",
+                                  hint="duplicate tensor names across shards")
+            tensors[name] = t
+    if src.index is not None:
+        for name, rel in src.index.items():
+            t = tensors.get(name)
+            if t is None:
+                raise FormatError(f"model.safetensors.index.json: tensor '{name}' is mapped to '{rel}' "
+                                  f"but that shard does not contain it")
+            if t.file != rel:
+                raise FormatError(f"model.safetensors.index.json: tensor '{name}' is mapped to '{rel}' "
+                                  f"but found in '{t.file}'")
+        extra = [n for n in tensors if n not in src.index]
+        if extra:
+            notes.append(f"{len(extra)} tensors are in the shards but not in the index (e.g. '{extra[0]}'); "
+                         "loaders that follow the index will not see them")
+    return tensors, total, notes

@@ -1,0 +1,64 @@
+"""Shared reader body for the safetensors-based formats (plain, ModelOpt, compressed-tensors)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from nvfp4tools.arch import parse_arch
+from nvfp4tools.io import PartReader
+from nvfp4tools.model import Checkpoint, Finding, QuantScheme
+
+from ._assemble import Assembler, Suffix, module_names, unmatched_patterns
+from ._safetensors import Source, discover, parse_all
+
+
+def quant_method(src: Source) -> str | None:
+    qc = src.config.get("quantization_config")
+    if isinstance(qc, dict):
+        qm = qc.get("quant_method")
+        return str(qm) if qm is not None else None
+    return None
+
+
+def build(
+    src: Source,
+    *,
+    format_name: str,
+    suffixes: tuple[Suffix, ...],
+    expect: Callable[[str], QuantScheme | None],
+    config_label: str,
+    producer: str | None,
+    producer_version: str | None,
+    quant_method: str | None,
+    algorithm: str | None,
+    kv_cache_scheme: str | None,
+    patterns: tuple[str, ...],
+    pattern_label: str,
+    findings: list[Finding],
+    int_bits: int = 4,
+    requires_input_scale: bool = False,
+    has_config: bool = True,
+    metadata: dict[str, Any] | None = None,
+) -> Checkpoint:
+    raw, total, notes = parse_all(src)
+    for note in notes:
+        findings.append(Finding("index_mismatch", "warning", note))
+    arch = parse_arch(src.config) if src.config else None
+    with PartReader(src.root) as reader:
+        asm = Assembler(raw, suffixes, expect, reader.read, config_label, int_bits, requires_input_scale,
+                        has_config)
+        tensors = asm.build()
+    findings.extend(asm.findings)
+    if patterns:
+        findings.extend(unmatched_patterns(patterns, module_names(raw), bool(arch and arch.tie_word_embeddings),
+                                           pattern_label))
+    return Checkpoint(
+        format=format_name, source=src.given, root=src.root, tensors=tensors, files=tuple(src.files),
+        file_bytes=total, config=src.config, arch=arch, producer=producer, producer_version=producer_version,
+        quant_method=quant_method, algorithm=algorithm, kv_cache_scheme=kv_cache_scheme,
+        exclude_patterns=patterns, findings=tuple(findings), metadata=metadata or {},
+    )
+
+
+def discover_or_none(path: str) -> Source | None:
+    return discover(path)

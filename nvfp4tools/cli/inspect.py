@@ -1,0 +1,93 @@
+"""``nvfp4tools inspect``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from tabulate import tabulate
+
+from ._output import emit, format_option, human_bytes, human_count
+
+
+@click.command("inspect")
+@click.argument("path")
+@click.option("--deep", is_flag=True, help="Also scan every E4M3 block scale for NaN/negative bytes (reads more).")
+@click.option("--layers", "expand_layers", is_flag=True, help="One row per layer instead of collapsing identical runs.")
+@click.option("--tensors", "with_tensors", is_flag=True, help="List every logical tensor with its stored parts (JSON).")
+@click.option("--input-format", "input_format", default=None, metavar="NAME",
+              help="Skip detection and read as this format (modelopt, compressed-tensors, safetensors, gguf).")
+@format_option
+@click.pass_context
+def inspect_cmd(ctx: click.Context, path: str, deep: bool, expand_layers: bool, with_tensors: bool,
+                input_format: str | None, fmt: str) -> None:
+    """What is quantized in a checkpoint, how many bytes it holds, and whether its scales are sane.
+
+    PATH is a checkpoint folder, a .safetensors file, or a .gguf file. Reads headers and the
+    per-tensor scales only (a few bytes each); never loads weights or imports torch.
+
+    \b
+    Example:
+      nvfp4tools inspect ./gemma-4-26B-A4B-it-NVFP4
+      nvfp4tools inspect ./ckpt --format json | jq .coverage
+      nvfp4tools inspect ./ckpt --deep --layers
+
+    Exit codes: 0 clean, 1 a finding of severity error, 2 usage, 3 unreadable input.
+    """
+    from nvfp4tools import formats
+    from nvfp4tools.inspect import build_report, has_errors
+
+    ckpt = formats.read(path, input_format)
+    report = build_report(ckpt, deep=deep, expand_layers=expand_layers, with_tensors=with_tensors)
+    emit(report, fmt, render_table)
+    ctx.exit(1 if has_errors(report) else 0)
+
+
+def render_table(r: dict[str, Any]) -> str:
+    s = r["summary"]
+    prod = r["producer"]
+    lines = []
+    head = [
+        ("source", r["source"]),
+        ("format", r["format"] + (f"  (quant_method {r['quant_method']})" if r["quant_method"] else "")),
+        ("producer", f"{prod['name'] or '-'} {prod['version'] or ''}".strip()),
+        ("algorithm", r["algorithm"] or "-"),
+        ("kv cache", r["kv_cache_scheme"] or "-"),
+        ("files", f"{len(r['files'])} ({human_bytes(r['bytes_on_disk'])} on disk)"),
+        ("parameters", f"{human_count(s['n_parameters'])} ({s['n_parameters']:,}), "
+                       f"{100 * s['share_quantized']:.1f}% quantized"),
+        ("tensor bytes", human_bytes(s["tensor_bytes"])),
+        ("bits/weight", f"{s['bits_per_weight']:.3f} overall"
+                        + (f", {s['bits_per_quantized_weight']:.3f} in quantized tensors"
+                           if s["bits_per_quantized_weight"] else "")),
+    ]
+    a = r.get("architecture")
+    if a:
+        arch = (f"{a['model_type']}: {a['n_layers']} layers ({a['n_sliding_attention_layers']} sliding, "
+                f"{a['n_full_attention_layers']} full), hidden {a['hidden_size']}")
+        if a["n_experts"]:
+            arch += f", {a['n_experts']} experts top-{a['n_experts_active']} x {a['expert_intermediate_size']}"
+        head.append(("architecture", arch))
+    lines.append(tabulate(head, tablefmt="plain"))
+    lines.append("")
+    cov = [(c["role"], c["scheme"], c["n_tensors"], human_count(c["n_parameters"]),
+            f"{100 * c['share_of_role']:.1f}%", human_bytes(c["nbytes"])) for c in r["coverage"]]
+    lines.append(tabulate(cov, headers=["role", "scheme", "tensors", "params", "of role", "bytes"],
+                          tablefmt="simple"))
+    lines.append("")
+    roles = [k for k in ("attention", "mlp", "shared_expert", "experts", "router")
+             if any(k in row["roles"] for row in r["layers"])]
+    rows = []
+    for row in r["layers"]:
+        span = str(row["first"]) if row["first"] == row["last"] else f"{row['first']}-{row['last']}"
+        stack = row["stack"]
+        rows.append([f"{stack}.{span}" if stack else span] + [row["roles"].get(k, "-") for k in roles])
+    if rows:
+        lines.append(tabulate(rows, headers=["layers"] + roles, tablefmt="simple"))
+        lines.append("")
+    if r["findings"]:
+        for f in r["findings"]:
+            lines.append(f"[{f['severity']}] {f['code']}: {f['message']}")
+    else:
+        lines.append("no findings")
+    return "\n".join(lines)

@@ -1,0 +1,281 @@
+"""``inspect``: what is quantized in a checkpoint, how many bytes, and are the scales healthy.
+
+Works on the format-neutral :class:`~nvfp4tools.model.Checkpoint` only; it never branches on
+the format. Reads headers plus the few per-tensor scale values (a few bytes each);
+``deep=True`` also scans every block scale. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Iterable
+
+from ._version import __version__
+from .arch import arch_to_dict
+from .io import PartReader, is_bad_scale
+from .model import Checkpoint, Finding, TensorInfo, canonical_scale
+from .roles import LINEAR_ROLES, ROLES
+
+SCHEMA = "nvfp4tools/inspect/v1"
+_FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
+_MAX_EXAMPLES = 3
+
+
+def _share(num: int, den: int) -> float:
+    return round(num / den, 6) if den else 0.0
+
+
+def _scheme_name(t: TensorInfo) -> str:
+    return t.scheme.label
+
+
+def _coverage(tensors: Iterable[TensorInfo]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    by_role: dict[str, dict[str, Any]] = {}
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for t in tensors:
+        r = by_role.setdefault(t.role, {"role": t.role, "n_tensors": 0, "n_parameters": 0,
+                                        "n_parameters_quantized": 0, "nbytes": 0})
+        r["n_tensors"] += 1
+        r["n_parameters"] += t.n_elements
+        r["nbytes"] += t.nbytes
+        if t.scheme.quantized:
+            r["n_parameters_quantized"] += t.n_elements
+        c = cells.setdefault((t.role, _scheme_name(t)), {"role": t.role, "scheme": _scheme_name(t),
+                                                         "n_tensors": 0, "n_parameters": 0, "nbytes": 0})
+        c["n_tensors"] += 1
+        c["n_parameters"] += t.n_elements
+        c["nbytes"] += t.nbytes
+    order = {r: i for i, r in enumerate(ROLES)}
+    roles = sorted(by_role.values(), key=lambda r: order.get(r["role"], 99))
+    for r in roles:
+        r["share_quantized"] = _share(r["n_parameters_quantized"], r["n_parameters"])
+        r["bits_per_weight"] = round(8 * r["nbytes"] / r["n_parameters"], 4) if r["n_parameters"] else 0.0
+    cov = sorted(cells.values(), key=lambda c: (order.get(c["role"], 99), -c["n_parameters"]))
+    for c in cov:
+        c["share_of_role"] = _share(c["n_parameters"], by_role[c["role"]]["n_parameters"])
+    return roles, cov
+
+
+def _layers(tensors: Iterable[TensorInfo]) -> list[dict[str, Any]]:
+    rows: "OrderedDict[tuple[str, int], dict[str, set[str]]]" = OrderedDict()
+    experts: dict[tuple[str, int], set[int]] = {}
+    fused_e: dict[tuple[str, int], int] = {}
+    for t in tensors:
+        if t.layer is None:
+            continue
+        key = (t.stack or "", t.layer)
+        rows.setdefault(key, {}).setdefault(t.role, set()).add(t.scheme.name)
+        if t.role == "experts":
+            if t.expert is not None:
+                experts.setdefault(key, set()).add(t.expert)
+            if t.n_experts_fused:
+                fused_e[key] = max(fused_e.get(key, 0), t.n_experts_fused)
+    out: list[dict[str, Any]] = []
+    for (stack, idx) in sorted(rows, key=lambda k: (k[0], k[1])):
+        cells = rows[(stack, idx)]
+        summary: dict[str, str] = {}
+        for role in ROLES:
+            if role in cells and role != "norm":
+                text = "+".join(sorted(cells[role]))
+                if role == "experts":
+                    n = len(experts.get((stack, idx), ())) or fused_e.get((stack, idx), 0)
+                    if n:
+                        text += f" x{n}"
+                summary[role] = text
+        prev = out[-1] if out else None
+        if prev and prev["stack"] == stack and prev["roles"] == summary and prev["last"] == idx - 1:
+            prev["last"] = idx
+        else:
+            out.append({"stack": stack, "first": idx, "last": idx, "roles": summary})
+    return out
+
+
+def _layers_expanded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        for i in range(r["first"], r["last"] + 1):
+            out.append({"stack": r["stack"], "first": i, "last": i, "roles": dict(r["roles"])})
+    return out
+
+
+def _add(findings: list[Finding], code: str, severity: str, items: list[tuple[str, str]], what: str) -> None:
+    """One finding per code, with a count and a few examples, not one line per tensor."""
+    if not items:
+        return
+    ex = "; ".join(f"'{n}' {d}" for n, d in items[:_MAX_EXAMPLES])
+    more = f" (+{len(items) - _MAX_EXAMPLES} more)" if len(items) > _MAX_EXAMPLES else ""
+    findings.append(Finding(code, severity, f"{len(items)} {what}: {ex}{more}", tensor=items[0][0]))  # type: ignore[arg-type]
+
+
+def _fmt(v: float) -> str:
+    return repr(v) if not math.isfinite(v) else f"{v:.9g}"
+
+
+def scale_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
+    """Per-tensor global/input scales: finite and positive; fused shards must agree."""
+    findings: list[Finding] = []
+    bad_global: list[tuple[str, str]] = []
+    bad_input: list[tuple[str, str]] = []
+    fused: dict[tuple[Any, ...], list[tuple[str, tuple[float, ...], tuple[float, ...]]]] = {}
+    for t in ckpt.tensors.values():
+        if not t.scheme.quantized:
+            continue
+        g = t.part("global_scale")
+        i = t.part("input_scale")
+        gv: tuple[float, ...] = ()
+        iv: tuple[float, ...] = ()
+        if g is not None:
+            gv = tuple(canonical_scale(v, g) for v in reader.values(g))
+            bad = [v for v in gv if is_bad_scale(v)]
+            if bad:
+                bad_global.append((t.name, f"global scale {_fmt(bad[0])} (stored {g.key})"))
+        if i is not None:
+            iv = tuple(canonical_scale(v, i) for v in reader.values(i))
+            bad = [v for v in iv if is_bad_scale(v)]
+            if bad:
+                bad_input.append((t.name, f"input scale {_fmt(bad[0])} (stored {i.key})"))
+        fk = _FUSED.get(t.proj or "")
+        if fk and t.role in LINEAR_ROLES and t.layer is not None and (gv or iv):
+            key = (t.stack, t.layer, t.role, t.expert, fk, t.module.rsplit(".", 1)[0])
+            fused.setdefault(key, []).append((t.name, gv, iv))
+    _add(findings, "bad_global_scale", "error", bad_global,
+         "quantized tensors have a zero, negative or non-finite global weight scale")
+    _add(findings, "bad_input_scale", "error", bad_input,
+         "quantized tensors have a zero, negative or non-finite input (activation) scale")
+    mism_g: list[tuple[str, str]] = []
+    mism_i: list[tuple[str, str]] = []
+    for key, members in fused.items():
+        if len(members) < 2:
+            continue
+        gs = {m[1] for m in members if m[1]}
+        if len(gs) > 1:
+            vals = ", ".join(f"{m[0].rsplit('.', 2)[-2]}={_fmt(m[1][0])}" for m in members if m[1])
+            mism_g.append((members[0][0], f"({vals})"))
+        ins = {m[2] for m in members if m[2]}
+        if len(ins) > 1:
+            vals = ", ".join(f"{m[0].rsplit('.', 2)[-2]}={_fmt(m[2][0])}" for m in members if m[2])
+            mism_i.append((members[0][0], f"({vals})"))
+    _add(findings, "fused_global_scale_mismatch", "error", mism_g,
+         "q/k/v or gate/up groups have different global weight scales; vLLM/SGLang fuse them and take the "
+         "max without requantizing block scales, so the other shards load with wrong magnitudes")
+    _add(findings, "fused_input_scale_mismatch", "warning", mism_i,
+         "q/k/v or gate/up groups have different input scales; fused kernels use one (the max)")
+    return findings
+
+
+def deep_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
+    """Scan every E4M3 block-scale byte: NaN (0x7F/0xFF) and negative (sign bit set, non-zero)."""
+    nan_items: list[tuple[str, str]] = []
+    neg_items: list[tuple[str, str]] = []
+    chunk = 1 << 24
+    drop_nonneg = bytes(range(0x81))  # translate(None, these) leaves only bytes 0x81..0xFF
+    for t in ckpt.tensors.values():
+        bs = t.part("block_scale")
+        if bs is None or bs.stored_dtype != "F8_E4M3":
+            continue
+        n_nan = n_neg = 0
+        for off in range(0, bs.nbytes, chunk):
+            data = reader.read(bs, min(chunk, bs.nbytes - off), off)
+            n_nan += data.count(b"\x7f") + data.count(b"\xff")
+            n_neg += len(data.translate(None, drop_nonneg)) - data.count(b"\xff")
+        if n_nan:
+            nan_items.append((t.name, f"{n_nan} NaN block scales"))
+        if n_neg:
+            neg_items.append((t.name, f"{n_neg} negative block scales"))
+    findings: list[Finding] = []
+    _add(findings, "block_scale_nan", "error", nan_items, "tensors have NaN E4M3 block scales")
+    _add(findings, "block_scale_negative", "error", neg_items,
+         "tensors have negative E4M3 block scales (checkpoints store positive scales; Marlin rejects them)")
+    return findings
+
+
+def semantic_findings(ckpt: Checkpoint) -> list[Finding]:
+    findings: list[Finding] = []
+    tensors = list(ckpt.tensors.values())
+    any_q = any(t.scheme.quantized for t in tensors)
+    if not any_q:
+        findings.append(Finding("no_quantized_tensors", "info", "no tensor is quantized"))
+        return findings
+    attn4 = [t for t in tensors if t.role == "attention" and t.scheme.quantized and t.scheme.bits <= 4]
+    if attn4:
+        findings.append(Finding(
+            "attention_4bit", "info",
+            f"{len(attn4)} attention projections are 4-bit ({attn4[0].scheme.label}); attention is the most "
+            "quantization-sensitive part of a decoder: NVIDIA's own Gemma 4 NVFP4 keeps it BF16",
+            tensor=attn4[0].name))
+    experts = [t for t in tensors if t.role == "experts"]
+    if experts and not any(t.scheme.quantized for t in experts) and \
+            not any(f.code == "not_quantized_as_configured" for f in ckpt.findings):
+        n = sum(t.n_elements for t in experts)
+        total = sum(t.n_elements for t in tensors)
+        findings.append(Finding(
+            "experts_unquantized", "warning",
+            f"the routed experts ({n:,} parameters, {100 * n / total:.0f}% of the model) are stored "
+            f"{experts[0].scheme.name} while other tensors are quantized",
+            tensor=experts[0].name))
+    return findings
+
+
+def build_report(ckpt: Checkpoint, *, deep: bool = False, expand_layers: bool = False,
+                 with_tensors: bool = False) -> dict[str, Any]:
+    tensors = list(ckpt.tensors.values())
+    findings = list(ckpt.findings) + semantic_findings(ckpt)
+    with PartReader(ckpt.root) as reader:
+        findings += scale_checks(ckpt, reader)
+        if deep:
+            findings += deep_checks(ckpt, reader)
+    n_params = sum(t.n_elements for t in tensors)
+    n_q = sum(t.n_elements for t in tensors if t.scheme.quantized)
+    nbytes = sum(t.nbytes for t in tensors)
+    qbytes = sum(t.nbytes for t in tensors if t.scheme.quantized)
+    roles, coverage = _coverage(tensors)
+    layers = _layers(tensors)
+    sev = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: sev[f.severity])
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "tool_version": __version__,
+        "source": ckpt.source,
+        "format": ckpt.format,
+        "producer": {"name": ckpt.producer, "version": ckpt.producer_version},
+        "quant_method": ckpt.quant_method,
+        "algorithm": ckpt.algorithm,
+        "kv_cache_scheme": ckpt.kv_cache_scheme,
+        "files": list(ckpt.files),
+        "bytes_on_disk": ckpt.file_bytes,
+        "summary": {
+            "n_tensors": len(tensors),
+            "n_parameters": n_params,
+            "n_parameters_quantized": n_q,
+            "share_quantized": _share(n_q, n_params),
+            "tensor_bytes": nbytes,
+            "bits_per_weight": round(8 * nbytes / n_params, 4) if n_params else 0.0,
+            "bits_per_quantized_weight": round(8 * qbytes / n_q, 4) if n_q else None,
+        },
+        "architecture": arch_to_dict(ckpt.arch),
+        "roles": roles,
+        "coverage": coverage,
+        "layers": _layers_expanded(layers) if expand_layers else layers,
+        "findings": [
+            {"code": f.code, "severity": f.severity, "message": f.message, "tensor": f.tensor, "file": f.file}
+            for f in findings
+        ],
+        "metadata": {k: v for k, v in ckpt.metadata.items() if isinstance(v, (str, int, float, bool)) or v is None},
+    }
+    if with_tensors:
+        report["tensors"] = [
+            {
+                "name": t.name, "shape": list(t.shape), "scheme": t.scheme.name, "role": t.role,
+                "layer": t.layer, "nbytes": t.nbytes,
+                "parts": [{"role": p.role, "key": p.key, "file": p.file, "offset": p.offset, "nbytes": p.nbytes,
+                           "dtype": p.stored_dtype, "shape": list(p.stored_shape), "stored_as": p.stored_as}
+                          for p in t.parts],
+            }
+            for t in tensors
+        ]
+    return report
+
+
+def has_errors(report: dict[str, Any]) -> bool:
+    return any(f["severity"] == "error" for f in report["findings"])

@@ -1,0 +1,66 @@
+"""Reading the few bytes inspect needs (per-tensor scales, stored shapes), stdlib only."""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+
+from .errors import FormatError
+from .model import TensorPart
+
+# struct codes for the scalar dtypes a per-tensor scale can have
+_STRUCT = {"F32": "f", "F64": "d", "F16": "e", "I64": "q", "I32": "i", "I16": "h", "I8": "b", "U8": "B"}
+
+
+class PartReader:
+    """Reads byte ranges of parts, keeping one open handle per file."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._fh: dict[str, object] = {}
+
+    def read(self, part: TensorPart, nbytes: int | None = None, offset: int = 0) -> bytes:
+        fh = self._fh.get(part.file)
+        if fh is None:
+            try:
+                fh = open(os.path.join(self.root, part.file), "rb")
+            except OSError as e:
+                raise FormatError(f"{part.file}: cannot open: {e.strerror}") from None
+            self._fh[part.file] = fh
+        n = part.nbytes if nbytes is None else nbytes
+        fh.seek(part.offset + offset)  # type: ignore[attr-defined]
+        data = fh.read(n)  # type: ignore[attr-defined]
+        if len(data) != n:
+            raise FormatError(f"{part.file}: tensor '{part.key}' is truncated: wanted {n} bytes at offset "
+                              f"{part.offset + offset}, got {len(data)}")
+        return data
+
+    def values(self, part: TensorPart) -> list[float]:
+        """Decode a small float/int part (a per-tensor scale) to Python numbers."""
+        if part.stored_dtype == "BF16":
+            raw = self.read(part)
+            # bf16 is the top half of an fp32
+            return [struct.unpack("<f", b"\x00\x00" + raw[i:i + 2])[0] for i in range(0, len(raw), 2)]
+        code = _STRUCT.get(part.stored_dtype)
+        if code is None:
+            raise FormatError(f"{part.file}: tensor '{part.key}' has dtype {part.stored_dtype}, "
+                              "cannot read it as a scale")
+        size = struct.calcsize(code)
+        raw = self.read(part)
+        return list(struct.unpack("<%d%s" % (len(raw) // size, code), raw))
+
+    def close(self) -> None:
+        for fh in self._fh.values():
+            fh.close()  # type: ignore[attr-defined]
+        self._fh.clear()
+
+    def __enter__(self) -> "PartReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def is_bad_scale(v: float) -> bool:
+    return not math.isfinite(v) or v <= 0.0

@@ -1,0 +1,87 @@
+"""Role of every tensor (attention, dense MLP, routed experts, router, ...), from its name.
+
+Names differ per family: Gemma 4 ``model.language_model.layers.N``, DiffusionGemma
+``model.decoder.layers.N`` (and ``model.encoder.layers.N``), Llama-style ``model.layers.N``,
+experts ``experts.E.gate_proj`` (per expert) or ``experts.gate_up_proj`` (fused 3-D),
+Mixtral ``block_sparse_moe.experts.E.w1``. Rules are a table tried in order; the first match wins.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ROLES = (
+    "attention", "mlp", "experts", "shared_expert", "router", "embedding", "lm_head",
+    "norm", "vision", "projector", "other",
+)
+# Roles made of Linear weights a quantizer is expected to touch.
+LINEAR_ROLES = ("attention", "mlp", "experts", "shared_expert")
+
+_LAYER_RE = re.compile(r"^(?P<stack>.*?)\.(?:layers|h|blocks|block|decoder_layers)\.(?P<idx>\d+)\.(?P<rest>.*)$")
+_EXPERT_RE = re.compile(r"\.experts\.(\d+)\.")
+
+# (role, regex on the part of the name after the layer index, or on the whole name)
+_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("vision", re.compile(r"(^|\.)(vision_tower|vision_model|visual|vision_encoder|audio_tower|audio_model)\.")),
+    ("projector", re.compile(r"(^|\.)(embed_vision|embed_audio|multi_modal_projector|mm_projector|vision_proj)\b")),
+    ("lm_head", re.compile(r"(^|\.)(lm_head|output_layer|embed_out)\.")),
+    ("embedding", re.compile(r"(embed_tokens|embed_tokens_per_layer|\.wte\.|^wte\.|tok_embeddings|word_embeddings|per_layer_model_projection)")),
+    ("router", re.compile(r"(\.router\.|\.router$|(mlp|moe|block_sparse_moe|feed_forward)\.gate\.|shared_expert_gate|e_score_correction_bias)")),
+    ("shared_expert", re.compile(r"\.(shared_expert|shared_experts|shared_mlp)\.")),
+    ("experts", re.compile(r"\.experts\.")),
+    ("norm", re.compile(r"(norm|ln_\d|layernorm)[^.]*\.(weight|bias)$|layer_scalar|\.scale$")),
+    ("attention", re.compile(r"\.(self_attn|attention|attn|mixer)\.")),
+    ("mlp", re.compile(r"\.(mlp|feed_forward|ffn|block_sparse_moe)\.")),
+)
+
+_PROJ_RE = re.compile(
+    r"\.(q_proj|k_proj|v_proj|o_proj|qkv_proj|query_key_value|gate_proj|up_proj|down_proj|gate_up_proj|"
+    r"w1|w2|w3|fc1|fc2|c_fc|c_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|dense)(?:\.|$)"
+)
+_PROJ_NAMES = {
+    "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "qkv_proj": "qkv",
+    "query_key_value": "qkv", "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
+    "gate_up_proj": "gate_up", "w1": "gate", "w3": "up", "w2": "down", "fc1": "up", "fc2": "down",
+    "c_fc": "up", "c_proj": "down", "dense": "o",
+    "q_a_proj": "q_a", "q_b_proj": "q_b", "kv_a_proj_with_mqa": "kv_a", "kv_b_proj": "kv_b",
+}
+
+
+@dataclass(frozen=True)
+class RoleInfo:
+    role: str
+    layer: int | None
+    stack: str | None
+    proj: str | None
+    expert: int | None
+
+
+def classify(name: str) -> RoleInfo:
+    """Classify a tensor or module name.
+
+    >>> classify("model.language_model.layers.3.experts.7.down_proj.weight")
+    RoleInfo(role='experts', layer=3, stack='model.language_model', proj='down', expert=7)
+    """
+    layer = stack = None
+    m = _LAYER_RE.match(name)
+    if m:
+        layer, stack = int(m.group("idx")), m.group("stack")
+    role = "other"
+    for r, rx in _RULES:
+        if rx.search(name):
+            role = r
+            break
+    if role == "embedding" and layer is not None and "per_layer" not in name:
+        role = "other"
+    if role == "vision":
+        layer = stack = None  # vision layers are not decoder layers
+    pm = _PROJ_RE.search(name)
+    proj = _PROJ_NAMES.get(pm.group(1)) if pm else None
+    if role == "attention" and proj in ("up", "down"):  # e.g. GPT-2 style c_proj inside attn
+        proj = "o" if proj == "down" else proj
+    em = _EXPERT_RE.search(name)
+    expert = int(em.group(1)) if em else None
+    if role == "norm" and ("router" in name):
+        role = "router"
+    return RoleInfo(role, layer, stack, proj, expert)
