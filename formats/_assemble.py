@@ -8,6 +8,7 @@ config vs. stored reality) is shared here.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import re
 import struct
@@ -36,35 +37,40 @@ Expect = Callable[[str], QuantScheme | None]
 KV_SUFFIXES = ("k_scale", "v_scale", "q_scale", "k_zero_point", "v_zero_point", "k_bias", "v_bias")
 
 
-def match_pattern(module: str, pattern: str) -> bool:
-    """Exclude/ignore pattern matching.
+def _compile(pattern: str) -> re.Pattern[str] | None:
+    if pattern.startswith("re:"):
+        try:
+            return re.compile(pattern[3:])
+        except re.error:
+            return None
+    if any(c in pattern for c in "*?["):
+        return re.compile(fnmatch.translate(pattern))
+    return re.compile(re.escape(pattern) + r"\Z")
+
+
+class PatternSet:
+    """Exclude/ignore patterns, compiled once.
 
     ``re:`` prefixes are regular expressions matched at the start of the name (compressed-tensors
     ``match_name`` uses ``re.match``); patterns with ``*``/``?`` are shell wildcards in which
     ``*`` also spans dots (ModelOpt ``exclude_modules`` are fnmatch patterns, e.g.
     ``model.vision_tower*``); anything else must equal the module name.
     """
-    if pattern.startswith("re:"):
-        try:
-            return re.match(pattern[3:], module) is not None
-        except re.error:
-            return False
-    if any(c in pattern for c in "*?["):
-        return fnmatch.fnmatchcase(module, pattern)
-    return module == pattern
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(p for p in patterns if isinstance(p, str))
+        self.compiled = [(p, _compile(p)) for p in self.patterns]
+        parts = [c.pattern for _, c in self.compiled if c is not None]
+        self._any = re.compile("|".join(f"(?:{x})" for x in parts)) if parts else None
+
+    def matches(self, module: str) -> bool:
+        return self._any is not None and self._any.match(module) is not None
 
 
-def _split(name: str, table: tuple[Suffix, ...], names: Mapping[str, RawTensor]) -> tuple[str, Suffix] | None:
-    for sfx in table:
-        if name.endswith("." + sfx.suffix):
-            return name[: -len(sfx.suffix) - 1], sfx
-    # Fused 3-D parameters carry no ".weight": experts.gate_up_proj, experts.gate_up_proj_weight_scale
-    for sfx in table:
-        if sfx.role != "data" and name.endswith("_" + sfx.suffix):
-            base = name[: -len(sfx.suffix) - 1]
-            if base in names:
-                return base, sfx
-    return None
+def match_pattern(module: str, pattern: str) -> bool:
+    """One pattern against one module name (see :class:`PatternSet`)."""
+    c = _compile(pattern)
+    return c is not None and c.match(module) is not None
 
 
 def _prod(shape: Iterable[int]) -> int:
@@ -180,17 +186,28 @@ class Assembler:
         groups: dict[str, dict[PartRole, tuple[RawTensor, Suffix]]] = {}
         kv: list[tuple[str, RawTensor]] = []
         loose: list[RawTensor] = []
-        for name, raw in self.raw.items():
-            last = name.rsplit(".", 1)[-1]
-            if last in KV_SUFFIXES:
-                kv.append((name.rsplit(".", 1)[0], raw))
-                continue
-            sp = _split(name, self.suffixes, self.raw)
-            if sp is None:
-                groups.setdefault(name, {})["data"] = (raw, Suffix("", "data"))
-                continue
-            module, sfx = sp
-            g = groups.setdefault(module, {})
+        by_last = {sfx.suffix: sfx for sfx in self.suffixes}
+        fused_sfx = [sfx for sfx in self.suffixes if sfx.role != "data"]
+        kv_set = set(KV_SUFFIXES)
+        raw_all = self.raw
+        for name, raw in raw_all.items():
+            module, _, last = name.rpartition(".")
+            sfx = by_last.get(last)
+            if sfx is None:
+                if last in kv_set:
+                    kv.append((module, raw))
+                    continue
+                # Fused 3-D parameters carry no ".weight": experts.gate_up_proj + experts.gate_up_proj_weight_scale
+                if "_" in last:
+                    for f in fused_sfx:
+                        if last.endswith("_" + f.suffix) and name[: -len(f.suffix) - 1] in raw_all:
+                            module, sfx = name[: -len(f.suffix) - 1], f
+                            break
+                if sfx is None:
+                    module, sfx = name, _DATA
+            g = groups.get(module)
+            if g is None:
+                g = groups[module] = {}
             if sfx.role in g:
                 loose.append(raw)
             else:
@@ -208,7 +225,8 @@ class Assembler:
                     loose.append(raw)
                 continue
             raw_data, sfx_data = g["data"]
-            parts = {role: _part(raw, sfx) for role, (raw, sfx) in g.items()}
+            parts = {role: TensorPart(sfx.role, raw.name, raw.file, raw.offset, raw.nbytes, raw.dtype, raw.shape,
+                                      sfx.stored_as) for role, (raw, sfx) in g.items()}
             is_param = sfx_data.suffix == ""  # stored without a ".weight"-style suffix
             name = raw_data.name if is_param else module + ".weight"
             if not is_param and sfx_data.suffix not in ("weight", "weight_packed"):
@@ -220,7 +238,7 @@ class Assembler:
             shape = self._logical_shape(module, scheme, parts)
             info = TensorInfo(
                 name=name, shape=tuple(shape), scheme=scheme,
-                parts=tuple(sorted(parts.values(), key=lambda p: _ROLE_ORDER[p.role])),
+                parts=tuple(parts[r] for r in _ROLE_ORDER if r in parts),
                 role=ri.role, proj=ri.proj, layer=ri.layer, stack=ri.stack, expert=ri.expert,
                 n_experts_fused=shape[0] if (len(shape) == 3 and ri.role == "experts") else None,
             )
@@ -303,34 +321,45 @@ class Assembler:
                 tensor=info.name))
 
 
+_DATA = Suffix("", "data")
 _ROLE_ORDER = {"data": 0, "block_scale": 1, "global_scale": 2, "input_scale": 3, "zero_point": 4,
                "g_idx": 5, "shape": 6, "kv_scale": 7}
 
 
-def unmatched_patterns(patterns: Iterable[str], module_names: Iterable[str], tied_embeddings: bool,
+def unmatched_patterns(patterns: Iterable[str], tensor_names: Iterable[str], tied_embeddings: bool,
                        label: str) -> list[Finding]:
-    """Exclude/ignore entries that match no module in the checkpoint."""
-    mods = list(module_names)
+    """Exclude/ignore entries that match no module (or ancestor of a module) in the checkpoint."""
+    ordered = sorted({n.rpartition(".")[0] for n in tensor_names})
+
+    def first_with_prefix(prefix: str) -> int:
+        return bisect.bisect_left(ordered, prefix)
+
     out: list[Finding] = []
-    for pat in patterns:
-        if not isinstance(pat, str):
-            continue
+    for pat, rx in PatternSet(patterns).compiled:
         if pat in ("lm_head", "re:.*lm_head", "re:lm_head") and tied_embeddings:
             continue  # tied: no lm_head tensor exists, the pattern is harmless
         if re.fullmatch(r"[A-Z][A-Za-z0-9]*", pat):
             continue  # a class name (e.g. "Linear"): cannot be checked from tensor names
-        if not any(match_pattern(m, pat) for m in mods):
+        if rx is None:
+            hit = False
+        elif not pat.startswith("re:") and not any(c in pat for c in "*?["):
+            i = first_with_prefix(pat)  # exact: a module, or an ancestor of one
+            hit = i < len(ordered) and (ordered[i] == pat or ordered[i].startswith(pat + "."))
+        else:
+            if pat.startswith("re:"):
+                m = re.match(r"[A-Za-z0-9_]+(?:\\?\.[A-Za-z0-9_]+)*", pat[3:])
+                prefix = m.group(0).replace("\\", "") if m and not re.match(r"[*+?{]", pat[3 + m.end():]) else ""
+            else:
+                prefix = re.split(r"[*?\[]", pat, maxsplit=1)[0]
+            i = first_with_prefix(prefix)
+            hit = False
+            while i < len(ordered) and ordered[i].startswith(prefix):
+                if rx.match(ordered[i]):
+                    hit = True
+                    break
+                i += 1
+        if not hit:
             out.append(Finding("pattern_matches_nothing", "warning",
                                f"{label} entry {pat!r} matches no module in the checkpoint "
                                "(a typo, or a name from another model revision)"))
     return out
-
-
-def module_names(names: Iterable[str]) -> set[str]:
-    """Every module path and its ancestors, from tensor names."""
-    mods: set[str] = set()
-    for n in names:
-        parts = n.split(".")
-        for i in range(1, len(parts)):
-            mods.add(".".join(parts[:i]))
-    return mods

@@ -14,7 +14,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from nvfp4tools.errors import FormatError, UnsupportedError
 
@@ -31,8 +31,7 @@ _MAX_ELEMENTS = 1 << 50  # anything larger is a lying header, not a model
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-@dataclass(frozen=True)
-class RawTensor:
+class RawTensor(NamedTuple):
     """One entry of a safetensors header, with its absolute byte range."""
 
     name: str
@@ -49,6 +48,40 @@ class ParsedFile:
     size: int
     tensors: dict[str, RawTensor]
     metadata: dict[str, str]
+
+
+def _check_entry(rel: str, name: str, entry: Any, data_len: int) -> None:
+    """Slow path: raise the precise error for one bad header entry."""
+    where = f"{rel}: tensor '{name}'"
+    if not isinstance(entry, dict):
+        raise FormatError(f"{where}: header entry is not an object")
+    dtype = entry.get("dtype")
+    if dtype not in DTYPE_BITS:
+        raise UnsupportedError(f"{where}: unknown dtype {dtype!r}", hint=f"known: {', '.join(sorted(DTYPE_BITS))}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise FormatError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    offs = entry.get("data_offsets")
+    if (not isinstance(offs, list) or len(offs) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
+        raise FormatError(f"{where}: data_offsets {offs!r} is not [begin, end]")
+    begin, end = offs
+    if begin < 0 or end < begin:
+        raise FormatError(f"{where}: data_offsets [{begin}, {end}] are not ordered")
+    if end > data_len:
+        raise FormatError(f"{where}: data_offsets end {end} is past the end of the data buffer "
+                          f"({data_len} bytes)", hint="the file is truncated or the header lies")
+    numel = 1
+    for d in shape:
+        numel *= d
+        if numel > _MAX_ELEMENTS:
+            raise FormatError(f"{where}: shape {shape} has more than 2^50 elements")
+    bits = numel * DTYPE_BITS[dtype]
+    if bits % 8:
+        raise FormatError(f"{where}: {numel} elements of {dtype} do not fill whole bytes")
+    if end - begin != bits // 8:
+        raise FormatError(f"{where}: byte count mismatch: dtype {dtype} shape {shape} needs "
+                          f"{bits // 8} bytes, data_offsets give {end - begin}")
 
 
 def parse_header(root: str, rel: str) -> ParsedFile:
@@ -83,38 +116,27 @@ def parse_header(root: str, rel: str) -> ParsedFile:
         raise FormatError(f"{rel}: __metadata__ is a {type(meta).__name__}, expected an object of strings")
     tensors: dict[str, RawTensor] = {}
     spans: list[tuple[int, int, str]] = []
+    bits_of = DTYPE_BITS.get
     for name, entry in header.items():
-        where = f"{rel}: tensor '{name}'"
-        if not isinstance(entry, dict):
-            raise FormatError(f"{where}: header entry is not an object")
-        dtype = entry.get("dtype")
-        if dtype not in DTYPE_BITS:
-            raise UnsupportedError(f"{where}: unknown dtype {dtype!r}",
-                                   hint=f"known: {', '.join(sorted(DTYPE_BITS))}")
-        shape = entry.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-            raise FormatError(f"{where}: shape {shape!r} is not a list of non-negative integers")
-        offs = entry.get("data_offsets")
-        if (not isinstance(offs, list) or len(offs) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
-            raise FormatError(f"{where}: data_offsets {offs!r} is not [begin, end]")
-        begin, end = offs
-        if begin < 0 or end < begin:
-            raise FormatError(f"{where}: data_offsets [{begin}, {end}] are not ordered")
-        if end > data_len:
-            raise FormatError(f"{where}: data_offsets end {end} is past the end of the data buffer "
-                              f"({data_len} bytes)", hint="the file is truncated or the header lies")
-        numel = 1
-        for d in shape:
-            numel *= d
-            if numel > _MAX_ELEMENTS:
-                raise FormatError(f"{where}: shape {shape} has more than 2^50 elements")
-        bits = numel * DTYPE_BITS[dtype]
-        if bits % 8:
-            raise FormatError(f"{where}: {numel} elements of {dtype} do not fill whole bytes")
-        if end - begin != bits // 8:
-            raise FormatError(f"{where}: byte count mismatch: dtype {dtype} shape {shape} needs "
-                              f"{bits // 8} bytes, data_offsets give {end - begin}")
+        # Fast path first (this loop runs ~50,000 times on a full-size MoE checkpoint); any
+        # irregularity falls through to _check_entry, which names what is wrong.
+        try:
+            dtype = entry["dtype"]
+            shape = entry["shape"]
+            begin, end = entry["data_offsets"]
+            bits = bits_of(dtype)
+            numel = 1
+            for d in shape:
+                if type(d) is not int or d < 0:
+                    raise TypeError
+                numel *= d
+            ok = (bits is not None and type(begin) is int and type(end) is int and 0 <= begin <= end <= data_len
+                  and numel <= _MAX_ELEMENTS and (numel * bits) % 8 == 0 and end - begin == numel * bits // 8)
+        except Exception:
+            ok = False
+        if not ok:
+            _check_entry(rel, name, entry, data_len)
+            raise FormatError(f"{rel}: tensor '{name}': malformed header entry {entry!r}")  # pragma: no cover
         tensors[name] = RawTensor(name, dtype, tuple(shape), rel, data_start + begin, end - begin)
         spans.append((begin, end, name))
     spans.sort()
@@ -171,6 +193,27 @@ def _safe_member(root: str, rel: str, index_name: str) -> str:
     return os.path.normpath(rel)
 
 
+def declaration(path: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """Cheap sniffing: (config.json, hf_quant_config.json) of a safetensors checkpoint, or None.
+
+    Reads only the two small JSON files; never the index or a header.
+    """
+    if os.path.isfile(path):
+        if not path.endswith(".safetensors"):
+            return None
+        root = os.path.dirname(os.path.abspath(path))
+    elif os.path.isdir(path):
+        root = path
+        if not any(n.endswith((".safetensors", ".safetensors.index.json")) for n in os.listdir(root)):
+            return None
+    else:
+        return None
+    try:
+        return _load_json(root, "config.json") or {}, _load_json(root, "hf_quant_config.json")
+    except FormatError:
+        return {}, None  # let read() report the broken file precisely
+
+
 def discover(path: str) -> Source | None:
     """Find the safetensors files of PATH; None when PATH holds none (another format may)."""
     if os.path.isfile(path):
@@ -193,9 +236,13 @@ def discover(path: str) -> Source | None:
         wm = idx.get("weight_map")
         if not isinstance(wm, dict) or not wm:
             raise FormatError(f"{index_name}: no weight_map object")
+        checked: dict[str, str] = {}
         mapping: dict[str, str] = {}
         for tname, rel in wm.items():
-            mapping[tname] = _safe_member(root, rel, index_name)
+            safe = checked.get(rel) if isinstance(rel, str) else None
+            if safe is None:
+                safe = checked[rel] = _safe_member(root, rel, index_name)
+            mapping[tname] = safe
         files = sorted(set(mapping.values()))
         for rel in files:
             if not os.path.isfile(os.path.join(root, rel)):

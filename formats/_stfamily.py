@@ -8,12 +8,16 @@ from nvfp4tools.arch import parse_arch
 from nvfp4tools.io import PartReader
 from nvfp4tools.model import Checkpoint, Finding, QuantScheme
 
-from ._assemble import Assembler, Suffix, module_names, unmatched_patterns
+from ._assemble import Assembler, Suffix, unmatched_patterns
 from ._safetensors import Source, discover, parse_all
 
 
 def quant_method(src: Source) -> str | None:
-    qc = src.config.get("quantization_config")
+    return config_quant_method(src.config)
+
+
+def config_quant_method(config: dict[str, Any]) -> str | None:
+    qc = config.get("quantization_config")
     if isinstance(qc, dict):
         qm = qc.get("quant_method")
         return str(qm) if qm is not None else None
@@ -50,7 +54,7 @@ def build(
         tensors = asm.build()
     findings.extend(asm.findings)
     if patterns:
-        findings.extend(unmatched_patterns(patterns, module_names(raw), bool(arch and arch.tie_word_embeddings),
+        findings.extend(unmatched_patterns(patterns, raw.keys(), bool(arch and arch.tie_word_embeddings),
                                            pattern_label))
     return Checkpoint(
         format=format_name, source=src.given, root=src.root, tensors=tensors, files=tuple(src.files),

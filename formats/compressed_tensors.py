@@ -20,9 +20,9 @@ from nvfp4tools.errors import UnsupportedError
 from nvfp4tools.model import Checkpoint, Finding, QuantScheme
 
 from . import register
-from ._assemble import Suffix, match_pattern
-from ._safetensors import discover
-from ._stfamily import build, quant_method
+from ._assemble import PatternSet, Suffix, match_pattern
+from ._safetensors import declaration, discover
+from ._stfamily import build, config_quant_method, quant_method
 from .base import FormatSpec
 
 SUFFIXES = (
@@ -60,11 +60,8 @@ def _args_scheme(weights: dict[str, Any], acts: dict[str, Any] | None) -> QuantS
 
 
 def sniff(path: str) -> bool:
-    try:
-        src = discover(path)
-    except Exception:
-        return False
-    return src is not None and quant_method(src) == "compressed-tensors"
+    decl = declaration(path)
+    return decl is not None and config_quant_method(decl[0]) == "compressed-tensors"
 
 
 def read(path: str) -> Checkpoint:
@@ -99,8 +96,10 @@ def read(path: str) -> Checkpoint:
         targets = [t for t in (g.get("targets") or []) if isinstance(t, str)]
         parsed.append((targets, _args_scheme(w, a), g))
 
+    ignore_set = PatternSet(ignore)
+
     def expect(module: str) -> QuantScheme | None:
-        if any(match_pattern(module, p) for p in ignore):
+        if ignore_set.matches(module):
             return None
         for targets, scheme, _ in parsed:
             if any(t.startswith("re:") or "." in t for t in targets):

@@ -20,9 +20,9 @@ from nvfp4tools.errors import UnsupportedError
 from nvfp4tools.model import Checkpoint, Finding, QuantScheme
 
 from . import register
-from ._assemble import Suffix, match_pattern
-from ._safetensors import discover
-from ._stfamily import build, quant_method
+from ._assemble import PatternSet, Suffix
+from ._safetensors import declaration, discover
+from ._stfamily import build, config_quant_method
 from .base import FormatSpec
 
 SUFFIXES = (
@@ -51,30 +51,26 @@ ALGOS: dict[str, QuantScheme] = {
 _STATIC_INPUT = {"NVFP4", "NVFP4_AWQ", "FP8", "W4A8_NVFP4_FP8"}
 
 
-def _declaration(src) -> tuple[dict[str, Any], str] | None:
+def _declaration(config: dict[str, Any], hq: dict[str, Any] | None) -> tuple[dict[str, Any], str] | None:
     """The ModelOpt quantization block and where it came from."""
-    qm = quant_method(src)
+    qm = config_quant_method(config)
     if qm is not None and qm != "modelopt":
         return None  # config.json is the authority (compressed-tensors' converter leaves a stale hf_quant_config.json)
-    hq = src.hf_quant_config
     if isinstance(hq, dict) and isinstance(hq.get("quantization"), dict):
         return hq, "hf_quant_config.json"
     if qm == "modelopt":
-        return src.config["quantization_config"], "config.json quantization_config"
+        return config["quantization_config"], "config.json quantization_config"
     return None
 
 
 def sniff(path: str) -> bool:
-    try:
-        src = discover(path)
-    except Exception:
-        return False
-    return src is not None and _declaration(src) is not None
+    decl = declaration(path)
+    return decl is not None and _declaration(*decl) is not None
 
 
 def read(path: str) -> Checkpoint:
     src = discover(path)
-    decl = _declaration(src) if src else None
+    decl = _declaration(src.config, src.hf_quant_config) if src else None
     if src is None or decl is None:
         raise UnsupportedError(f"{path}: not a ModelOpt checkpoint (no hf_quant_config.json and config.json "
                                "quant_method is not 'modelopt')")
@@ -99,13 +95,15 @@ def read(path: str) -> Checkpoint:
                                 f"{where}: quant_algo {algo!r} is not one nvfp4tools knows; schemes are read "
                                 "from the stored dtypes only"))
 
+    exclude_set = PatternSet(excludes)
+
     def expect(module: str) -> QuantScheme | None:
         if layers is not None:
             entry = layers.get(module)
             if not isinstance(entry, dict):
                 return None
             return ALGOS.get(str(entry.get("quant_algo")))
-        if any(match_pattern(module, p) for p in excludes):
+        if exclude_set.matches(module):
             return None
         return ALGOS.get(algo)
 

@@ -3,21 +3,23 @@ checkpoint whose quantization method nvfp4tools does not interpret (tensors show
 
 from __future__ import annotations
 
+import os
+
 from nvfp4tools.errors import UnsupportedError
 from nvfp4tools.model import Checkpoint, Finding
 
 from . import register
 from ._assemble import Suffix
-from ._safetensors import discover
+from ._safetensors import PICKLE_SUFFIXES, declaration, discover
 from ._stfamily import build, quant_method
 from .base import FormatSpec
 
 
 def sniff(path: str) -> bool:
-    try:
-        return discover(path) is not None
-    except Exception:
-        return True  # let read() raise the precise error (pickle-only folder, bad index, ...)
+    if declaration(path) is not None:
+        return True
+    # a folder of pickles only: let read() say why it is refused
+    return os.path.isdir(path) and any(n.endswith(PICKLE_SUFFIXES) for n in os.listdir(path))
 
 
 def read(path: str) -> Checkpoint:

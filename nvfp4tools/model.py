@@ -23,8 +23,9 @@ The raw stored value is never rewritten in the model, so a converter can still c
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Literal, Mapping, NamedTuple
 
 PartRole = Literal[
     "data",          # the weight codes (packed or not)
@@ -64,9 +65,12 @@ class QuantScheme:
         return f"{self.name} (W{wbits}{act})"
 
 
-@dataclass(frozen=True)
-class TensorPart:
-    """One stored array: where it lives and what it holds."""
+class TensorPart(NamedTuple):
+    """One stored array: where it lives and what it holds.
+
+    A NamedTuple rather than a frozen dataclass: a full-size MoE checkpoint has ~50,000 parts and
+    inspect must build them all in well under a second.
+    """
 
     role: PartRole
     key: str                     # the name inside the file
@@ -93,11 +97,11 @@ class TensorInfo:
     expert: int | None = None    # per-expert index when stored per expert
     n_experts_fused: int | None = None  # leading expert dimension of a fused 3-D tensor
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         return sum(p.nbytes for p in self.parts)
 
-    @property
+    @functools.cached_property
     def n_elements(self) -> int:
         n = 1
         for d in self.shape:

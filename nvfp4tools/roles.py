@@ -8,6 +8,7 @@ Mixtral ``block_sparse_moe.experts.E.w1``. Rules are a table tried in order; the
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -57,7 +58,26 @@ class RoleInfo:
     expert: int | None
 
 
+_DIGITS = re.compile(r"\.\d+(?=\.|$)")
+
+
 def classify(name: str) -> RoleInfo:
+    """Classify a tensor or module name (cached per name template: digits do not change a role)."""
+    m = _LAYER_RE.match(name)
+    em = _EXPERT_RE.search(name)
+    role, proj, layered = _classify_template(_DIGITS.sub(".#", name))
+    layer = int(m.group("idx")) if (m and layered) else None
+    stack = m.group("stack") if (m and layered) else None
+    return RoleInfo(role, layer, stack, proj, int(em.group(1)) if em else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _classify_template(template: str) -> tuple[str, str | None, bool]:
+    r = _classify_uncached(template.replace(".#", ".0"))
+    return r.role, r.proj, r.layer is not None
+
+
+def _classify_uncached(name: str) -> RoleInfo:
     """Classify a tensor or module name.
 
     >>> classify("model.language_model.layers.3.experts.7.down_proj.weight")

@@ -61,7 +61,7 @@ GEMMA4_TINY: dict[str, Any] = {
     "vision_config": {
         "model_type": "gemma4_vision", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
         "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32, "patch_size": 16,
-        "position_embedding_size": 64,
+        "position_embedding_size": 10240,
     },
 }
 
