@@ -1,0 +1,40 @@
+# Two entry points (README quick start):
+#   make demo   set up a virtual environment and run `nvfp4tools demo` on a bundled tiny checkpoint
+#   make test   set up the test environment (interop oracles included) and run the test suite
+#
+# torch is pinned to the CPU build that this machine family keeps on local disk (seconds to
+# install); an unpinned torch would pull a multi-GB CUDA build. The pin lives here, not in the
+# package metadata.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: demo test setup setup-test bench clean
+
+$(VENV)/.core: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) install "$(TORCH_PIN)"
+	$(PIP) install -e ".[test,oracles]" "$(TORCH_PIN)"
+	touch $@
+
+setup: $(VENV)/.core
+setup-test: $(VENV)/.test
+
+demo: $(VENV)/.core
+	$(VENV)/bin/nvfp4tools demo
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: $(VENV)/.core
+	$(PY) bench/inspect_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
