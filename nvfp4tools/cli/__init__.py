@@ -16,6 +16,8 @@ _LAZY = {
     "inspect": "nvfp4tools.cli.inspect:inspect_cmd",
     "synth": "nvfp4tools.cli.synth:synth_cmd",
     "demo": "nvfp4tools.cli.demo:demo_cmd",
+    "estimate": "nvfp4tools.cli.estimate:estimate_cmd",
+    "gpus": "nvfp4tools.cli.estimate:gpus_cmd",
 }
 
 

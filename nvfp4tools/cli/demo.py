@@ -12,7 +12,8 @@ import click
               help="Write the demo checkpoint here and keep it (default: a temporary folder).")
 @click.pass_context
 def demo_cmd(ctx: click.Context, keep: str | None) -> None:
-    """Build a tiny Gemma-4-style NVFP4 checkpoint (ModelOpt layout) and run every command on it.
+    """Build a tiny Gemma-4-style NVFP4 checkpoint (ModelOpt layout) and run inspect on it; then size a
+    header-only full-size Gemma-4-26B-A4B NVFP4 checkpoint for an RTX 4090 with estimate.
 
     \b
     Example:
@@ -28,6 +29,18 @@ def demo_cmd(ctx: click.Context, keep: str | None) -> None:
         click.echo(f"$ nvfp4tools synth {out} --preset gemma4-tiny --to modelopt --recipe all-linear", err=True)
         synthesize(out, preset="gemma4-tiny", fmt="modelopt", recipe="all-linear")
         click.echo(f"$ nvfp4tools inspect {out}", err=True)
-        report = build_report(formats.read(out))
+        ckpt = formats.read(out)
+        report = build_report(ckpt)
         click.echo(render_table(report))
-        ctx.exit(1 if has_errors(report) else 0)
+
+        from nvfp4tools.cli.estimate import render_table as render_estimate
+        from nvfp4tools.estimate import Settings, estimate
+        from nvfp4tools.gpus import get_gpu
+        big = f"{tmp}/gemma4-26b-a4b-nvfp4-header-only"
+        click.echo("", err=True)
+        click.echo(f"$ nvfp4tools synth {big} --preset gemma4-26b-a4b --to modelopt --header-only", err=True)
+        synthesize(big, preset="gemma4-26b-a4b", fmt="modelopt", recipe="all-linear", header_only=True)
+        click.echo(f"$ nvfp4tools estimate {big} --gpu rtx4090 --engine vllm --context 8192 --kv-dtype fp8", err=True)
+        est = estimate(formats.read(big), get_gpu("rtx4090"), Settings(engine="vllm", context=8192, kv_dtype="fp8"))
+        click.echo(render_estimate(est.report))
+        ctx.exit(1 if has_errors(report) or not est.fits else 0)

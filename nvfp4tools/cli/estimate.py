@@ -1,0 +1,155 @@
+"""``nvfp4tools estimate`` and ``nvfp4tools gpus``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from tabulate import tabulate
+
+from ._output import emit, format_option, human_bytes
+
+GiB = 2**30
+
+
+@click.command("estimate")
+@click.argument("path")
+@click.option("--gpu", "gpu_name", default="rtx4090", show_default=True,
+              help="GPU key from `nvfp4tools gpus`, 'auto' (local GPU via nvidia-smi), or 'all'.")
+@click.option("--vram", default=None, metavar="SIZE", help="Custom GPU memory (e.g. 24GiB); overrides the table's.")
+@click.option("--engine", type=click.Choice(["vllm", "sglang", "llamacpp"]), default="vllm", show_default=True)
+@click.option("--context", type=int, default=None, help="Tokens per sequence (vLLM max-model-len, llama.cpp n_ctx). "
+              "Default: min(model maximum, 8192).")
+@click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "fp8_e5m2", "q8_0", "q4_0"]),
+              default="auto", show_default=True)
+@click.option("--mem-fraction", type=float, default=None,
+              help="vLLM gpu_memory_utilization (default 0.9) / SGLang mem_fraction_static (default 0.88).")
+@click.option("--swa-ratio", type=float, default=None, help="SGLang --swa-full-tokens-ratio (default 0.8).")
+@click.option("--max-seqs", type=int, default=None, help="vLLM max_num_seqs / llama.cpp -np parallel sequences.")
+@click.option("--max-batched-tokens", type=int, default=None, help="vLLM max_num_batched_tokens (default 2048, 8192 on 70+ GiB GPUs).")
+@click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True, help="Tensor-parallel GPUs.")
+@click.option("--text-only", is_flag=True, help="The engine does not load the vision tower.")
+@click.option("--weights-gib", type=float, default=None,
+              help="Use this weight VRAM (e.g. from the engine's load log) instead of the prediction.")
+@click.option("--cudagraph-gib", type=float, default=0.0, show_default=True,
+              help="vLLM >= 0.21 subtracts its CUDA-graph estimate; give it from a log.")
+@click.option("--explain", is_flag=True, help="Show every term with its mechanism and source.")
+@format_option
+@click.pass_context
+def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None, engine: str, context: int | None,
+                 kv_dtype: str, mem_fraction: float | None, swa_ratio: float | None, max_seqs: int | None,
+                 max_batched_tokens: int | None, tp: int, text_only: bool, weights_gib: float | None,
+                 cudagraph_gib: float, explain: bool, fmt: str) -> None:
+    """Will this checkpoint fit, and how many KV-cache tokens and concurrent sequences will it get?
+
+    Reads headers only (any format inspect reads). Exit 1 when it does not fit, so CI can gate on it.
+
+    \b
+    Example:
+      nvfp4tools estimate ./gemma-4-26B-A4B-it-NVFP4 --gpu rtx4090 --engine vllm --context 8192
+      nvfp4tools estimate ./ckpt --gpu rtx3090 --engine sglang --kv-dtype fp8 --mem-fraction 0.91 --swa-ratio 0.05
+      nvfp4tools estimate ./ckpt --gpu all --format json
+    """
+    from nvfp4tools import formats
+    from nvfp4tools.estimate import Settings, estimate
+    from nvfp4tools.gpus import all_gpus, custom_gpu, detect_local, get_gpu, parse_size
+
+    s = Settings(engine=engine, context=context, kv_dtype=kv_dtype, mem_fraction=mem_fraction, swa_ratio=swa_ratio,
+                 max_seqs=max_seqs, tp=tp, text_only=text_only, max_batched_tokens=max_batched_tokens,
+                 weights_bytes_override=int(weights_gib * GiB) if weights_gib is not None else None,
+                 cudagraph_bytes=int(cudagraph_gib * GiB))
+    ckpt = formats.read(path)
+    if gpu_name == "all":
+        rows = []
+        for g in all_gpus():
+            r = estimate(ckpt, custom_gpu(parse_size(vram), g) if vram else g, s).report
+            rows.append({"gpu": g.key, "memory_total_bytes": r["gpu"]["memory_total_bytes"], "fp4": g.fp4,
+                         "fits": r["fits"], "margin_bytes": r["margin_bytes"],
+                         "weights_bytes": r["weights"]["bytes_per_gpu"],
+                         "kv_pool_bytes": r["capacity"].get("kv_pool_bytes", 0),
+                         "kv_pool_tokens": r["capacity"].get("kv_pool_tokens", 0),
+                         "max_concurrency": r["capacity"].get("max_concurrency", 0),
+                         "decode_tokens_per_s_ceiling": r["decode"]["tokens_per_s_ceiling"]})
+        from nvfp4tools._version import __version__
+        report = {"schema": "nvfp4tools/estimate-all/v1", "tool_version": __version__, "source": path,
+                  "engine": engine, "settings": r["settings"], "rows": rows}
+        emit(report, fmt, _render_all)
+        ctx.exit(0 if any(x["fits"] for x in rows) else 1)
+    gpu = detect_local() if gpu_name == "auto" else get_gpu(gpu_name)
+    if vram:
+        gpu = custom_gpu(parse_size(vram), gpu)
+    res = estimate(ckpt, gpu, s)
+    emit(res.report, fmt, lambda r: render_table(r, explain))
+    ctx.exit(0 if res.fits else 1)
+
+
+def _gib(n: int | float | None) -> str:
+    return "-" if n is None else f"{n / GiB:.2f} GiB"
+
+
+def render_table(r: dict[str, Any], explain: bool = False) -> str:
+    g = r["gpu"]
+    k = r["kv"]
+    c = r["capacity"]
+    st = r["settings"]
+    lines = [f"{r['source']} on {g['name']} ({_gib(g['memory_total_bytes'])}, cc {g['compute_capability']}, "
+             f"FP4 {g['fp4']}) with {r['engine']}, context {st['context']}, KV {k['dtype']}"
+             + (f", TP {st['tp']}" if st["tp"] > 1 else ""), ""]
+    rows = [["weights", human_bytes(r["weights"]["bytes_per_gpu"])]]
+    rows.append(["KV bytes/token (full layers)", f"{k['bytes_per_token_full_layers']:,} B over {k['n_full_layers']} layers"])
+    if k["n_sliding_layers"]:
+        rows.append(["KV bytes/token (sliding layers)",
+                     f"{k['bytes_per_token_sliding_layers']:,} B over {k['n_sliding_layers']} layers, window {k['window']}"])
+    rows.append(["KV pool", human_bytes(c.get("kv_pool_bytes"))])
+    if "full_pool_tokens" in c:
+        rows.append(["KV pool tokens (full / SWA)", f"{c['full_pool_tokens']:,} / {c['swa_pool_tokens']:,} (ratio {c['swa_ratio']})"])
+    else:
+        rows.append(["KV pool tokens", f"{c.get('kv_pool_tokens', 0):,}"])
+    if "kv_pool_tokens_legacy" in c:
+        rows.append(["vLLM 0.19-era 'GPU KV cache size'", f"{c['kv_pool_tokens_legacy']:,} tokens"])
+    rows.append([f"max concurrency at {st['context']}", f"{c.get('max_concurrency', 0)}x"])
+    rows.append(["fits", ("yes" if r["fits"] else "NO") + f" (margin {_gib(r['margin_bytes'])})"])
+    rows.append(["decode ceiling (batch 1)", f"{r['decode']['tokens_per_s_ceiling']} tokens/s "
+                 f"({human_bytes(r['decode']['bytes_per_token_per_gpu'])} read per token)"])
+    lines.append(tabulate(rows, tablefmt="plain"))
+    if explain:
+        lines.append("")
+        lines.append("weights:")
+        for t in r["weights"]["terms"]:
+            lines.append(f"  {t['name']:<20} {_gib(t['bytes']):>11}  {t['mechanism']}" + (f" [{t['source']}]" if t["source"] else ""))
+        lines.append(f"{r['engine']} memory:")
+        for t in r["memory"]["terms"]:
+            lines.append(f"  {t['name']:<20} {_gib(t['bytes']):>11}  {t['mechanism']}" + (f" [{t['source']}]" if t["source"] else ""))
+    for n in r["notes"]:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+def _render_all(r: dict[str, Any]) -> str:
+    rows = [[x["gpu"], _gib(x["memory_total_bytes"]), x["fp4"], "yes" if x["fits"] else "no", _gib(x["weights_bytes"]),
+             f"{x['kv_pool_tokens']:,}", f"{x['max_concurrency']}x", x["decode_tokens_per_s_ceiling"]]
+            for x in r["rows"]]
+    return tabulate(rows, headers=["gpu", "memory", "fp4", "fits", "weights", "KV tokens", "concurrency",
+                                   "decode tok/s ceiling"], tablefmt="simple")
+
+
+@click.command("gpus")
+@format_option
+def gpus_cmd(fmt: str) -> None:
+    """List the GPU table estimate uses (memory the driver reports, bandwidth, FP4/FP8 support, sources).
+
+    \b
+    Example:
+      nvfp4tools gpus --format json
+    """
+    from nvfp4tools._version import __version__
+    from nvfp4tools.gpus import table_rows
+
+    report = {"schema": "nvfp4tools/gpus/v1", "tool_version": __version__, "gpus": table_rows()}
+
+    def render(r: dict[str, Any]) -> str:
+        rows = [[g["key"], g["name"], _gib(g["memory_total_bytes"]), f"{g['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s",
+                 g["compute_capability"], g["fp4"], "yes" if g["fp8_tensor_cores"] else "no"] for g in r["gpus"]]
+        return tabulate(rows, headers=["key", "name", "reported memory", "bandwidth", "cc", "fp4", "fp8 TC"],
+                        tablefmt="simple") + "\n\nsources: nvfp4tools gpus --format json"
+    emit(report, fmt, render)

@@ -1,0 +1,116 @@
+"""The GPU table (data in ``nvfp4tools/data/gpus.json``, each figure with its source) and local
+GPU discovery. Stdlib only."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .errors import BackendUnavailable, UsageError
+
+
+@dataclass(frozen=True)
+class GPU:
+    key: str
+    name: str
+    memory_total_bytes: int        # what the driver reports (torch total_memory / cudaMemGetInfo total)
+    bandwidth_bytes_per_s: int
+    compute_capability: str
+    fp4: str                       # "native" (FP4 tensor cores) or "marlin" (W4A16 fallback)
+    fp8_tensor_cores: bool
+    memory_nominal: str = ""
+    memory_source: str = ""
+    bandwidth_source: str = ""
+    unified_memory: bool = False
+
+    @property
+    def cc_major(self) -> int:
+        return int(self.compute_capability.split(".")[0])
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict:
+    path = os.path.join(os.path.dirname(__file__), "data", "gpus.json")
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def context_overhead_bytes() -> int:
+    """CUDA context + driver reservation before any engine allocation (measured, see the table)."""
+    return int(_table()["context_overhead_bytes"])
+
+
+def all_gpus() -> list[GPU]:
+    out = []
+    for g in _table()["gpus"]:
+        out.append(GPU(g["key"], g["name"], g["memory_total_bytes"], g["bandwidth_bytes_per_s"],
+                       g["compute_capability"], g["fp4"], g["fp8_tensor_cores"], g["memory_nominal"],
+                       g["memory_source"], g["bandwidth_source"], g.get("unified_memory", False)))
+    return out
+
+
+def table_rows() -> list[dict]:
+    return list(_table()["gpus"])
+
+
+def get_gpu(name: str) -> GPU:
+    key = name.lower().replace("_", "-").replace(" ", "-")
+    aliases = {"rtx-pro-6000-blackwell": "rtx-pro-6000", "h100": "h100-sxm", "a100": "a100-80gb",
+               "gb10": "dgx-spark", "spark": "dgx-spark"}
+    key = aliases.get(key, key)
+    for g in all_gpus():
+        if g.key == key:
+            return g
+    raise UsageError(f"unknown GPU {name!r}",
+                     hint=f"known: {', '.join(g.key for g in all_gpus())}, or 'auto', or pass --vram")
+
+
+def parse_size(text: str) -> int:
+    """'24GiB', '24 GB', '25769803776' -> bytes (GB = 1e9, GiB = 2^30)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*", text, re.I)
+    if not m:
+        raise UsageError(f"cannot read size {text!r}", hint="examples: 24GiB, 80GB, 25769803776")
+    val = float(m.group(1))
+    unit = (m.group(2) or "B").upper()
+    mult = {"B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20, "G": 1e9, "GB": 1e9,
+            "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}[unit]
+    return int(val * mult)
+
+
+def custom_gpu(vram_bytes: int, like: GPU | None = None) -> GPU:
+    base = like or get_gpu("rtx4090")
+    return GPU("custom", f"custom ({vram_bytes / 2**30:.2f} GiB)", vram_bytes, base.bandwidth_bytes_per_s,
+               base.compute_capability, base.fp4, base.fp8_tensor_cores,
+               memory_source="--vram", bandwidth_source=f"assumed {base.key}'s")
+
+
+def detect_local() -> GPU:
+    """The local GPU via nvidia-smi (no torch import); nearest table entry for bandwidth/features."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        raise BackendUnavailable("--gpu auto: no nvidia-smi on PATH, so no local NVIDIA GPU can be read",
+                                 hint="name the GPU with --gpu, or give its memory with --vram")
+    try:
+        out = subprocess.run([smi, "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BackendUnavailable(f"--gpu auto: nvidia-smi failed ({e})") from None
+    if not out:
+        raise BackendUnavailable("--gpu auto: nvidia-smi lists no GPU")
+    name, mem_mib, cc = [x.strip() for x in out[0].split(",")]
+    total = int(float(mem_mib)) * 2**20
+    low = name.lower()
+    best = None
+    for g in all_gpus():
+        words = [w for w in re.split(r"[-\s]", g.key) if w]
+        if all(w in low.replace(" ", "") or w in low for w in words):
+            best = g
+    like = best or get_gpu("h100-sxm")
+    return GPU(like.key if best else "local", name, total, like.bandwidth_bytes_per_s, cc,
+               "native" if cc.split(".")[0] in ("10", "12") else "marlin", like.fp8_tensor_cores,
+               memory_source="nvidia-smi memory.total", bandwidth_source=f"table entry {like.key}")
