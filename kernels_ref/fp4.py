@@ -53,3 +53,23 @@ def unpack_nibbles_hf(packed: np.ndarray) -> np.ndarray:
     out[..., 0::2] = packed & 0x0F
     out[..., 1::2] = packed >> 4
     return out
+
+
+def pack_nibbles_gguf(codes: np.ndarray) -> np.ndarray:
+    """Pack codes in GGUF order: within each 16-element sub-block, byte j holds element j in the
+    low nibble and element j+8 in the high nibble (ggml ``block_nvfp4.qs``; gguf-py
+    ``NVFP4.dequantize_blocks``). Input [..., n] (n % 16 == 0) -> [..., n/2]."""
+    codes = np.asarray(codes, dtype=np.uint8)
+    if codes.shape[-1] % 16:
+        raise ValueError(f"last dimension {codes.shape[-1]} is not a multiple of 16")
+    sub = codes.reshape(codes.shape[:-1] + (-1, 16))
+    packed = (sub[..., :8] & 0x0F) | (sub[..., 8:] << 4)
+    return packed.reshape(codes.shape[:-1] + (-1,))
+
+
+def unpack_nibbles_gguf(packed: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pack_nibbles_gguf`: [..., n/2] -> [..., n] codes."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    sub = packed.reshape(packed.shape[:-1] + (-1, 8))
+    out = np.concatenate([sub & 0x0F, sub >> 4], axis=-1)
+    return out.reshape(packed.shape[:-1] + (-1,))

@@ -52,10 +52,19 @@ def quantize_nvfp4(w: np.ndarray, global_scale: np.float32 | None = None) -> NVF
     return NVFP4Tensor(pack_nibbles_hf(codes), scale_bytes, g)
 
 
+# Every packed byte decodes to a pair of values (low nibble first): one gather per byte instead
+# of an unpack followed by a per-element lookup.
+_BYTE_PAIRS = np.stack([decode_e2m1(np.arange(256, dtype=np.uint8) & 0x0F),
+                        decode_e2m1(np.arange(256, dtype=np.uint8) >> 4)], axis=1).astype(np.float32)
+
+
 def dequantize_nvfp4(t: NVFP4Tensor) -> np.ndarray:
-    """``E2M1(code) * float(block_scale) * global_scale`` as float32 (ModelOpt ``dequantize``)."""
-    codes = unpack_nibbles_hf(t.packed)
-    vals = decode_e2m1(codes)
+    """``E2M1(code) * float(block_scale) * global_scale`` as float32 (ModelOpt ``dequantize``:
+    ``per_block_scale = scale * double_scale`` first, then times the value)."""
+    packed = np.asarray(t.packed, dtype=np.uint8)
+    vals = np.take(_BYTE_PAIRS, packed, axis=0)                    # [..., n/2, 2]
+    shape = packed.shape[:-1] + (packed.shape[-1] * 2,)
     scale = decode_e4m3(t.block_scale) * np.float32(t.global_scale)
-    shape = vals.shape
-    return (vals.reshape(shape[:-1] + (-1, NVFP4_BLOCK)) * scale[..., None]).reshape(shape)
+    out = vals.reshape(shape[:-1] + (-1, NVFP4_BLOCK))
+    out *= scale[..., None]
+    return out.reshape(shape)

@@ -18,6 +18,7 @@ _LAZY = {
     "demo": "nvfp4tools.cli.demo:demo_cmd",
     "estimate": "nvfp4tools.cli.estimate:estimate_cmd",
     "gpus": "nvfp4tools.cli.estimate:gpus_cmd",
+    "verify": "nvfp4tools.cli.verify:verify_cmd",
 }
 
 

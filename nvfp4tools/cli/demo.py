@@ -12,7 +12,7 @@ import click
               help="Write the demo checkpoint here and keep it (default: a temporary folder).")
 @click.pass_context
 def demo_cmd(ctx: click.Context, keep: str | None) -> None:
-    """Build a tiny Gemma-4-style NVFP4 checkpoint (ModelOpt layout) and run inspect on it; then size a
+    """Build a tiny Gemma-4-style NVFP4 checkpoint (ModelOpt layout) run inspect and verify on it; then size a
     header-only full-size Gemma-4-26B-A4B NVFP4 checkpoint for an RTX 4090 with estimate.
 
     \b
@@ -36,6 +36,14 @@ def demo_cmd(ctx: click.Context, keep: str | None) -> None:
         from nvfp4tools.cli.estimate import render_table as render_estimate
         from nvfp4tools.estimate import Settings, estimate
         from nvfp4tools.gpus import get_gpu
+        from nvfp4tools.cli.verify import render_table as render_verify
+        from nvfp4tools.kernels_ref.dispatch import resolve
+        from nvfp4tools.verify import verify
+        click.echo("", err=True)
+        click.echo(f"$ nvfp4tools verify {out} --backend ref", err=True)
+        ver = verify(ckpt, backends=resolve("ref"))
+        click.echo(render_verify(ver))
+
         big = f"{tmp}/gemma4-26b-a4b-nvfp4-header-only"
         click.echo("", err=True)
         click.echo(f"$ nvfp4tools synth {big} --preset gemma4-26b-a4b --to modelopt --header-only", err=True)
@@ -43,4 +51,4 @@ def demo_cmd(ctx: click.Context, keep: str | None) -> None:
         click.echo(f"$ nvfp4tools estimate {big} --gpu rtx4090 --engine vllm --context 8192 --kv-dtype fp8", err=True)
         est = estimate(formats.read(big), get_gpu("rtx4090"), Settings(engine="vllm", context=8192, kv_dtype="fp8"))
         click.echo(render_estimate(est.report))
-        ctx.exit(1 if has_errors(report) or not est.fits else 0)
+        ctx.exit(1 if has_errors(report) or not est.fits or ver["verdict"] != "pass" else 0)

@@ -1,0 +1,101 @@
+"""Verification backends: an explicit, registered choice, never a silent fallback.
+
+Each backend declares when it is available (``available()`` returns None, or the reason it is not)
+and the tolerance its output is held to against the float64 reference (relative Frobenius error
+``||y - y_ref|| / ||y_ref||``). ``ref`` is numpy: dequantize to float32 and accumulate in float32.
+GPU backends register here too; they import torch only when asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from nvfp4tools.errors import BackendUnavailable
+
+
+@dataclass
+class LayerCase:
+    """One linear layer as every backend receives it (canonical NVFP4 parts, or a float weight)."""
+
+    name: str
+    x: np.ndarray                      # float32 activations [M, K]
+    w: np.ndarray                      # float32 dequantized weight [N, K] (reference path A)
+    codes: np.ndarray | None = None    # uint8 E2M1 codes [N, K] (NVFP4 only)
+    scale_bytes: np.ndarray | None = None  # uint8 E4M3 [N, K/16]
+    global_scale: float | None = None  # multiplier
+    input_scale: float | None = None   # multiplier
+    mode: str = "w4a16"                # or "w4a4"
+
+
+@dataclass
+class Backend:
+    name: str
+    description: str
+    tolerance_rel: float
+    available: Callable[[], str | None]
+    run: Callable[[LayerCase], np.ndarray]
+    tolerance_source: str = ""
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register(b: Backend) -> Backend:
+    if b.name in _BACKENDS:
+        raise RuntimeError(f"backend {b.name!r} registered twice")
+    _BACKENDS[b.name] = b
+    return b
+
+
+def _ref_run(case: LayerCase) -> np.ndarray:
+    from .gemm import gemm_emulated, quantize_activations_nvfp4
+
+    x = case.x
+    if case.mode == "w4a4" and case.input_scale is not None:
+        x = quantize_activations_nvfp4(x, case.input_scale)
+    return gemm_emulated(x, case.w)
+
+
+register(Backend(
+    "ref", "numpy: weights dequantized to float32, float32 accumulation", 1e-5, lambda: None, _ref_run,
+    "float32 accumulation over K terms: relative error ~ sqrt(K) * 2^-24 (< 1e-5 for K <= 2^16)"))
+
+
+def _load_gpu_backends() -> None:
+    try:
+        from . import gpu  # noqa: F401  (registers torch/triton/scaled_mm/vllm/flashinfer when present)
+    except ImportError:
+        pass
+
+
+def names() -> list[str]:
+    _load_gpu_backends()
+    return list(_BACKENDS)
+
+
+def get(name: str) -> Backend:
+    _load_gpu_backends()
+    if name not in _BACKENDS:
+        raise BackendUnavailable(f"unknown backend {name!r}", hint=f"known: {', '.join(_BACKENDS)}")
+    b = _BACKENDS[name]
+    why = b.available()
+    if why:
+        raise BackendUnavailable(f"backend {name!r} is not available here: {why}")
+    return b
+
+
+def resolve(spec: str) -> list[Backend]:
+    """'ref', 'ref,torch' or 'all' (every available backend) -> backends; unavailable is an error."""
+    _load_gpu_backends()
+    if spec == "all":
+        return [b for b in _BACKENDS.values() if b.available() is None]
+    return [get(n.strip()) for n in spec.split(",") if n.strip()]
+
+
+def status() -> list[dict[str, object]]:
+    _load_gpu_backends()
+    return [{"name": b.name, "available": b.available() is None, "reason": b.available(),
+             "tolerance_rel": b.tolerance_rel, "description": b.description} for b in _BACKENDS.values()]

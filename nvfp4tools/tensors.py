@@ -1,0 +1,125 @@
+"""Reading tensor bytes (numpy) and decoding a logical tensor to canonical quantized parts.
+
+Used by verify and convert; inspect and estimate never import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import FormatError, UnsupportedError
+from .model import Checkpoint, TensorInfo, TensorPart
+
+_NP = {"U8": np.uint8, "I8": np.int8, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8,
+       "I16": np.int16, "U16": np.uint16, "F16": np.float16, "I32": np.int32, "U32": np.uint32,
+       "F32": np.float32, "I64": np.int64, "U64": np.uint64, "F64": np.float64, "BOOL": np.bool_}
+
+
+def load_part(root: str, part: TensorPart) -> np.ndarray:
+    """The stored array of a part, read-only memory-mapped (bf16 widened to float32)."""
+    path = os.path.join(root, part.file)
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise FormatError(f"{part.file}: cannot open: {e.strerror}") from None
+    if part.offset + part.nbytes > size:
+        raise FormatError(f"{part.file}: tensor '{part.key}' needs bytes {part.offset}..{part.offset + part.nbytes} "
+                          f"but the file has {size}", hint="the file is truncated")
+    if part.nbytes == 0:
+        return np.zeros(part.stored_shape, dtype=np.float32)
+    if part.stored_dtype == "BF16":
+        raw = np.memmap(path, dtype=np.uint16, mode="r", offset=part.offset, shape=(part.nbytes // 2,))
+        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(part.stored_shape)
+    dt = _NP.get(part.stored_dtype)
+    if dt is None:  # GGUF block types are handled by their reader
+        return np.memmap(path, dtype=np.uint8, mode="r", offset=part.offset, shape=(part.nbytes,))
+    n = part.nbytes // np.dtype(dt).itemsize
+    return np.memmap(path, dtype=dt, mode="r", offset=part.offset, shape=(n,)).reshape(part.stored_shape)
+
+
+@dataclass
+class CanonicalNVFP4:
+    codes: np.ndarray          # uint8 E2M1 codes [..., out, in] (HF element order)
+    scale_bytes: np.ndarray    # uint8 E4M3 [..., out, in/16]
+    global_scale: np.ndarray   # float32 multiplier, shape () or [E]
+    input_scale: np.ndarray | None  # float32 multiplier
+    stored_global: np.ndarray  # as stored (ModelOpt multiplier or CT divisor)
+    stored_as: str
+
+
+def scalar_part(root: str, part: TensorPart | None) -> np.ndarray | None:
+    if part is None:
+        return None
+    return np.asarray(load_part(root, part), dtype=np.float32).reshape(-1)
+
+
+def canonical_nvfp4(ckpt: Checkpoint, t: TensorInfo) -> CanonicalNVFP4:
+    """Decode an NVFP4 tensor of any reader to HF-order codes, E4M3 bytes and a multiplier global."""
+    from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
+
+    data, bs, g = t.part("data"), t.part("block_scale"), t.part("global_scale")
+    if data is None or bs is None or g is None:
+        raise UnsupportedError(f"{t.name}: NVFP4 tensor lacks its block or global scale; cannot decode")
+    raw = load_part(ckpt.root, data)
+    if data.stored_dtype in ("U8",) and raw.shape[-1] * 2 == t.shape[-1]:
+        codes = unpack_nibbles_hf(np.asarray(raw))
+        scales = np.asarray(load_part(ckpt.root, bs), dtype=np.uint8)
+    else:
+        from nvfp4tools.kernels_ref.ggml_quants import gguf_blocks_to_nvfp4
+        codes, scales = gguf_blocks_to_nvfp4(np.asarray(raw).reshape(t.shape[:-1] + (-1,)))
+    stored = scalar_part(ckpt.root, g)
+    gl = (np.float32(1.0) / stored).astype(np.float32) if g.stored_as == "divisor" else stored.astype(np.float32)
+    inp = scalar_part(ckpt.root, t.part("input_scale"))
+    ip = t.part("input_scale")
+    if inp is not None and ip is not None and ip.stored_as == "divisor":
+        inp = (np.float32(1.0) / inp).astype(np.float32)
+    return CanonicalNVFP4(codes.reshape(t.shape), scales.reshape(t.shape[:-1] + (-1,)), gl, inp, stored, g.stored_as)
+
+
+def dequantize(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
+    """Float32 weights of any supported scheme (canonical path)."""
+    from nvfp4tools.kernels_ref.nvfp4 import NVFP4Tensor, dequantize_nvfp4
+    from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
+
+    s = t.scheme
+    if s.name == "nvfp4":
+        c = canonical_nvfp4(ckpt, t)
+        if c.global_scale.size == 1:
+            return dequantize_nvfp4(NVFP4Tensor(pack_nibbles_hf(c.codes), c.scale_bytes, c.global_scale.reshape(())[()]))
+        out = np.empty(t.shape, np.float32)
+        for e in range(t.shape[0]):
+            out[e] = dequantize_nvfp4(NVFP4Tensor(pack_nibbles_hf(c.codes[e]), c.scale_bytes[e], c.global_scale[e]))
+        return out
+    if s.element.startswith("int") and t.part("data").stored_dtype == "I32":
+        return _dequant_ct_int(ckpt, t)
+    if not s.quantized:
+        return np.asarray(load_part(ckpt.root, t.part("data")), dtype=np.float32).reshape(t.shape)
+    raise UnsupportedError(f"{t.name}: dequantizing scheme {s.name} is not supported yet",
+                           hint="supported: nvfp4, compressed-tensors int4/int8 pack-quantized, bf16/fp16/fp32")
+
+
+def _dequant_ct_int(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
+    from nvfp4tools.kernels_ref.int4 import unpack_int32_to_int4
+
+    bits = int(t.scheme.element[3:])
+    if bits != 4:
+        raise UnsupportedError(f"{t.name}: int{bits} pack-quantized dequantization is not supported yet")
+    out_f, in_f = t.shape[-2], t.shape[-1]
+    q = unpack_int32_to_int4(np.asarray(load_part(ckpt.root, t.part("data"))), in_f).astype(np.float32)
+    scale = np.asarray(load_part(ckpt.root, t.part("block_scale")), dtype=np.float32)
+    zp_part = t.part("zero_point")
+    g_part = t.part("g_idx")
+    if g_part is not None:
+        gidx = np.asarray(load_part(ckpt.root, g_part)).astype(np.int64)
+    else:
+        group = in_f // scale.shape[-1]
+        gidx = np.arange(in_f) // group
+    zp = 0.0
+    if zp_part is not None:
+        # zero points are packed along the output dimension (transpose, pack, transpose back)
+        z = np.asarray(load_part(ckpt.root, zp_part))
+        zp = unpack_int32_to_int4(z.T, out_f).T.astype(np.float32)[:, gidx]
+    return (q - zp) * scale[:, gidx]

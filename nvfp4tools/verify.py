@@ -1,0 +1,259 @@
+"""``verify``: decode every quantized linear, check its codes and scales are well formed, run the
+reference GEMM on seeded random activations at the layer's real shape, and compare independent
+paths and backends against the float64 reference.
+
+Per layer:
+* ``path_rel_err``: the canonical path (reader -> canonical parts -> ``kernels_ref`` dequantize,
+  float32) against an independent implementation of the format's own dequantization formula
+  (field-arithmetic E2M1/E4M3 decode in float64, the stored global applied as the format stores
+  it: multiplied for ModelOpt, divided for compressed-tensors). Tolerance 1e-6: the two differ
+  only by float32 rounding of the final product.
+* per backend ``rel_err`` = ``||y - y_ref|| / ||y_ref||`` with ``y_ref = x @ W^T`` in float64, and
+  ``max_abs_err``; held to the backend's stated tolerance; NaN/inf never passes.
+* ``w4a4_rel_err`` (when the layer has a static input scale): activations quantized to NVFP4 the
+  Blackwell way, against W4A16: what W4A4 serving adds (information, not a verdict).
+* with ``against``: ``weight_sqnr_db`` and ``output_rel_err`` of the quantized layer against the
+  unquantized original.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ._version import __version__
+from .errors import UsageError
+from .model import Checkpoint, TensorInfo
+
+SCHEMA = "nvfp4tools/verify/v1"
+PATH_TOLERANCE = 1e-6
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    den = float(np.linalg.norm(b))
+    num = float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+    if not math.isfinite(num):
+        return float("inf")
+    return num / den if den else (0.0 if num == 0 else float("inf"))
+
+
+def _sqnr_db(ref: np.ndarray, q: np.ndarray) -> float:
+    sig = float(np.sum(np.asarray(ref, np.float64) ** 2))
+    noise = float(np.sum((np.asarray(ref, np.float64) - np.asarray(q, np.float64)) ** 2))
+    if noise == 0:
+        return float("inf")
+    return 10 * math.log10(sig / noise) if sig else float("-inf")
+
+
+def _e2m1_arith(codes: np.ndarray) -> np.ndarray:
+    """E2M1 value by field arithmetic (OCP MX 5.3.3): not the lookup table of path A."""
+    c = codes.astype(np.int64)
+    e = (c >> 1) & 3
+    m = (c & 1).astype(np.float64)
+    mag = np.where(e == 0, m * 0.5, (1.0 + m * 0.5) * np.exp2(e - 1.0))
+    return np.where(c & 8, -mag, mag)
+
+
+def format_formula(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray | None:
+    """The format's own dequantization formula, implemented independently (float64)."""
+    from nvfp4tools.kernels_ref.fp8 import decode_e4m3_bits
+    from nvfp4tools.tensors import load_part, scalar_part
+
+    if t.scheme.name == "nvfp4":
+        data, bs, g = t.part("data"), t.part("block_scale"), t.part("global_scale")
+        if data is None or bs is None or g is None or data.stored_dtype != "U8":
+            return None
+        raw = np.asarray(load_part(ckpt.root, data)).astype(np.int64)
+        lo, hi = raw % 16, raw // 16
+        codes = np.stack([lo, hi], axis=-1).reshape(t.shape)
+        vals = _e2m1_arith(codes)
+        scale = decode_e4m3_bits(np.asarray(load_part(ckpt.root, bs)))
+        stored = scalar_part(ckpt.root, g).astype(np.float64)
+        w = vals.reshape(t.shape[:-1] + (-1, 16)) * scale[..., None]
+        w = w.reshape(t.shape)
+        glob = stored.reshape((-1,) + (1,) * (len(t.shape) - 1)) if stored.size > 1 else stored.reshape(())
+        # ModelOpt: w = E2M1 * e4m3 * weight_scale_2 ; compressed-tensors: w = E2M1 * e4m3 / weight_global_scale
+        return w / glob if g.stored_as == "divisor" else w * glob
+    if t.scheme.element == "int4" and t.part("data").stored_dtype == "I32":
+        data = t.part("data")
+        words = np.ascontiguousarray(load_part(ckpt.root, data)).astype("<i4")
+        b = words.view(np.uint8).reshape(words.shape + (4,)).astype(np.int64)  # little-endian bytes
+        q = np.stack([b % 16, b // 16], axis=-1).reshape(words.shape[:-1] + (-1,))[..., : t.shape[-1]] - 8
+        scale = np.asarray(load_part(ckpt.root, t.part("block_scale")), dtype=np.float64)
+        if t.part("zero_point") is not None or t.part("g_idx") is not None:
+            return None
+        group = t.shape[-1] // scale.shape[-1]
+        return q * np.repeat(scale, group, axis=-1)
+    return None
+
+
+def well_formed(ckpt: Checkpoint, t: TensorInfo) -> list[str]:
+    """Problems with the stored codes/scales that make the layer wrong whatever the kernel."""
+    from nvfp4tools.tensors import load_part, scalar_part
+
+    problems: list[str] = []
+    bs = t.part("block_scale")
+    if bs is not None and bs.stored_dtype == "F8_E4M3":
+        b = np.asarray(load_part(ckpt.root, bs))
+        n_nan = int(np.count_nonzero((b & 0x7F) == 0x7F))
+        n_neg = int(np.count_nonzero(b > 0x80))
+        if n_nan:
+            problems.append(f"{n_nan} NaN E4M3 block scales")
+        if n_neg:
+            problems.append(f"{n_neg} negative E4M3 block scales")
+    elif bs is not None and bs.stored_dtype in ("F16", "BF16", "F32"):
+        s = np.asarray(load_part(ckpt.root, bs), dtype=np.float32)
+        if not np.all(np.isfinite(s)):
+            problems.append(f"{int(np.count_nonzero(~np.isfinite(s)))} non-finite group scales")
+    for role, label in (("global_scale", "global scale"), ("input_scale", "input scale")):
+        p = t.part(role)
+        if p is None:
+            continue
+        v = scalar_part(ckpt.root, p)
+        bad = v[~np.isfinite(v) | (v <= 0)]
+        if bad.size:
+            problems.append(f"{label} {float(bad[0])!r} (stored {p.key}) is not finite and positive")
+    return problems
+
+
+@dataclass
+class Original:
+    """An unquantized checkpoint to compare against, with fused-expert slicing."""
+
+    ckpt: Checkpoint
+    cache: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def weight(self, t: TensorInfo) -> np.ndarray | None:
+        from nvfp4tools.tensors import dequantize
+
+        o = self.ckpt.tensors.get(t.name)
+        if o is not None and o.shape == t.shape:
+            return dequantize(self.ckpt, o)
+        if t.expert is not None and t.proj in ("gate", "up", "down"):
+            base = t.name.split(f".experts.{t.expert}.")[0] + ".experts."
+            if t.proj == "down":
+                fused = self.ckpt.tensors.get(base + "down_proj")
+                if fused is not None and fused.shape[1:] == t.shape:
+                    return self._fused(fused)[t.expert]
+            else:
+                fused = self.ckpt.tensors.get(base + "gate_up_proj")
+                if fused is not None and fused.shape[2] == t.shape[1]:
+                    half = fused.shape[1] // 2
+                    w = self._fused(fused)[t.expert]
+                    return w[:half] if t.proj == "gate" else w[half:]
+        return None
+
+    def _fused(self, o: TensorInfo) -> np.ndarray:
+        from nvfp4tools.tensors import dequantize
+
+        if o.name not in self.cache:
+            self.cache.clear()
+            self.cache[o.name] = dequantize(self.ckpt, o)
+        return self.cache[o.name]
+
+
+def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, tokens: int = 16, seed: int = 0,
+           against: Checkpoint | None = None, w4a4: bool = True) -> dict[str, Any]:
+    from nvfp4tools.kernels_ref.dispatch import LayerCase
+    from nvfp4tools.kernels_ref.gemm import gemm_reference, quantize_activations_nvfp4
+    from nvfp4tools.tensors import canonical_nvfp4, dequantize
+
+    if tokens < 1:
+        raise UsageError("--tokens must be at least 1")
+    layers = [t for t in ckpt.tensors.values() if t.scheme.quantized and len(t.shape) >= 2]
+    if not layers:
+        raise UsageError(f"{ckpt.source}: no quantized linear layer to verify")
+    rng = np.random.default_rng(seed)
+    if sample is not None and sample < len(layers):
+        idx = sorted(rng.choice(len(layers), size=sample, replace=False))
+        layers = [layers[i] for i in idx]
+    orig = Original(against) if against is not None else None
+    rows: list[dict[str, Any]] = []
+    for t in layers:
+        row: dict[str, Any] = {"name": t.name, "role": t.role, "layer": t.layer, "shape": list(t.shape),
+                               "scheme": t.scheme.name}
+        problems = well_formed(ckpt, t)
+        w = dequantize(ckpt, t).reshape(-1, t.shape[-1])
+        k = t.shape[-1]
+        x = rng.standard_normal((tokens, k)).astype(np.float32)
+        y_ref = gemm_reference(x, w)
+        formula = format_formula(ckpt, t)
+        row["path_rel_err"] = None if formula is None else _rel(gemm_reference(x, formula.reshape(-1, k)), y_ref)
+        row["path_tolerance"] = PATH_TOLERANCE
+        case_kw: dict[str, Any] = {}
+        input_scale = None
+        if t.scheme.name == "nvfp4" and len(t.shape) == 2:
+            c = canonical_nvfp4(ckpt, t)
+            input_scale = float(c.input_scale[0]) if c.input_scale is not None and c.input_scale.size else None
+            case_kw = dict(codes=c.codes, scale_bytes=c.scale_bytes, global_scale=float(c.global_scale.reshape(-1)[0]),
+                           input_scale=input_scale)
+        results = []
+        for b in backends:
+            y = np.asarray(b.run(LayerCase(t.name, x, w, **case_kw)), dtype=np.float64)
+            finite = bool(np.all(np.isfinite(y))) and y.shape == y_ref.shape
+            err = _rel(y, y_ref) if finite else float("inf")
+            max_abs = float(np.max(np.abs(y - y_ref))) if finite else float("inf")
+            results.append({"backend": b.name, "rel_err": err, "max_abs_err": max_abs, "tolerance_rel": b.tolerance_rel,
+                            "pass": finite and err <= b.tolerance_rel})
+        row["backends"] = results
+        if w4a4 and input_scale is not None and math.isfinite(input_scale) and input_scale > 0:
+            row["w4a4_rel_err"] = _rel(gemm_reference(quantize_activations_nvfp4(x, input_scale), w), y_ref)
+        if orig is not None:
+            wo = orig.weight(t)
+            if wo is None:
+                row["against"] = None
+            else:
+                wo = wo.reshape(-1, k)
+                y_o = gemm_reference(x, wo)
+                row["against"] = {"weight_sqnr_db": _sqnr_db(wo, w), "output_rel_err": _rel(y_ref, y_o)}
+        row["problems"] = problems
+        ok = not problems and all(r["pass"] for r in results) and (
+            row["path_rel_err"] is None or row["path_rel_err"] <= PATH_TOLERANCE)
+        row["verdict"] = "pass" if ok else "fail"
+        rows.append(row)
+    return _report(ckpt, rows, backends, tokens, seed, sample, against)
+
+
+def _finite(v: float) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def _report(ckpt, rows, backends, tokens, seed, sample, against) -> dict[str, Any]:
+    from nvfp4tools.kernels_ref.dispatch import status
+
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_role.setdefault(r["role"], []).append(r)
+    roles = []
+    for role, rs in by_role.items():
+        entry: dict[str, Any] = {"role": role, "n_layers": len(rs), "n_failed": sum(r["verdict"] == "fail" for r in rs)}
+        ag = [r["against"] for r in rs if r.get("against")]
+        if ag:
+            entry["mean_weight_sqnr_db"] = round(sum(a["weight_sqnr_db"] for a in ag) / len(ag), 3)
+            entry["min_weight_sqnr_db"] = round(min(a["weight_sqnr_db"] for a in ag), 3)
+            entry["mean_output_rel_err"] = sum(a["output_rel_err"] for a in ag) / len(ag)
+        roles.append(entry)
+    worst = sorted((r for r in rows if r.get("against")), key=lambda r: -r["against"]["output_rel_err"])[:10]
+    # JSON has no NaN/inf: non-finite errors become null (and the row fails)
+    for r in rows:
+        for b in r["backends"]:
+            b["rel_err"], b["max_abs_err"] = _finite(b["rel_err"]), _finite(b["max_abs_err"])
+        for key in ("path_rel_err", "w4a4_rel_err"):
+            if r.get(key) is not None:
+                r[key] = _finite(r[key])
+        if r.get("against"):
+            r["against"] = {k: _finite(v) for k, v in r["against"].items()}
+    return {
+        "schema": SCHEMA, "tool_version": __version__, "source": ckpt.source, "format": ckpt.format,
+        "against": against.source if against is not None else None,
+        "settings": {"tokens": tokens, "seed": seed, "sample": sample,
+                     "backends": [b.name for b in backends], "path_tolerance": PATH_TOLERANCE},
+        "backends": [s for s in status() if s["name"] in {b.name for b in backends}],
+        "summary": {"n_layers": len(rows), "n_failed": sum(r["verdict"] == "fail" for r in rows), "by_role": roles,
+                    "worst": [{"name": r["name"], "role": r["role"], **r["against"]} for r in worst]},
+        "verdict": "fail" if any(r["verdict"] == "fail" for r in rows) else "pass",
+        "layers": rows,
+    }
