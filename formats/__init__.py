@@ -35,11 +35,7 @@ def register(spec: FormatSpec) -> FormatSpec:
 def _load_builtin() -> None:
     if _REGISTRY:
         return
-    from . import compressed_tensors, modelopt, safetensors_plain  # noqa: F401  (register on import)
-    try:
-        from . import gguf_format  # noqa: F401
-    except ImportError:  # the GGUF reader lands in its own issue
-        pass
+    from . import compressed_tensors, gguf_format, modelopt, safetensors_plain  # noqa: F401  (register on import)
 
 
 def names() -> list[str]:

@@ -60,6 +60,8 @@ class QuantScheme:
         """Short human label: ``nvfp4 (W4A4)``, ``int4 g128 (W4A16)``."""
         if not self.quantized:
             return self.name
+        if self.element == "ggml":  # GGML block types: bits per weight include the block scales
+            return f"{self.name} ({self.bits:.3g} bpw)"
         act = "A16" if self.activations is None else ("A4" if self.activations == "nvfp4" else "A8")
         wbits = int(self.bits) if self.bits == int(self.bits) else self.bits
         return f"{self.name} (W{wbits}{act})"

@@ -47,5 +47,5 @@ def int_group(bits: int, group_size: int | None, symmetric: bool, actorder: bool
 
 def ggml(name: str, bits_per_element: float, block_size: int, block_scale: str | None) -> QuantScheme:
     """A GGML block type as a scheme (Q4_0, Q8_0, K-quants, ...)."""
-    return QuantScheme(name.lower(), name.lower(), bits_per_element, block_size, block_scale, False,
+    return QuantScheme(name.lower(), "ggml", bits_per_element, block_size, block_scale, False,
                        activations=None, quantized=True)

@@ -61,6 +61,11 @@ def render_table(r: dict[str, Any]) -> str:
                         + (f", {s['bits_per_quantized_weight']:.3f} in quantized tensors"
                            if s["bits_per_quantized_weight"] else "")),
     ]
+    m = r.get("metadata") or {}
+    if m.get("general.file_type") is not None or m.get("tokenizer.ggml.model") is not None:
+        head.append(("gguf", f"v{m.get('gguf_version')}, file_type {m.get('general.file_type')}, quantization "
+                             f"version {m.get('general.quantization_version')}, tokenizer {m.get('tokenizer.ggml.model')} "
+                             f"({m.get('vocab_size')} tokens), alignment {m.get('alignment')}"))
     a = r.get("architecture")
     if a:
         arch = (f"{a['model_type']}: {a['n_layers']} layers ({a['n_sliding_attention_layers']} sliding, "

@@ -1,0 +1,185 @@
+"""GGUF reader: agrees with gguf-py's own reader, same architecture as config.json, same roles and
+parameters as the safetensors checkpoint; hostile files fail in one line with exit 3."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from nvfp4tools import formats
+from nvfp4tools.arch import parse_arch
+from nvfp4tools.inspect import build_report
+from nvfp4tools.synth import GEMMA4_TINY
+from nvfp4tools.synth_gguf import write_gemma4_gguf
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gguf")
+    return {q: write_gemma4_gguf(str(d / f"tiny-{q}.gguf"), qtype=q)["path"] for q in ("q4_0", "q8_0", "bf16")}
+
+
+def test_type_table_matches_gguf_package():
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from nvfp4tools.formats._ggml_types import GGML_TYPES
+
+    for t in GGMLQuantizationType:
+        assert t.value in GGML_TYPES, t
+        name, block, nbytes = GGML_TYPES[t.value]
+        assert (name, block, nbytes) == (t.name, *GGML_QUANT_SIZES[t]), t
+
+
+@pytest.mark.parametrize("q", ["q4_0", "q8_0", "bf16"])
+def test_agrees_with_gguf_reader(tiny_gguf, q):
+    from gguf import GGUFReader
+
+    ck = formats.read(tiny_gguf[q])
+    r = GGUFReader(tiny_gguf[q])
+    assert len(r.tensors) == len(ck.tensors)
+    for t in r.tensors:
+        ours = ck.tensors[t.name]
+        assert ours.shape == tuple(int(x) for x in reversed(t.shape.tolist()))
+        data = ours.part("data")
+        assert data.stored_dtype == t.tensor_type.name
+        assert data.nbytes == int(t.n_bytes) and data.offset == int(t.data_offset)
+
+
+def test_gguf_arch_equals_config_arch(tiny_gguf):
+    ck = formats.read(tiny_gguf["q4_0"])
+    want = parse_arch(GEMMA4_TINY)
+    assert ck.arch.layers == want.layers
+    assert (ck.arch.n_experts, ck.arch.n_experts_active, ck.arch.expert_intermediate_size) == (8, 2, 64)
+    assert ck.arch.vocab_size == 512 and ck.arch.tie_word_embeddings
+
+
+def test_same_roles_and_params_as_safetensors(tiny_gguf, synth_dir):
+    g = build_report(formats.read(tiny_gguf["bf16"]))
+    s = build_report(formats.read(synth_dir(fmt="bf16", experts="fused")))
+    gr = {r["role"]: r["n_parameters"] for r in g["roles"]}
+    sr = {r["role"]: r["n_parameters"] for r in s["roles"] if r["role"] not in ("vision", "projector")}
+    assert gr == sr
+
+
+def test_summary_fields(tiny_gguf, run_cli):
+    r = run_cli("inspect", tiny_gguf["q4_0"], "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    m = json.loads(r.stdout)["metadata"]
+    assert m["general.file_type"] == "MOSTLY_Q4_0" and m["tokenizer.ggml.model"] == "gemma4"
+    assert m["vocab_size"] == 512 and m["general.quantization_version"] == 2
+    t = run_cli("inspect", tiny_gguf["q4_0"])
+    assert "file_type MOSTLY_Q4_0" in t.stdout
+
+
+def test_q4_0_values_dequantize_like_gguf(tiny_gguf):
+    from gguf import GGUFReader, quants
+
+    from nvfp4tools.kernels_ref.ggml_quants import dequantize_q4_0
+    from nvfp4tools.tensors import load_part
+
+    ck = formats.read(tiny_gguf["q4_0"])
+    r = GGUFReader(tiny_gguf["q4_0"])
+    t = next(x for x in r.tensors if x.name == "blk.0.attn_q.weight")
+    ours = dequantize_q4_0(np.asarray(load_part(ck.root, ck.tensors[t.name].part("data"))))
+    assert np.array_equal(ours.reshape(-1), quants.dequantize(t.data, t.tensor_type).reshape(-1))
+
+
+# -- hostile files ----------------------------------------------------------------------------------
+
+def _s(text: str) -> bytes:
+    b = text.encode()
+    return struct.pack("<Q", len(b)) + b
+
+
+def _gguf(version=3, n_tensors=1, n_kv=1, kv=None, tensors=None, pad=True, data=b"\0" * 64):
+    kv = kv if kv is not None else _s("general.architecture") + struct.pack("<I", 8) + _s("llama")
+    tensors = tensors if tensors is not None else _s("a.weight") + struct.pack("<IQIQ", 1, 16, 0, 0)  # 16 x F32
+    head = b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv) + kv + tensors
+    if pad:
+        head += b"\0" * ((-len(head)) % 32)
+    return head + data
+
+
+def _check(run_cli, tmp_path, blob, *needles):
+    p = tmp_path / "x.gguf"
+    p.write_bytes(blob)
+    r = run_cli("inspect", str(p))
+    assert r.exit_code == 3, (r.exit_code, r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert "\n" not in err and "Traceback" not in err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+def test_minimal_valid(tmp_path, run_cli):
+    p = tmp_path / "x.gguf"
+    p.write_bytes(_gguf())
+    assert run_cli("inspect", str(p)).exit_code == 0
+
+
+def test_wrong_magic(tmp_path, run_cli):
+    _check(run_cli, tmp_path, b"GGUX" + _gguf()[4:], "bad magic")
+
+
+@pytest.mark.parametrize("v,needle", [(1, "version 1 is not supported"), (99, "version 99 is not supported")])
+def test_bad_version(tmp_path, run_cli, v, needle):
+    _check(run_cli, tmp_path, _gguf(version=v), needle)
+
+
+def test_truncated_header(tmp_path, run_cli):
+    _check(run_cli, tmp_path, _gguf()[:30], "cannot fit in a 30-byte file")
+    _check(run_cli, tmp_path, _gguf()[:60], "needs", "the file ends at 60")
+
+
+def test_tensor_count_larger_than_file(tmp_path, run_cli):
+    _check(run_cli, tmp_path, _gguf(n_tensors=10**12), "tensor count 1000000000000 cannot fit")
+
+
+def test_string_length_larger_than_file(tmp_path, run_cli):
+    kv = struct.pack("<Q", 2**40) + b"abc"
+    _check(run_cli, tmp_path, _gguf(kv=kv), "key", "needs 1099511627776 bytes")
+
+
+def test_tensor_data_past_eof(tmp_path, run_cli):
+    t = _s("a.weight") + struct.pack("<IQIQ", 1, 4096, 0, 0)
+    _check(run_cli, tmp_path, _gguf(tensors=t), "tensor 'a.weight' data", "past the end")
+
+
+def test_misaligned_offset(tmp_path, run_cli):
+    t = _s("a.weight") + struct.pack("<IQIQ", 1, 4, 0, 3)
+    _check(run_cli, tmp_path, _gguf(tensors=t), "offset 3 is not aligned to 32")
+
+
+def test_duplicate_tensor_names(tmp_path, run_cli):
+    one = _s("a.weight") + struct.pack("<IQIQ", 1, 4, 0, 0)
+    _check(run_cli, tmp_path, _gguf(n_tensors=2, tensors=one + one), "duplicate tensor name 'a.weight'")
+
+
+def test_unknown_type_id(tmp_path, run_cli):
+    t = _s("a.weight") + struct.pack("<IQIQ", 1, 32, 77, 0)
+    _check(run_cli, tmp_path, _gguf(tensors=t), "unknown ggml type id 77", "known ids")
+
+
+def test_row_not_multiple_of_block(tmp_path, run_cli):
+    t = _s("a.weight") + struct.pack("<IQIQ", 1, 33, 2, 0)
+    _check(run_cli, tmp_path, _gguf(tensors=t), "row size 33 is not a multiple of the Q4_0 block size (32)")
+
+
+def test_missing_split_shard(tmp_path, run_cli):
+    (tmp_path / "m-00001-of-00002.gguf").write_bytes(_gguf())
+    r = run_cli("inspect", str(tmp_path / "m-00001-of-00002.gguf"))
+    assert r.exit_code == 3 and "split shard 'm-00002-of-00002.gguf' is missing" in r.stderr
+
+
+def test_split_files_read_together(tmp_path, run_cli):
+    t1 = _s("a.weight") + struct.pack("<IQIQ", 1, 16, 0, 0)
+    t2 = _s("b.weight") + struct.pack("<IQIQ", 1, 16, 0, 0)
+    (tmp_path / "m-00001-of-00002.gguf").write_bytes(_gguf(tensors=t1))
+    (tmp_path / "m-00002-of-00002.gguf").write_bytes(_gguf(tensors=t2))
+    r = run_cli("inspect", str(tmp_path / "m-00001-of-00002.gguf"), "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["summary"]["n_tensors"] == 2
