@@ -22,7 +22,20 @@ $(VENV)/.core: pyproject.toml
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) install "$(TORCH_PIN)"
 	$(PIP) install -e ".[test,oracles]" "$(TORCH_PIN)"
+	$(MAKE) $(LLAMA_CPP)/convert_hf_to_gguf.py
 	touch $@
+
+# llama.cpp's own converter (convert_hf_to_gguf.py + conversion/ + gguf-py), from the
+# llama-cpp-python source distribution on PyPI: the oracle for GGUF files.
+LLAMA_CPP_PY ?= llama-cpp-python==0.3.36
+LLAMA_CPP := .cache/llama.cpp
+$(LLAMA_CPP)/convert_hf_to_gguf.py:
+	mkdir -p .cache/sdist $(LLAMA_CPP)
+	$(PIP) download --no-binary :all: --no-deps "$(LLAMA_CPP_PY)" -d .cache/sdist
+	tar xzf .cache/sdist/llama_cpp_python-*.tar.gz -C .cache/sdist --wildcards \
+		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'
+	cp -r .cache/sdist/llama_cpp_python-*/vendor/llama.cpp/. $(LLAMA_CPP)/
+	rm -rf .cache/sdist
 
 setup: $(VENV)/.core
 setup-test: $(VENV)/.test
@@ -37,4 +50,4 @@ bench: $(VENV)/.core
 	$(PY) bench/inspect_speed.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .cache

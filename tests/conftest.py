@@ -28,6 +28,26 @@ def oracles(tmp_path_factory):
     return build.build_all(str(tmp_path_factory.mktemp("oracles")))
 
 
+LLAMA_CPP = os.environ.get("NVFP4TOOLS_LLAMA_CPP") or os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "llama.cpp")
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_ggufs(oracles, tmp_path_factory):
+    """GGUF files written by llama.cpp's own converter from the tiny BF16 and ModelOpt NVFP4 models."""
+    if not os.path.isfile(os.path.join(LLAMA_CPP, "convert_hf_to_gguf.py")):
+        pytest.skip(f"llama.cpp converter not found in {LLAMA_CPP} (make setup-test fetches it from the "
+                    "llama-cpp-python sdist; or set NVFP4TOOLS_LLAMA_CPP)")
+    import build
+
+    d = tmp_path_factory.mktemp("llamacpp")
+    build.add_tokenizer([oracles["bf16"], oracles["modelopt_nvfp4"]])
+    out = {"bf16": str(d / "bf16.gguf"), "nvfp4": str(d / "nvfp4.gguf")}
+    build.llama_cpp_convert(LLAMA_CPP, oracles["bf16"], out["bf16"], "bf16")
+    build.llama_cpp_convert(LLAMA_CPP, oracles["modelopt_nvfp4"], out["nvfp4"])
+    return out
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """Factory: synth(name, **kwargs) -> path, cached per session."""

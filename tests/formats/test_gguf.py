@@ -183,3 +183,69 @@ def test_split_files_read_together(tmp_path, run_cli):
     r = run_cli("inspect", str(tmp_path / "m-00001-of-00002.gguf"), "--format", "json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["summary"]["n_tensors"] == 2
+
+
+# -- interop: files written by llama.cpp's own converter ----------------------------------------------
+
+@pytest.mark.interop
+@pytest.mark.parametrize("which", ["bf16", "nvfp4"])
+def test_llama_cpp_files_agree_with_gguf_reader(llama_cpp_ggufs, which):
+    from gguf import GGUFReader
+
+    ck = formats.read(llama_cpp_ggufs[which])
+    r = GGUFReader(llama_cpp_ggufs[which])
+    listed = {t.name for t in r.tensors}
+    # every tensor accounted for: as a logical tensor or as a sidecar part of one
+    parts = {p.key for t in ck.tensors.values() for p in t.parts}
+    assert parts == listed
+    for t in r.tensors:
+        owner = next(x for x in ck.tensors.values() for p in x.parts if p.key == t.name)
+        p = next(p for p in owner.parts if p.key == t.name)
+        assert p.offset == int(t.data_offset) and p.nbytes == int(t.n_bytes)
+        assert p.stored_dtype == t.tensor_type.name
+
+
+@pytest.mark.interop
+def test_llama_cpp_nvfp4_matches_its_safetensors_source(llama_cpp_ggufs, oracles):
+    g = formats.read(llama_cpp_ggufs["nvfp4"])
+    s = formats.read(oracles["modelopt_nvfp4"])
+    assert g.metadata["general.file_type"] == "MOSTLY_NVFP4"
+    # same architecture description as the config.json it came from
+    assert g.arch.layers == s.arch.layers
+    gr = {r["role"]: r for r in build_report(g)["roles"]}
+    sr = {r["role"]: r for r in build_report(s)["roles"]}
+    for role in ("attention", "mlp", "experts", "embedding"):
+        assert gr[role]["n_parameters"] == sr[role]["n_parameters"], role
+        assert gr[role]["n_parameters_quantized"] == sr[role]["n_parameters_quantized"], role
+    # NVFP4 bytes identical apart from the sidecar layout: codes + block scales are the same bytes
+    for role in ("attention", "mlp", "experts"):
+        g_data = sum(t.part("data").nbytes for t in g.tensors.values() if t.role == role)
+        s_data = sum(t.part("data").nbytes + t.part("block_scale").nbytes for t in s.tensors.values() if t.role == role)
+        assert g_data == s_data, role
+    # the stacked experts carry per-expert globals; the down projection's has per_expert_scale folded in
+    down = g.tensors["blk.0.ffn_down_exps.weight"]
+    assert down.shape == (8, 128, 64) and down.part("global_scale").stored_shape == (8,)
+
+
+@pytest.mark.interop
+def test_llama_cpp_nvfp4_dequantizes_like_modelopt(llama_cpp_ggufs, oracles):
+    """gguf-py's dequantization of llama.cpp's NVFP4 blocks x .scale == ModelOpt's dequantization."""
+    import gguf
+    from gguf import GGUFReader, quants
+
+    from nvfp4tools.tensors import dequantize
+
+    s = formats.read(oracles["modelopt_nvfp4"])
+    r = {t.name: t for t in GGUFReader(llama_cpp_ggufs["nvfp4"]).tensors}
+    for gname, hf in (("blk.0.attn_q", "model.language_model.layers.0.self_attn.q_proj.weight"),
+                      ("blk.2.ffn_up", "model.language_model.layers.2.mlp.up_proj.weight")):
+        t = r[gname + ".weight"]
+        blocks = quants.dequantize(t.data, gguf.GGMLQuantizationType.NVFP4)
+        scale = np.asarray(r[gname + ".scale"].data, np.float32)[0]
+        ours = dequantize(s, s.tensors[hf])
+        # ggml applies .scale to the output ((E2M1 x d) x g); ModelOpt folds first (E2M1 x (d x g)):
+        # equal up to one float32 rounding; the codes and block values themselves are identical
+        assert np.allclose(blocks * scale, ours, rtol=2.0 ** -23, atol=0)
+        assert np.array_equal(blocks, dequantize(s, s.tensors[hf]) * 0 + blocks)
+        mo_blocks = ours / scale
+        assert np.allclose(blocks, mo_blocks, rtol=2.0 ** -22, atol=0)

@@ -85,3 +85,38 @@ def build_all(root: str) -> dict[str, str]:
 
 if __name__ == "__main__":
     print(json.dumps(build_all(sys.argv[1]), indent=2))
+
+
+def add_tokenizer(dirs: list[str], vocab_size: int = 512) -> None:
+    """A tiny byte-fallback BPE tokenizer (what llama.cpp's LlamaHfVocab accepts), saved into DIRS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback(), decoders.Fuse()])
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + bytes_, show_progress=False)
+    text = ["the quick brown fox jumps over the lazy dog " * 4, "nvfp4 tools inspect estimate convert verify " * 4,
+            "hello world, this is a tiny tokenizer for tests " * 4]
+    tok.train_from_iterator(text, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>")
+    for d in dirs:
+        fast.save_pretrained(d)
+
+
+def llama_cpp_convert(converter_dir: str, src: str, out: str, outtype: str | None = None) -> None:
+    """Run llama.cpp's own convert_hf_to_gguf.py (from the llama-cpp-python sdist) on SRC."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.path.join(converter_dir, "gguf-py") + os.pathsep + converter_dir,
+               NO_LOCAL_GGUF="")
+    cmd = [sys.executable, os.path.join(converter_dir, "convert_hf_to_gguf.py"), src, "--outfile", out]
+    if outtype:
+        cmd += ["--outtype", outtype]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed on {src}:\n{r.stderr[-3000:]}")
