@@ -264,14 +264,17 @@ def discover(path: str) -> Source | None:
     return src
 
 
-def parse_all(src: Source) -> tuple[dict[str, RawTensor], int, list[str]]:
-    """Parse every file's header. Returns (tensors by name, bytes on disk, index warnings)."""
+def parse_all(src: Source, meta_out: dict[str, str] | None = None) -> tuple[dict[str, RawTensor], int, list[str]]:
+    """Parse every file's header. Returns (tensors by name, bytes on disk, index warnings);
+    each file's ``__metadata__`` map is stored in META_OUT under its file name when given."""
     tensors: dict[str, RawTensor] = {}
     total = 0
     notes: list[str] = []
     for rel in src.files:
         pf = parse_header(src.root, rel)
         total += pf.size
+        if meta_out is not None and pf.metadata:
+            meta_out[rel] = pf.metadata
         for name, t in pf.tensors.items():
             if name in tensors:
                 raise FormatError(f"{rel}: tensor '{name}' also appears in {tensors[name].file}",

@@ -44,7 +44,8 @@ def build(
     has_config: bool = True,
     metadata: dict[str, Any] | None = None,
 ) -> Checkpoint:
-    raw, total, notes = parse_all(src)
+    st_meta: dict[str, str] = {}
+    raw, total, notes = parse_all(src, st_meta)
     for note in notes:
         findings.append(Finding("index_mismatch", "warning", note))
     arch = parse_arch(src.config) if src.config else None
@@ -60,7 +61,8 @@ def build(
         format=format_name, source=src.given, root=src.root, tensors=tensors, files=tuple(src.files),
         file_bytes=total, config=src.config, arch=arch, producer=producer, producer_version=producer_version,
         quant_method=quant_method, algorithm=algorithm, kv_cache_scheme=kv_cache_scheme,
-        exclude_patterns=patterns, findings=tuple(findings), metadata=metadata or {},
+        exclude_patterns=patterns, findings=tuple(findings),
+        metadata={**(metadata or {}), "safetensors_metadata": st_meta},
     )
 
 

@@ -19,6 +19,7 @@ _LAZY = {
     "estimate": "nvfp4tools.cli.estimate:estimate_cmd",
     "gpus": "nvfp4tools.cli.estimate:gpus_cmd",
     "verify": "nvfp4tools.cli.verify:verify_cmd",
+    "convert": "nvfp4tools.cli.convert:convert_cmd",
 }
 
 

@@ -1,0 +1,67 @@
+"""``nvfp4tools convert``."""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+import click
+from tabulate import tabulate
+
+from ._output import emit, format_option, human_bytes
+
+
+@click.command("convert")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--to", "to", type=click.Choice(["modelopt", "compressed-tensors", "gguf"]), required=True)
+@click.option("--experts", type=click.Choice(["per-expert", "fused"]), default=None,
+              help="Expert layout of safetensors outputs (default: as in the source).")
+@click.option("--allow-lossy", is_flag=True, help="Allow requantization where no exact mapping exists.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, exact/lossy) and write nothing.")
+@click.option("--force", is_flag=True, help="Replace DST if it exists (only after the new one is complete).")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Split safetensors output into shards.")
+@format_option
+def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: bool, dry_run: bool, force: bool,
+                max_shard_size: str, fmt: str) -> None:
+    """Convert between ModelOpt NVFP4, compressed-tensors (NVFP4, W4A16) and GGUF (NVFP4, Q4_0),
+    bit-exact wherever the formats allow (codes and block-scale bytes copied, globals remapped).
+
+    The output is written to a temporary sibling folder, verified tensor by tensor against the
+    source, and renamed into place only when complete.
+
+    \b
+    Example:
+      nvfp4tools convert ./gemma-4-NVFP4 ./gemma-4-NVFP4-ct --to compressed-tensors
+      nvfp4tools convert ./ckpt-ct ./ckpt.gguf --to gguf --dry-run
+    """
+    from nvfp4tools.convert import convert
+    from nvfp4tools.errors import Nvfp4ToolsError
+    from nvfp4tools.gpus import parse_size
+
+    try:
+        report = convert(src, dst, to, experts=experts, allow_lossy=allow_lossy, dry_run=dry_run, force=force,
+                         max_shard_bytes=parse_size(max_shard_size))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise Nvfp4ToolsError.__subclasses__()[0](f"writing {dst}: {e.strerror}") from None
+        raise
+    emit(report, fmt, render_table)
+
+
+def render_table(r: dict[str, Any]) -> str:
+    lines = [f"{r['source']} ({r['from']}) -> {r['to']}: {r['n_output_tensors']} tensors, "
+             f"{human_bytes(r['output_tensor_bytes'])}, {'lossless' if r['lossless'] else 'LOSSY'}"]
+    actions: dict[tuple[str, bool], int] = {}
+    for t in r["tensors"]:
+        actions[(t["action"], t["exact"])] = actions.get((t["action"], t["exact"]), 0) + 1
+    lines.append(tabulate([[a, "exact" if e else "lossy", n] for (a, e), n in sorted(actions.items())],
+                          headers=["action", "", "tensors"], tablefmt="simple"))
+    for n in r.get("notes", []):
+        lines.append(f"note: {n}")
+    if "destination" in r:
+        lines.append(f"wrote {r['destination']}: {', '.join(r['files'])}; verified {r['verified_tensors']} tensors "
+                     "bit for bit against the source")
+    else:
+        lines.append("dry run: nothing written")
+    return "\n".join(lines)

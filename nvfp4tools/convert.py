@@ -1,0 +1,722 @@
+"""``convert``: stream a checkpoint tensor by tensor through canonical quantized tensors into
+another format's writer. No pair-specific converter code: readers yield :class:`Canon` objects,
+writers (``formats/writers.py``) consume them.
+
+Canonical forms:
+* NVFP4: HF-order E2M1 codes, E4M3 block-scale bytes (never re-rounded), the per-tensor global
+  as stored (value + convention) and its multiplier, input scale likewise;
+* int4 group-symmetric: int8 values in [-8, 7], group scales with their dtype, group size
+  (compressed-tensors pack-quantized; GGUF Q4_0 = group 32 with an fp16 scale, ``q = nibble - 8``);
+* raw: any other tensor's stored array.
+
+Exact paths never touch a code or a block-scale byte; what changes is layout (names, nibble
+order, stacking), and the global's convention (ModelOpt multiplier <-> compressed-tensors
+divisor), solved bit-exactly as described in :func:`reciprocal_exact`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
+from .model import Checkpoint, TensorInfo
+
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+              "chat_template.json", "chat_template.jinja", "generation_config.json", "preprocessor_config.json",
+              "processor_config.json", "added_tokens.json", "vocab.json", "merges.txt")
+EXACT_META_KEY = "nvfp4tools.exact_globals"   # safetensors __metadata__: original fp32 bits of reciprocated scales
+
+
+def reciprocal_exact(x: np.float32, original: np.float32 | None = None) -> np.float32:
+    """The float32 reciprocal, and the way back bit-exactly.
+
+    ``fp32(1/fp32(1/s))`` is not always ``s`` (1 ulp off for some values: vLLM #42549). Writers
+    emit the correctly rounded ``fp32(1/s)``, byte-identical to compressed-tensors' own converter,
+    and record the original bits of every value whose reciprocal does not round-trip in the
+    output's metadata; the reverse conversion takes the recorded value when its reciprocal equals
+    the stored one, so ModelOpt -> compressed-tensors -> ModelOpt is byte-identical.
+    """
+    r = np.float32(np.float32(1.0) / np.float32(x))
+    if original is not None and np.float32(np.float32(1.0) / np.float32(original)) == np.float32(x):
+        return np.float32(original)
+    return r
+
+
+@dataclass
+class Canon:
+    name: str                    # canonical HF name (module + ".weight", or a fused parameter)
+    kind: str                    # "nvfp4" | "int4" | "raw"
+    shape: tuple[int, ...]
+    role: str = "other"
+    proj: str | None = None
+    layer: int | None = None
+    expert: int | None = None
+    # nvfp4
+    codes: np.ndarray | None = None
+    scale_bytes: np.ndarray | None = None
+    global_mult: np.ndarray | None = None    # float32 multiplier(s), shape [] or [E]
+    input_mult: np.ndarray | None = None
+    # int4
+    q: np.ndarray | None = None
+    group_scales: np.ndarray | None = None
+    group: int | None = None
+    # raw
+    array: np.ndarray | None = None
+    dtype: str | None = None                 # safetensors dtype of array
+    kv: dict[str, np.ndarray] = field(default_factory=dict)  # "k_scale"/"v_scale" riding on k/v proj
+    source_key: str = ""
+
+
+# -- reading canonical tensors ---------------------------------------------------------------------
+
+def _exact_meta(ckpt: Checkpoint) -> dict[str, float]:
+    """Original fp32 values recorded by a previous nvfp4tools convert (see reciprocal_exact)."""
+    per_file = ckpt.metadata.get("safetensors_metadata") if isinstance(ckpt.metadata, dict) else None
+    out: dict[str, float] = {}
+    for meta in (per_file or {}).values():
+        if isinstance(meta, dict) and EXACT_META_KEY in meta:
+            try:
+                for k, hexbits in json.loads(meta[EXACT_META_KEY]).items():
+                    out[k] = struct.unpack("<f", bytes.fromhex(hexbits))[0]
+            except (ValueError, TypeError):
+                pass
+    return out
+
+
+def iter_canonical(ckpt: Checkpoint) -> Iterator[Canon]:
+    exact = _exact_meta(ckpt)
+    for t in ckpt.tensors.values():
+        yield canon_of(ckpt, t, exact)
+
+
+def canon_of(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float] | None = None) -> Canon:
+    """One logical tensor in canonical form (reads its bytes)."""
+    from .tensors import canonical_nvfp4, load_part
+
+    exact = _exact_meta(ckpt) if exact is None else exact
+    base = dict(name=t.name, shape=tuple(t.shape), role=t.role, proj=t.proj, layer=t.layer, expert=t.expert)
+    data = t.part("data")
+    if t.scheme.name == "nvfp4":
+        c = canonical_nvfp4(ckpt, t)
+        g = c.global_scale
+        gp = t.part("global_scale")
+        if gp is not None and gp.stored_as == "divisor":
+            g = np.array([reciprocal_exact(v, exact.get(gp.key)) for v in c.stored_global.reshape(-1)], np.float32)
+        inp = c.input_scale
+        ip = t.part("input_scale")
+        if ip is not None and ip.stored_as == "divisor":
+            raw = np.asarray(load_part(ckpt.root, ip), np.float32).reshape(-1)
+            inp = np.array([reciprocal_exact(v, exact.get(ip.key)) for v in raw], np.float32)
+        # one multiplier per tensor (shape ()), or one per expert ([E]) for stacked experts
+        g = np.asarray(g, np.float32)
+        g = g.reshape(()) if g.size == 1 and len(t.shape) < 3 else g.reshape(-1)
+        if inp is not None:
+            inp = np.asarray(inp, np.float32)
+            inp = inp.reshape(()) if inp.size == 1 and len(t.shape) < 3 else inp.reshape(-1)
+        kv = {p.key.rsplit(".", 1)[-1]: np.asarray(load_part(ckpt.root, p), np.float32)
+              for p in t.parts if p.role == "kv_scale"}
+        return Canon(kind="nvfp4", codes=c.codes, scale_bytes=c.scale_bytes, global_mult=g, input_mult=inp,
+                     kv=kv, source_key=data.key, **base)
+    if t.scheme.element == "int4" and data.stored_dtype == "I32" and t.part("zero_point") is None \
+            and t.part("g_idx") is None:
+        from nvfp4tools.kernels_ref.int4 import unpack_int32_to_int4
+        q = unpack_int32_to_int4(np.asarray(load_part(ckpt.root, data)), t.shape[-1])
+        bs = t.part("block_scale")
+        return Canon(kind="int4", q=q, group_scales=_raw_array(ckpt, bs), group=t.shape[-1] // bs.stored_shape[-1],
+                     dtype=bs.stored_dtype, source_key=data.key, **base)
+    if t.scheme.name == "q4_0":
+        from nvfp4tools.kernels_ref.ggml_quants import q4_0_split
+        codes, d = q4_0_split(np.asarray(load_part(ckpt.root, data)).reshape(t.shape[:-1] + (-1,)))
+        return Canon(kind="int4", q=(codes.astype(np.int8) - 8), group_scales=d.view(np.uint16), group=32,
+                     dtype="F16", source_key=data.key, **base)
+    if not t.scheme.quantized:
+        return Canon(kind="raw", array=_raw_array(ckpt, data), dtype=_st_dtype(data.stored_dtype),
+                     source_key=data.key, **base)
+    return Canon(kind="unsupported:" + t.scheme.name, source_key=data.key, **base)
+
+
+def _st_dtype(d: str) -> str:
+    return {"F32": "F32", "F16": "F16", "BF16": "BF16", "F64": "F64", "I32": "I32", "I64": "I64"}.get(d, d)
+
+
+_BITS_VIEW = {"BF16": np.uint16, "F16": np.uint16, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8}
+
+
+def _raw_array(ckpt: Checkpoint, part) -> np.ndarray:
+    """Stored array with its bits kept (16-bit floats as uint16), so bytes are copied exactly."""
+    from .tensors import load_part
+
+    path = os.path.join(ckpt.root, part.file)
+    view = _BITS_VIEW.get(part.stored_dtype)
+    if view is not None:
+        n = part.nbytes // np.dtype(view).itemsize
+        return np.memmap(path, view, "r", part.offset, (n,)).reshape(part.stored_shape)
+    return np.asarray(load_part(ckpt.root, part))
+
+
+# -- planning --------------------------------------------------------------------------------------
+
+TARGETS = ("modelopt", "compressed-tensors", "gguf")
+
+
+@dataclass
+class Job:
+    sources: list[str]                       # source TensorInfo names, in the order their bytes are used
+    outs: list[Any]                          # formats.layouts.Out
+    exact: bool
+    action: str                              # "copy", "renibble", "reciprocal", "stack", "split", "quantize", ...
+    fuse: str | None = None                  # "gate_up" | "down" | None
+    note: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        from nvfp4tools.formats._st_writer import nbytes_of
+        return sum(nbytes_of(o.dtype, o.shape) for o in self.outs)
+
+
+@dataclass
+class Plan:
+    src: Checkpoint
+    to: str
+    jobs: list[Job]
+    exact_meta: dict[str, str] = field(default_factory=dict)  # output key -> original fp32 bits (hex)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def lossless(self) -> bool:
+        return all(j.exact for j in self.jobs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"schema": "nvfp4tools/convert-plan/v1", "source": self.src.source, "from": self.src.format,
+                "to": self.to, "lossless": self.lossless, "n_jobs": len(self.jobs),
+                "n_output_tensors": sum(len(j.outs) for j in self.jobs),
+                "output_tensor_bytes": sum(j.nbytes for j in self.jobs), "notes": self.notes,
+                "tensors": [{"sources": j.sources[:3] + ([f"... +{len(j.sources) - 3}"] if len(j.sources) > 3 else []),
+                             "outputs": [o.key for o in j.outs][:6], "action": j.action,
+                             "exact": j.exact, "bytes": j.nbytes, "note": j.note} for j in self.jobs]}
+
+
+def _expert_group_key(t: TensorInfo) -> tuple[str, str] | None:
+    if t.role != "experts" or t.expert is None or t.proj not in ("gate", "up", "down"):
+        return None
+    prefix = t.name.split(f".experts.{t.expert}.")[0]
+    return prefix, ("down" if t.proj == "down" else "gate_up")
+
+
+def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: bool = False) -> Plan:
+    from nvfp4tools.formats.layouts import LAYOUTS, Out
+
+    if to not in TARGETS:
+        raise UsageError(f"unknown target format {to!r}", hint=f"targets: {', '.join(TARGETS)}")
+    if to == "gguf":
+        from nvfp4tools.formats.gguf_writer import plan_gguf
+        return plan_gguf(src, allow_lossy=allow_lossy)
+    layout = LAYOUTS[to]
+    p = Plan(src, to, [])
+    tensors = list(src.tensors.values())
+    unsupported = sorted({t.scheme.name for t in tensors if t.scheme.quantized and not _supported(t, to)})
+    if unsupported and not allow_lossy:
+        raise UnsupportedError(
+            f"{src.source}: cannot convert {', '.join(unsupported)} tensors to {to} losslessly",
+            hint=f"lossless paths to {to}: " + ("NVFP4 (ModelOpt, compressed-tensors, GGUF)" if to == "modelopt" else
+                                                 "NVFP4; int4 group-symmetric (pack-quantized, GGUF Q4_0)")
+            + "; pass --allow-lossy to requantize")
+    groups: dict[tuple[str, str], list[TensorInfo]] = {}
+    if experts == "fused":
+        for t in tensors:
+            k = _expert_group_key(t)
+            if k:
+                groups.setdefault(k, []).append(t)
+    done: set[tuple[str, str]] = set()
+    for t in tensors:
+        k = _expert_group_key(t) if experts == "fused" else None
+        if k is not None:
+            if k in done:
+                continue
+            done.add(k)
+            p.jobs.append(_fuse_job(src, layout, k, groups[k], to))
+            continue
+        if experts == "per-expert" and t.role == "experts" and len(t.shape) == 3 and t.proj in ("gate_up", "down"):
+            p.jobs.extend(_split_jobs(src, layout, t, to))
+            continue
+        p.jobs.append(_single_job(src, layout, t, to))
+    _exact_globals(src, p)
+    return p
+
+
+def _supported(t: TensorInfo, to: str) -> bool:
+    if t.scheme.name == "nvfp4":
+        return True
+    if to == "compressed-tensors" and t.scheme.name in ("q4_0",) :
+        return True
+    if to == "compressed-tensors" and t.scheme.element == "int4" and t.part("zero_point") is None \
+            and t.part("g_idx") is None and t.part("data").stored_dtype == "I32":
+        return True
+    return False
+
+
+def _single_job(src: Checkpoint, layout, t: TensorInfo, to: str) -> Job:
+    from nvfp4tools.formats.layouts import Out
+
+    if t.scheme.name == "nvfp4":
+        kv = tuple(sorted(p.key.rsplit(".", 1)[-1] for p in t.parts if p.role == "kv_scale"))
+        outs = layout.nvfp4(t.name, t.shape, t.part("input_scale") is not None, kv)
+        g = t.part("global_scale")
+        conv = "reciprocal" if (g is not None and ((g.stored_as == "divisor") != (to == "compressed-tensors"))) else "copy"
+        return Job([t.name], outs, True, "renibble" if t.part("data").stored_dtype == "NVFP4" else conv)
+    if t.scheme.element == "int4" or t.scheme.name == "q4_0":
+        bs = t.part("block_scale")
+        group = 32 if t.scheme.name == "q4_0" else t.shape[-1] // bs.stored_shape[-1]
+        sdt = "F16" if t.scheme.name == "q4_0" else bs.stored_dtype
+        return Job([t.name], layout.int4(t.name, t.shape, group, sdt), True,
+                   "q4_0->int4" if t.scheme.name == "q4_0" else "copy")
+    d = t.part("data")
+    key = t.name if not (d.stored_dtype in ("F32", "F16", "BF16") and src.format == "gguf") else t.name
+    return Job([t.name], [Out(key, d.stored_dtype if d.stored_dtype in _ST_OK else "F32", tuple(t.shape), "raw")],
+               True, "copy")
+
+
+_ST_OK = {"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}
+
+
+def _fuse_job(src: Checkpoint, layout, key: tuple[str, str], members: list[TensorInfo], to: str) -> Job:
+    from nvfp4tools.formats.layouts import Out
+
+    prefix, kind = key
+    E = max(t.expert for t in members) + 1
+    by = {(t.expert, t.proj): t for t in members}
+    order = []
+    for e in range(E):
+        for proj in (("gate", "up") if kind == "gate_up" else ("down",)):
+            if (e, proj) not in by:
+                raise FormatError(f"{src.source}: expert {e} of '{prefix}' has no {proj}_proj; cannot fuse")
+            order.append(by[(e, proj)])
+    first = order[0]
+    rows = sum(by[(0, p)].shape[0] for p in (("gate", "up") if kind == "gate_up" else ("down",)))
+    shape = (E, rows, first.shape[1])
+    name = f"{prefix}.experts.{'gate_up_proj' if kind == 'gate_up' else 'down_proj'}"
+    if first.scheme.name == "nvfp4":
+        outs = layout.nvfp4(name, shape, first.part("input_scale") is not None)
+    elif not first.scheme.quantized:
+        outs = [Out(name, first.part("data").stored_dtype, shape, "raw")]
+    else:
+        raise UnsupportedError(f"fusing {first.scheme.name} experts is not supported")
+    return Job([t.name for t in order], outs, True, "stack", fuse=kind)
+
+
+def _split_jobs(src: Checkpoint, layout, t: TensorInfo, to: str) -> list[Job]:
+    from nvfp4tools.formats.layouts import Out
+
+    E, rows, cols = t.shape
+    prefix = t.name.rsplit(".experts.", 1)[0]
+    projs = ("gate", "up") if t.proj == "gate_up" else ("down",)
+    per = rows // len(projs)
+    jobs = []
+    for e in range(E):
+        for i, proj in enumerate(projs):
+            name = f"{prefix}.experts.{e}.{proj}_proj.weight"
+            if t.scheme.name == "nvfp4":
+                outs = layout.nvfp4(name, (per, cols), t.part("input_scale") is not None)
+            else:
+                outs = [Out(name, t.part("data").stored_dtype, (per, cols), "raw")]
+            jobs.append(Job([t.name], outs, True, "split", note=f"expert {e} rows {i * per}:{(i + 1) * per}"))
+    return jobs
+
+
+def _exact_globals(src: Checkpoint, p: Plan) -> None:
+    """Record original fp32 values whose reciprocal does not round-trip (see reciprocal_exact)."""
+    if p.to != "compressed-tensors":
+        return
+    from nvfp4tools.io import PartReader
+
+    with PartReader(src.root) as r:
+        for j in p.jobs:
+            for name in j.sources:
+                t = src.tensors[name]
+                for role, what in (("global_scale", "global"), ("input_scale", "input")):
+                    part = t.part(role)
+                    if part is None or part.stored_as != "multiplier" or part.stored_dtype != "F32":
+                        continue
+                    vals = np.array(r.values(part), np.float32)
+                    back = (np.float32(1) / (np.float32(1) / vals)).astype(np.float32)
+                    if not np.array_equal(back.view(np.uint32), vals.view(np.uint32)) and vals.size == 1:
+                        out = next((o.key for o in j.outs if o.what == what), None)
+                        if out is not None:
+                            p.exact_meta[out] = vals.astype("<f4").tobytes().hex()
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+def _nvfp4_chunks(c: Canon, outs, to: str) -> dict[str, bytes]:
+    from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
+    from nvfp4tools.formats.layouts import f32_bytes
+
+    out: dict[str, bytes] = {}
+    for o in outs:
+        if o.what == "codes":
+            out[o.key] = pack_nibbles_hf(c.codes).tobytes()
+        elif o.what == "scales":
+            out[o.key] = np.ascontiguousarray(c.scale_bytes, np.uint8).tobytes()
+        elif o.what in ("global", "input"):
+            m = c.global_mult if o.what == "global" else c.input_mult
+            if m is None:
+                raise FormatError(f"{c.name}: no {o.what} scale to write")
+            v = np.asarray(m, np.float32)
+            if to == "compressed-tensors":   # divisor convention
+                v = (np.float32(1.0) / v).astype(np.float32)
+            out[o.key] = f32_bytes(v.reshape(o.shape) if v.size == int(np.prod(o.shape)) else
+                                   np.broadcast_to(v, o.shape))
+        elif o.what.startswith("kv:"):
+            out[o.key] = f32_bytes(c.kv[o.what[3:]].reshape(o.shape))
+    return out
+
+
+def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> Iterator[tuple[str, int, bytes]]:
+    """(output key, byte offset inside that tensor, bytes) for one job, a source tensor at a time."""
+    from nvfp4tools.kernels_ref.int4 import pack_int4_to_int32
+
+    if job.action == "stack":
+        # per-expert tensors into [E, rows, cols]: expert e's rows land at their offset
+        members = [src.tensors[n] for n in job.sources]
+        per_e = 2 if job.fuse == "gate_up" else 1
+        offs: dict[str, int] = {o.key: 0 for o in job.outs}
+        globals_: dict[int, list[np.ndarray]] = {}
+        inputs: dict[int, list[np.ndarray]] = {}
+        for i, t in enumerate(members):
+            c = canon_of(src, t, exact)
+            if c.kind == "raw":
+                b = np.ascontiguousarray(c.array).tobytes()
+                o = job.outs[0]
+                yield o.key, offs[o.key], b
+                offs[o.key] += len(b)
+                continue
+            for o in job.outs:
+                if o.what == "codes" or o.what == "scales":
+                    b = _nvfp4_chunks(c, [o], to)[o.key]
+                    yield o.key, offs[o.key], b
+                    offs[o.key] += len(b)
+            globals_.setdefault(t.expert, []).append(np.asarray(c.global_mult, np.float32).reshape(-1))
+            if c.input_mult is not None:
+                inputs.setdefault(t.expert, []).append(np.asarray(c.input_mult, np.float32).reshape(-1))
+        if globals_:
+            g_out = []
+            for e in sorted(globals_):
+                vals = np.concatenate(globals_[e])
+                if per_e == 2 and vals[0] != vals[1]:
+                    raise UnsupportedError(
+                        f"{job.sources[2 * e]}: gate and up of expert {e} have different global scales "
+                        f"({vals[0]!r} vs {vals[1]!r}); one fused gate_up_proj tensor holds one global per expert",
+                        hint="keep --experts per-expert, or requantize gate/up with a shared global (ModelOpt "
+                             "sync_moe_gate_up_amax) first")
+                g_out.append(vals[0])
+            i_out = [np.max(np.concatenate(inputs[e])) for e in sorted(inputs)] if inputs else None
+            fake = Canon(job.outs[0].key, "nvfp4", (), global_mult=np.array(g_out, np.float32),
+                         input_mult=np.array(i_out, np.float32) if i_out else None)
+            for o in job.outs:
+                if o.what in ("global", "input"):
+                    yield o.key, 0, _nvfp4_chunks(fake, [o], to)[o.key]
+        return
+    t = src.tensors[job.sources[0]]
+    c = canon_of(src, t, exact)
+    if job.action == "split":
+        e = int(job.note.split()[1])
+        lo, hi = (int(x) for x in job.note.split()[-1].split(":"))
+        if c.kind == "raw":
+            yield job.outs[0].key, 0, np.ascontiguousarray(c.array[e, lo:hi]).tobytes()
+            return
+        sub = Canon(job.outs[0].key, "nvfp4", (hi - lo, t.shape[2]), codes=c.codes[e, lo:hi],
+                    scale_bytes=c.scale_bytes[e, lo:hi], global_mult=np.asarray(c.global_mult).reshape(-1)[e % max(1, np.asarray(c.global_mult).size)].reshape(()),
+                    input_mult=None if c.input_mult is None else np.asarray(c.input_mult).reshape(-1)[e % max(1, np.asarray(c.input_mult).size)].reshape(()))
+        for k, b in _nvfp4_chunks(sub, job.outs, to).items():
+            yield k, 0, b
+        return
+    if c.kind == "nvfp4":
+        for k, b in _nvfp4_chunks(c, job.outs, to).items():
+            yield k, 0, b
+    elif c.kind == "int4":
+        for o in job.outs:
+            if o.what == "int4":
+                yield o.key, 0, pack_int4_to_int32(c.q).tobytes()
+            elif o.what == "int4_scales":
+                yield o.key, 0, np.ascontiguousarray(c.group_scales).tobytes()
+            elif o.what == "shape":
+                yield o.key, 0, struct.pack("<%dq" % len(c.shape), *c.shape)
+    elif c.kind == "raw":
+        a = c.array
+        if job.outs[0].dtype == "F32" and a.dtype != np.float32:
+            a = np.asarray(a, np.float32)
+        yield job.outs[0].key, 0, np.ascontiguousarray(a).tobytes()
+    else:
+        raise UnsupportedError(f"{t.name}: {c.kind} cannot be written to {to}")
+
+
+class _Progress:
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if not self.tty:
+            return
+        el = time.monotonic() - self.t0
+        rate = self.done / el if el > 0 else 0
+        eta = (self.total - self.done) / rate if rate else 0
+        pct = 100 * self.done / self.total if self.total else 100
+        sys.stderr.write(f"\rconverting {pct:5.1f}%  {self.done / 2**20:,.0f}/{self.total / 2**20:,.0f} MiB  "
+                         f"{rate / 2**20:,.0f} MiB/s  ETA {eta:4.0f}s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def _shard(jobs: list[Job], max_bytes: int) -> list[list[Job]]:
+    shards: list[list[Job]] = [[]]
+    acc = 0
+    for j in jobs:
+        if shards[-1] and acc + j.nbytes > max_bytes:
+            shards.append([])
+            acc = 0
+        shards[-1].append(j)
+        acc += j.nbytes
+    return shards
+
+
+def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int) -> list[str]:
+    from nvfp4tools.formats._st_writer import nbytes_of, write_index
+
+    exact = _exact_meta(p.src)
+    shards = _shard(p.jobs, max_shard_bytes)
+    files = []
+    weight_map: dict[str, str] = {}
+    prog = _Progress(sum(j.nbytes for j in p.jobs))
+    total = 0
+    for i, jobs in enumerate(shards):
+        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        outs = [o for j in jobs for o in j.outs]
+        seen: set[str] = set()
+        for o in outs:
+            if o.key in seen:
+                raise FormatError(f"two source tensors map to output '{o.key}'")
+            seen.add(o.key)
+        header: dict[str, Any] = {}
+        meta = {"format": "pt", "converted_by": "nvfp4tools"}
+        mine = {k: v for k, v in p.exact_meta.items() if k in seen}
+        if mine:
+            meta[EXACT_META_KEY] = json.dumps(mine, sort_keys=True)
+        header["__metadata__"] = meta
+        off = 0
+        offsets: dict[str, int] = {}
+        for o in outs:
+            n = nbytes_of(o.dtype, o.shape)
+            header[o.key] = {"dtype": o.dtype, "shape": list(o.shape), "data_offsets": [off, off + n]}
+            offsets[o.key] = off
+            off += n
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * ((-len(blob)) % 8)
+        base = 8 + len(blob)
+        path = os.path.join(out_dir, fname)
+        with open(path, "wb") as fh:
+            fh.write(len(blob).to_bytes(8, "little"))
+            fh.write(blob)
+            for j in jobs:
+                for key, rel, data in _job_chunks(p.src, j, p.to, exact):
+                    fh.seek(base + offsets[key] + rel)
+                    fh.write(data)
+                    prog.add(len(data))
+            fh.truncate(base + off)
+        files.append(fname)
+        total += off
+        for k in seen:
+            weight_map[k] = fname
+    prog.close()
+    if len(shards) > 1:
+        write_index(out_dir, weight_map, total)
+    return files
+
+
+# -- configs and side files ------------------------------------------------------------------------
+
+def _quant_summary(src: Checkpoint) -> dict[str, Any]:
+    q = [t for t in src.tensors.values() if t.scheme.quantized]
+    kinds = {t.scheme.name for t in q}
+    w4a4 = any(t.scheme.activations == "nvfp4" for t in q)
+    groups = sorted({t.shape[-1] // t.part("block_scale").stored_shape[-1] for t in q
+                     if t.scheme.element == "int4" and t.part("block_scale") is not None} | ({32} if "q4_0" in kinds else set()))
+    kv = any(p.role == "kv_scale" for t in q for p in t.parts)
+    return {"kinds": kinds, "w4a4": w4a4, "groups": groups, "kv": kv}
+
+
+def _exclude_list(src: Checkpoint, for_modelopt: bool) -> list[str]:
+    pats = [x for x in src.exclude_patterns]
+    if src.format == "gguf" or (for_modelopt and any(x.startswith("re:") for x in pats)):
+        # explicit names of the unquantized linears: valid for every matcher
+        from nvfp4tools.roles import LINEAR_ROLES
+        names = sorted({t.module for t in src.tensors.values()
+                        if not t.scheme.quantized and len(t.shape) >= 2 and t.role in LINEAR_ROLES + ("router", "lm_head")})
+        keep = [x for x in pats if not x.startswith("re:")] if for_modelopt else pats
+        return sorted(set(keep) | set(names)) if src.format == "gguf" or for_modelopt else pats
+    return pats
+
+
+def write_configs(p: Plan, out_dir: str) -> None:
+    from ._version import __version__
+
+    src = p.src
+    cfg = json.loads(json.dumps(src.config)) if src.config else {}
+    if not cfg and src.format == "gguf":
+        embedded = src.metadata.get("nvfp4tools.config_json")
+        if isinstance(embedded, str):
+            cfg = json.loads(embedded)
+    qs = _quant_summary(src)
+    if p.to == "modelopt":
+        algo = "NVFP4" if qs["w4a4"] else "W4A16_NVFP4"
+        excl = _exclude_list(src, True)
+        hq = {"producer": {"name": "modelopt", "version": "0.47.0"},
+              "quantization": {"quant_algo": algo, "kv_cache_quant_algo": "FP8" if qs["kv"] else None,
+                               "group_size": 16, "exclude_modules": excl},
+              "converted_by": f"nvfp4tools {__version__}"}
+        with open(os.path.join(out_dir, "hf_quant_config.json"), "w") as fh:
+            json.dump(hq, fh, indent=4)
+        grp = {"dynamic": False, "num_bits": 4, "type": "float", "group_size": 16}
+        qc: dict[str, Any] = {"config_groups": {"group_0": {"weights": grp, "targets": ["Linear"]}},
+                              "ignore": excl, "quant_algo": algo, "producer": hq["producer"], "quant_method": "modelopt"}
+        if qs["w4a4"]:
+            qc["config_groups"]["group_0"]["input_activations"] = grp
+        if qs["kv"]:
+            qc["kv_cache_scheme"] = {"dynamic": False, "num_bits": 8, "type": "float"}
+        cfg["quantization_config"] = qc
+    else:
+        if "nvfp4" in qs["kinds"]:
+            w = {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16, "strategy": "tensor_group",
+                 "dynamic": False, "scale_dtype": "torch.float8_e4m3fn"}
+            grp: dict[str, Any] = {"targets": ["Linear"], "weights": w, "format": "nvfp4-pack-quantized",
+                                   "output_activations": None,
+                                   "input_activations": dict(w, dynamic="local", observer="static_minmax") if qs["w4a4"] else None}
+            fmt = "nvfp4-pack-quantized"
+        else:
+            g = qs["groups"][0] if qs["groups"] else 32
+            w = {"num_bits": 4, "type": "int", "symmetric": True, "group_size": g, "strategy": "group",
+                 "dynamic": False}
+            grp = {"targets": ["Linear"], "weights": w, "format": "pack-quantized", "input_activations": None,
+                   "output_activations": None}
+            fmt = "pack-quantized"
+        qc = {"config_groups": {"config_group_0": grp}, "format": fmt, "ignore": _exclude_list(src, False),
+              "kv_cache_scheme": {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
+                                  "symmetric": True} if qs["kv"] else None,
+              "quant_method": "compressed-tensors", "quantization_status": "compressed", "version": "0.20.0",
+              "global_compression_ratio": None}
+        cfg["quantization_config"] = qc
+    if cfg:
+        with open(os.path.join(out_dir, "config.json"), "w") as fh:
+            json.dump(cfg, fh, indent=2)
+
+
+def copy_side_files(src_root: str, out_dir: str, skip: tuple[str, ...] = ()) -> list[str]:
+    copied = []
+    for n in sorted(os.listdir(src_root)):
+        if n in skip or n.endswith((".safetensors", ".gguf", ".index.json", ".bin", ".pt", ".pth")):
+            continue
+        if n in ("config.json", "hf_quant_config.json"):
+            continue
+        full = os.path.join(src_root, n)
+        if os.path.isfile(full) and (n in SIDE_FILES or n.endswith((".jinja", ".txt", ".md", ".model"))
+                                     or n.startswith(("tokenizer", "special_tokens", "generation", "preprocessor",
+                                                      "processor", "chat_template"))):
+            shutil.copy2(full, os.path.join(out_dir, n))
+            copied.append(n)
+    return copied
+
+
+# -- verification ----------------------------------------------------------------------------------
+
+def verify_output(p: Plan, out_dir: str) -> int:
+    """Re-read the written checkpoint and check every exact tensor against the source bit for bit."""
+    from nvfp4tools import formats
+
+    out = formats.read(out_dir, p.to)
+    src_exact = _exact_meta(p.src)
+    out_exact = _exact_meta(out)
+    checked = 0
+    for j in p.jobs:
+        if not j.exact or j.action in ("stack", "split"):
+            continue
+        name = j.sources[0]
+        t_out = out.tensors.get(name)
+        if t_out is None:
+            raise FormatError(f"verification: '{name}' is missing from the output")
+        a, b = canon_of(p.src, p.src.tensors[name], src_exact), canon_of(out, t_out, out_exact)
+        if a.kind != b.kind:
+            raise FormatError(f"verification: '{name}' is {b.kind} in the output, {a.kind} in the source")
+        if a.kind == "nvfp4":
+            ok = (np.array_equal(a.codes, b.codes) and np.array_equal(a.scale_bytes, b.scale_bytes)
+                  and np.array_equal(np.asarray(a.global_mult, np.float32).view(np.uint32).reshape(-1),
+                                     np.asarray(b.global_mult, np.float32).view(np.uint32).reshape(-1)))
+        elif a.kind == "int4":
+            ok = np.array_equal(a.q, b.q) and np.array_equal(np.asarray(a.group_scales).view(np.uint8),
+                                                              np.asarray(b.group_scales).view(np.uint8))
+        else:
+            ok = np.array_equal(np.asarray(a.array, np.float64), np.asarray(b.array, np.float64))
+        if not ok:
+            raise FormatError(f"verification: '{name}' differs between source and output (a bug: please report)")
+        checked += 1
+    return checked
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, allow_lossy: bool = False,
+            dry_run: bool = False, force: bool = False, max_shard_bytes: int = 5 * 10**9) -> dict[str, Any]:
+    from nvfp4tools import formats
+
+    src_real = os.path.realpath(src_path)
+    dst_real = os.path.realpath(dst)
+    if src_real == dst_real or dst_real.startswith(src_real.rstrip(os.sep) + os.sep):
+        raise UsageError(f"destination {dst} is the source or inside it", hint="choose a new folder")
+    src = formats.read(src_path)
+    p = plan(src, to, experts=experts, allow_lossy=allow_lossy)
+    report = p.as_dict()
+    if dry_run:
+        return report
+    if os.path.exists(dst) and not force:
+        raise UsageError(f"{dst} already exists", hint="pass --force to replace it")
+    parent = os.path.dirname(dst_real) or "."
+    tmp = os.path.join(parent, f".{os.path.basename(dst_real)}.nvfp4tools-tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        if to == "gguf":
+            from nvfp4tools.formats.gguf_writer import write_gguf_plan
+            files = write_gguf_plan(p, tmp, os.path.basename(dst_real))
+        else:
+            files = write_safetensors_plan(p, tmp, max_shard_bytes)
+            write_configs(p, tmp)
+            report["copied"] = copy_side_files(src.root, tmp)
+        report["verified_tensors"] = verify_output(p, tmp if to != "gguf" else os.path.join(tmp, files[0]))
+        report["files"] = files
+        if os.path.exists(dst_real):
+            old = tmp + ".old"
+            os.rename(dst_real, old)
+            os.rename(tmp, dst_real)
+            shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
+        else:
+            os.rename(tmp, dst_real)
+        if to == "gguf" and os.path.isdir(dst_real) is False:
+            pass
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report["destination"] = dst
+    return report

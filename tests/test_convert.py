@@ -1,0 +1,200 @@
+"""convert: lossless paths byte-identical, compared with the real tools' own output; atomic output;
+bad input refused with the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from nvfp4tools import formats
+from tests.helpers import copy_ckpt, poke_f32
+
+L0 = "model.language_model.layers.0"
+
+
+def _tensors(path):
+    """name -> (dtype, shape, bytes) straight from the safetensors files."""
+    from nvfp4tools.formats._safetensors import parse_header
+
+    out = {}
+    for n in sorted(os.listdir(path)):
+        if n.endswith(".safetensors"):
+            pf = parse_header(path, n)
+            with open(os.path.join(path, n), "rb") as fh:
+                for k, t in pf.tensors.items():
+                    fh.seek(t.offset)
+                    out[k] = (t.dtype, t.shape, fh.read(t.nbytes))
+    return out
+
+
+def _non_roundtrip_f32() -> float:
+    """A float32 s with fp32(1/fp32(1/s)) != s (the 1-ulp reciprocal trap)."""
+    rng = np.random.default_rng(0)
+    for v in rng.uniform(1e-5, 1e-3, 100000).astype(np.float32):
+        if np.float32(1) / (np.float32(1) / v) != v:
+            return float(v)
+    raise AssertionError("none found")
+
+
+def test_modelopt_ct_modelopt_byte_identical(synth_dir, tmp_path, run_cli):
+    src = copy_ckpt(synth_dir(fmt="modelopt", recipe="all-linear"), tmp_path / "src")
+    trap = _non_roundtrip_f32()
+    poke_f32(src, f"{L0}.mlp.down_proj.weight_scale_2", trap)
+    ct, back = str(tmp_path / "ct"), str(tmp_path / "back")
+    assert run_cli("convert", src, ct, "--to", "compressed-tensors").exit_code == 0
+    assert run_cli("convert", ct, back, "--to", "modelopt").exit_code == 0
+    a, b = _tensors(src), _tensors(back)
+    assert a.keys() == b.keys()
+    assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]][:3]
+    # the CT file itself holds the correctly rounded reciprocal, with the original recorded
+    c = _tensors(ct)
+    g = struct.unpack("<f", c[f"{L0}.mlp.down_proj.weight_global_scale"][2])[0]
+    assert np.float32(g) == np.float32(1) / np.float32(trap)
+    assert formats.read(ct).metadata["safetensors_metadata"]["model.safetensors"]["nvfp4tools.exact_globals"]
+
+
+def test_ct_config_accepted_by_compressed_tensors(synth_dir, tmp_path, run_cli):
+    qc_mod = pytest.importorskip("compressed_tensors.quantization")
+    out = str(tmp_path / "ct")
+    assert run_cli("convert", synth_dir(fmt="modelopt", recipe="experts-only"), out, "--to", "compressed-tensors").exit_code == 0
+    with open(os.path.join(out, "config.json")) as fh:
+        qc = json.load(fh)["quantization_config"]
+    assert qc_mod.QuantizationConfig.model_validate(qc).format == "nvfp4-pack-quantized"
+    assert not os.path.exists(os.path.join(out, "hf_quant_config.json"))  # no stale ModelOpt file
+    r = run_cli("inspect", out, "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["format"] == "compressed-tensors"
+
+
+@pytest.mark.interop
+def test_modelopt_to_ct_same_bytes_as_compressed_tensors_converter(oracles, tmp_path, run_cli):
+    out = str(tmp_path / "ct")
+    r = run_cli("convert", oracles["modelopt_nvfp4"], out, "--to", "compressed-tensors")
+    assert r.exit_code == 0, r.stderr
+    ours, theirs = _tensors(out), _tensors(oracles["ct_nvfp4"])
+    assert ours.keys() == theirs.keys()
+    assert [k for k in ours if ours[k] != theirs[k]] == []
+    with open(os.path.join(out, "config.json")) as fh:
+        mine = json.load(fh)["quantization_config"]
+    with open(os.path.join(oracles["ct_nvfp4"], "config.json")) as fh:
+        upstream = json.load(fh)["quantization_config"]
+    assert mine["format"] == upstream["format"] and mine["ignore"] == upstream["ignore"]
+    for side in ("tokenizer.json", "generation_config.json"):
+        if os.path.exists(os.path.join(oracles["modelopt_nvfp4"], side)):
+            assert os.path.exists(os.path.join(out, side))
+
+
+def test_w4a16_to_ct_is_identity(synth_dir, tmp_path, run_cli):
+    src = synth_dir(fmt="compressed-tensors-w4a16", recipe="all-linear")
+    out = str(tmp_path / "o")
+    assert run_cli("convert", src, out, "--to", "compressed-tensors").exit_code == 0
+    a, b = _tensors(src), _tensors(out)
+    assert a == b
+
+
+@pytest.mark.parametrize("fmt", ["modelopt", "compressed-tensors"])
+def test_experts_fused_and_back(synth_dir, tmp_path, run_cli, fmt):
+    src = synth_dir(fmt=fmt, recipe="all-linear")
+    fused, back = str(tmp_path / "f"), str(tmp_path / "b")
+    r = run_cli("convert", src, fused, "--to", fmt, "--experts", "fused")
+    assert r.exit_code == 0, r.stderr
+    t = formats.read(fused).tensors
+    gu = t[f"{L0}.experts.gate_up_proj"]
+    assert gu.shape == (8, 128, 128) and gu.scheme.name == "nvfp4" and gu.part("global_scale").stored_shape == (8,)
+    assert run_cli("convert", fused, back, "--to", fmt, "--experts", "per-expert").exit_code == 0
+    a, b = _tensors(src), _tensors(back)
+    assert a.keys() == b.keys()
+    for k in a:
+        # compressed-tensors globals: the source has llm-compressor's [1], we write the converter's 0-d
+        same_shape = a[k][1] == b[k][1] or {a[k][1], b[k][1]} == {(), (1,)}
+        assert a[k][0] == b[k][0] and a[k][2] == b[k][2] and same_shape, k
+
+
+def test_fused_layout_refuses_mismatched_gate_up(synth_dir, tmp_path, run_cli):
+    src = copy_ckpt(synth_dir(fmt="modelopt", recipe="all-linear"), tmp_path / "s")
+    poke_f32(src, f"{L0}.experts.2.up_proj.weight_scale_2", 0.125)
+    r = run_cli("convert", src, str(tmp_path / "o"), "--to", "modelopt", "--experts", "fused")
+    assert r.exit_code == 3 and "gate and up of expert 2" in r.stderr and "--experts per-expert" in r.stderr
+    assert not os.path.exists(tmp_path / "o")
+    assert not [n for n in os.listdir(tmp_path) if "nvfp4tools-tmp" in n]
+
+
+def test_refusals(synth_dir, tmp_path, run_cli):
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    r = run_cli("convert", src, src, "--to", "compressed-tensors")
+    assert r.exit_code == 2 and "is the source" in r.stderr
+    out = tmp_path / "exists"
+    out.mkdir()
+    r = run_cli("convert", src, str(out), "--to", "compressed-tensors")
+    assert r.exit_code == 2 and "--force" in r.stderr
+    assert run_cli("convert", src, str(out), "--to", "compressed-tensors", "--force").exit_code == 0
+    w4 = synth_dir(fmt="compressed-tensors-w4a16", recipe="all-linear")
+    r = run_cli("convert", w4, str(tmp_path / "x"), "--to", "modelopt")
+    assert r.exit_code == 3 and "cannot convert int4-g32-sym" in r.stderr and "lossless paths" in r.stderr
+
+
+def test_dry_run_writes_nothing(synth_dir, tmp_path, run_cli):
+    out = tmp_path / "o"
+    r = run_cli("convert", synth_dir(fmt="modelopt", recipe="all-linear"), str(out), "--to", "compressed-tensors",
+                "--dry-run", "--format", "json")
+    assert r.exit_code == 0 and not out.exists()
+    plan = json.loads(r.stdout)
+    assert plan["lossless"] and plan["n_output_tensors"] == 849
+
+
+def test_sharding_and_index(synth_dir, tmp_path, run_cli):
+    out = str(tmp_path / "o")
+    assert run_cli("convert", synth_dir(fmt="modelopt", recipe="all-linear"), out, "--to", "compressed-tensors",
+                   "--max-shard-size", "1MB").exit_code == 0
+    assert os.path.isfile(os.path.join(out, "model.safetensors.index.json"))
+    assert len([n for n in os.listdir(out) if n.endswith(".safetensors")]) > 1
+    assert run_cli("inspect", out).exit_code == 0
+
+
+def test_disk_full_leaves_nothing(synth_dir, tmp_path):
+    """RLIMIT_FSIZE makes writes fail like a full disk: no output folder, no temp folder left."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    out = tmp_path / "o"
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (200000, 200000)); "
+            "from nvfp4tools.cli import main; main(sys.argv[1:])")
+    r = subprocess.run([sys.executable, "-c", code, "convert", src, str(out), "--to", "compressed-tensors"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-800:]
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if "tmp" in n]
+
+
+def test_sigkill_mid_write_then_rerun(synth_dir, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from nvfp4tools.synth import synthesize
+
+    big = str(tmp_path / "big")
+    synthesize(big, preset="gemma4-tiny", fmt="modelopt", recipe="all-linear", shards=1)
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-c", "import time, sys\n"
+                          "import nvfp4tools.convert as c\n"
+                          "orig = c._job_chunks\n"
+                          "def slow(*a, **k):\n"
+                          "    for x in orig(*a, **k):\n"
+                          "        time.sleep(0.01); yield x\n"
+                          "c._job_chunks = slow\n"
+                          "from nvfp4tools.cli import main; main(sys.argv[1:])",
+                          "convert", big, str(out), "--to", "compressed-tensors"])
+    time.sleep(2.0)
+    p.kill()
+    p.wait()
+    assert not out.exists()  # only a hidden temp folder may remain, never a valid-looking output
+    from nvfp4tools.convert import convert
+    convert(big, str(out), "compressed-tensors")
+    assert out.exists() and formats.read(str(out)).format == "compressed-tensors"
