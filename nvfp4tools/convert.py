@@ -181,7 +181,7 @@ class Job:
     @property
     def nbytes(self) -> int:
         from nvfp4tools.formats._st_writer import nbytes_of
-        return sum(nbytes_of(o.dtype, o.shape) for o in self.outs)
+        return sum(o.nbytes if hasattr(o, "gtype") else nbytes_of(o.dtype, o.shape) for o in self.outs)
 
 
 @dataclass
@@ -642,37 +642,98 @@ def copy_side_files(src_root: str, out_dir: str, skip: tuple[str, ...] = ()) -> 
 
 # -- verification ----------------------------------------------------------------------------------
 
-def verify_output(p: Plan, out_dir: str) -> int:
-    """Re-read the written checkpoint and check every exact tensor against the source bit for bit."""
+def verify_output(p: Plan, out_path: str) -> int:
+    """Re-read the written checkpoint and check every exact tensor against the source bit for bit:
+    codes, block-scale bytes and global multipliers for NVFP4 (per expert for stacked tensors;
+    a folded Gemma 4 down scale against weight_scale_2 x per_expert_scale), values and scales for
+    int4/Q4_0, bytes for everything else."""
     from nvfp4tools import formats
 
-    out = formats.read(out_dir, p.to)
-    src_exact = _exact_meta(p.src)
-    out_exact = _exact_meta(out)
+    out = formats.read(out_path, p.to)
+    src_exact, out_exact = _exact_meta(p.src), _exact_meta(out)
     checked = 0
     for j in p.jobs:
-        if not j.exact or j.action in ("stack", "split"):
+        if not j.exact or j.action in ("split", "generate") or not j.sources:
             continue
-        name = j.sources[0]
+        name = j.outs[0].key if p.to == "gguf" else (j.sources[0] if j.action != "stack" else None)
+        if name is None:  # fused safetensors stack: the reader names it by the fused parameter
+            name = j.outs[0].key
         t_out = out.tensors.get(name)
         if t_out is None:
             raise FormatError(f"verification: '{name}' is missing from the output")
-        a, b = canon_of(p.src, p.src.tensors[name], src_exact), canon_of(out, t_out, out_exact)
-        if a.kind != b.kind:
-            raise FormatError(f"verification: '{name}' is {b.kind} in the output, {a.kind} in the source")
-        if a.kind == "nvfp4":
-            ok = (np.array_equal(a.codes, b.codes) and np.array_equal(a.scale_bytes, b.scale_bytes)
-                  and np.array_equal(np.asarray(a.global_mult, np.float32).view(np.uint32).reshape(-1),
-                                     np.asarray(b.global_mult, np.float32).view(np.uint32).reshape(-1)))
-        elif a.kind == "int4":
-            ok = np.array_equal(a.q, b.q) and np.array_equal(np.asarray(a.group_scales).view(np.uint8),
-                                                              np.asarray(b.group_scales).view(np.uint8))
-        else:
-            ok = np.array_equal(np.asarray(a.array, np.float64), np.asarray(b.array, np.float64))
-        if not ok:
-            raise FormatError(f"verification: '{name}' differs between source and output (a bug: please report)")
-        checked += 1
+        b = canon_of(out, t_out, out_exact)
+        members = [canon_of(p.src, p.src.tensors[n], src_exact) for n in j.sources]
+        for e, a in enumerate(members):
+            bb = b
+            if len(members) > 1:
+                sl = slice(None)
+                if j.fuse == "gate_up":  # two members per expert, stacked along rows
+                    ex, half = divmod(e, 2)
+                    rows = a.shape[0]
+                    sl = (ex, slice(half * rows, (half + 1) * rows))
+                else:
+                    ex, sl = e, (e,)
+                bb = _slice_canon(b, sl, ex)
+            ok = _same(a, bb, fold=p.src.tensors.get(j.note) if j.action.endswith("+fold") else None, p=p, e=e)
+            if not ok:
+                raise FormatError(f"verification: '{j.sources[e]}' differs between source and output "
+                                  "(a bug: please report)")
+        checked += len(members)
     return checked
+
+
+def _slice_canon(c: Canon, sl, expert: int) -> Canon:
+    g = np.asarray(c.global_mult).reshape(-1) if c.global_mult is not None else None
+    return Canon(c.name, c.kind, (), codes=None if c.codes is None else c.codes[sl],
+                 scale_bytes=None if c.scale_bytes is None else c.scale_bytes[sl],
+                 global_mult=None if g is None else g[expert if g.size > 1 else 0],
+                 q=None if c.q is None else c.q[sl], group_scales=None if c.group_scales is None else c.group_scales[sl],
+                 array=None if c.array is None else c.array[sl], dtype=c.dtype, group=c.group)
+
+
+def _bits(x) -> np.ndarray:
+    return np.asarray(x, np.float32).reshape(-1).view(np.uint32)
+
+
+def _same(a: Canon, b: Canon, fold=None, p: Plan | None = None, e: int = 0) -> bool:
+    if a.kind == "nvfp4":
+        if b.kind != "nvfp4" or not (np.array_equal(a.codes, b.codes) and np.array_equal(a.scale_bytes, b.scale_bytes)):
+            return False
+        want = np.asarray(a.global_mult, np.float32).reshape(-1)
+        if fold is not None:
+            from nvfp4tools.tensors import load_part
+            pes = np.asarray(load_part(p.src.root, fold.part("data")), np.float32).reshape(-1)
+            want = (want * pes[e]).astype(np.float32)
+        return np.array_equal(_bits(want), _bits(b.global_mult))
+    if a.kind == "int4":
+        if b.kind != "int4" or not np.array_equal(a.q, b.q):
+            return False
+        sa = _scale_f32(a)
+        sb = _scale_f32(b)
+        rep = sb.shape[-1] // sa.shape[-1] if sa.shape[-1] else 1
+        return np.array_equal(np.repeat(sa, rep, axis=-1) if rep > 1 else sa, sb) or \
+            np.array_equal(sa, sb[..., ::max(1, sa.shape[-1] and sb.shape[-1] // sa.shape[-1])])
+    fa = _raw_f64(a)
+    fb = _raw_f64(b)
+    return fa.shape == fb.shape and np.array_equal(fa, fb)
+
+
+def _scale_f32(c: Canon) -> np.ndarray:
+    d = np.asarray(c.group_scales)
+    if c.dtype == "BF16":
+        return (d.astype(np.uint32) << 16).view(np.float32)
+    if c.dtype == "F16":
+        return d.view(np.float16).astype(np.float32)
+    return d.astype(np.float32)
+
+
+def _raw_f64(c: Canon) -> np.ndarray:
+    a = np.asarray(c.array)
+    if c.dtype == "BF16" and a.dtype == np.uint16:
+        a = (a.astype(np.uint32) << 16).view(np.float32)
+    elif c.dtype == "F16" and a.dtype == np.uint16:
+        a = a.view(np.float16)
+    return np.asarray(a, np.float64).reshape(-1)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -706,6 +767,16 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
             report["copied"] = copy_side_files(src.root, tmp)
         report["verified_tensors"] = verify_output(p, tmp if to != "gguf" else os.path.join(tmp, files[0]))
         report["files"] = files
+        if to == "gguf":
+            # DST names the .gguf file: move the verified file, drop the temp folder
+            final = dst_real if dst_real.endswith(".gguf") else dst_real + ".gguf"
+            if os.path.exists(final) and force:
+                os.remove(final)
+            os.rename(os.path.join(tmp, files[0]), final)
+            shutil.rmtree(tmp, ignore_errors=True)
+            report["destination"] = final
+            report["files"] = [os.path.basename(final)]
+            return report
         if os.path.exists(dst_real):
             old = tmp + ".old"
             os.rename(dst_real, old)
@@ -713,8 +784,6 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
             shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.remove(old)
         else:
             os.rename(tmp, dst_real)
-        if to == "gguf" and os.path.isdir(dst_real) is False:
-            pass
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

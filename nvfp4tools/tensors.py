@@ -61,15 +61,24 @@ def canonical_nvfp4(ckpt: Checkpoint, t: TensorInfo) -> CanonicalNVFP4:
     from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
 
     data, bs, g = t.part("data"), t.part("block_scale"), t.part("global_scale")
-    if data is None or bs is None or g is None:
-        raise UnsupportedError(f"{t.name}: NVFP4 tensor lacks its block or global scale; cannot decode")
+    if data is None:
+        raise UnsupportedError(f"{t.name}: no data part")
     raw = load_part(ckpt.root, data)
-    if data.stored_dtype in ("U8",) and raw.shape[-1] * 2 == t.shape[-1]:
-        codes = unpack_nibbles_hf(np.asarray(raw))
-        scales = np.asarray(load_part(ckpt.root, bs), dtype=np.uint8)
-    else:
+    if data.stored_dtype == "NVFP4":
+        # GGUF block_nvfp4: scale bytes inside the blocks; no '.scale' sidecar means a global of 1.0
         from nvfp4tools.kernels_ref.ggml_quants import gguf_blocks_to_nvfp4
         codes, scales = gguf_blocks_to_nvfp4(np.asarray(raw).reshape(t.shape[:-1] + (-1,)))
+        if g is None:
+            lead = t.shape[0] if len(t.shape) == 3 else 1
+            one = np.ones(lead, np.float32)
+            inp = scalar_part(ckpt.root, t.part("input_scale"))
+            return CanonicalNVFP4(codes.reshape(t.shape), scales.reshape(t.shape[:-1] + (-1,)), one, inp, one,
+                                  "multiplier")
+    else:
+        if bs is None or g is None:
+            raise UnsupportedError(f"{t.name}: NVFP4 tensor lacks its block or global scale; cannot decode")
+        codes = unpack_nibbles_hf(np.asarray(raw))
+        scales = np.asarray(load_part(ckpt.root, bs), dtype=np.uint8)
     stored = scalar_part(ckpt.root, g)
     gl = (np.float32(1.0) / stored).astype(np.float32) if g.stored_as == "divisor" else stored.astype(np.float32)
     inp = scalar_part(ckpt.root, t.part("input_scale"))
