@@ -96,7 +96,7 @@ def _value(c: _Cursor, vtype: int, key: str, depth: int = 0) -> tuple[Any, int |
         if etype in _SCALAR:
             size = struct.calcsize(_SCALAR[etype])
             c.need(n * size, f"array '{key}' of {n} elements")
-            if n <= KEEP_ARRAY:
+            if n <= KEEP_ARRAY or key.startswith("nvfp4tools."):
                 vals = list(struct.unpack_from(f"{c.e}{n}{_SCALAR[etype]}", c.buf, c.pos))
             else:
                 vals = None
@@ -105,7 +105,7 @@ def _value(c: _Cursor, vtype: int, key: str, depth: int = 0) -> tuple[Any, int |
         if etype == 8:
             # every string takes at least 8 bytes: bound n before walking
             c.need(n * 8, f"array '{key}' of {n} strings")
-            if n <= KEEP_ARRAY:
+            if n <= KEEP_ARRAY or key.startswith("nvfp4tools."):
                 return [c.string(f"element of '{key}'") for _ in range(n)], n
             for _ in range(n):
                 c.skip_string(f"element of '{key}'")

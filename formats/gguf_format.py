@@ -185,6 +185,10 @@ def read(path: str) -> Checkpoint:
         "alignment": parsed[0].alignment,
         "architecture": arch_name,
     }
+    # what an nvfp4tools-written GGUF records to restore the safetensors names and Gemma 4 scales
+    for k, v in kv.items():
+        if k.startswith("nvfp4tools."):
+            meta[k] = v
     nv = [t for t in tensors.values() if t.scheme.name == "nvfp4"]
     if nv and not any(t.part("global_scale") for t in nv):
         findings.append(Finding("gguf_nvfp4_no_global", "warning",
@@ -193,10 +197,19 @@ def read(path: str) -> Checkpoint:
                                 "in E4M3 subnormals (llama.cpp #22858)"))
     return Checkpoint(
         format="gguf", source=path, root=root, tensors=tensors, files=tuple(files),
-        file_bytes=sum(g.size for g in parsed), config={}, arch=arch,
-        producer=str(kv.get("general.quantized_by") or "llama.cpp/gguf"),
+        file_bytes=sum(g.size for g in parsed), config=_embedded_config(kv), arch=arch,
+        producer=str(kv.get("general.quantized_by") or ("nvfp4tools" if "nvfp4tools.hf_names" in kv else "llama.cpp/gguf")),
         producer_version=None, quant_method="gguf", algorithm=meta["general.file_type"],
         kv_cache_scheme=None, findings=tuple(findings), metadata=meta)
+
+
+def _embedded_config(kv: dict[str, Any]) -> dict[str, Any]:
+    import json
+    raw = kv.get("nvfp4tools.config_json")
+    try:
+        return json.loads(raw) if isinstance(raw, str) else {}
+    except ValueError:
+        return {}
 
 
 def _at(v: Any, i: int, default: Any = None) -> Any:

@@ -303,7 +303,11 @@ def write_gguf_plan(p, out_dir: str, basename: str) -> list[str]:
     _tokenizer(w, src, arch_name)
     if src.config:
         w.add_string("nvfp4tools.config_json", json.dumps(src.config))
-    w.add_array("nvfp4tools.hf_names", [f"{o.key}={','.join(j.sources)}" for j, o in outs if o.what in ("nvfp4", "q4_0", "raw")])
+    # the safetensors name(s) and stored dtype behind every GGUF tensor, so a conversion back restores them
+    w.add_array("nvfp4tools.hf_names", [
+        f"{o.key}={','.join(j.sources)}" + (f"|{src.tensors[j.sources[0]].part('data').stored_dtype}" if o.what == "raw"
+                                             else f"|{src.tensors[j.sources[0]].part('block_scale').stored_dtype}" if o.what == "q4_0" else "")
+        for j, o in outs if o.what in ("nvfp4", "q4_0", "raw")])
     restore = _fold_restore(src, p)
     for k, v in restore.items():
         w.add_array(k, [float(x) for x in v])
@@ -374,6 +378,13 @@ def _fold_restore(src: Checkpoint, p) -> dict[str, np.ndarray]:
         if j.action == "renibble+fold":
             pes = src.tensors[j.note]
             out[f"nvfp4tools.restore.{j.note}"] = np.asarray(load_part(src.root, pes.part("data")), np.float32).reshape(-1)
+            # the down projections' own weight_scale_2, so the fold can be undone bit for bit
+            from nvfp4tools.model import canonical_scale
+            from nvfp4tools.io import PartReader
+            with PartReader(src.root) as r:
+                g = [canonical_scale(r.values(src.tensors[n].part("global_scale"))[0], src.tensors[n].part("global_scale"))
+                     for n in j.sources]
+            out[f"nvfp4tools.restore.{j.outs[0].key}.scale"] = np.array(g, np.float32)
     return out
 
 
@@ -395,6 +406,8 @@ def _gguf_job_bytes(src: Checkpoint, j, exact, restore):
                 gl.append(np.float32(c.global_mult))
                 if c.input_mult is not None:
                     inp.append(np.float32(c.input_mult))
+            elif c.kind == "int4":
+                blobs.append(_q4_0_bytes(c))
             else:
                 blobs.append(np.ascontiguousarray(c.array).tobytes())
         yield key, b"".join(blobs)
@@ -414,21 +427,7 @@ def _gguf_job_bytes(src: Checkpoint, j, exact, restore):
         if c.input_mult is not None:
             yield o.key[: -len(".weight")] + ".input_scale", np.asarray(c.input_mult, "<f4").reshape(-1).tobytes()
     elif c.kind == "int4":
-        rep = c.group // 32
-        d = np.asarray(c.group_scales)
-        if c.dtype == "BF16":
-            f = (d.astype(np.uint32) << 16).view(np.float32)
-            h = f.astype(np.float16)
-            if not np.array_equal(h.astype(np.float32), f):
-                bad = f[h.astype(np.float32) != f][0]
-                raise UnsupportedError(f"{c.name}: bf16 group scale {bad!r} is not representable in fp16 (Q4_0's d)",
-                                       hint="this tensor cannot become Q4_0 exactly")
-            d16 = h
-        else:
-            d16 = d.view(np.float16)
-        d16 = np.repeat(d16, rep, axis=-1)
-        codes = (c.q.astype(np.int16) + 8).astype(np.uint8)
-        yield o.key, q4_0_join(codes, d16).tobytes()
+        yield o.key, _q4_0_bytes(c)
     else:
         a = c.array
         if o.gtype == "F32":
@@ -438,3 +437,31 @@ def _gguf_job_bytes(src: Checkpoint, j, exact, restore):
                 a = np.asarray(a).view(np.float16).astype(np.float32)
             a = np.asarray(a, np.float32)
         yield o.key, np.ascontiguousarray(a).tobytes()
+
+
+def _q4_0_bytes(c) -> bytes:
+    """int4 group-symmetric -> Q4_0 blocks: nibble = q + 8, d = the group scale in fp16 (repeated for
+    groups of 64/128). bf16 scales convert exactly while representable in fp16; otherwise refused."""
+    from nvfp4tools.kernels_ref.ggml_quants import q4_0_join
+
+    rep = c.group // 32
+    d = np.asarray(c.group_scales)
+    if c.dtype == "BF16":
+        f = (d.astype(np.uint32) << 16).view(np.float32)
+        with np.errstate(over="ignore"):
+            h = f.astype(np.float16)
+        if not np.array_equal(h.astype(np.float32), f):
+            bad = f[h.astype(np.float32) != f][0]
+            raise UnsupportedError(f"{c.name}: bf16 group scale {float(bad)!r} is not representable in fp16 (Q4_0's d)",
+                                   hint="this tensor cannot become Q4_0 exactly")
+        d16 = h
+    elif c.dtype == "F16":
+        d16 = d.view(np.float16)
+    else:
+        f = np.asarray(d, np.float32)
+        d16 = f.astype(np.float16)
+        if not np.array_equal(d16.astype(np.float32), f):
+            raise UnsupportedError(f"{c.name}: {c.dtype} group scales are not representable in fp16 (Q4_0's d)")
+    d16 = np.repeat(d16, rep, axis=-1)
+    codes = (np.asarray(c.q).astype(np.int16) + 8).astype(np.uint8)
+    return q4_0_join(codes, d16).tobytes()

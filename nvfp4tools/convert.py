@@ -177,6 +177,8 @@ class Job:
     action: str                              # "copy", "renibble", "reciprocal", "stack", "split", "quantize", ...
     fuse: str | None = None                  # "gate_up" | "down" | None
     note: str = ""
+    global_override: float | None = None     # restored original global (undoing a GGUF fold)
+    raw_override: np.ndarray | None = None   # restored tensor bytes (e.g. Gemma 4 per_expert_scale)
 
     @property
     def nbytes(self) -> int:
@@ -231,6 +233,8 @@ def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: b
             hint=f"lossless paths to {to}: " + ("NVFP4 (ModelOpt, compressed-tensors, GGUF)" if to == "modelopt" else
                                                  "NVFP4; int4 group-symmetric (pack-quantized, GGUF Q4_0)")
             + "; pass --allow-lossy to requantize")
+    if src.format == "gguf":
+        return _plan_from_gguf(src, p, layout, experts)
     groups: dict[tuple[str, str], list[TensorInfo]] = {}
     if experts == "fused":
         for t in tensors:
@@ -251,6 +255,70 @@ def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: b
             continue
         p.jobs.append(_single_job(src, layout, t, to))
     _exact_globals(src, p)
+    return p
+
+
+def _plan_from_gguf(src: Checkpoint, p: Plan, layout, experts: str | None) -> Plan:
+    """GGUF -> safetensors: names from the ``nvfp4tools.hf_names`` record an nvfp4tools-written
+    GGUF carries; stacked experts split per expert; a Gemma 4 down-projection fold undone from the
+    recorded originals (without them the folded value stays in weight_scale_2 and per_expert_scale
+    would be 1: equivalent math, not the original bytes, so it is refused)."""
+    from nvfp4tools.formats.layouts import Out
+
+    names = src.metadata.get("nvfp4tools.hf_names")
+    if not isinstance(names, list) or not src.config:
+        raise UnsupportedError(
+            f"{src.source}: this GGUF carries no record of its safetensors names and config.json",
+            hint="nvfp4tools converts GGUF files it wrote itself back to safetensors; for other GGUF files "
+                 "convert the original safetensors checkpoint instead")
+    hf: dict[str, list[str]] = {}
+    for entry in names:
+        g, _, rest = str(entry).partition("=")
+        hf[g] = rest.split(",") if rest else []
+    for t in src.tensors.values():
+        if t.name == "rope_freqs.weight" or t.name not in hf:
+            continue
+        outs_names = hf[t.name]
+        if len(outs_names) > 1:   # stacked experts -> one output per expert
+            restore = src.metadata.get(f"nvfp4tools.restore.{t.name}.scale")
+            want_all = outs_names[-1].partition("|")[2]   # the record's dtype applies to every expert
+            for e, entry in enumerate(outs_names):
+                name, _, want = entry.partition("|")
+                want = want or want_all
+                if t.scheme.name == "nvfp4":
+                    outs = layout.nvfp4(name, t.shape[1:], t.part("input_scale") is not None)
+                elif t.scheme.name == "q4_0":
+                    if not hasattr(layout, "int4"):
+                        raise UnsupportedError(f"{t.name}: Q4_0 has no exact {p.to} form",
+                                               hint="convert Q4_0 to compressed-tensors (pack-quantized W4A16)")
+                    outs = layout.int4(name, t.shape[1:], 32, want or "F16")
+                else:
+                    outs = [Out(name, t.part("data").stored_dtype, t.shape[1:], "raw")]
+                p.jobs.append(Job([t.name], outs, True, "split", note=f"expert {e} rows 0:{t.shape[1]}",
+                                  global_override=float(restore[e]) if restore else None))
+            continue
+        job = _single_job(src, layout, t, p.to)
+        hf_name, _, want_dtype = outs_names[0].partition("|")
+        if job.outs[0].what == "raw":
+            dtype = want_dtype or job.outs[0].dtype
+            job.outs = [Out(hf_name, dtype, job.outs[0].shape, "raw")]
+            job.action = "copy" if dtype == t.part("data").stored_dtype else f"{t.part('data').stored_dtype}->{dtype}"
+        elif job.outs[0].what == "int4" and want_dtype:
+            old_base = t.name[: -len(".weight")]
+            new_base = hf_name[: -len(".weight")]
+            job.outs = [Out(o.key.replace(old_base, new_base, 1), want_dtype if o.what == "int4_scales" else o.dtype,
+                            o.shape, o.what) for o in job.outs]
+        else:
+            old_base = t.name[: -len(".weight")] if t.name.endswith(".weight") else t.name
+            new_base = hf_name[: -len(".weight")] if hf_name.endswith(".weight") else hf_name
+            job.outs = [Out(o.key.replace(old_base, new_base, 1), o.dtype, o.shape, o.what) for o in job.outs]
+        p.jobs.append(job)
+    for k, v in src.metadata.items():
+        if k.startswith("nvfp4tools.restore.") and k.endswith(".router.per_expert_scale"):
+            name = k[len("nvfp4tools.restore."):]
+            arr = np.asarray(v, np.float32)
+            bits = (arr.view(np.uint32) >> 16).astype(np.uint16)   # recorded from bf16: exact
+            p.jobs.append(Job([], [Out(name, "BF16", (arr.size,), "raw")], True, "restore", raw_override=bits))
     return p
 
 
@@ -426,6 +494,9 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
                 if o.what in ("global", "input"):
                     yield o.key, 0, _nvfp4_chunks(fake, [o], to)[o.key]
         return
+    if job.action == "restore":
+        yield job.outs[0].key, 0, np.ascontiguousarray(job.raw_override).tobytes()
+        return
     t = src.tensors[job.sources[0]]
     c = canon_of(src, t, exact)
     if job.action == "split":
@@ -434,9 +505,17 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         if c.kind == "raw":
             yield job.outs[0].key, 0, np.ascontiguousarray(c.array[e, lo:hi]).tobytes()
             return
+        if c.kind == "int4":
+            sub4 = Canon(c.name, "int4", (hi - lo, t.shape[2]), q=c.q[e, lo:hi], group_scales=c.group_scales[e, lo:hi],
+                         group=c.group, dtype=c.dtype)
+            one = Job([t.name], job.outs, True, "copy")
+            yield from _int4_chunks(sub4, one)
+            return
         sub = Canon(job.outs[0].key, "nvfp4", (hi - lo, t.shape[2]), codes=c.codes[e, lo:hi],
                     scale_bytes=c.scale_bytes[e, lo:hi], global_mult=np.asarray(c.global_mult).reshape(-1)[e % max(1, np.asarray(c.global_mult).size)].reshape(()),
                     input_mult=None if c.input_mult is None else np.asarray(c.input_mult).reshape(-1)[e % max(1, np.asarray(c.input_mult).size)].reshape(()))
+        if job.global_override is not None:
+            sub.global_mult = np.float32(job.global_override).reshape(())
         for k, b in _nvfp4_chunks(sub, job.outs, to).items():
             yield k, 0, b
         return
@@ -444,20 +523,41 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         for k, b in _nvfp4_chunks(c, job.outs, to).items():
             yield k, 0, b
     elif c.kind == "int4":
-        for o in job.outs:
-            if o.what == "int4":
-                yield o.key, 0, pack_int4_to_int32(c.q).tobytes()
-            elif o.what == "int4_scales":
-                yield o.key, 0, np.ascontiguousarray(c.group_scales).tobytes()
-            elif o.what == "shape":
-                yield o.key, 0, struct.pack("<%dq" % len(c.shape), *c.shape)
+        yield from _int4_chunks(c, job)
     elif c.kind == "raw":
         a = c.array
-        if job.outs[0].dtype == "F32" and a.dtype != np.float32:
+        want = job.outs[0].dtype
+        if want == "F32" and a.dtype != np.float32:
             a = np.asarray(a, np.float32)
+        elif want == "BF16" and a.dtype == np.float32:
+            bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+            if np.any(bits & 0xFFFF):
+                raise UnsupportedError(f"{c.name}: F32 values are not all bf16: narrowing to the original BF16 "
+                                       "would round", hint="the GGUF was modified after nvfp4tools wrote it")
+            a = (bits >> 16).astype(np.uint16)
         yield job.outs[0].key, 0, np.ascontiguousarray(a).tobytes()
     else:
         raise UnsupportedError(f"{t.name}: {c.kind} cannot be written to {to}")
+
+
+def _int4_chunks(c: Canon, job: Job) -> Iterator[tuple[str, int, bytes]]:
+    from nvfp4tools.kernels_ref.int4 import pack_int4_to_int32
+
+    for o in job.outs:
+        if o.what == "int4":
+            yield o.key, 0, pack_int4_to_int32(c.q).tobytes()
+        elif o.what == "int4_scales":
+            sc = np.ascontiguousarray(c.group_scales)
+            if o.dtype == "BF16" and c.dtype == "F16":   # back to the recorded bf16: exact or refused
+                f = sc.view(np.float16).astype(np.float32)
+                bits = f.view(np.uint32)
+                if np.any(bits & 0xFFFF):
+                    raise UnsupportedError(f"{c.name}: fp16 scales are not all bf16 values")
+                sc = (bits >> 16).astype(np.uint16)
+            yield o.key, 0, sc.tobytes()
+        elif o.what == "shape":
+            shape = o.shape and tuple(c.shape)
+            yield o.key, 0, struct.pack("<%dq" % len(c.shape), *c.shape)
 
 
 class _Progress:
@@ -652,21 +752,39 @@ def verify_output(p: Plan, out_path: str) -> int:
     out = formats.read(out_path, p.to)
     src_exact, out_exact = _exact_meta(p.src), _exact_meta(out)
     checked = 0
+    cache: dict[str, Canon] = {}
     for j in p.jobs:
-        if not j.exact or j.action in ("split", "generate") or not j.sources:
+        if not j.exact or j.action == "generate" or not j.sources:
             continue
-        name = j.outs[0].key if p.to == "gguf" else (j.sources[0] if j.action != "stack" else None)
-        if name is None:  # fused safetensors stack: the reader names it by the fused parameter
-            name = j.outs[0].key
+        key = j.outs[0].key
+        if p.to == "gguf":
+            name = key
+        elif j.action in ("stack", "split") or p.src.format == "gguf":
+            name = key[: -len(".weight_packed")] + ".weight" if key.endswith(".weight_packed") else key
+        else:
+            name = j.sources[0]
         t_out = out.tensors.get(name)
         if t_out is None:
             raise FormatError(f"verification: '{name}' is missing from the output")
         b = canon_of(out, t_out, out_exact)
+        if j.action == "split":
+            src_name = j.sources[0]
+            if src_name not in cache:
+                cache.clear()
+                cache[src_name] = canon_of(p.src, p.src.tensors[src_name], src_exact)
+            e = int(j.note.split()[1])
+            lo, hi = (int(x) for x in j.note.split()[-1].split(":"))
+            a = _slice_canon(cache[src_name], (e, slice(lo, hi)), e)
+            if j.global_override is not None:
+                a.global_mult = np.float32(j.global_override)
+            if not _same(a, b):
+                raise FormatError(f"verification: expert {e} of '{src_name}' differs in the output (a bug: please report)")
+            checked += 1
+            continue
         members = [canon_of(p.src, p.src.tensors[n], src_exact) for n in j.sources]
         for e, a in enumerate(members):
             bb = b
             if len(members) > 1:
-                sl = slice(None)
                 if j.fuse == "gate_up":  # two members per expert, stacked along rows
                     ex, half = divmod(e, 2)
                     rows = a.shape[0]
