@@ -117,7 +117,7 @@ class Assembler:
             shape = self._logical_int_shape(module, parts)
             if b is not None and bs.stored_shape and shape[-1]:
                 cols = bs.stored_shape[-1]
-                group = shape[-1] // cols if cols and cols > 1 else None
+                group = shape[-1] // cols if cols else None
             return schemes.int_group(self.int_bits, group, "zero_point" not in parts, "g_idx" in parts)
         if d == "U8" and b in ("F16", "BF16", "F32"):
             # ModelOpt W4A16_AWQ: signed int4 packed along the output dim (pack_int4_in_uint8).

@@ -200,6 +200,7 @@ def synthesize(out_dir: str, *, preset: str = "gemma4-tiny", fmt: str = "modelop
     excluded: set[str] = set()
     # Scalars shared by a fused group, so q/k/v and gate/up carry identical globals (ModelOpt
     # requantize_resmooth_fused_llm_layers / sync_moe_gate_up_amax).
+    group_skipped: list[str] = []
     group_scale: dict[str, Any] = {}
     tensor_cache: dict[str, Any] = {}
     weights_cache: dict[str, Any] = {}
@@ -223,7 +224,13 @@ def synthesize(out_dir: str, *, preset: str = "gemma4-tiny", fmt: str = "modelop
 
     for name, shape, lrole in _layers(cfg, experts):
         is_fused = lrole == "experts" and experts == "fused"
-        if lrole is None or lrole not in quant_roles:
+        if fmt == "compressed-tensors-w4a16" and shape[-1] % group_size:
+            lrole_q = None  # a group wider than in_features cannot be quantized: left BF16 (and ignored)
+            if lrole in quant_roles:
+                group_skipped.append(name)
+        else:
+            lrole_q = lrole
+        if lrole_q is None or lrole not in quant_roles:
             key = name if (lrole is None or is_fused) else name + ".weight"
             ones = "norm" in name or name.endswith("layer_scalar") or name.endswith("per_expert_scale") \
                 or name.endswith("router.scale")
@@ -278,8 +285,6 @@ def synthesize(out_dir: str, *, preset: str = "gemma4-tiny", fmt: str = "modelop
                 plan.add(base + sep + "input_global_scale", "F32", gshape,
                          lambda n=n_lead: _f32(_recip32(input_scale)) * n)
         else:  # compressed-tensors W4A16 pack-quantized
-            if in_f % group_size:
-                raise UsageError(f"{name}: in_features {in_f} is not a multiple of group size {group_size}")
 
             def int4_parts(name=name, shape=shape):
                 if tensor_cache.get("name") != ("i4", name):
@@ -322,7 +327,7 @@ def synthesize(out_dir: str, *, preset: str = "gemma4-tiny", fmt: str = "modelop
     if len(buckets) > 1:
         write_index(out_dir, weight_map, total)
 
-    _write_configs(out_dir, cfg, fmt, recipe, excluded, group_size)
+    _write_configs(out_dir, cfg, fmt, recipe, excluded, group_size, group_skipped)
     return {"path": out_dir, "files": files, "n_tensors": len(plan.specs), "tensor_bytes": total,
             "n_quantized_modules": len(quantized), "format": fmt, "recipe": recipe, "header_only": header_only}
 
@@ -347,7 +352,7 @@ def _exclude_patterns(cfg: dict[str, Any], recipe: str) -> list[str]:
 
 
 def _write_configs(out_dir: str, cfg: dict[str, Any], fmt: str, recipe: str, excluded: set[str],
-                   group_size: int) -> None:
+                   group_size: int, extra_ignore: list[str] | None = None) -> None:
     cfg = copy.deepcopy(cfg)
     cfg.setdefault("transformers_version", "5.23.0")
     cfg["dtype"] = "bfloat16"
@@ -369,6 +374,7 @@ def _write_configs(out_dir: str, cfg: dict[str, Any], fmt: str, recipe: str, exc
             ignore.append("re:.*self_attn.*")
         if "mlp" not in RECIPES[recipe]:
             ignore.append("re:.*\\.mlp\\..*")
+        ignore += sorted(extra_ignore or [])
         if fmt == "compressed-tensors":
             w = {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16, "strategy": "tensor_group",
                  "dynamic": False, "scale_dtype": "torch.float8_e4m3fn", "actorder": None, "block_structure": None,

@@ -198,3 +198,80 @@ def test_sigkill_mid_write_then_rerun(synth_dir, tmp_path):
     from nvfp4tools.convert import convert
     convert(big, str(out), "compressed-tensors")
     assert out.exists() and formats.read(str(out)).format == "compressed-tensors"
+
+
+# -- GGUF ------------------------------------------------------------------------------------------
+
+def test_modelopt_gguf_modelopt_round_trip(synth_dir, tmp_path, run_cli):
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    g, back = str(tmp_path / "m.gguf"), str(tmp_path / "back")
+    r = run_cli("convert", src, g, "--to", "gguf")
+    assert r.exit_code == 0, r.stderr
+    ck = formats.read(g)
+    down = ck.tensors["blk.0.ffn_down_exps.weight"]
+    assert down.scheme.name == "nvfp4" and down.shape == (8, 128, 64)
+    assert ck.metadata["general.file_type"] == "MOSTLY_NVFP4"
+    assert run_cli("convert", g, back, "--to", "modelopt").exit_code == 0
+    a, b = _tensors(src), _tensors(back)
+    text = {k: v for k, v in a.items() if "vision" not in k}
+    assert text.keys() == b.keys() and all(text[k] == b[k] for k in text)
+
+
+def test_w4a16_q4_0_round_trip_and_dequant(synth_dir, tmp_path, run_cli):
+    import gguf
+    from gguf import GGUFReader, quants
+
+    from nvfp4tools.tensors import dequantize
+
+    src = synth_dir(fmt="compressed-tensors-w4a16", recipe="all-linear", group_size=32)
+    g, back = str(tmp_path / "q.gguf"), str(tmp_path / "back")
+    assert run_cli("convert", src, g, "--to", "gguf").exit_code == 0
+    assert run_cli("convert", g, back, "--to", "compressed-tensors").exit_code == 0
+    a, b = _tensors(src), _tensors(back)
+    text = {k: v for k, v in a.items() if "vision" not in k}
+    assert text.keys() == b.keys() and all(text[k] == b[k] for k in text)
+    # gguf-py's Q4_0 dequantization == our W4A16 dequantization, element by element
+    ck = formats.read(src)
+    r = {t.name: t for t in GGUFReader(g).tensors}
+    t = r["blk.1.attn_q.weight"]
+    theirs = quants.dequantize(t.data, gguf.GGMLQuantizationType.Q4_0)
+    assert np.array_equal(theirs, dequantize(ck, ck.tensors["model.language_model.layers.1.self_attn.q_proj.weight"]))
+
+
+def test_w4a16_group128_to_q4_0_repeats_scales(tmp_path, run_cli):
+    from nvfp4tools.synth import synthesize
+
+    src = str(tmp_path / "g128")
+    synthesize(src, fmt="compressed-tensors-w4a16", group_size=128)
+    g = str(tmp_path / "q.gguf")
+    assert run_cli("convert", src, g, "--to", "gguf").exit_code == 0
+    from nvfp4tools.tensors import dequantize
+    from nvfp4tools.kernels_ref.ggml_quants import dequantize_q4_0
+    from nvfp4tools.tensors import load_part
+
+    s, q = formats.read(src), formats.read(g)
+    w = dequantize(s, s.tensors["model.language_model.layers.0.mlp.up_proj.weight"])
+    raw = np.asarray(load_part(q.root, q.tensors["blk.0.ffn_up.weight"].part("data")))
+    assert np.array_equal(dequantize_q4_0(raw).reshape(w.shape), w)
+
+
+def test_llama_cpp_gguf_cannot_go_back(tmp_path, run_cli):
+    from nvfp4tools.synth_gguf import write_gemma4_gguf
+
+    g = write_gemma4_gguf(str(tmp_path / "x.gguf"), qtype="q4_0")["path"]
+    r = run_cli("convert", g, str(tmp_path / "o"), "--to", "compressed-tensors")
+    assert r.exit_code == 3 and "no record of its safetensors names" in r.stderr
+
+
+@pytest.mark.interop
+def test_gguf_nvfp4_same_bytes_as_llama_cpp_converter(llama_cpp_ggufs, oracles, tmp_path, run_cli):
+    from gguf import GGUFReader
+
+    ours = str(tmp_path / "ours.gguf")
+    assert run_cli("convert", oracles["modelopt_nvfp4"], ours, "--to", "gguf").exit_code == 0
+    a = {t.name: t for t in GGUFReader(llama_cpp_ggufs["nvfp4"]).tensors}
+    b = {t.name: t for t in GGUFReader(ours).tensors}
+    assert a.keys() == b.keys()
+    diff = [k for k in a if a[k].tensor_type != b[k].tensor_type or a[k].shape.tolist() != b[k].shape.tolist()
+            or bytes(np.asarray(a[k].data).view(np.uint8)) != bytes(np.asarray(b[k].data).view(np.uint8))]
+    assert diff == []
