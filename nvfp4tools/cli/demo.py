@@ -12,7 +12,8 @@ import click
               help="Write the demo checkpoint here and keep it (default: a temporary folder).")
 @click.pass_context
 def demo_cmd(ctx: click.Context, keep: str | None) -> None:
-    """Build a tiny Gemma-4-style NVFP4 checkpoint (ModelOpt layout) run inspect and verify on it; then size a
+    """Build a tiny Gemma-4-style NVFP4 checkpoint (ModelOpt layout) run inspect, verify and convert (to
+    compressed-tensors and GGUF) on it; then size a
     header-only full-size Gemma-4-26B-A4B NVFP4 checkpoint for an RTX 4090 with estimate.
 
     \b
@@ -43,6 +44,13 @@ def demo_cmd(ctx: click.Context, keep: str | None) -> None:
         click.echo(f"$ nvfp4tools verify {out} --backend ref", err=True)
         ver = verify(ckpt, backends=resolve("ref"))
         click.echo(render_verify(ver))
+
+        from nvfp4tools.cli.convert import render_table as render_convert
+        from nvfp4tools.convert import convert
+        for to, dst in (("compressed-tensors", f"{tmp}/gemma4-tiny-ct"), ("gguf", f"{tmp}/gemma4-tiny.gguf")):
+            click.echo("", err=True)
+            click.echo(f"$ nvfp4tools convert {out} {dst} --to {to}", err=True)
+            click.echo(render_convert(convert(out, dst, to)))
 
         big = f"{tmp}/gemma4-26b-a4b-nvfp4-header-only"
         click.echo("", err=True)
