@@ -38,6 +38,7 @@ class Backend:
     available: Callable[[], str | None]
     run: Callable[[LayerCase], np.ndarray]
     tolerance_source: str = ""
+    activations: str = "w4a16"   # "w4a4": compared with a reference over NVFP4-quantized activations
 
 
 _BACKENDS: dict[str, Backend] = {}

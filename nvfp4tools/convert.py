@@ -498,6 +498,18 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         yield job.outs[0].key, 0, np.ascontiguousarray(job.raw_override).tobytes()
         return
     t = src.tensors[job.sources[0]]
+    direct = _direct_parts(t, job)
+    if direct is not None:
+        # same bytes in both layouts (HF nibble order, linear E4M3 scales, int32 words, raw tensors):
+        # copied in bounded chunks without decoding; only the per-tensor scalars are converted
+        small = [o for o in job.outs if o not in direct]
+        for o, part in direct.items():
+            yield from _copy_part(src, part, o.key)
+        if small:
+            c = canon_of(src, t, exact)
+            for k, b in _nvfp4_chunks(c, small, to).items():
+                yield k, 0, b
+        return
     c = canon_of(src, t, exact)
     if job.action == "split":
         e = int(job.note.split()[1])
@@ -538,6 +550,47 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         yield job.outs[0].key, 0, np.ascontiguousarray(a).tobytes()
     else:
         raise UnsupportedError(f"{t.name}: {c.kind} cannot be written to {to}")
+
+
+_CHUNK = 16 * 2**20
+_DIRECT = {"codes": "data", "scales": "block_scale", "int4": "data", "int4_scales": "block_scale", "shape": "shape",
+           "raw": "data"}
+
+
+def _direct_parts(t: TensorInfo, job: Job):
+    """Outputs whose bytes are exactly a stored part of the source (None: decode needed)."""
+    if job.action not in ("copy", "reciprocal"):
+        return None
+    out = {}
+    for o in job.outs:
+        role = _DIRECT.get(o.what)
+        if role is None:
+            continue
+        part = t.part(role)  # type: ignore[arg-type]
+        if part is None or part.stored_dtype != o.dtype or part.nbytes != _out_nbytes(o):
+            return None
+        if o.what == "codes" and part.stored_dtype != "U8":
+            return None
+        out[o] = part
+    return out if out else None
+
+
+def _out_nbytes(o) -> int:
+    from nvfp4tools.formats._st_writer import nbytes_of
+    return nbytes_of(o.dtype, o.shape)
+
+
+def _copy_part(src: Checkpoint, part, key: str) -> Iterator[tuple[str, int, bytes]]:
+    fd = os.open(os.path.join(src.root, part.file), os.O_RDONLY)
+    try:
+        for off in range(0, part.nbytes, _CHUNK):
+            n = min(_CHUNK, part.nbytes - off)
+            data = os.pread(fd, n, part.offset + off)
+            if len(data) != n:
+                raise FormatError(f"{part.file}: tensor '{part.key}' is truncated")
+            yield key, off, data
+    finally:
+        os.close(fd)
 
 
 def _int4_chunks(c: Canon, job: Job) -> Iterator[tuple[str, int, bytes]]:
@@ -766,6 +819,17 @@ def verify_output(p: Plan, out_path: str) -> int:
         t_out = out.tensors.get(name)
         if t_out is None:
             raise FormatError(f"verification: '{name}' is missing from the output")
+        direct = _direct_parts(p.src.tensors[j.sources[0]], j) if len(j.sources) == 1 else None
+        if direct is not None and p.to != "gguf" and p.src.format != "gguf":
+            _verify_bytes(p.src, out, direct, t_out)
+            small = [o for o in j.outs if o not in direct]
+            if small:  # the converted scalars: compare multipliers bit for bit
+                a = canon_of(p.src, p.src.tensors[j.sources[0]], src_exact)
+                b = canon_of(out, t_out, out_exact)
+                if not np.array_equal(_bits(a.global_mult), _bits(b.global_mult)):
+                    raise FormatError(f"verification: global scale of '{name}' differs (a bug: please report)")
+            checked += 1
+            continue
         b = canon_of(out, t_out, out_exact)
         if j.action == "split":
             src_name = j.sources[0]
@@ -798,6 +862,24 @@ def verify_output(p: Plan, out_path: str) -> int:
                                   "(a bug: please report)")
         checked += len(members)
     return checked
+
+
+def _verify_bytes(src: Checkpoint, out: Checkpoint, direct: dict, t_out: TensorInfo) -> None:
+    keys = {p.key: p for p in t_out.parts}
+    for o, part in direct.items():
+        q = keys.get(o.key)
+        if q is None:
+            raise FormatError(f"verification: '{o.key}' is missing from the output")
+        fa = os.open(os.path.join(src.root, part.file), os.O_RDONLY)
+        fb = os.open(os.path.join(out.root, q.file), os.O_RDONLY)
+        try:
+            for off in range(0, part.nbytes, _CHUNK):
+                n = min(_CHUNK, part.nbytes - off)
+                if os.pread(fa, n, part.offset + off) != os.pread(fb, n, q.offset + off):
+                    raise FormatError(f"verification: bytes of '{o.key}' differ from the source (a bug: please report)")
+        finally:
+            os.close(fa)
+            os.close(fb)
 
 
 def _slice_canon(c: Canon, sl, expert: int) -> Canon:

@@ -1,0 +1,85 @@
+"""convert speed and memory on a ~3 GiB ModelOpt NVFP4 checkpoint (generated, real random data,
+one shard), in one run beside `cp -r` of the same folder and (when importable) compressed-tensors'
+own convert_checkpoint doing the same conversion. Page cache warm, median of N alternating runs.
+
+    python bench/convert_speed.py [--runs 3] [--dir /tmp/nvfp4tools-bench-3g] [--ct-python PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+CT_CODE = r"""
+import json, sys
+from compressed_tensors.entrypoints.convert import convert_checkpoint, ModelOptNvfp4Converter
+src, dst = sys.argv[1], sys.argv[2]
+excl = json.load(open(src + "/hf_quant_config.json"))["quantization"]["exclude_modules"]
+convert_checkpoint(src, dst, ModelOptNvfp4Converter(ignore=excl, targets=["Linear"]), max_workers=1, device="cpu")
+"""
+
+
+def config_3g() -> dict:
+    from nvfp4tools.synth import GEMMA4_26B_A4B
+    import copy
+    cfg = copy.deepcopy(GEMMA4_26B_A4B)
+    t = cfg["text_config"]
+    t["num_hidden_layers"] = 6
+    t["layer_types"] = ["sliding_attention"] * 5 + ["full_attention"]
+    t["vocab_size"] = 65536
+    cfg["vision_config"] = None
+    return cfg
+
+
+def run(cmd: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes of the child)."""
+    t0 = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed: {p.stderr[-1500:]}")
+    return wall, int(p.stderr.strip().splitlines()[-1]) * 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--dir", default="/tmp/nvfp4tools-bench-3g")
+    ap.add_argument("--ct-python", default=None, help="a Python with compressed-tensors installed")
+    a = ap.parse_args()
+    src = a.dir
+    if not os.path.isfile(os.path.join(src, "model.safetensors")):
+        from nvfp4tools.synth import synthesize
+        t0 = time.perf_counter()
+        synthesize(src, fmt="modelopt", recipe="all-linear", config=config_3g(), preset="custom")
+        print(f"generated {src} in {time.perf_counter() - t0:.0f} s")
+    size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
+    exe = os.path.join(os.path.dirname(sys.executable), "nvfp4tools")
+    out = src + "-out"
+    res: dict[str, list[tuple[float, int]]] = {"cp -r": [], "nvfp4tools": [], "compressed-tensors": []}
+    for _ in range(a.runs):
+        for name, cmd in (("cp -r", ["cp", "-r", src, out]),
+                          ("nvfp4tools", [exe, "convert", src, out, "--to", "compressed-tensors"]),
+                          ("compressed-tensors", [a.ct_python, "-c", CT_CODE, src, out] if a.ct_python else None)):
+            if cmd is None:
+                continue
+            shutil.rmtree(out, ignore_errors=True)
+            res[name].append(run(cmd))
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"checkpoint: {src}, {size / 2**30:.2f} GiB, one shard")
+    base = statistics.median(w for w, _ in res["cp -r"])
+    for name, rs in res.items():
+        if rs:
+            w = statistics.median(x for x, _ in rs)
+            m = max(r for _, r in rs)
+            print(f"{name:<20} {w:7.2f} s  ({w / base:4.2f}x cp -r)   peak RSS {m / 2**20:8.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Registered GPU backends and their tolerances (relative Frobenius error against the float64
+reference ``y_ref = x @ W^T``; ``../shared/docs/peers.md`` section 6 lists upstream practice:
+vLLM's NVFP4 GEMM tests use atol/rtol 1e-1, its Marlin FP4 test a mean relative error < 0.04).
+
+* ``torch``: dequantize on the GPU with torch ops, float32 matmul with TF32 off: 1e-5.
+* ``triton``: our fused W4A16 kernel: activations rounded to bf16 (2^-9 relative per element),
+  weights exact in bf16 (an E2M1 x E4M3 product has at most 5 significant bits), the global scale
+  applied in the fp32 epilogue, fp32 accumulation: 5e-3. W4A4 emulation (activations quantized to
+  NVFP4 per 16 with the input scale first): compared with the same quantized activations, 5e-3.
+* ``scaled_mm``: torch._scaled_mm with FP4 operands and swizzled block scales: needs FP4 tensor cores
+  (compute capability 10.x/12.x); 1e-2.
+* ``vllm``, ``flashinfer``: their NVFP4 kernels when importable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nvfp4tools.kernels_ref.dispatch import Backend, LayerCase, register
+
+
+def _cuda_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed (pip install 'nvfp4tools[gpu]')"
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    return None
+
+
+def _torch_dequant(case: LayerCase):
+    """Canonical parts -> float32 weight on the GPU, with torch ops only."""
+    import torch
+
+    dev = "cuda"
+    lut = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6],
+                       dtype=torch.float32, device=dev)
+    codes = torch.from_numpy(np.ascontiguousarray(case.codes)).to(dev).long()
+    vals = lut[codes]
+    sb = torch.from_numpy(np.ascontiguousarray(case.scale_bytes)).to(dev).view(torch.float8_e4m3fn).float()
+    w = (vals.view(vals.shape[0], -1, 16) * sb.unsqueeze(-1)).view(vals.shape)
+    return w * torch.tensor(case.global_scale, dtype=torch.float32, device=dev)
+
+
+def _torch_x(case: LayerCase):
+    import torch
+
+    from nvfp4tools.kernels_ref.gemm import quantize_activations_nvfp4
+
+    x = case.x
+    if case.mode == "w4a4" and case.input_scale is not None:
+        x = quantize_activations_nvfp4(x, case.input_scale)
+    return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to("cuda")
+
+
+def _run_torch(case: LayerCase) -> np.ndarray:
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if case.codes is None:
+        w = torch.from_numpy(np.ascontiguousarray(case.w, np.float32)).to("cuda")
+    else:
+        w = _torch_dequant(case)
+    y = torch.full((case.x.shape[0], w.shape[0]), float("nan"), device="cuda")  # poisoned
+    torch.matmul(_torch_x(case), w.T, out=y)
+    torch.cuda.synchronize()
+    return y.cpu().numpy()
+
+
+def _run_triton(case: LayerCase) -> np.ndarray:
+    import torch
+
+    from .nvfp4_gemm import nvfp4_w4a16_gemm, pack_for_kernel
+
+    if case.codes is None:
+        raise ValueError("the triton backend needs NVFP4 weights")
+    packed, scales = pack_for_kernel(case.codes, case.scale_bytes)
+    x = _torch_x(case).to(torch.bfloat16)
+    y = nvfp4_w4a16_gemm(x, packed, scales, case.global_scale, poison=True)
+    torch.cuda.synchronize()
+    return y.float().cpu().numpy()
+
+
+def _triton_reason() -> str | None:
+    why = _cuda_reason()
+    if why:
+        return why
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    return None
+
+
+def _scaled_mm_reason() -> str | None:
+    why = _cuda_reason()
+    if why:
+        return why
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    if major not in (10, 12):
+        return (f"torch._scaled_mm FP4 needs FP4 tensor cores (compute capability 10.x/12.x); this GPU is "
+                f"{major}.{minor}")
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        return "this torch has no float4_e2m1fn_x2 dtype"
+    return None
+
+
+def _run_scaled_mm(case: LayerCase) -> np.ndarray:
+    import torch
+
+    from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
+    from nvfp4tools.kernels_ref.nvfp4 import quantize_nvfp4
+    from nvfp4tools.kernels_ref.swizzle import swizzle_128x4
+
+    n, k = case.codes.shape
+    xq = quantize_nvfp4(case.x, np.float32(case.input_scale or 1.0))
+    a = torch.from_numpy(xq.packed).cuda().view(torch.float4_e2m1fn_x2)
+    b = torch.from_numpy(pack_nibbles_hf(case.codes)).cuda().view(torch.float4_e2m1fn_x2)
+    sa = torch.from_numpy(swizzle_128x4(xq.block_scale)).cuda().view(torch.float8_e4m3fn)
+    sb = torch.from_numpy(swizzle_128x4(case.scale_bytes)).cuda().view(torch.float8_e4m3fn)
+    y = torch._scaled_mm(a, b.t(), sa, sb, out_dtype=torch.float32) * (case.global_scale * float(case.input_scale or 1.0))
+    return y.cpu().numpy()
+
+
+def _import_reason(mod: str, what: str) -> str | None:
+    why = _cuda_reason()
+    if why:
+        return why
+    import importlib.util
+
+    if importlib.util.find_spec(mod) is None:
+        return f"{mod} is not installed: {what}"
+    return "its NVFP4 GEMM entry point is not wired up in this nvfp4tools version"
+
+
+def _never(case: LayerCase) -> np.ndarray:  # pragma: no cover
+    raise RuntimeError("unavailable backend called")
+
+
+register(Backend("torch", "torch ops: GPU dequantization, float32 matmul (TF32 off)", 1e-5, _cuda_reason, _run_torch,
+                 "float32 accumulation on the GPU"))
+register(Backend("triton", "nvfp4tools' fused Triton NVFP4 W4A16 GEMM (bf16 tensor cores, fp32 accumulate)", 5e-3,
+                 _triton_reason, _run_triton, "bf16 activations (2^-9 relative), exact bf16 weights, fp32 epilogue"))
+register(Backend("scaled_mm", "torch._scaled_mm with FP4 operands and 128x4-swizzled block scales", 1e-2,
+                 _scaled_mm_reason, _run_scaled_mm, "against the reference over the same NVFP4 activations",
+                 activations="w4a4"))
+register(Backend("vllm", "vLLM's NVFP4 CUTLASS / Marlin FP4 GEMM", 4e-2,
+                 lambda: _import_reason("vllm", "pip install vllm on a CUDA machine"), _never,
+                 "vLLM test_marlin_gemm: mean relative error < 0.04"))
+register(Backend("flashinfer", "FlashInfer mm_fp4", 1e-1,
+                 lambda: _import_reason("flashinfer", "pip install flashinfer-python"), _never,
+                 "vLLM/FlashInfer NVFP4 tests: atol/rtol 1e-1"))

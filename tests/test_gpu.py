@@ -1,0 +1,71 @@
+"""GPU backends against the float64 reference (skipped, with the reason, where CUDA is absent).
+
+Run on a GPU machine: ``bash bench/gpu.sh`` (prints the tables pasted into bench/RESULTS.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nvfp4tools.kernels_ref.dispatch import LayerCase, names, status
+
+pytestmark = pytest.mark.gpu
+
+try:
+    import torch
+    _CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    _CUDA = False
+
+needs_cuda = pytest.mark.skipif(not _CUDA, reason="CUDA is absent (torch missing or no GPU): GPU backends cannot run")
+
+# full-size Gemma-4-26B-A4B linear shapes (N = out, K = in)
+SHAPES = [(2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (2816, 704), (8192, 2816), (2816, 8192)]
+
+
+def test_unavailable_backends_say_why():
+    rows = {s["name"]: s for s in status()}
+    assert {"ref", "torch", "triton", "scaled_mm", "vllm", "flashinfer"} <= set(names())
+    for name in ("torch", "triton", "scaled_mm", "vllm", "flashinfer"):
+        if not rows[name]["available"]:
+            assert rows[name]["reason"], name
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_backend_on_tiny_checkpoint(backend, synth_dir, run_cli):
+    import json
+
+    r = run_cli("verify", synth_dir(fmt="modelopt", recipe="all-linear"), "--backend", backend, "--format", "json")
+    rep = json.loads(r.stdout)
+    assert r.exit_code == 0 and rep["verdict"] == "pass", [x for x in rep["layers"] if x["verdict"] == "fail"][:2]
+
+
+@needs_cuda
+def test_full_size_shapes_all_backends(capsys):
+    from nvfp4tools.kernels_ref.dispatch import resolve
+    from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
+    from nvfp4tools.kernels_ref.gemm import gemm_reference, quantize_activations_nvfp4
+    from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+
+    backends = [b for b in resolve("all") if b.name != "ref"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for n, k in SHAPES:
+        q = quantize_nvfp4(rng.standard_normal((n, k)).astype(np.float32) * 0.02)
+        w = dequantize_nvfp4(q)
+        x = rng.standard_normal((16, k)).astype(np.float32)
+        case = LayerCase(f"{n}x{k}", x, w, codes=unpack_nibbles_hf(q.packed), scale_bytes=q.block_scale,
+                         global_scale=float(q.global_scale), input_scale=float(np.abs(x).max() / 2688))
+        for b in backends:
+            ref = gemm_reference(x, w) if b.activations == "w4a16" else \
+                gemm_reference(quantize_activations_nvfp4(x, case.input_scale), w)
+            y = np.asarray(b.run(case), np.float64)
+            assert np.all(np.isfinite(y)), (b.name, n, k)
+            err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+            rows.append((b.name, n, k, err, b.tolerance_rel))
+            assert err <= b.tolerance_rel, (b.name, n, k, err)
+    with capsys.disabled():
+        print("\nbackend    N      K      rel err     tolerance")
+        for name, n, k, err, tol in rows:
+            print(f"{name:<9} {n:<6} {k:<6} {err:.3e}   {tol:g}")
