@@ -51,7 +51,7 @@ def main() -> None:
             cfg = _config(m, n, k)
             if a.tune:
                 best = None
-                for bm, bn, bk, sp in itertools.product((16, 64), (32, 64, 128), (256, 512), (1, 2, 4, 8)):
+                for bm, bn, bk, sp in itertools.product((16, 32, 64), (32, 64, 128), (128, 256), (1, 2, 4, 8, 16)):
                     if (m <= 16 and bm != 16) or (m > 16 and bm == 16) or bk * sp > k:
                         continue
                     try:

@@ -36,38 +36,35 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, g,
                         stride_xm, stride_wn, stride_sn, stride_ym,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         SPLIT_K: tl.constexpr):
-    # Byte j of a row holds elements 2j (low nibble) and 2j+1 (high nibble): rather than interleave
-    # the two halves in registers, split the product: y = x[:, 0::2] @ W_lo^T + x[:, 1::2] @ W_hi^T.
-    # The block scale of byte j is scale[j // 8], gathered by address (L1-cached), so no reshapes.
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_b = tl.arange(0, BLOCK_K // 2)          # packed bytes of the K tile
+    offs_kh = tl.arange(0, BLOCK_K // 2)        # packed bytes
+    offs_ks = tl.arange(0, BLOCK_K // 16)       # block scales
+    offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    half_k = K // 2
-    k_iters = tl.cdiv(half_k, (BLOCK_K // 2) * SPLIT_K)
-    mmask = offs_m[:, None] < M
-    nmask = offs_n[:, None] < N
+    k_iters = tl.cdiv(K, BLOCK_K * SPLIT_K)
     for i in range(0, k_iters):
-        b0 = (pid_k * k_iters + i) * (BLOCK_K // 2)
-        bidx = b0 + offs_b
-        bmask = bidx < half_k
-        xe = tl.load(x_ptr + offs_m[:, None] * stride_xm + (2 * bidx)[None, :], mask=mmask & bmask[None, :], other=0.0)
-        xo = tl.load(x_ptr + offs_m[:, None] * stride_xm + (2 * bidx + 1)[None, :], mask=mmask & bmask[None, :],
-                     other=0.0)
-        wb = tl.load(w_ptr + offs_n[:, None] * stride_wn + bidx[None, :], mask=nmask & bmask[None, :],
-                     other=0).to(tl.int32)
-        sb = tl.load(s_ptr + offs_n[:, None] * stride_sn + (bidx // 8)[None, :], mask=nmask & bmask[None, :], other=0)
+        k0 = (pid_k * k_iters + i) * BLOCK_K
+        kmask = (k0 + offs_k) < K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :],
+                    mask=(offs_m[:, None] < M) & kmask[None, :], other=0.0)
+        wb = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 // 2 + offs_kh)[None, :],
+                     mask=(offs_n[:, None] < N) & ((k0 // 2 + offs_kh)[None, :] < K // 2), other=0).to(tl.int32)
+        lo = _e2m1_to_bf16(wb & 0xF)
+        hi = _e2m1_to_bf16((wb >> 4) & 0xF)
+        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))          # element 2i low, 2i+1 high
+        sb = tl.load(s_ptr + offs_n[:, None] * stride_sn + (k0 // 16 + offs_ks)[None, :],
+                     mask=(offs_n[:, None] < N) & ((k0 // 16 + offs_ks)[None, :] < K // 16), other=0)
         s = sb.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)
-        w_lo = _e2m1_to_bf16(wb & 0xF) * s
-        w_hi = _e2m1_to_bf16(wb >> 4) * s
-        acc = tl.dot(xe, tl.trans(w_lo), acc)
-        acc = tl.dot(xo, tl.trans(w_hi), acc)
+        w = tl.reshape(tl.reshape(w, (BLOCK_N, BLOCK_K // 16, 16)) * tl.reshape(s, (BLOCK_N, BLOCK_K // 16, 1)),
+                       (BLOCK_N, BLOCK_K))
+        acc = tl.dot(x, tl.trans(w), acc)
     acc = acc * g
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    ymask = mmask & (offs_n[None, :] < N)
+    ymask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if SPLIT_K == 1:
         tl.store(y_ptrs, acc, mask=ymask)
     else:
@@ -79,7 +76,7 @@ def _config(m: int, n: int, k: int) -> tuple[int, int, int, int]:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     bm = 16 if m <= 16 else (32 if m <= 32 else 64)
     bn = 64 if m <= 32 else 128
-    bk = 512 if m <= 32 else 256
+    bk = 256 if m <= 32 else 128
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     split = 1
     while tiles * split < 2 * sms and split < 16 and k // (bk * split * 2) >= 1:
@@ -105,7 +102,7 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
     _nvfp4_w4a16_kernel[grid](x, packed, scales, y, m, n, k, float(global_scale),
                               x.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
-                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=4, num_stages=4)
+                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=4, num_stages=3)
     return y
 
 
