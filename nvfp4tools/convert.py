@@ -99,6 +99,34 @@ def iter_canonical(ckpt: Checkpoint) -> Iterator[Canon]:
         yield canon_of(ckpt, t, exact)
 
 
+_READERS: dict[str, Any] = {}   # one open PartReader per checkpoint root during a conversion
+
+
+def canon_scalars(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> Canon:
+    """Only the per-tensor scalars of an NVFP4 tensor (multipliers), without touching its codes."""
+    from .tensors import load_part
+
+    from .io import PartReader
+
+    reader = _READERS.get(ckpt.root)
+    if reader is None:
+        reader = _READERS[ckpt.root] = PartReader(ckpt.root)
+
+    def mult(role):
+        part = t.part(role)
+        if part is None:
+            return None
+        raw = np.array(reader.values(part), np.float32).reshape(-1)
+        if part.stored_as == "divisor":
+            raw = np.array([reciprocal_exact(v, exact.get(part.key)) for v in raw], np.float32)
+        return raw.reshape(()) if raw.size == 1 and len(t.shape) < 3 else raw
+
+    kv = {p.key.rsplit(".", 1)[-1]: np.array(reader.values(p), np.float32).reshape(p.stored_shape)
+          for p in t.parts if p.role == "kv_scale"}
+    return Canon(t.name, "nvfp4", tuple(t.shape), global_mult=mult("global_scale"), input_mult=mult("input_scale"),
+                 kv=kv)
+
+
 def canon_of(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float] | None = None) -> Canon:
     """One logical tensor in canonical form (reads its bytes)."""
     from .tensors import canonical_nvfp4, load_part
@@ -506,7 +534,7 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         for o, part in direct.items():
             yield from _copy_part(src, part, o.key)
         if small:
-            c = canon_of(src, t, exact)
+            c = canon_scalars(src, t, exact)
             for k, b in _nvfp4_chunks(c, small, to).items():
                 yield k, 0, b
         return
@@ -580,17 +608,52 @@ def _out_nbytes(o) -> int:
     return nbytes_of(o.dtype, o.shape)
 
 
-def _copy_part(src: Checkpoint, part, key: str) -> Iterator[tuple[str, int, bytes]]:
-    fd = os.open(os.path.join(src.root, part.file), os.O_RDONLY)
-    try:
-        for off in range(0, part.nbytes, _CHUNK):
-            n = min(_CHUNK, part.nbytes - off)
-            data = os.pread(fd, n, part.offset + off)
-            if len(data) != n:
-                raise FormatError(f"{part.file}: tensor '{part.key}' is truncated")
-            yield key, off, data
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class CopyFrom:
+    """A byte range of a source file, copied in the kernel (copy_file_range) when possible."""
+
+    path: str
+    offset: int
+    nbytes: int
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+
+def _copy_part(src: Checkpoint, part, key: str) -> Iterator[tuple[str, int, Any]]:
+    path = os.path.join(src.root, part.file)
+    if os.path.getsize(path) < part.offset + part.nbytes:
+        raise FormatError(f"{part.file}: tensor '{part.key}' is truncated")
+    yield key, 0, CopyFrom(path, part.offset, part.nbytes)
+
+
+def _write_at(fh, pos: int, data: Any, fds: dict[str, int]) -> None:
+    """Write bytes, or copy a CopyFrom range, at POS of the open output file."""
+    if not isinstance(data, CopyFrom):
+        fh.seek(pos)
+        fh.write(data)
+        return
+    fh.flush()
+    src = fds.get(data.path)
+    if src is None:
+        src = fds[data.path] = os.open(data.path, os.O_RDONLY)
+    dst = fh.fileno()
+    done = 0
+    while done < data.nbytes:
+        n = min(_CHUNK * 4, data.nbytes - done)
+        try:
+            k = os.copy_file_range(src, dst, n, data.offset + done, pos + done)
+        except (AttributeError, OSError) as e:
+            if isinstance(e, OSError) and e.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
+                raise
+            k = 0
+        if k <= 0:  # no kernel copy here: plain read and write
+            buf = os.pread(src, n, data.offset + done)
+            if len(buf) != n:
+                raise FormatError(f"{data.path}: short read at {data.offset + done}")
+            os.pwrite(dst, buf, pos + done)
+            k = n
+        done += k
 
 
 def _int4_chunks(c: Canon, job: Job) -> Iterator[tuple[str, int, bytes]]:
@@ -684,11 +747,15 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int) -> list[
         with open(path, "wb") as fh:
             fh.write(len(blob).to_bytes(8, "little"))
             fh.write(blob)
-            for j in jobs:
-                for key, rel, data in _job_chunks(p.src, j, p.to, exact):
-                    fh.seek(base + offsets[key] + rel)
-                    fh.write(data)
-                    prog.add(len(data))
+            fds: dict[str, int] = {}
+            try:
+                for j in jobs:
+                    for key, rel, data in _job_chunks(p.src, j, p.to, exact):
+                        _write_at(fh, base + offsets[key] + rel, data, fds)
+                        prog.add(len(data))
+            finally:
+                for fd in fds.values():
+                    os.close(fd)
             fh.truncate(base + off)
         files.append(fname)
         total += off
@@ -824,8 +891,8 @@ def verify_output(p: Plan, out_path: str) -> int:
             _verify_bytes(p.src, out, direct, t_out)
             small = [o for o in j.outs if o not in direct]
             if small:  # the converted scalars: compare multipliers bit for bit
-                a = canon_of(p.src, p.src.tensors[j.sources[0]], src_exact)
-                b = canon_of(out, t_out, out_exact)
+                a = canon_scalars(p.src, p.src.tensors[j.sources[0]], src_exact)
+                b = canon_scalars(out, t_out, out_exact)
                 if not np.array_equal(_bits(a.global_mult), _bits(b.global_mult)):
                     raise FormatError(f"verification: global scale of '{name}' differs (a bug: please report)")
             checked += 1
@@ -864,22 +931,29 @@ def verify_output(p: Plan, out_path: str) -> int:
     return checked
 
 
+_FDS: dict[str, int] = {}
+
+
+def _fd(path: str) -> int:
+    fd = _FDS.get(path)
+    if fd is None:
+        fd = _FDS[path] = os.open(path, os.O_RDONLY)
+    return fd
+
+
 def _verify_bytes(src: Checkpoint, out: Checkpoint, direct: dict, t_out: TensorInfo) -> None:
+    """Byte-compare copied parts in bounded chunks (memory stays flat whatever the tensor size)."""
     keys = {p.key: p for p in t_out.parts}
     for o, part in direct.items():
         q = keys.get(o.key)
         if q is None:
             raise FormatError(f"verification: '{o.key}' is missing from the output")
-        fa = os.open(os.path.join(src.root, part.file), os.O_RDONLY)
-        fb = os.open(os.path.join(out.root, q.file), os.O_RDONLY)
-        try:
-            for off in range(0, part.nbytes, _CHUNK):
-                n = min(_CHUNK, part.nbytes - off)
-                if os.pread(fa, n, part.offset + off) != os.pread(fb, n, q.offset + off):
-                    raise FormatError(f"verification: bytes of '{o.key}' differ from the source (a bug: please report)")
-        finally:
-            os.close(fa)
-            os.close(fb)
+        fa = _fd(os.path.join(src.root, part.file))
+        fb = _fd(os.path.join(out.root, q.file))
+        for off in range(0, part.nbytes, _CHUNK):
+            n = min(_CHUNK, part.nbytes - off)
+            if os.pread(fa, n, part.offset + off) != os.pread(fb, n, q.offset + off):
+                raise FormatError(f"verification: bytes of '{o.key}' differ from the source (a bug: please report)")
 
 
 def _slice_canon(c: Canon, sl, expert: int) -> Canon:
@@ -936,6 +1010,15 @@ def _raw_f64(c: Canon) -> np.ndarray:
     return np.asarray(a, np.float64).reshape(-1)
 
 
+def _close_caches() -> None:
+    for fd in _FDS.values():
+        os.close(fd)
+    _FDS.clear()
+    for r in _READERS.values():
+        r.close()
+    _READERS.clear()
+
+
 # -- the command -----------------------------------------------------------------------------------
 
 def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, allow_lossy: bool = False,
@@ -987,5 +1070,7 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _close_caches()
     report["destination"] = dst
     return report

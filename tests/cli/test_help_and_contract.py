@@ -85,3 +85,19 @@ def test_demo_runs(run_cli):
     r = run_cli("demo")
     assert r.exit_code == 0, r.stderr
     assert "nvfp4 (W4A4)" in r.stdout
+
+
+@pytest.mark.parametrize("args,schema", [
+    (["estimate", "{p}", "--gpu", "rtx4090", "--context", "2048", "--format", "json"], "estimate.json"),
+    (["estimate", "{p}", "--gpu", "all", "--context", "2048", "--format", "json"], "estimate-all.json"),
+    (["gpus", "--format", "json"], "gpus.json"),
+    (["verify", "{p}", "--sample", "3", "--format", "json"], "verify.json"),
+    (["convert", "{p}", "{tmp}/o", "--to", "compressed-tensors", "--dry-run", "--format", "json"], "convert.json"),
+])
+def test_every_json_output_matches_its_schema(synth_dir, run_cli, tmp_path, args, schema):
+    jsonschema = pytest.importorskip("jsonschema")
+    p = synth_dir(fmt="modelopt", recipe="all-linear")
+    r = run_cli(*[a.format(p=p, tmp=tmp_path) for a in args])
+    assert r.exit_code == 0, r.stderr
+    with open(os.path.join(ROOT, "docs", "schema", schema)) as fh:
+        jsonschema.validate(json.loads(r.stdout), json.load(fh))
