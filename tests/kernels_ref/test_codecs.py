@@ -138,7 +138,7 @@ def test_int4_matches_compressed_tensors_packer():
     torch = pytest.importorskip("torch")
     helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")
     q = np.random.default_rng(1).integers(-8, 8, (8, 64), dtype=np.int8)
-    theirs = helpers.pack_to_int32(torch.from_numpy(q.astype(np.int32)), 4).numpy()
+    theirs = helpers.pack_to_int32(torch.from_numpy(q), 4).numpy()
     assert np.array_equal(int4.pack_int4_to_int32(q), theirs)
 
 
