@@ -243,7 +243,11 @@ def _expert_group_key(t: TensorInfo) -> tuple[str, str] | None:
     return prefix, ("down" if t.proj == "down" else "gate_up")
 
 
-def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: bool = False) -> Plan:
+QUANTIZE_ROLES = ("attention", "mlp", "experts", "shared_expert")
+
+
+def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: bool = False,
+         quantize: str | None = None) -> Plan:
     from nvfp4tools.formats.layouts import LAYOUTS, Out
 
     if to not in TARGETS:
@@ -254,6 +258,12 @@ def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: b
     layout = LAYOUTS[to]
     p = Plan(src, to, [])
     tensors = list(src.tensors.values())
+    if quantize is not None and not allow_lossy:
+        raise UsageError("--quantize requantizes weights: pass --allow-lossy as well")
+    if quantize is not None and quantize not in ("nvfp4", "int4"):
+        raise UsageError(f"--quantize {quantize}: safetensors targets take nvfp4 or int4")
+    if quantize == "int4" and to == "modelopt":
+        raise UsageError("ModelOpt checkpoints hold NVFP4 here: use --quantize nvfp4, or --to compressed-tensors")
     unsupported = sorted({t.scheme.name for t in tensors if t.scheme.quantized and not _supported(t, to)})
     if unsupported and not allow_lossy:
         raise UnsupportedError(
@@ -270,7 +280,14 @@ def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: b
             if k:
                 groups.setdefault(k, []).append(t)
     done: set[tuple[str, str]] = set()
+    target_q = quantize or ("nvfp4" if to == "modelopt" else "int4")
     for t in tensors:
+        lossy = allow_lossy and (len(t.shape) == 2 or (len(t.shape) == 3 and t.role == "experts")) and (
+            (t.scheme.quantized and not _supported(t, to))
+            or (quantize is not None and not t.scheme.quantized and t.role in QUANTIZE_ROLES))
+        if lossy:
+            p.jobs.append(_quantize_job(layout, t, target_q))
+            continue
         k = _expert_group_key(t) if experts == "fused" else None
         if k is not None:
             if k in done:
@@ -284,6 +301,24 @@ def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: b
         p.jobs.append(_single_job(src, layout, t, to))
     _exact_globals(src, p)
     return p
+
+
+def _quantize_job(layout, t: TensorInfo, scheme: str) -> Job:
+    """Requantize with the reference quantizers: NVFP4 (ModelOpt-exact, W4A16: no calibrated input
+    scale exists) or int4 group 32 symmetric with bf16 scales (compressed-tensors' recipe)."""
+    k = t.shape[-1]
+    if scheme == "nvfp4":
+        if k % 16:
+            raise UnsupportedError(f"{t.name}: in_features {k} is not a multiple of 16 (NVFP4 block)")
+        outs = layout.nvfp4(t.name, t.shape, False)   # fused 3-D experts keep their parameter name
+    else:
+        if k % 32:
+            raise UnsupportedError(f"{t.name}: in_features {k} is not a multiple of 32 (int4 group)")
+        if len(t.shape) != 2:
+            raise UnsupportedError(f"{t.name}: int4 quantization of stacked experts is not supported; "
+                                   "use --quantize nvfp4 or --experts per-expert on a per-expert source")
+        outs = layout.int4(t.name, t.shape, 32, "BF16")
+    return Job([t.name], outs, False, f"quantize->{scheme}", note=f"from {t.scheme.name}")
 
 
 def _plan_from_gguf(src: Checkpoint, p: Plan, layout, experts: str | None) -> Plan:
@@ -444,6 +479,8 @@ def _exact_globals(src: Checkpoint, p: Plan) -> None:
                     if part is None or part.stored_as != "multiplier" or part.stored_dtype != "F32":
                         continue
                     vals = np.array(r.values(part), np.float32)
+                    if j.action == "split" and vals.size > 1:
+                        vals = vals[int(j.note.split()[1]):][:1]   # this job's expert
                     back = (np.float32(1) / (np.float32(1) / vals)).astype(np.float32)
                     if not np.array_equal(back.view(np.uint32), vals.view(np.uint32)) and vals.size == 1:
                         out = next((o.key for o in j.outs if o.what == what), None)
@@ -524,6 +561,9 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         return
     if job.action == "restore":
         yield job.outs[0].key, 0, np.ascontiguousarray(job.raw_override).tobytes()
+        return
+    if job.action.startswith("quantize->"):
+        yield from _quantize_chunks(src, job, to)
         return
     t = src.tensors[job.sources[0]]
     direct = _direct_parts(t, job)
@@ -656,6 +696,68 @@ def _write_at(fh, pos: int, data: Any, fds: dict[str, int]) -> None:
         done += k
 
 
+LOSSY_REPORT: list[dict[str, Any]] = []
+_AMAX: dict[str, float] = {}
+_FUSED_SIBLINGS = {"q": ("q", "k", "v"), "k": ("q", "k", "v"), "v": ("q", "k", "v"), "gate": ("gate", "up"),
+                   "up": ("gate", "up")}
+
+
+def _shared_global(src: Checkpoint, t: TensorInfo):
+    """max amax over the fused q/k/v or gate/up siblings (same parent module), as fp32 global."""
+    from nvfp4tools.kernels_ref.nvfp4 import global_scale_for
+    from .tensors import dequantize
+
+    sib = _FUSED_SIBLINGS.get(t.proj or "")
+    if not sib or not t.name.endswith(".weight"):
+        return None
+    parent = t.name.rsplit(".", 2)[0]
+    names = [f"{parent}.{p}_proj.weight" for p in sib if f"{parent}.{p}_proj.weight" in src.tensors]
+    amax = 0.0
+    for n in names:
+        if n not in _AMAX:
+            _AMAX[n] = float(np.max(np.abs(dequantize(src, src.tensors[n])))) if src.tensors[n].n_elements else 0.0
+        amax = max(amax, _AMAX[n])
+    return global_scale_for(np.float32(amax))
+
+
+def _quantize_chunks(src: Checkpoint, job: Job, to: str) -> Iterator[tuple[str, int, bytes]]:
+    from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
+    from nvfp4tools.kernels_ref.int4 import quantize_int4_sym
+    from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+    from .tensors import dequantize
+
+    t = src.tensors[job.sources[0]]
+    w = dequantize(src, t).astype(np.float32)
+    if job.action == "quantize->nvfp4":
+        from nvfp4tools.kernels_ref.nvfp4 import global_scale_for
+        # one global per expert for stacked experts, as ModelOpt's per-expert quantizers give; q/k/v
+        # and gate/up share one (the max amax), as ModelOpt's export makes them, since engines fuse
+        # them and take the max without requantizing block scales
+        shared = _shared_global(src, t) if w.ndim == 2 else None
+        qs = [quantize_nvfp4(w[e]) for e in range(w.shape[0])] if w.ndim == 3 else [quantize_nvfp4(w, shared)]
+        back = np.stack([dequantize_nvfp4(q) for q in qs]) if w.ndim == 3 else dequantize_nvfp4(qs[0])
+        g = np.array([q.global_scale for q in qs], np.float32)
+        c = Canon(t.name, "nvfp4", tuple(t.shape),
+                  codes=np.stack([unpack_nibbles_hf(q.packed) for q in qs]).reshape(t.shape),
+                  scale_bytes=np.stack([q.block_scale for q in qs]).reshape(t.shape[:-1] + (-1,)),
+                  global_mult=g if w.ndim == 3 else g.reshape(()))
+        for k, b in _nvfp4_chunks(c, job.outs, to).items():
+            yield k, 0, b
+    else:
+        import ml_dtypes
+        qv, sc = quantize_int4_sym(w, 32, ml_dtypes.bfloat16)
+        back = qv.astype(np.float32) * np.repeat(sc.astype(np.float32), 32, axis=-1)
+        c = Canon(t.name, "int4", tuple(t.shape), q=qv, group_scales=sc.view(np.uint16), group=32, dtype="BF16")
+        yield from _int4_chunks(c, job)
+    err = back.astype(np.float64) - w
+    sig = float(np.sum(w.astype(np.float64) ** 2))
+    noise = float(np.sum(err ** 2))
+    LOSSY_REPORT.append({"tensor": t.name, "from": t.scheme.name, "to": job.action.split("->")[1],
+                         "max_abs_err": float(np.max(np.abs(err))) if err.size else 0.0,
+                         "rel_rms_err": (noise / sig) ** 0.5 if sig else 0.0,
+                         "sqnr_db": 10 * math.log10(sig / noise) if noise and sig else None})
+
+
 def _int4_chunks(c: Canon, job: Job) -> Iterator[tuple[str, int, bytes]]:
     from nvfp4tools.kernels_ref.int4 import pack_int4_to_int32
 
@@ -769,7 +871,12 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int) -> list[
 
 # -- configs and side files ------------------------------------------------------------------------
 
-def _quant_summary(src: Checkpoint) -> dict[str, Any]:
+def _quant_summary(src: Checkpoint, p: Plan | None = None) -> dict[str, Any]:
+    if p is not None and any(j.action.startswith("quantize->") for j in p.jobs):
+        whats = {o.what for j in p.jobs for o in j.outs}
+        kinds = ({"nvfp4"} if "codes" in whats else set()) | ({"int4"} if "int4" in whats else set())
+        return {"kinds": kinds, "w4a4": "input" in whats, "groups": [32] if "int4" in whats else [],
+                "kv": any(o.what.startswith("kv:") for j in p.jobs for o in j.outs)}
     q = [t for t in src.tensors.values() if t.scheme.quantized]
     kinds = {t.scheme.name for t in q}
     w4a4 = any(t.scheme.activations == "nvfp4" for t in q)
@@ -779,7 +886,13 @@ def _quant_summary(src: Checkpoint) -> dict[str, Any]:
     return {"kinds": kinds, "w4a4": w4a4, "groups": groups, "kv": kv}
 
 
-def _exclude_list(src: Checkpoint, for_modelopt: bool) -> list[str]:
+def _exclude_list(src: Checkpoint, for_modelopt: bool, p: Plan | None = None) -> list[str]:
+    if p is not None and any(j.action.startswith("quantize->") for j in p.jobs):
+        from nvfp4tools.roles import LINEAR_ROLES
+        quantized = {s for j in p.jobs if j.action.startswith("quantize->") or j.exact and
+                     any(o.what in ("codes", "int4") for o in j.outs) for s in j.sources}
+        return sorted({t.module for t in src.tensors.values() if len(t.shape) >= 2 and t.name not in quantized
+                       and t.role in LINEAR_ROLES + ("router", "lm_head", "vision", "projector")})
     pats = [x for x in src.exclude_patterns]
     if src.format == "gguf" or (for_modelopt and any(x.startswith("re:") for x in pats)):
         # explicit names of the unquantized linears: valid for every matcher
@@ -800,10 +913,10 @@ def write_configs(p: Plan, out_dir: str) -> None:
         embedded = src.metadata.get("nvfp4tools.config_json")
         if isinstance(embedded, str):
             cfg = json.loads(embedded)
-    qs = _quant_summary(src)
+    qs = _quant_summary(src, p)
     if p.to == "modelopt":
         algo = "NVFP4" if qs["w4a4"] else "W4A16_NVFP4"
-        excl = _exclude_list(src, True)
+        excl = _exclude_list(src, True, p)
         hq = {"producer": {"name": "modelopt", "version": "0.47.0"},
               "quantization": {"quant_algo": algo, "kv_cache_quant_algo": "FP8" if qs["kv"] else None,
                                "group_size": 16, "exclude_modules": excl},
@@ -833,7 +946,7 @@ def write_configs(p: Plan, out_dir: str) -> None:
             grp = {"targets": ["Linear"], "weights": w, "format": "pack-quantized", "input_activations": None,
                    "output_activations": None}
             fmt = "pack-quantized"
-        qc = {"config_groups": {"config_group_0": grp}, "format": fmt, "ignore": _exclude_list(src, False),
+        qc = {"config_groups": {"config_group_0": grp}, "format": fmt, "ignore": _exclude_list(src, False, p),
               "kv_cache_scheme": {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
                                   "symmetric": True} if qs["kv"] else None,
               "quant_method": "compressed-tensors", "quantization_status": "compressed", "version": "0.20.0",
@@ -1022,7 +1135,8 @@ def _close_caches() -> None:
 # -- the command -----------------------------------------------------------------------------------
 
 def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, allow_lossy: bool = False,
-            dry_run: bool = False, force: bool = False, max_shard_bytes: int = 5 * 10**9) -> dict[str, Any]:
+            dry_run: bool = False, force: bool = False, max_shard_bytes: int = 5 * 10**9,
+            quantize: str | None = None) -> dict[str, Any]:
     from nvfp4tools import formats
 
     src_real = os.path.realpath(src_path)
@@ -1030,8 +1144,10 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
     if src_real == dst_real or dst_real.startswith(src_real.rstrip(os.sep) + os.sep):
         raise UsageError(f"destination {dst} is the source or inside it", hint="choose a new folder")
     src = formats.read(src_path)
-    p = plan(src, to, experts=experts, allow_lossy=allow_lossy)
+    p = plan(src, to, experts=experts, allow_lossy=allow_lossy, quantize=quantize)
     report = p.as_dict()
+    LOSSY_REPORT.clear()
+    _AMAX.clear()
     if dry_run:
         return report
     if os.path.exists(dst) and not force:
@@ -1048,6 +1164,11 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
             files = write_safetensors_plan(p, tmp, max_shard_bytes)
             write_configs(p, tmp)
             report["copied"] = copy_side_files(src.root, tmp)
+            if LOSSY_REPORT:
+                report["lossy"] = list(LOSSY_REPORT)
+                with open(os.path.join(tmp, "nvfp4tools_conversion_report.json"), "w") as fh:
+                    json.dump({"schema": "nvfp4tools/conversion-report/v1", "source": src.source, "to": to,
+                               "tensors": LOSSY_REPORT}, fh, indent=1)
         report["verified_tensors"] = verify_output(p, tmp if to != "gguf" else os.path.join(tmp, files[0]))
         report["files"] = files
         if to == "gguf":

@@ -18,12 +18,16 @@ from ._output import emit, format_option, human_bytes
 @click.option("--experts", type=click.Choice(["per-expert", "fused"]), default=None,
               help="Expert layout of safetensors outputs (default: as in the source).")
 @click.option("--allow-lossy", is_flag=True, help="Allow requantization where no exact mapping exists.")
+@click.option("--quantize", type=click.Choice(["nvfp4", "int4"]), default=None,
+              help="With --allow-lossy: quantize unquantized linears (attention, MLP, experts) with the reference "
+                   "quantizers (NVFP4 W4A16, ModelOpt-exact; int4 group 32). Per-tensor error goes to "
+                   "nvfp4tools_conversion_report.json.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, exact/lossy) and write nothing.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only after the new one is complete).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Split safetensors output into shards.")
 @format_option
-def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: bool, dry_run: bool, force: bool,
-                max_shard_size: str, fmt: str) -> None:
+def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: bool, quantize: str | None,
+                dry_run: bool, force: bool, max_shard_size: str, fmt: str) -> None:
     """Convert between ModelOpt NVFP4, compressed-tensors (NVFP4, W4A16) and GGUF (NVFP4, Q4_0),
     bit-exact wherever the formats allow (codes and block-scale bytes copied, globals remapped).
 
@@ -41,10 +45,11 @@ def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: b
 
     try:
         report = convert(src, dst, to, experts=experts, allow_lossy=allow_lossy, dry_run=dry_run, force=force,
-                         max_shard_bytes=parse_size(max_shard_size))
+                         max_shard_bytes=parse_size(max_shard_size), quantize=quantize)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise Nvfp4ToolsError.__subclasses__()[0](f"writing {dst}: {e.strerror}") from None
+            from nvfp4tools.errors import FormatError
+            raise FormatError(f"writing {dst}: {e.strerror}", hint="free disk space and run again") from None
         raise
     emit(report, fmt, render_table)
 
@@ -59,6 +64,12 @@ def render_table(r: dict[str, Any]) -> str:
                           headers=["action", "", "tensors"], tablefmt="simple"))
     for n in r.get("notes", []):
         lines.append(f"note: {n}")
+    if r.get("lossy"):
+        rows = sorted(r["lossy"], key=lambda x: (x["sqnr_db"] is None, x["sqnr_db"] or 0))[:8]
+        lines.append("lossy tensors (worst first; all in nvfp4tools_conversion_report.json):")
+        lines.append(tabulate([[x["tensor"], x["to"], f"{x['max_abs_err']:.3g}", f"{x['rel_rms_err']:.3g}",
+                                "-" if x["sqnr_db"] is None else f"{x['sqnr_db']:.2f}"] for x in rows],
+                              headers=["tensor", "to", "max abs", "rel RMS", "SQNR dB"], tablefmt="simple"))
     if "destination" in r:
         lines.append(f"wrote {r['destination']}: {', '.join(r['files'])}; verified {r['verified_tensors']} tensors "
                      "bit for bit against the source")
