@@ -275,3 +275,36 @@ def test_gguf_nvfp4_same_bytes_as_llama_cpp_converter(llama_cpp_ggufs, oracles, 
     diff = [k for k in a if a[k].tensor_type != b[k].tensor_type or a[k].shape.tolist() != b[k].shape.tolist()
             or bytes(np.asarray(a[k].data).view(np.uint8)) != bytes(np.asarray(b[k].data).view(np.uint8))]
     assert diff == []
+
+
+# -- lossy: quantizing with the reference quantizers --------------------------------------------------
+
+@pytest.mark.interop
+def test_quantize_bf16_matches_modelopt_export_bytes(oracles, tmp_path, run_cli):
+    """BF16 model -> NVFP4 with --quantize: every weight, weight_scale and weight_scale_2 is
+    byte-identical to what ModelOpt's own quantize + export_hf_checkpoint wrote for the same model
+    (only input_scale is absent: it needs calibration data)."""
+    fused, per = str(tmp_path / "f"), str(tmp_path / "p")
+    r = run_cli("convert", oracles["bf16"], fused, "--to", "modelopt", "--allow-lossy", "--quantize", "nvfp4")
+    assert r.exit_code == 0, r.stderr
+    assert os.path.isfile(os.path.join(fused, "nvfp4tools_conversion_report.json"))
+    assert run_cli("convert", fused, per, "--to", "modelopt", "--experts", "per-expert").exit_code == 0
+    theirs, ours = _tensors(oracles["modelopt_nvfp4"]), _tensors(per)
+    keys = [k for k in theirs if k.endswith((".weight", ".weight_scale", ".weight_scale_2"))]
+    assert [k for k in keys if ours.get(k) != theirs[k]] == []
+    rep = json.loads(run_cli("inspect", per, "--format", "json").stdout)
+    assert [f for f in rep["findings"] if f["severity"] != "info"] == []
+
+
+def test_quantize_needs_allow_lossy_and_reports_error(synth_dir, tmp_path, run_cli):
+    src = synth_dir(fmt="bf16")
+    r = run_cli("convert", src, str(tmp_path / "x"), "--to", "compressed-tensors", "--quantize", "int4")
+    assert r.exit_code == 2 and "--allow-lossy" in r.stderr
+    out = str(tmp_path / "q")
+    r = run_cli("convert", src, out, "--to", "compressed-tensors", "--allow-lossy", "--quantize", "nvfp4",
+                "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert not rep["lossless"] and rep["lossy"]
+    assert all(15 < x["sqnr_db"] < 25 for x in rep["lossy"])   # NVFP4 on Gaussian weights: ~20 dB
+    assert json.loads(run_cli("verify", out, "--against", src, "--format", "json").stdout)["verdict"] == "pass"
