@@ -327,11 +327,10 @@ _ROLE_ORDER = {"data": 0, "block_scale": 1, "global_scale": 2, "input_scale": 3,
 
 
 def unmatched_patterns(patterns: Iterable[str], tensor_names: Iterable[str], tied_embeddings: bool,
-                       label: str) -> list[Finding]:
+                       label: str, params: Iterable[str] = ()) -> list[Finding]:
     """Exclude/ignore entries that match no module (or ancestor of a module) in the checkpoint."""
-    names = list(tensor_names)
-    # modules, plus parameters stored without ".weight" (fused experts, position tables)
-    ordered = sorted({n.rpartition(".")[0] for n in names} | {n for n in names if not n.endswith((".weight", ".bias"))})
+    # modules, plus logical parameters stored without ".weight" (fused experts, position tables)
+    ordered = sorted({n.rpartition(".")[0] for n in tensor_names} | set(params))
 
     def first_with_prefix(prefix: str) -> int:
         return bisect.bisect_left(ordered, prefix)

@@ -56,7 +56,7 @@ def build(
     findings.extend(asm.findings)
     if patterns:
         findings.extend(unmatched_patterns(patterns, raw.keys(), bool(arch and arch.tie_word_embeddings),
-                                           pattern_label))
+                                           pattern_label, [n for n in tensors if not n.endswith(".weight")]))
     return Checkpoint(
         format=format_name, source=src.given, root=src.root, tensors=tensors, files=tuple(src.files),
         file_bytes=total, config=src.config, arch=arch, producer=producer, producer_version=producer_version,
