@@ -71,62 +71,6 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, g,
         tl.atomic_add(y_ptrs, acc, mask=ymask)
 
 
-@triton.jit
-def _nvfp4_w4a16_lut_kernel(x_ptr, w_ptr, s_ptr, lut_ptr, y_ptr, M, N, K, g,
-                            stride_xm, stride_wn, stride_sn, stride_ym,
-                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                            SPLIT_K: tl.constexpr):
-    """Same GEMM, E2M1 decoded with one gather per byte from a 256-entry table of bf16 pairs
-    (low nibble's value in the low half, high nibble's in the high half), L1-resident."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_kh = tl.arange(0, BLOCK_K // 2)
-    offs_ks = tl.arange(0, BLOCK_K // 16)
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_iters = tl.cdiv(K, BLOCK_K * SPLIT_K)
-    for i in range(0, k_iters):
-        k0 = (pid_k * k_iters + i) * BLOCK_K
-        kmask = (k0 + offs_k) < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :],
-                    mask=(offs_m[:, None] < M) & kmask[None, :], other=0.0)
-        wb = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 // 2 + offs_kh)[None, :],
-                     mask=(offs_n[:, None] < N) & ((k0 // 2 + offs_kh)[None, :] < K // 2), other=0)
-        pair = tl.load(lut_ptr + wb.to(tl.int32))
-        lo = (pair & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
-        hi = ((pair >> 16) & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
-        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
-        sb = tl.load(s_ptr + offs_n[:, None] * stride_sn + (k0 // 16 + offs_ks)[None, :],
-                     mask=(offs_n[:, None] < N) & ((k0 // 16 + offs_ks)[None, :] < K // 16), other=0)
-        s = sb.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)
-        w = tl.reshape(tl.reshape(w, (BLOCK_N, BLOCK_K // 16, 16)) * tl.reshape(s, (BLOCK_N, BLOCK_K // 16, 1)),
-                       (BLOCK_N, BLOCK_K))
-        acc = tl.dot(x, tl.trans(w), acc)
-    acc = acc * g
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    ymask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, acc, mask=ymask)
-    else:
-        tl.atomic_add(y_ptrs, acc, mask=ymask)
-
-
-_LUT: dict[str, torch.Tensor] = {}
-
-
-def _pair_lut(device) -> torch.Tensor:
-    key = str(device)
-    if key not in _LUT:
-        vals = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=torch.bfloat16)
-        bits = vals.view(torch.int16).to(torch.int32) & 0xFFFF
-        b = torch.arange(256)
-        _LUT[key] = (bits[b & 0xF] | (bits[b >> 4] << 16)).to(torch.int32).to(device)
-    return _LUT[key]
-
-
 def _config(m: int, n: int, k: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K): enough programs to cover the SMs at small M."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -141,8 +85,7 @@ def _config(m: int, n: int, k: int) -> tuple[int, int, int, int]:
 
 
 def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
-                     poison: bool = False, config: tuple[int, int, int, int] | None = None,
-                     variant: str = "bits", num_warps: int = 4, num_stages: int = 3) -> torch.Tensor:
+                     poison: bool = False, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """x bf16 [M, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]."""
     m, k = x.shape
     n = packed.shape[0]
@@ -157,16 +100,9 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
         y.fill_(float("nan"))
         y.zero_()  # atomics need a zeroed output; NaN poisoning is checked in the split == 1 path
     grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
-    if variant == "lut":
-        _nvfp4_w4a16_lut_kernel[grid](x, packed, scales, _pair_lut(x.device), y, m, n, k, float(global_scale),
-                                      x.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
-                                      BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=num_warps,
-                                      num_stages=num_stages)
-        return y
     _nvfp4_w4a16_kernel[grid](x, packed, scales, y, m, n, k, float(global_scale),
                               x.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
-                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=num_warps,
-                              num_stages=num_stages)
+                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=4, num_stages=3)
     return y
 
 
