@@ -54,7 +54,8 @@ def get(name: str) -> FormatSpec:
 def detect(path: str) -> FormatSpec:
     """The first registered format, in PRIORITY order, whose sniffer accepts PATH."""
     _load_builtin()
-    if not os.path.exists(path):
+    from .hub import is_hub_id
+    if not os.path.exists(path) and not is_hub_id(path):
         raise UnknownFormatError(f"{path}: no such file or directory")
     for key in PRIORITY:
         spec = _REGISTRY.get(key)

@@ -134,8 +134,14 @@ class Assembler:
         data = parts["data"]
         shp = parts.get("shape")
         if shp is not None and shp.stored_dtype in ("I64", "I32") and _prod(shp.stored_shape) == len(data.stored_shape):
-            raw = self.read_bytes(shp)
-            fmt = "<%d%s" % (_prod(shp.stored_shape), "q" if shp.stored_dtype == "I64" else "i")
+            try:
+                raw = self.read_bytes(shp)
+            except FormatError:
+                raw = None
+        else:
+            raw = None
+        if raw is not None:
+            fmt = "<%d%s" % (_prod(shp.stored_shape), "q" if shp.stored_dtype == "I64" else "i")  # type: ignore[union-attr]
             vals = struct.unpack(fmt, raw)
             if len(vals) == len(data.stored_shape) and all(v >= 0 for v in vals):
                 expect_cols = -(-vals[-1] * self.int_bits // 32)

@@ -198,6 +198,10 @@ def declaration(path: str) -> tuple[dict[str, Any], dict[str, Any] | None] | Non
 
     Reads only the two small JSON files; never the index or a header.
     """
+    from .hub import fetch, is_hub_id
+    if is_hub_id(path):
+        src = fetch(path)[0]
+        return src.config, src.hf_quant_config
     if os.path.isfile(path):
         if not path.endswith(".safetensors"):
             return None
@@ -215,7 +219,10 @@ def declaration(path: str) -> tuple[dict[str, Any], dict[str, Any] | None] | Non
 
 
 def discover(path: str) -> Source | None:
-    """Find the safetensors files of PATH; None when PATH holds none (another format may)."""
+    """Find the safetensors files of PATH (or a Hub id); None when PATH holds none (another format may)."""
+    from .hub import fetch, is_hub_id
+    if is_hub_id(path):
+        return fetch(path)[0]
     if os.path.isfile(path):
         if not path.endswith(".safetensors"):
             return None
@@ -267,6 +274,10 @@ def discover(path: str) -> Source | None:
 def parse_all(src: Source, meta_out: dict[str, str] | None = None) -> tuple[dict[str, RawTensor], int, list[str]]:
     """Parse every file's header. Returns (tensors by name, bytes on disk, index warnings);
     each file's ``__metadata__`` map is stored in META_OUT under its file name when given."""
+    from .hub import fetch, is_hub_id
+    if is_hub_id(src.given):
+        _, raw, total = fetch(src.given)
+        return dict(raw), total, []
     tensors: dict[str, RawTensor] = {}
     total = 0
     notes: list[str] = []

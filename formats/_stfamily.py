@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from nvfp4tools.arch import parse_arch
+from nvfp4tools.errors import FormatError
 from nvfp4tools.io import PartReader
 from nvfp4tools.model import Checkpoint, Finding, QuantScheme
 
@@ -49,8 +50,16 @@ def build(
     for note in notes:
         findings.append(Finding("index_mismatch", "warning", note))
     arch = parse_arch(src.config) if src.config else None
+    from .hub import is_hub_id
+    remote = is_hub_id(src.given)
+
+    def read_bytes(part):
+        if remote:  # no tensor bytes over the network: shapes come from the header alone
+            raise FormatError(f"{src.given}: '{part.key}' would need tensor bytes; not read remotely")
+        return reader.read(part)
+
     with PartReader(src.root) as reader:
-        asm = Assembler(raw, suffixes, expect, reader.read, config_label, int_bits, requires_input_scale,
+        asm = Assembler(raw, suffixes, expect, read_bytes, config_label, int_bits, requires_input_scale,
                         has_config)
         tensors = asm.build()
     findings.extend(asm.findings)
@@ -62,7 +71,7 @@ def build(
         file_bytes=total, config=src.config, arch=arch, producer=producer, producer_version=producer_version,
         quant_method=quant_method, algorithm=algorithm, kv_cache_scheme=kv_cache_scheme,
         exclude_patterns=patterns, findings=tuple(findings),
-        metadata={**(metadata or {}), "safetensors_metadata": st_meta},
+        metadata={**(metadata or {}), "safetensors_metadata": st_meta, **({"remote": True} if remote else {})},
     )
 
 

@@ -231,10 +231,15 @@ def build_report(ckpt: Checkpoint, *, deep: bool = False, expand_layers: bool = 
                  with_tensors: bool = False) -> dict[str, Any]:
     tensors = list(ckpt.tensors.values())
     findings = list(ckpt.findings) + semantic_findings(ckpt)
-    with PartReader(ckpt.root) as reader:
-        findings += scale_checks(ckpt, reader)
-        if deep:
-            findings += deep_checks(ckpt, reader)
+    if ckpt.metadata.get("remote"):
+        findings.append(Finding("remote_headers_only", "info",
+                                "read from the Hub: headers and config only; per-tensor scale values were not "
+                                "checked (download the checkpoint and inspect its folder for that)"))
+    else:
+        with PartReader(ckpt.root) as reader:
+            findings += scale_checks(ckpt, reader)
+            if deep:
+                findings += deep_checks(ckpt, reader)
     n_params = sum(t.n_elements for t in tensors)
     n_q = sum(t.n_elements for t in tensors if t.scheme.quantized)
     nbytes = sum(t.nbytes for t in tensors)
