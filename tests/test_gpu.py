@@ -9,7 +9,7 @@ import pytest
 
 from nvfp4tools.kernels_ref.dispatch import LayerCase, names, status
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.gpu  # see needs_cuda: skipped with the reason where CUDA is absent
 
 try:
     import torch
@@ -69,3 +69,10 @@ def test_full_size_shapes_all_backends(capsys):
         print("\nbackend    N      K      rel err     tolerance")
         for name, n, k, err, tol in rows:
             print(f"{name:<9} {n:<6} {k:<6} {err:.3e}   {tol:g}")
+
+
+def test_bench_without_cuda_says_why(run_cli, synth_dir):
+    if _CUDA:
+        pytest.skip("CUDA present: the GPU path is exercised by bench/gpu.sh")
+    r = run_cli("bench", synth_dir(fmt="modelopt", recipe="all-linear"))
+    assert r.exit_code == 4 and "needs a CUDA GPU" in r.stderr

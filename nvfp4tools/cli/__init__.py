@@ -20,6 +20,7 @@ _LAZY = {
     "gpus": "nvfp4tools.cli.estimate:gpus_cmd",
     "verify": "nvfp4tools.cli.verify:verify_cmd",
     "convert": "nvfp4tools.cli.convert:convert_cmd",
+    "bench": "nvfp4tools.cli.bench:bench_cmd",
 }
 
 
