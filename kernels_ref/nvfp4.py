@@ -42,7 +42,8 @@ def quantize_nvfp4(w: np.ndarray, global_scale: np.float32 | None = None) -> NVF
     g = np.float32(global_scale)
     blocks = w.reshape(w.shape[:-1] + (-1, NVFP4_BLOCK))
     amax = np.max(np.abs(blocks), axis=-1)
-    scale = amax / (np.float32(E2M1_MAX) * g)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an all-zero tensor gives 0/0, as in ModelOpt
+        scale = amax / (np.float32(E2M1_MAX) * g)
     scale = np.where(scale == 0, np.float32(1.0), scale).astype(np.float32)
     scale_bytes = encode_e4m3(np.clip(scale, E4M3_MIN_CLAMP, E4M3_MAX))
     denom = decode_e4m3(scale_bytes) * g

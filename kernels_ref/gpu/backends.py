@@ -36,9 +36,9 @@ def _torch_dequant(case: LayerCase):
     dev = "cuda"
     lut = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6],
                        dtype=torch.float32, device=dev)
-    codes = torch.from_numpy(np.ascontiguousarray(case.codes)).to(dev).long()
+    codes = torch.from_numpy(np.array(case.codes, dtype=np.uint8)).to(dev).long()
     vals = lut[codes]
-    sb = torch.from_numpy(np.ascontiguousarray(case.scale_bytes)).to(dev).view(torch.float8_e4m3fn).float()
+    sb = torch.from_numpy(np.array(case.scale_bytes, dtype=np.uint8)).to(dev).view(torch.float8_e4m3fn).float()
     w = (vals.view(vals.shape[0], -1, 16) * sb.unsqueeze(-1)).view(vals.shape)
     return w * torch.tensor(case.global_scale, dtype=torch.float32, device=dev)
 
@@ -51,7 +51,7 @@ def _torch_x(case: LayerCase):
     x = case.x
     if case.mode == "w4a4" and case.input_scale is not None:
         x = quantize_activations_nvfp4(x, case.input_scale)
-    return torch.from_numpy(np.ascontiguousarray(x, np.float32)).to("cuda")
+    return torch.from_numpy(np.array(x, dtype=np.float32)).to("cuda")
 
 
 def _run_torch(case: LayerCase) -> np.ndarray:
@@ -59,7 +59,7 @@ def _run_torch(case: LayerCase) -> np.ndarray:
 
     torch.backends.cuda.matmul.allow_tf32 = False
     if case.codes is None:
-        w = torch.from_numpy(np.ascontiguousarray(case.w, np.float32)).to("cuda")
+        w = torch.from_numpy(np.array(case.w, dtype=np.float32)).to("cuda")
     else:
         w = _torch_dequant(case)
     y = torch.full((case.x.shape[0], w.shape[0]), float("nan"), device="cuda")  # poisoned

@@ -109,6 +109,7 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
 def pack_for_kernel(codes: np.ndarray, scale_bytes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
 
-    packed = torch.from_numpy(np.ascontiguousarray(pack_nibbles_hf(codes))).cuda()
-    scales = torch.from_numpy(np.ascontiguousarray(scale_bytes, np.uint8)).cuda()
+    # np.array copies: the inputs may be read-only memory maps, which torch refuses to wrap
+    packed = torch.from_numpy(np.array(pack_nibbles_hf(codes), dtype=np.uint8)).cuda()
+    scales = torch.from_numpy(np.array(scale_bytes, dtype=np.uint8)).cuda()
     return packed, scales
