@@ -67,13 +67,16 @@ def _name(tmap, hf: str) -> str | None:
     return None if g is None else g + (suffix or ".weight")
 
 
-def plan_gguf(src: Checkpoint, allow_lossy: bool = False):
+def plan_gguf(src: Checkpoint, allow_lossy: bool = False, quantize: str | None = None):
     import gguf
 
     from nvfp4tools.convert import Job, Plan
 
     if src.format == "gguf":
         raise UsageError("the source is already GGUF", hint="convert to modelopt or compressed-tensors instead")
+    if quantize is not None and (quantize != "q4_0" or not allow_lossy):
+        raise UsageError("--to gguf quantizes with --allow-lossy --quantize q4_0" if quantize == "q4_0" or quantize is None
+                         else f"--to gguf takes --quantize q4_0, not {quantize}")
     arch, arch_name = _gguf_arch(src)
     tmap = gguf.get_tensor_name_map(arch, src.arch.n_layers)
     p = Plan(src, "gguf", [])
@@ -103,13 +106,14 @@ def plan_gguf(src: Checkpoint, allow_lossy: bool = False):
                 gname = f"blk.{t.layer}.ffn_{t.proj}_exps.weight"
             shape = (len(members),) + tuple(members[0].shape)
             p.jobs.append(_job(members, gname, shape, t.scheme.name, allow_lossy,
-                               fold=k[0] + ".router.per_expert_scale" if (t.proj == "down" and k[0] in nvfp4_down_layers) else None))
+                               fold=k[0] + ".router.per_expert_scale" if (t.proj == "down" and k[0] in nvfp4_down_layers) else None,
+                               quantize=quantize))
             continue
         gname = _name(tmap, t.name)
         if gname is None:
             raise UnsupportedError(f"{src.source}: no GGUF name for tensor '{t.name}' (architecture {arch_name})",
                                    hint="llama.cpp's converter may know it; nvfp4tools uses gguf-py's name tables")
-        p.jobs.append(_job([t], gname, tuple(t.shape), t.scheme.name, allow_lossy))
+        p.jobs.append(_job([t], gname, tuple(t.shape), t.scheme.name, allow_lossy, quantize=quantize))
     if src.arch and src.arch.model_type.startswith("gemma4"):
         rope = _gemma4_rope_freqs(src)
         if rope is not None:
@@ -119,11 +123,16 @@ def plan_gguf(src: Checkpoint, allow_lossy: bool = False):
 
 
 def _job(members: list[TensorInfo], gname: str, shape: tuple[int, ...], scheme: str, allow_lossy: bool,
-         fold: str | None = None):
-    from nvfp4tools.convert import Job
+         fold: str | None = None, quantize: str | None = None):
+    from nvfp4tools.convert import QUANTIZE_ROLES, Job
 
     t = members[0]
     base = gname[: -len(".weight")]
+    if quantize == "q4_0" and not t.scheme.quantized and t.role in QUANTIZE_ROLES and len(shape) >= 2 \
+            and shape[-1] % 32 == 0:
+        # ggml's reference Q4_0 quantizer (bit-exact with gguf-py's, which mirrors quantize_row_q4_0_ref)
+        return Job([m.name for m in members], [GOut(gname, "Q4_0", shape, "q4_0", _nb("Q4_0", shape))], False,
+                   "quantize->q4_0", note=f"from {t.scheme.name}")
     if scheme == "nvfp4":
         if shape[-1] % 64:
             raise UnsupportedError(f"{t.name}: in_features {shape[-1]} is not a multiple of 64 (GGUF NVFP4 block)")
@@ -306,7 +315,7 @@ def write_gguf_plan(p, out_dir: str, basename: str) -> list[str]:
     # the safetensors name(s) and stored dtype behind every GGUF tensor, so a conversion back restores them
     w.add_array("nvfp4tools.hf_names", [
         f"{o.key}={','.join(j.sources)}" + (f"|{src.tensors[j.sources[0]].part('data').stored_dtype}" if o.what == "raw"
-                                             else f"|{src.tensors[j.sources[0]].part('block_scale').stored_dtype}" if o.what == "q4_0" else "")
+                                             else f"|{_scale_dtype(src.tensors[j.sources[0]])}" if o.what == "q4_0" else "")
         for j, o in outs if o.what in ("nvfp4", "q4_0", "raw")])
     restore = _fold_restore(src, p)
     for k, v in restore.items():
@@ -395,6 +404,24 @@ def _gguf_job_bytes(src: Checkpoint, j, exact, restore):
     if j.action == "generate":
         yield j.outs[0].key, np.asarray(json.loads(j.note), "<f4").tobytes()
         return
+    if j.action == "quantize->q4_0":
+        from nvfp4tools.convert import LOSSY_REPORT
+        from nvfp4tools.kernels_ref.ggml_quants import dequantize_q4_0, quantize_q4_0
+        from nvfp4tools.tensors import dequantize
+        blobs = []
+        for n in j.sources:
+            w = dequantize(src, src.tensors[n]).astype(np.float32)
+            q = quantize_q4_0(w)
+            back = dequantize_q4_0(q).reshape(w.shape)
+            blobs.append(q.tobytes())
+            err = back.astype(np.float64) - w
+            sig, noise = float(np.sum(w.astype(np.float64) ** 2)), float(np.sum(err ** 2))
+            LOSSY_REPORT.append({"tensor": n, "from": src.tensors[n].scheme.name, "to": "q4_0",
+                                 "max_abs_err": float(np.max(np.abs(err))) if err.size else 0.0,
+                                 "rel_rms_err": (noise / sig) ** 0.5 if sig else 0.0,
+                                 "sqnr_db": 10 * np.log10(sig / noise) if noise and sig else None})
+        yield j.outs[0].key, b"".join(blobs)
+        return
     canons = [canon_of(src, src.tensors[n], exact) for n in j.sources] if len(j.sources) == 1 else None
     if canons is None:  # stacked experts, one at a time
         blobs, gl, inp = [], [], []
@@ -465,3 +492,8 @@ def _q4_0_bytes(c) -> bytes:
     d16 = np.repeat(d16, rep, axis=-1)
     codes = (np.asarray(c.q).astype(np.int16) + 8).astype(np.uint8)
     return q4_0_join(codes, d16).tobytes()
+
+
+def _scale_dtype(t: TensorInfo) -> str:
+    bs = t.part("block_scale")
+    return bs.stored_dtype if bs is not None else "F16"   # quantized here: Q4_0's own fp16 scales

@@ -254,7 +254,7 @@ def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: b
         raise UsageError(f"unknown target format {to!r}", hint=f"targets: {', '.join(TARGETS)}")
     if to == "gguf":
         from nvfp4tools.formats.gguf_writer import plan_gguf
-        return plan_gguf(src, allow_lossy=allow_lossy)
+        return plan_gguf(src, allow_lossy=allow_lossy, quantize=quantize)
     layout = LAYOUTS[to]
     p = Plan(src, to, [])
     tensors = list(src.tensors.values())
@@ -1160,6 +1160,9 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
         if to == "gguf":
             from nvfp4tools.formats.gguf_writer import write_gguf_plan
             files = write_gguf_plan(p, tmp, os.path.basename(dst_real))
+            if LOSSY_REPORT:
+                report["lossy"] = [dict(x, sqnr_db=None if x["sqnr_db"] is None else float(x["sqnr_db"]))
+                                   for x in LOSSY_REPORT]
         else:
             files = write_safetensors_plan(p, tmp, max_shard_bytes)
             write_configs(p, tmp)

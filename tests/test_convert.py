@@ -308,3 +308,38 @@ def test_quantize_needs_allow_lossy_and_reports_error(synth_dir, tmp_path, run_c
     assert not rep["lossless"] and rep["lossy"]
     assert all(15 < x["sqnr_db"] < 25 for x in rep["lossy"])   # NVFP4 on Gaussian weights: ~20 dB
     assert json.loads(run_cli("verify", out, "--against", src, "--format", "json").stdout)["verdict"] == "pass"
+
+
+def test_bf16_to_gguf_q4_0(synth_dir, tmp_path, run_cli):
+    src = synth_dir(fmt="bf16", experts="fused")
+    g = str(tmp_path / "q.gguf")
+    r = run_cli("convert", src, g, "--to", "gguf", "--allow-lossy", "--quantize", "q4_0", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["lossy"] and all(x["to"] == "q4_0" for x in rep["lossy"])
+    ck = formats.read(g)
+    assert ck.tensors["blk.0.ffn_gate_up_exps.weight"].scheme.name == "q4_0"
+    assert ck.metadata["general.file_type"] == "MOSTLY_Q4_0"
+    assert run_cli("convert", src, str(tmp_path / "x.gguf"), "--to", "gguf", "--quantize", "q4_0").exit_code == 2
+
+
+@pytest.mark.interop
+def test_q4_0_equals_gguf_py_quantizing_llama_cpp_bf16(llama_cpp_ggufs, oracles, tmp_path, run_cli):
+    """Same weights, same quantizer: our Q4_0 tensors == gguf-py's Q4_0 of llama.cpp's BF16 GGUF tensors."""
+    import gguf
+    from gguf import GGUFReader, quants
+
+    ours = str(tmp_path / "q.gguf")
+    assert run_cli("convert", oracles["bf16"], ours, "--to", "gguf", "--allow-lossy", "--quantize", "q4_0").exit_code == 0
+    a = {t.name: t for t in GGUFReader(llama_cpp_ggufs["bf16"]).tensors}
+    b = {t.name: t for t in GGUFReader(ours).tensors}
+    assert a.keys() == b.keys()
+    n = 0
+    for name, t in b.items():
+        if t.tensor_type != gguf.GGMLQuantizationType.Q4_0:
+            continue
+        src = quants.dequantize(a[name].data, a[name].tensor_type).astype(np.float32)
+        want = quants.quantize(src, gguf.GGMLQuantizationType.Q4_0)
+        assert bytes(np.asarray(t.data).view(np.uint8)) == bytes(np.asarray(want).view(np.uint8)), name
+        n += 1
+    assert n > 50

@@ -18,10 +18,10 @@ from ._output import emit, format_option, human_bytes
 @click.option("--experts", type=click.Choice(["per-expert", "fused"]), default=None,
               help="Expert layout of safetensors outputs (default: as in the source).")
 @click.option("--allow-lossy", is_flag=True, help="Allow requantization where no exact mapping exists.")
-@click.option("--quantize", type=click.Choice(["nvfp4", "int4"]), default=None,
+@click.option("--quantize", type=click.Choice(["nvfp4", "int4", "q4_0"]), default=None,
               help="With --allow-lossy: quantize unquantized linears (attention, MLP, experts) with the reference "
-                   "quantizers (NVFP4 W4A16, ModelOpt-exact; int4 group 32). Per-tensor error goes to "
-                   "nvfp4tools_conversion_report.json.")
+                   "quantizers (NVFP4 W4A16, ModelOpt-exact; int4 group 32; Q4_0 for --to gguf, ggml's "
+                   "reference). Per-tensor error goes to the report (nvfp4tools_conversion_report.json).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, exact/lossy) and write nothing.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only after the new one is complete).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Split safetensors output into shards.")
