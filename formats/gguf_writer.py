@@ -294,7 +294,7 @@ def write_gguf_plan(p, out_dir: str, basename: str) -> list[str]:
     import gguf
     from gguf import GGMLQuantizationType as T
 
-    from nvfp4tools.convert import _Progress, canon_of, _exact_meta
+    from nvfp4tools.convert import _Progress, _exact_meta
 
     src = p.src
     arch, arch_name = _gguf_arch(src)
@@ -399,7 +399,7 @@ def _fold_restore(src: Checkpoint, p) -> dict[str, np.ndarray]:
 
 def _gguf_job_bytes(src: Checkpoint, j, exact, restore):
     from nvfp4tools.convert import canon_of
-    from nvfp4tools.kernels_ref.ggml_quants import nvfp4_to_gguf_blocks, q4_0_join
+    from nvfp4tools.kernels_ref.ggml_quants import nvfp4_to_gguf_blocks
 
     if j.action == "generate":
         yield j.outs[0].key, np.asarray(json.loads(j.note), "<f4").tobytes()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fp4 import decode_e2m1, encode_e2m1, pack_nibbles_hf, unpack_nibbles_hf
+from .fp4 import decode_e2m1, encode_e2m1, pack_nibbles_hf
 from .fp8 import decode_e4m3, encode_e4m3
 from .spec import E2M1_MAX, E4M3_MAX, E4M3_MIN_CLAMP, NVFP4_BLOCK
 

@@ -28,7 +28,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
+from .errors import FormatError, UnsupportedError, UsageError
 from .model import Checkpoint, TensorInfo
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -104,7 +104,6 @@ _READERS: dict[str, Any] = {}   # one open PartReader per checkpoint root during
 
 def canon_scalars(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> Canon:
     """Only the per-tensor scalars of an NVFP4 tensor (multipliers), without touching its codes."""
-    from .tensors import load_part
 
     from .io import PartReader
 
@@ -248,7 +247,7 @@ QUANTIZE_ROLES = ("attention", "mlp", "experts", "shared_expert")
 
 def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: bool = False,
          quantize: str | None = None) -> Plan:
-    from nvfp4tools.formats.layouts import LAYOUTS, Out
+    from nvfp4tools.formats.layouts import LAYOUTS
 
     if to not in TARGETS:
         raise UsageError(f"unknown target format {to!r}", hint=f"targets: {', '.join(TARGETS)}")
@@ -516,7 +515,6 @@ def _nvfp4_chunks(c: Canon, outs, to: str) -> dict[str, bytes]:
 
 def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> Iterator[tuple[str, int, bytes]]:
     """(output key, byte offset inside that tensor, bytes) for one job, a source tensor at a time."""
-    from nvfp4tools.kernels_ref.int4 import pack_int4_to_int32
 
     if job.action == "stack":
         # per-expert tensors into [E, rows, cols]: expert e's rows land at their offset
@@ -729,7 +727,6 @@ def _quantize_chunks(src: Checkpoint, job: Job, to: str) -> Iterator[tuple[str, 
     t = src.tensors[job.sources[0]]
     w = dequantize(src, t).astype(np.float32)
     if job.action == "quantize->nvfp4":
-        from nvfp4tools.kernels_ref.nvfp4 import global_scale_for
         # one global per expert for stacked experts, as ModelOpt's per-expert quantizers give; q/k/v
         # and gate/up share one (the max amax), as ModelOpt's export makes them, since engines fuse
         # them and take the max without requantizing block scales
@@ -774,7 +771,6 @@ def _int4_chunks(c: Canon, job: Job) -> Iterator[tuple[str, int, bytes]]:
                 sc = (bits >> 16).astype(np.uint16)
             yield o.key, 0, sc.tobytes()
         elif o.what == "shape":
-            shape = o.shape and tuple(c.shape)
             yield o.key, 0, struct.pack("<%dq" % len(c.shape), *c.shape)
 
 

@@ -11,7 +11,7 @@ No term is a constant fitted to one published figure; what cannot be explained i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._version import __version__

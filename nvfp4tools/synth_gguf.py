@@ -10,7 +10,6 @@ to a separate mmproj file in llama.cpp and is not written.
 from __future__ import annotations
 
 import os
-import struct
 from typing import Any
 
 import numpy as np

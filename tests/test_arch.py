@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 
 from nvfp4tools.arch import parse_arch
 from nvfp4tools.synth import GEMMA4_26B_A4B

@@ -156,8 +156,6 @@ def test_sharding_and_index(synth_dir, tmp_path, run_cli):
 
 def test_disk_full_leaves_nothing(synth_dir, tmp_path):
     """RLIMIT_FSIZE makes writes fail like a full disk: no output folder, no temp folder left."""
-    import resource
-    import signal
     import subprocess
     import sys
 

@@ -40,7 +40,6 @@ def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: b
       nvfp4tools convert ./ckpt-ct ./ckpt.gguf --to gguf --dry-run
     """
     from nvfp4tools.convert import convert
-    from nvfp4tools.errors import Nvfp4ToolsError
     from nvfp4tools.gpus import parse_size
 
     try:

@@ -4,7 +4,6 @@ parameters as the safetensors checkpoint; hostile files fail in one line with ex
 from __future__ import annotations
 
 import json
-import os
 import struct
 
 import numpy as np

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 
-import pytest
 
 
 def _write(path, header: dict | bytes, data: bytes = b"", length: int | None = None) -> str:
