@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from nvfp4tools.errors import UnsupportedError, UsageError
+from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
 from nvfp4tools.model import Checkpoint, TensorInfo
 
 ARCHES = {"gemma4": "GEMMA4", "gemma4_text": "GEMMA4", "llama": "LLAMA", "mistral": "LLAMA", "mixtral": "LLAMA",
@@ -459,7 +460,7 @@ def _gguf_job_bytes(src: Checkpoint, j, exact, restore):
         a = c.array
         if o.gtype == "F32":
             if c.dtype == "BF16":
-                a = (np.asarray(a, np.uint32) << 16).view(np.float32)
+                a = bf16_bits_to_f32(a)
             elif c.dtype == "F16":
                 a = np.asarray(a).view(np.float16).astype(np.float32)
             a = np.asarray(a, np.float32)
@@ -474,7 +475,7 @@ def _q4_0_bytes(c) -> bytes:
     rep = c.group // 32
     d = np.asarray(c.group_scales)
     if c.dtype == "BF16":
-        f = (d.astype(np.uint32) << 16).view(np.float32)
+        f = bf16_bits_to_f32(d)
         with np.errstate(over="ignore"):
             h = f.astype(np.float16)
         if not np.array_equal(h.astype(np.float32), f):

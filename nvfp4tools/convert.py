@@ -28,6 +28,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32, f32_to_bf16_bits_exact
+
 from .errors import FormatError, UnsupportedError, UsageError
 from .model import Checkpoint, TensorInfo
 
@@ -608,11 +610,10 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         if want == "F32" and a.dtype != np.float32:
             a = np.asarray(a, np.float32)
         elif want == "BF16" and a.dtype == np.float32:
-            bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
-            if np.any(bits & 0xFFFF):
+            a = f32_to_bf16_bits_exact(a)
+            if a is None:
                 raise UnsupportedError(f"{c.name}: F32 values are not all bf16: narrowing to the original BF16 "
                                        "would round", hint="the GGUF was modified after nvfp4tools wrote it")
-            a = (bits >> 16).astype(np.uint16)
         yield job.outs[0].key, 0, np.ascontiguousarray(a).tobytes()
     else:
         raise UnsupportedError(f"{t.name}: {c.kind} cannot be written to {to}")
@@ -764,11 +765,9 @@ def _int4_chunks(c: Canon, job: Job) -> Iterator[tuple[str, int, bytes]]:
         elif o.what == "int4_scales":
             sc = np.ascontiguousarray(c.group_scales)
             if o.dtype == "BF16" and c.dtype == "F16":   # back to the recorded bf16: exact or refused
-                f = sc.view(np.float16).astype(np.float32)
-                bits = f.view(np.uint32)
-                if np.any(bits & 0xFFFF):
+                sc = f32_to_bf16_bits_exact(sc.view(np.float16).astype(np.float32))
+                if sc is None:
                     raise UnsupportedError(f"{c.name}: fp16 scales are not all bf16 values")
-                sc = (bits >> 16).astype(np.uint16)
             yield o.key, 0, sc.tobytes()
         elif o.what == "shape":
             yield o.key, 0, struct.pack("<%dq" % len(c.shape), *c.shape)
@@ -1104,7 +1103,7 @@ def _same(a: Canon, b: Canon, fold=None, p: Plan | None = None, e: int = 0) -> b
 def _scale_f32(c: Canon) -> np.ndarray:
     d = np.asarray(c.group_scales)
     if c.dtype == "BF16":
-        return (d.astype(np.uint32) << 16).view(np.float32)
+        return bf16_bits_to_f32(d)
     if c.dtype == "F16":
         return d.view(np.float16).astype(np.float32)
     return d.astype(np.float32)
@@ -1113,7 +1112,7 @@ def _scale_f32(c: Canon) -> np.ndarray:
 def _raw_f64(c: Canon) -> np.ndarray:
     a = np.asarray(c.array)
     if c.dtype == "BF16" and a.dtype == np.uint16:
-        a = (a.astype(np.uint32) << 16).view(np.float32)
+        a = bf16_bits_to_f32(a)
     elif c.dtype == "F16" and a.dtype == np.uint16:
         a = a.view(np.float16)
     return np.asarray(a, np.float64).reshape(-1)

@@ -1,9 +1,8 @@
 """Synthetic GGUF files in llama.cpp's layout (gemma4 names and metadata), written with the gguf
 package's writer. Q4_0 / Q8_0 / BF16 linears; header-only (sparse) or real quantized values.
 
-Names follow gguf-py's GEMMA4 tensor map (``get_tensor_name_map``) plus the entries llama.cpp's
-converter special-cases (``router.scale`` -> ``ffn_gate_inp.scale``, ``router.per_expert_scale`` ->
-``ffn_down_exps.scale``); per-expert weights are stacked ``[E, out, in]``. The vision tower goes
+Names and architecture metadata come from the same code ``convert --to gguf`` uses
+(``formats/gguf_writer.py``); per-expert weights are stacked ``[E, out, in]``. The vision tower goes
 to a separate mmproj file in llama.cpp and is not written.
 """
 
@@ -14,26 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from nvfp4tools.formats.gguf_writer import _metadata, _name
+
+from .arch import parse_arch
 from .errors import UsageError
+from .model import Checkpoint
 from .synth import PRESETS, _layers
 
 GGUF_TYPES = ("q4_0", "q8_0", "bf16")
-
-
-def _gguf_name(hf: str, tmap) -> str | None:
-    n = hf.replace("model.language_model.", "model.")
-    if n.endswith(".router.scale"):
-        return n.replace("model.layers.", "blk.").replace(".router.scale", ".ffn_gate_inp.scale")
-    if n.endswith(".router.per_expert_scale"):
-        return n.replace("model.layers.", "blk.").replace(".router.per_expert_scale", ".ffn_down_exps.scale")
-    suffix = ""
-    for s in (".weight", ".bias"):
-        if n.endswith(s):
-            n, suffix = n[: -len(s)], s
-    g = tmap.get_name(n)
-    if g is None:
-        return None
-    return g + (".weight" if suffix or not g.endswith((".scale",)) else "")
 
 
 def write_gemma4_gguf(out_path: str, *, preset: str = "gemma4-tiny", qtype: str = "q4_0", header_only: bool = False,
@@ -53,7 +40,7 @@ def write_gemma4_gguf(out_path: str, *, preset: str = "gemma4-tiny", qtype: str 
     # gather tensors, stacking per-expert weights
     specs: list[tuple[str, tuple[int, ...], bool]] = []   # gguf name, torch shape, quantize?
     for hf, shape, lrole in _layers({**cfg, "vision_config": None}, "fused"):
-        name = _gguf_name(hf + (".weight" if lrole else ""), tmap)
+        name = _name(tmap, hf + (".weight" if lrole else ""))
         if name is None:
             raise UsageError(f"no GGUF name for {hf}")
         quant = lrole is not None and qtype != "bf16" and shape[-1] % 32 == 0
@@ -66,30 +53,10 @@ def write_gemma4_gguf(out_path: str, *, preset: str = "gemma4-tiny", qtype: str 
     ftype = {"q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
              "bf16": gguf.LlamaFileType.MOSTLY_BF16}[qtype]
     w = gguf.GGUFWriter(out_path, "gemma4")
-    a = "gemma4."
-    lt = t["layer_types"]
-    w.add_uint32(a + "block_count", L)
-    w.add_uint32(a + "context_length", t["max_position_embeddings"])
-    w.add_uint32(a + "embedding_length", t["hidden_size"])
-    w.add_uint32(a + "feed_forward_length", t["intermediate_size"])
-    w.add_uint32(a + "attention.head_count", t["num_attention_heads"])
-    w.add_array(a + "attention.head_count_kv",
-                [t["num_global_key_value_heads"] if x == "full_attention" else t["num_key_value_heads"] for x in lt])
-    w.add_uint32(a + "attention.key_length", t["global_head_dim"])
-    w.add_uint32(a + "attention.value_length", t["global_head_dim"])
-    w.add_uint32(a + "attention.key_length_swa", t["head_dim"])
-    w.add_uint32(a + "attention.value_length_swa", t["head_dim"])
-    w.add_uint32(a + "attention.sliding_window", t["sliding_window"])
-    w.add_array(a + "attention.sliding_window_pattern", [x == "sliding_attention" for x in lt])
-    w.add_float32(a + "attention.layer_norm_rms_epsilon", 1e-6)
-    w.add_float32(a + "rope.freq_base", 1_000_000.0)
-    w.add_float32(a + "rope.freq_base_swa", 10_000.0)
-    w.add_uint32(a + "embedding_length_per_layer_input", 0)
-    w.add_uint32(a + "expert_count", t["num_experts"])
-    w.add_uint32(a + "expert_used_count", t["top_k_experts"])
-    w.add_uint32(a + "expert_feed_forward_length", t["moe_intermediate_size"])
-    w.add_uint32("general.file_type", int(ftype))
-    w.add_uint32("general.quantization_version", gguf.GGML_QUANT_VERSION)
+    # the same architecture metadata convert writes, from the same config through parse_arch
+    meta_src = Checkpoint(format="synth", source=out_path, root="", tensors={}, files=(), file_bytes=0,
+                          config=cfg, arch=parse_arch(cfg))
+    _metadata(w, meta_src, "gemma4", int(ftype))
     w.add_string("tokenizer.ggml.model", "gemma4")
     w.add_array("tokenizer.ggml.tokens", [f"<t{i}>" for i in range(t["vocab_size"])])
 

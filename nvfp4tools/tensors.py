@@ -32,7 +32,8 @@ def load_part(root: str, part: TensorPart) -> np.ndarray:
         return np.zeros(part.stored_shape, dtype=np.float32)
     if part.stored_dtype == "BF16":
         raw = np.memmap(path, dtype=np.uint16, mode="r", offset=part.offset, shape=(part.nbytes // 2,))
-        return (raw.astype(np.uint32) << 16).view(np.float32).reshape(part.stored_shape)
+        from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
+        return bf16_bits_to_f32(raw).reshape(part.stored_shape)
     dt = _NP.get(part.stored_dtype)
     if dt is None:  # GGUF block types are handled by their reader
         return np.memmap(path, dtype=np.uint8, mode="r", offset=part.offset, shape=(part.nbytes,))
