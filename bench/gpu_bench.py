@@ -3,21 +3,25 @@ torch dequantize+matmul against cuBLAS bf16 at M = 1, 16, 128 (CUDA-event timing
 triton.testing.do_bench, median). Effective bandwidth = NVFP4 weight bytes / time; the
 memory-roofline speedup limit over bf16 is 2 / 0.5625 = 3.56x.
 
-    python bench/gpu_bench.py [--tune]
+    python bench/gpu_bench.py [--json out.json]
+
+The kernel's tiles come from nvfp4_gemm._config; bench/gpu_tune.py is the search behind them.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 
 import numpy as np
 import torch
 import triton
-
 from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, pack_for_kernel
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
+    _config,
+    nvfp4_w4a16_gemm,
+    pack_for_kernel,
+)
 from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4
 
 SHAPES = [(8192, 2816), (2816, 8192), (2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (2816, 704)]
@@ -30,14 +34,13 @@ def bench(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--tune", action="store_true", help="try a grid of tile configs and report the best")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     rng = np.random.default_rng(0)
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, triton {triton.__version__}")
     print(f"{'N':>5} {'K':>5} {'M':>4} | {'bf16 us':>8} {'triton us':>9} {'x bf16':>7} {'GB/s':>6} | "
-          f"{'torch-deq us':>12} | config")
+          f"{'torch-deq us':>12} | {'rel err':>8} | config")
     rows = []
     for n, k in SHAPES:
         q = quantize_nvfp4(rng.standard_normal((n, k)).astype(np.float32) * 0.02)
@@ -49,20 +52,10 @@ def main() -> None:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t_bf16 = bench(lambda: torch.matmul(x, w_bf16.T))
             cfg = _config(m, n, k)
-            if a.tune:
-                best = None
-                for bm, bn, bk, sp in itertools.product((16, 32, 64), (32, 64, 128), (128, 256), (1, 2, 4, 8, 16)):
-                    if (m <= 16 and bm != 16) or (m > 16 and bm == 16) or bk * sp > k:
-                        continue
-                    try:
-                        t = bench(lambda: nvfp4_w4a16_gemm(x, packed, scales, g, config=(bm, bn, bk, sp)))
-                    except Exception:
-                        continue
-                    if best is None or t < best[0]:
-                        best = (t, (bm, bn, bk, sp))
-                t_tri, cfg = best
-            else:
-                t_tri = bench(lambda: nvfp4_w4a16_gemm(x, packed, scales, g, config=cfg))
+            y = nvfp4_w4a16_gemm(x, packed, scales, g, config=cfg)
+            ref = x.double() @ w_bf16.double().T
+            err = float((y.double() - ref).norm() / ref.norm())
+            t_tri = bench(lambda: nvfp4_w4a16_gemm(x, packed, scales, g, config=cfg))
             lut = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], device="cuda")
             codes = torch.from_numpy(unpack_nibbles_hf(q.packed)).cuda().long()
             sb = scales.view(torch.float8_e4m3fn)
@@ -73,10 +66,10 @@ def main() -> None:
             t_deq = bench(deq_mm)
             row = {"N": n, "K": k, "M": m, "bf16_us": t_bf16 * 1e3, "triton_us": t_tri * 1e3,
                    "speedup_vs_bf16": t_bf16 / t_tri, "triton_GBps": wbytes / (t_tri * 1e-3) / 1e9,
-                   "torch_dequant_us": t_deq * 1e3, "config": list(cfg)}
+                   "torch_dequant_us": t_deq * 1e3, "rel_err": err, "config": list(cfg)}
             rows.append(row)
             print(f"{n:>5} {k:>5} {m:>4} | {row['bf16_us']:8.1f} {row['triton_us']:9.1f} {row['speedup_vs_bf16']:6.2f}x "
-                  f"{row['triton_GBps']:6.0f} | {row['torch_dequant_us']:12.1f} | {cfg}")
+                  f"{row['triton_GBps']:6.0f} | {row['torch_dequant_us']:12.1f} | {err:8.1e} | {cfg}")
     print("memory-roofline limit of NVFP4 over bf16: 2 / 0.5625 = 3.56x")
     if a.json:
         with open(a.json, "w") as fh:

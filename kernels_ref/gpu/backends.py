@@ -15,7 +15,6 @@ vLLM's NVFP4 GEMM tests use atol/rtol 1e-1, its Marlin FP4 test a mean relative 
 from __future__ import annotations
 
 import numpy as np
-
 from nvfp4tools.kernels_ref.dispatch import Backend, LayerCase, register
 
 
@@ -45,7 +44,6 @@ def _torch_dequant(case: LayerCase):
 
 def _torch_x(case: LayerCase):
     import torch
-
     from nvfp4tools.kernels_ref.gemm import quantize_activations_nvfp4
 
     x = case.x
@@ -110,7 +108,6 @@ def _scaled_mm_reason() -> str | None:
 
 def _run_scaled_mm(case: LayerCase) -> np.ndarray:
     import torch
-
     from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
     from nvfp4tools.kernels_ref.nvfp4 import quantize_nvfp4
     from nvfp4tools.kernels_ref.swizzle import swizzle_128x4

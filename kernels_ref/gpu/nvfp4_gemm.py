@@ -2,12 +2,22 @@
 
 Layout (the checkpoint's own, nothing swizzled): ``packed`` uint8 [N, K/2] (element 2i in the low
 nibble, ModelOpt / compressed-tensors order), ``scales`` uint8 E4M3 [N, K/16], one fp32 global.
-Each program loads a [BLOCK_N, BLOCK_K/2] tile of codes and the matching [BLOCK_N, BLOCK_K/16]
-scales, decodes E2M1 by bit arithmetic straight into bf16 bit patterns (no lookup table), multiplies
-by the E4M3 block scale (exact in bf16: at most 5 significant bits), and feeds bf16 tensor-core
-``tl.dot`` with fp32 accumulation; the global multiplies the fp32 result in the epilogue. Small M
-(decode) is memory bound: the K loop is split across programs (``SPLIT_K``) so all SMs stream
-weights, partial sums meet in an fp32 atomic add.
+
+Why it is shaped the way it is (decode, M <= 16, is memory bound; every instruction spent decoding
+is taken from the time the loads have to hide; figures in bench/RESULTS.md, search in
+bench/gpu_tune.py):
+
+* Decode (``DECODE=2``): the codes are read as int32 words; the eight E2M1 codes of a word become
+  four bf16x2 registers with shifts and masks in inline PTX, and the block scale multiplies them in
+  the same registers (``mul.bf16x2``). ``DECODE=0`` is the plain-Triton decode of the same bits,
+  kept as the readable reference (and measured about 1.7x slower).
+* ``SWAP=1`` computes ``y^T = W x^T``: the weight tile is the MMA's wide (64-row) side and a tiny
+  M only pads the narrow side (wgmma m64n16k16 on Hopper).
+* Small M cannot fill the SMs with output tiles alone, so the K loop may be split across programs
+  (``SPLIT_K``, whole K blocks each) with partial sums meeting in an fp32 atomic add; the split
+  costs a zeroed output (a separate memset launch), so it is only used when N is narrow.
+* ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
+  by 16 and keeps masked loads 16 bytes wide; ``EVEN_K`` (K % BLOCK_K == 0) drops the K masks.
 """
 
 from __future__ import annotations
@@ -31,78 +41,185 @@ def _e2m1_to_bf16(c):
     return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
 
 
+# DECODE 2: eight E2M1 codes of one int32 word (pack=1). Pair (j, j+4): nibble j's sign (bit 4j+3)
+# goes to bf16 bit 15 (shift left 12-4j), its magnitude (bits 4j+2..4j) to bits 8..6 (shift 6-4j);
+# nibble j+4 lands 16 bits higher under the same shifts. Read as bf16 that is the value x 2^-126
+# (the bias gap 127 - 1; code 0.5 becomes a bf16 subnormal, which mul.bf16x2 handles exactly). The
+# block scale is applied in the same registers. The scale comes in as bf16 already multiplied by 2^110, which
+# also absorbs the 2^126 bias gap: (code bits = v 2^-126) x (s 2^110) = v s 2^-16, exact and normal
+# for every E2M1 x E4M3 pair (2^-26 .. 2^-4.3), so one mul.bf16x2 per pair and no bias multiply;
+# the epilogue multiplies the global by 2^16. Outputs $0..$7 are elements 0..7.
+_DECODE_WORD_PTX = tl.constexpr("""
+{
+.reg .b32 s, m, p, sc;
+mov.b32 sc, {$9, $9};
+shl.b32 s, $8, 12;
+shl.b32 m, $8, 6;
+and.b32 s, s, 0x80008000;
+and.b32 m, m, 0x01C001C0;
+or.b32 p, s, m;
+mul.rn.bf16x2 p, p, sc;
+mov.b32 {$0, $4}, p;
+shl.b32 s, $8, 8;
+shl.b32 m, $8, 2;
+and.b32 s, s, 0x80008000;
+and.b32 m, m, 0x01C001C0;
+or.b32 p, s, m;
+mul.rn.bf16x2 p, p, sc;
+mov.b32 {$1, $5}, p;
+shl.b32 s, $8, 4;
+shr.b32 m, $8, 2;
+and.b32 s, s, 0x80008000;
+and.b32 m, m, 0x01C001C0;
+or.b32 p, s, m;
+mul.rn.bf16x2 p, p, sc;
+mov.b32 {$2, $6}, p;
+shr.b32 m, $8, 6;
+and.b32 s, $8, 0x80008000;
+and.b32 m, m, 0x01C001C0;
+or.b32 p, s, m;
+mul.rn.bf16x2 p, p, sc;
+mov.b32 {$3, $7}, p;
+}
+""")
+WORD_SCALE_SHIFT = 16    # DECODE 2 leaves weights scaled by 2^-16; the epilogue puts it back
+
+
 @triton.jit
-def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, g,
+def _interleave8(e0, e1, e2, e3, e4, e5, e6, e7):
+    """Eight [R, C] tensors -> [R, 8 C] by nested joins (in-register, no data movement). Column
+    8c + 4 t0 + 2 t1 + t2 comes from argument 4 t2 + 2 t1 + t0 (join appends the minor axis)."""
+    r = tl.join(tl.join(tl.join(e0, e1), tl.join(e2, e3)), tl.join(tl.join(e4, e5), tl.join(e6, e7)))
+    return tl.reshape(r, (e0.shape[0], 8 * e0.shape[1]))
+
+
+@triton.jit
+def _e2m1_word_to_bf16(q, sc):
+    """int32 [R, C] words of 8 codes, bf16 [R, C] scales x 2^110 -> bf16 [R, 8 C] x 2^-16, natural
+    element order (the outputs go in bit-reversed so that _interleave8 lays them out 0..7)."""
+    e0, e1, e2, e3, e4, e5, e6, e7 = tl.inline_asm_elementwise(
+        _DECODE_WORD_PTX, "=h,=h,=h,=h,=h,=h,=h,=h,r,h", [q, sc], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+    return _interleave8(e0, e4, e2, e6, e1, e5, e3, e7)
+
+
+@triton.jit
+def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, K2, KS, g,
                         stride_xm, stride_wn, stride_sn, stride_ym,
+                        SPLIT_K,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        SPLIT_K: tl.constexpr):
+                        DECODE: tl.constexpr, SWAP: tl.constexpr, EVEN_K: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_kh = tl.arange(0, BLOCK_K // 2)        # packed bytes
+    offs_kh = tl.arange(0, BLOCK_K // 2)        # packed bytes (DECODE 0)
+    offs_kw = tl.arange(0, BLOCK_K // 8)        # packed 32-bit words (DECODE 2)
     offs_ks = tl.arange(0, BLOCK_K // 16)       # block scales
     offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_iters = tl.cdiv(K, BLOCK_K * SPLIT_K)
-    for i in range(0, k_iters):
-        k0 = (pid_k * k_iters + i) * BLOCK_K
-        kmask = (k0 + offs_k) < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :],
-                    mask=(offs_m[:, None] < M) & kmask[None, :], other=0.0)
-        wb = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 // 2 + offs_kh)[None, :],
-                     mask=(offs_n[:, None] < N) & ((k0 // 2 + offs_kh)[None, :] < K // 2), other=0).to(tl.int32)
-        lo = _e2m1_to_bf16(wb & 0xF)
-        hi = _e2m1_to_bf16((wb >> 4) & 0xF)
-        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))          # element 2i low, 2i+1 high
-        sb = tl.load(s_ptr + offs_n[:, None] * stride_sn + (k0 // 16 + offs_ks)[None, :],
-                     mask=(offs_n[:, None] < N) & ((k0 // 16 + offs_ks)[None, :] < K // 16), other=0)
-        s = sb.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)
-        w = tl.reshape(tl.reshape(w, (BLOCK_N, BLOCK_K // 16, 16)) * tl.reshape(s, (BLOCK_N, BLOCK_K // 16, 1)),
-                       (BLOCK_N, BLOCK_K))
-        acc = tl.dot(x, tl.trans(w), acc)
-    acc = acc * g
-    y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
-    ymask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if SWAP:
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # split K over whole blocks: program pid_k takes blocks [start, end)
+    n_blocks = tl.cdiv(K, BLOCK_K)
+    per = tl.cdiv(n_blocks, SPLIT_K)
+    start = pid_k * per
+    end = tl.minimum(start + per, n_blocks)
+    nmask = offs_n[:, None] < N
+    for blk in range(start, end):
+        k0 = blk * BLOCK_K
+        sp = s_ptr + offs_n[:, None] * stride_sn + (k0 // 16 + offs_ks)[None, :]
+        if EVEN_K:
+            sb = tl.load(sp, mask=nmask, other=0)
+        else:
+            sb = tl.load(sp, mask=nmask & ((k0 // 16 + offs_ks)[None, :] < KS), other=0)
+        if DECODE == 2:
+            wp = w_ptr + offs_n[:, None] * stride_wn + (k0 // 8 + offs_kw)[None, :]
+            if EVEN_K:
+                wq = tl.load(wp, mask=nmask, other=0)
+            else:
+                wq = tl.load(wp, mask=nmask & ((k0 // 8 + offs_kw)[None, :] < K2 // 4), other=0)
+            s = (sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)  # x 2^110
+            s2 = tl.reshape(tl.join(s, s), (BLOCK_N, BLOCK_K // 8))   # word c uses scale c // 2
+            w = _e2m1_word_to_bf16(wq, s2)
+        else:
+            wp = w_ptr + offs_n[:, None] * stride_wn + (k0 // 2 + offs_kh)[None, :]
+            if EVEN_K:
+                wb = tl.load(wp, mask=nmask, other=0)
+            else:
+                wb = tl.load(wp, mask=nmask & ((k0 // 2 + offs_kh)[None, :] < K2), other=0)
+            wi = wb.to(tl.int32)
+            w = tl.reshape(tl.join(_e2m1_to_bf16(wi & 0xF), _e2m1_to_bf16((wi >> 4) & 0xF)), (BLOCK_N, BLOCK_K))
+            s = sb.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)   # exact: E4M3 fits bf16
+            w = tl.reshape(tl.reshape(w, (BLOCK_N, BLOCK_K // 16, 16)) * tl.reshape(s, (BLOCK_N, BLOCK_K // 16, 1)),
+                           (BLOCK_N, BLOCK_K))
+        xp = x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :]
+        if EVEN_K:
+            x = tl.load(xp, mask=offs_m[:, None] < M, other=0.0)
+        else:
+            x = tl.load(xp, mask=(offs_m[:, None] < M) & ((k0 + offs_k)[None, :] < K), other=0.0)
+        if BLOCK_M == 1:  # one activation row: a plain dot product per output, no MMA padding
+            acc += tl.sum(w.to(tl.float32) * x.to(tl.float32), axis=1)[:, None]
+        elif SWAP:
+            acc = tl.dot(w, tl.trans(x), acc)
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
+    if DECODE == 2:
+        acc = acc * (g * 65536.0)   # 2^WORD_SCALE_SHIFT
+    else:
+        acc = acc * g
+    if SWAP:
+        y_ptrs = y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None]
+        ymask = (offs_m[None, :] < M) & (offs_n[:, None] < N)
+    else:
+        y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
+        ymask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if SPLIT_K == 1:
         tl.store(y_ptrs, acc, mask=ymask)
     else:
         tl.atomic_add(y_ptrs, acc, mask=ymask)
 
 
-def _config(m: int, n: int, k: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K): enough programs to cover the SMs at small M."""
+# (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, DECODE, SWAP); SPLIT_K is a runtime
+# argument (one compiled kernel serves every split)
+Config = tuple[int, int, int, int, int, int, int, int]
+
+
+def _config(m: int, n: int, k: int) -> Config:
+    """Default tiles, from bench/gpu_tune.py on an H100 (Gemma-4-26B shapes, bench/RESULTS.md)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    bm = 16 if m <= 16 else (32 if m <= 32 else 64)
-    bn = 64 if m <= 32 else 128
-    bk = 256 if m <= 32 else 128
+    if m <= 16:
+        bm, bn, bk, warps, stages, swap, max_split = 16, 64, 256, 4, 3, 1, 8
+    else:
+        bm, bn, bk, warps, stages, swap, max_split = (64 if m <= 64 else 128), 64, 128, 4, 4, 0, 2
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     split = 1
-    while tiles * split < 2 * sms and split < 16 and k // (bk * split * 2) >= 1:
+    # split K only when the output tiles leave most SMs idle: a split costs a zeroed output
+    while tiles * split < 0.75 * sms and split < max_split and triton.cdiv(k, bk) >= 4 * split:
         split *= 2
-    return bm, bn, bk, split
+    return bm, bn, bk, split, warps, stages, 2, swap
 
 
 def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
-                     poison: bool = False, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                     poison: bool = False, config: Config | None = None) -> torch.Tensor:
     """x bf16 [M, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]."""
     m, k = x.shape
     n = packed.shape[0]
     assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
-    bm, bn, bk, split = config or _config(m, n, k)
-    if split > 1:
+    assert x.stride(1) == 1 and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
+    bm, bn, bk, split, warps, stages, decode, swap = config or _config(m, n, k)
+    if split > 1:  # atomics need a zeroed output, so NaN poisoning only applies to split == 1
         y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
     else:
         y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
             torch.empty((m, n), dtype=torch.float32, device=x.device)
-    if poison and split > 1:
-        y.fill_(float("nan"))
-        y.zero_()  # atomics need a zeroed output; NaN poisoning is checked in the split == 1 path
     grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
-    _nvfp4_w4a16_kernel[grid](x, packed, scales, y, m, n, k, float(global_scale),
-                              x.stride(0), packed.stride(0), scales.stride(0), y.stride(0),
-                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=split, num_warps=4, num_stages=3)
+    w = packed.view(torch.int32) if decode == 2 else packed   # DECODE 2 reads whole words
+    _nvfp4_w4a16_kernel[grid](x, w, scales, y, m, n, k, k // 2, k // 16, float(global_scale),
+                              x.stride(0), w.stride(0), scales.stride(0), y.stride(0), split,
+                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DECODE=decode, SWAP=swap, EVEN_K=k % bk == 0,
+                              num_warps=warps, num_stages=stages)
     return y
 
 
