@@ -220,6 +220,7 @@ class Assembler:
                 g[sfx.role] = (raw, sfx)
 
         out: dict[str, TensorInfo] = {}
+        new = tuple.__new__  # TensorPart(...) without the NamedTuple's Python-level __new__ frame
         orphans: list[str] = []
         not_as_configured: dict[str, list[TensorInfo]] = {}
         quantized_but_excluded: list[TensorInfo] = []
@@ -231,8 +232,8 @@ class Assembler:
                     loose.append(raw)
                 continue
             raw_data, sfx_data = g["data"]
-            parts = {role: TensorPart(sfx.role, raw.name, raw.file, raw.offset, raw.nbytes, raw.dtype, raw.shape,
-                                      sfx.stored_as) for role, (raw, sfx) in g.items()}
+            parts = {role: new(TensorPart, (sfx.role, raw.name, raw.file, raw.offset, raw.nbytes, raw.dtype,
+                                            raw.shape, sfx.stored_as)) for role, (raw, sfx) in g.items()}
             is_param = sfx_data.suffix == ""  # stored without a ".weight"-style suffix
             name = raw_data.name if is_param else module + ".weight"
             if not is_param and sfx_data.suffix not in ("weight", "weight_packed"):

@@ -117,6 +117,7 @@ def parse_header(root: str, rel: str) -> ParsedFile:
     tensors: dict[str, RawTensor] = {}
     spans: list[tuple[int, int, str]] = []
     bits_of = DTYPE_BITS.get
+    new = tuple.__new__  # RawTensor(...) without the NamedTuple's Python-level __new__ frame
     for name, entry in header.items():
         # Fast path first (this loop runs ~50,000 times on a full-size MoE checkpoint); any
         # irregularity falls through to _check_entry, which names what is wrong.
@@ -137,7 +138,7 @@ def parse_header(root: str, rel: str) -> ParsedFile:
         if not ok:
             _check_entry(rel, name, entry, data_len)
             raise FormatError(f"{rel}: tensor '{name}': malformed header entry {entry!r}")  # pragma: no cover
-        tensors[name] = RawTensor(name, dtype, tuple(shape), rel, data_start + begin, end - begin)
+        tensors[name] = new(RawTensor, (name, dtype, tuple(shape), rel, data_start + begin, end - begin))
         spans.append((begin, end, name))
     spans.sort()
     covered = 0

@@ -99,11 +99,15 @@ class TensorInfo:
     expert: int | None = None    # per-expert index when stored per expert
     n_experts_fused: int | None = None  # leading expert dimension of a fused 3-D tensor
 
-    @functools.cached_property
+    # plain properties: cheaper to recompute than functools.cached_property's lookup (3.11 locks)
+    @property
     def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.parts)
+        n = 0
+        for p in self.parts:
+            n += p.nbytes
+        return n
 
-    @functools.cached_property
+    @property
     def n_elements(self) -> int:
         n = 1
         for d in self.shape:
