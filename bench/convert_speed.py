@@ -62,10 +62,13 @@ def main() -> None:
     size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
     exe = os.path.join(os.path.dirname(sys.executable), "nvfp4tools")
     out = src + "-out"
-    res: dict[str, list[tuple[float, int]]] = {"cp -r": [], "nvfp4tools": [], "compressed-tensors": []}
+    res: dict[str, list[tuple[float, int]]] = {"cp -r": [], "nvfp4tools": [], "nvfp4tools --verify full": [],
+                                               "compressed-tensors": []}
     for _ in range(a.runs):
         for name, cmd in (("cp -r", ["cp", "-r", src, out]),
                           ("nvfp4tools", [exe, "convert", src, out, "--to", "compressed-tensors"]),
+                          ("nvfp4tools --verify full", [exe, "convert", src, out, "--to", "compressed-tensors",
+                                                        "--verify", "full"]),
                           ("compressed-tensors", [a.ct_python, "-c", CT_CODE, src, out] if a.ct_python else None)):
             if cmd is None:
                 continue
@@ -78,7 +81,7 @@ def main() -> None:
         if rs:
             w = statistics.median(x for x, _ in rs)
             m = max(r for _, r in rs)
-            print(f"{name:<20} {w:7.2f} s  ({w / base:4.2f}x cp -r)   peak RSS {m / 2**20:8.0f} MiB")
+            print(f"{name:<26} {w:7.2f} s  ({w / base:4.2f}x cp -r)   peak RSS {m / 2**20:8.0f} MiB")
 
 
 if __name__ == "__main__":

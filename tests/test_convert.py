@@ -341,3 +341,36 @@ def test_q4_0_equals_gguf_py_quantizing_llama_cpp_bf16(llama_cpp_ggufs, oracles,
         assert bytes(np.asarray(t.data).view(np.uint8)) == bytes(np.asarray(want).view(np.uint8)), name
         n += 1
     assert n > 50
+
+
+@pytest.mark.parametrize("mode", ["sampled", "full"])
+def test_verification_catches_a_corrupted_copy(synth_dir, tmp_path, run_cli, mode):
+    """A byte changed in a copied part after writing fails verification in both modes."""
+    from nvfp4tools.convert import plan, verify_output
+    from nvfp4tools.errors import FormatError
+
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    out = str(tmp_path / "ct")
+    r = run_cli("convert", src, out, "--to", "compressed-tensors", "--verify", mode, "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["verification"] == mode
+    p = plan(formats.read(src), "compressed-tensors")
+    assert verify_output(p, out, mode) > 0
+    t = formats.read(out).tensors[f"{L0}.self_attn.q_proj.weight"].part("data")
+    with open(os.path.join(out, t.file), "r+b") as fh:
+        fh.seek(t.offset + t.nbytes - 1)
+        b = fh.read(1)
+        fh.seek(t.offset + t.nbytes - 1)
+        fh.write(bytes([b[0] ^ 0x10]))
+    with pytest.raises(FormatError, match="differ"):
+        verify_output(p, out, mode)
+
+
+def test_sampled_windows_cover_edges_and_every_64_mib():
+    from nvfp4tools.convert import _WINDOW, _WINDOW_EVERY, _windows
+
+    assert _windows(1000) == [(0, 1000)]                       # small parts: every byte
+    n = 3 * _WINDOW_EVERY + 10 * _WINDOW
+    w = _windows(n)
+    assert (0, _WINDOW) in w and (n - _WINDOW, _WINDOW) in w     # both edges
+    assert sorted(o for o, _ in w)[1:-1] == [_WINDOW_EVERY, 2 * _WINDOW_EVERY, 3 * _WINDOW_EVERY]
+    assert all(0 <= o and o + ln <= n for o, ln in w)

@@ -25,14 +25,18 @@ from ._output import emit, format_option, human_bytes
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, exact/lossy) and write nothing.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only after the new one is complete).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Split safetensors output into shards.")
+@click.option("--verify", "verify", type=click.Choice(["sampled", "full"]), default="sampled", show_default=True,
+              help="How parts copied byte for byte are re-checked: header, length and 64 KiB windows at both "
+                   "ends and every 64 MiB (sampled), or every byte (full). Transformed parts are always "
+                   "compared in full.")
 @format_option
 def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: bool, quantize: str | None,
-                dry_run: bool, force: bool, max_shard_size: str, fmt: str) -> None:
+                dry_run: bool, force: bool, max_shard_size: str, verify: str, fmt: str) -> None:
     """Convert between ModelOpt NVFP4, compressed-tensors (NVFP4, W4A16) and GGUF (NVFP4, Q4_0),
     bit-exact wherever the formats allow (codes and block-scale bytes copied, globals remapped).
 
     The output is written to a temporary sibling folder, verified tensor by tensor against the
-    source, and renamed into place only when complete.
+    source (--verify), and renamed into place only when complete.
 
     \b
     Example:
@@ -44,7 +48,7 @@ def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: b
 
     try:
         report = convert(src, dst, to, experts=experts, allow_lossy=allow_lossy, dry_run=dry_run, force=force,
-                         max_shard_bytes=parse_size(max_shard_size), quantize=quantize)
+                         max_shard_bytes=parse_size(max_shard_size), quantize=quantize, verify=verify)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             from nvfp4tools.errors import FormatError
@@ -70,8 +74,10 @@ def render_table(r: dict[str, Any]) -> str:
                                 "-" if x["sqnr_db"] is None else f"{x['sqnr_db']:.2f}"] for x in rows],
                               headers=["tensor", "to", "max abs", "rel RMS", "SQNR dB"], tablefmt="simple"))
     if "destination" in r:
+        how = "(byte-copied parts sampled: --verify full checks every byte)" \
+            if r.get("verification") == "sampled" else "(every byte)"
         lines.append(f"wrote {r['destination']}: {', '.join(r['files'])}; verified {r['verified_tensors']} tensors "
-                     "bit for bit against the source")
+                     f"bit for bit against the source {how}")
     else:
         lines.append("dry run: nothing written")
     return "\n".join(lines)
