@@ -221,6 +221,7 @@ class Assembler:
 
         out: dict[str, TensorInfo] = {}
         new = tuple.__new__  # TensorPart(...) without the NamedTuple's Python-level __new__ frame
+        memo: dict[tuple, tuple] = {}
         orphans: list[str] = []
         not_as_configured: dict[str, list[TensorInfo]] = {}
         quantized_but_excluded: list[TensorInfo] = []
@@ -241,15 +242,27 @@ class Assembler:
             ri = classify(name)
             linear_like = len(raw_data.shape) >= 2 and ri.role not in ("embedding", "norm")
             expected = self.expect(name.rsplit(".", 1)[0] if name.endswith(".weight") else name) if linear_like else None
-            scheme = self._scheme(module, parts, expected)
-            shape = self._logical_shape(module, scheme, parts)
-            info = TensorInfo(
-                name=name, shape=tuple(shape), scheme=scheme,
-                parts=tuple(parts[r] for r in _ROLE_ORDER if r in parts),
-                role=ri.role, proj=ri.proj, layer=ri.layer, stack=ri.stack, expert=ri.expert,
-                n_experts_fused=shape[0] if (len(shape) == 3 and ri.role == "experts") else None,
-            )
-            self._check_scalars(info)
+            # scheme, logical shape and the scalar checks depend only on the stored dtypes/shapes
+            # and the expectation: 128 experts x 30 layers share a handful of signatures
+            sig = (id(expected), ri.role == "experts",
+                   tuple((r, p.stored_dtype, p.stored_shape) for r, p in parts.items()))
+            hit = memo.get(sig)
+            if hit is None:
+                scheme = self._scheme(module, parts, expected)
+                shape = tuple(self._logical_shape(module, scheme, parts))
+                info = TensorInfo(
+                    name=name, shape=shape, scheme=scheme,
+                    parts=tuple(parts[r] for r in _ROLE_ORDER if r in parts),
+                    role=ri.role, proj=ri.proj, layer=ri.layer, stack=ri.stack, expert=ri.expert,
+                    n_experts_fused=shape[0] if (len(shape) == 3 and ri.role == "experts") else None,
+                )
+                self._check_scalars(info)
+                if "shape" not in parts:  # compressed-tensors' stored shapes are read per tensor
+                    memo[sig] = (scheme, shape, info.n_experts_fused, expected)  # keeps id(expected) unique
+            else:
+                scheme, shape, fused, _ = hit
+                info = TensorInfo(name, shape, scheme, tuple(parts[r] for r in _ROLE_ORDER if r in parts),
+                                  ri.role, ri.proj, ri.layer, ri.stack, ri.expert, fused)
             out[name] = info
             if scheme.quantized:
                 if expected is None and linear_like and self.has_config:

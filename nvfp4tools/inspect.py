@@ -28,26 +28,31 @@ def _share(num: int, den: int) -> float:
     return round(num / den, 6) if den else 0.0
 
 
-def _scheme_name(t: TensorInfo) -> str:
-    return t.scheme.label
-
-
 def _coverage(tensors: Iterable[TensorInfo]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     by_role: dict[str, dict[str, Any]] = {}
     cells: dict[tuple[str, str], dict[str, Any]] = {}
+    labels: dict[int, str] = {}   # scheme label per scheme object (a handful of schemes, ~50,000 tensors)
     for t in tensors:
-        r = by_role.setdefault(t.role, {"role": t.role, "n_tensors": 0, "n_parameters": 0,
-                                        "n_parameters_quantized": 0, "nbytes": 0})
+        n, nb, sch = t.n_elements, t.nbytes, t.scheme
+        r = by_role.get(t.role)
+        if r is None:
+            r = by_role[t.role] = {"role": t.role, "n_tensors": 0, "n_parameters": 0,
+                                   "n_parameters_quantized": 0, "nbytes": 0}
         r["n_tensors"] += 1
-        r["n_parameters"] += t.n_elements
-        r["nbytes"] += t.nbytes
-        if t.scheme.quantized:
-            r["n_parameters_quantized"] += t.n_elements
-        c = cells.setdefault((t.role, _scheme_name(t)), {"role": t.role, "scheme": _scheme_name(t),
-                                                         "n_tensors": 0, "n_parameters": 0, "nbytes": 0})
+        r["n_parameters"] += n
+        r["nbytes"] += nb
+        if sch.quantized:
+            r["n_parameters_quantized"] += n
+        label = labels.get(id(sch))
+        if label is None:
+            label = labels[id(sch)] = sch.label
+        c = cells.get((t.role, label))
+        if c is None:
+            c = cells[(t.role, label)] = {"role": t.role, "scheme": label, "n_tensors": 0, "n_parameters": 0,
+                                          "nbytes": 0}
         c["n_tensors"] += 1
-        c["n_parameters"] += t.n_elements
-        c["nbytes"] += t.nbytes
+        c["n_parameters"] += n
+        c["nbytes"] += nb
     order = {r: i for i, r in enumerate(ROLES)}
     roles = sorted(by_role.values(), key=lambda r: order.get(r["role"], 99))
     for r in roles:
@@ -141,7 +146,10 @@ def scale_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
             if bad:
                 bad_global.append((t.name, f"global scale {_fmt(bad[0])} (stored {g.key})"))
         if i is not None:
-            iv = tuple(canonical_scale(v, i) for v in reader.values(i))
+            if i.nbytes == 4 and i.stored_dtype == "F32":
+                iv = (canonical_scale(_F32.unpack(reader.read(i))[0], i),)
+            else:
+                iv = tuple(canonical_scale(v, i) for v in reader.values(i))
             bad = [v for v in iv if is_bad_scale(v)]
             if bad:
                 bad_input.append((t.name, f"input scale {_fmt(bad[0])} (stored {i.key})"))

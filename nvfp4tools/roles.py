@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 ROLES = (
     "attention", "mlp", "experts", "shared_expert", "router", "embedding", "lm_head",
@@ -49,8 +49,7 @@ _PROJ_NAMES = {
 }
 
 
-@dataclass(frozen=True)
-class RoleInfo:
+class RoleInfo(NamedTuple):  # a NamedTuple: built ~12,000 times per full-size MoE inspect
     role: str
     layer: int | None
     stack: str | None
