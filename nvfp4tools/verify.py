@@ -193,12 +193,14 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
         results = []
         for b in backends:
             ref = y_ref
+            kw = case_kw
             if getattr(b, "activations", "w4a16") == "w4a4":
                 if not case_kw:
                     continue  # a W4A4 kernel needs NVFP4 weights
-                s_in = case_kw.get("input_scale") or 1.0
-                ref = gemm_reference(quantize_activations_nvfp4(x, s_in), w)
-            y = np.asarray(b.run(LayerCase(t.name, x, w, **case_kw)), dtype=np.float64)
+                # a W4A16 layer has no static input scale: emulate with 1.0, the reference too
+                kw = dict(case_kw, input_scale=case_kw.get("input_scale") or 1.0)
+                ref = gemm_reference(quantize_activations_nvfp4(x, kw["input_scale"]), w)
+            y = np.asarray(b.run(LayerCase(t.name, x, w, **kw)), dtype=np.float64)
             finite = bool(np.all(np.isfinite(y))) and y.shape == ref.shape
             err = _rel(y, ref) if finite else float("inf")
             max_abs = float(np.max(np.abs(y - ref))) if finite else float("inf")

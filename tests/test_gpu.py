@@ -76,3 +76,26 @@ def test_bench_without_cuda_says_why(run_cli, synth_dir):
         pytest.skip("CUDA present: the GPU path is exercised by bench/gpu.sh")
     r = run_cli("bench", synth_dir(fmt="modelopt", recipe="all-linear"))
     assert r.exit_code == 4 and "needs a CUDA GPU" in r.stderr
+
+
+@needs_cuda
+def test_triton_activation_fakequant_is_bit_exact():
+    """The GPU W4A4 activation quantizer gives ModelOpt's codes and block scales exactly, ties included."""
+    import torch
+
+    from nvfp4tools.kernels_ref.fp4 import decode_e2m1, unpack_nibbles_hf
+    from nvfp4tools.kernels_ref.fp8 import decode_e4m3
+    from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import nvfp4_fakequant_activations
+    from nvfp4tools.kernels_ref.nvfp4 import quantize_nvfp4
+
+    rng = np.random.default_rng(1)
+    ties = np.array([6, 0.75, 1.75, 3.5, 2.5, 0.25, 1.25, 5.0, -0.75, -1.75, -3.5, -2.5, -0.25, 0, -0.0, 4],
+                    np.float32)
+    x = np.concatenate([np.tile(ties, (4, 1)), rng.standard_normal((4, 16)).astype(np.float32) * 3], axis=1)
+    x = np.concatenate([x, rng.standard_normal((12, 32)).astype(np.float32) * 50])
+    for g in (1.0, float(np.abs(x).max() / 2688), 3e-3):
+        t = quantize_nvfp4(x, np.float32(g))
+        want = (decode_e2m1(unpack_nibbles_hf(t.packed)).reshape(x.shape[0], -1, 16)
+                * decode_e4m3(t.block_scale)[..., None]).reshape(x.shape)
+        got = nvfp4_fakequant_activations(torch.from_numpy(x).cuda(), g).float().cpu().numpy()
+        assert np.array_equal(got, want), (g, np.argwhere(got != want)[:5])

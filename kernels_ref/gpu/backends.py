@@ -5,8 +5,11 @@ vLLM's NVFP4 GEMM tests use atol/rtol 1e-1, its Marlin FP4 test a mean relative 
 * ``torch``: dequantize on the GPU with torch ops, float32 matmul with TF32 off: 1e-5.
 * ``triton``: our fused W4A16 kernel: activations rounded to bf16 (2^-9 relative per element),
   weights exact in bf16 (an E2M1 x E4M3 product has at most 5 significant bits), the global scale
-  applied in the fp32 epilogue, fp32 accumulation: 5e-3. W4A4 emulation (activations quantized to
-  NVFP4 per 16 with the input scale first): compared with the same quantized activations, 5e-3.
+  applied in the fp32 epilogue, fp32 accumulation: 5e-3.
+* ``triton-w4a4``: W4A4 emulation: activations quantized to NVFP4 per 16-element block with the
+  static input scale on the GPU (ModelOpt's rounding, IEEE division), then the same kernel; the
+  quantized activations are exact in bf16, so against the reference over the same quantized
+  activations only the fp32 accumulation order differs: 1e-4.
 * ``scaled_mm``: torch._scaled_mm with FP4 operands and swizzled block scales: needs FP4 tensor cores
   (compute capability 10.x/12.x); 1e-2.
 * ``vllm``, ``flashinfer``: their NVFP4 kernels when importable.
@@ -80,6 +83,22 @@ def _run_triton(case: LayerCase) -> np.ndarray:
     return y.float().cpu().numpy()
 
 
+def _run_triton_w4a4(case: LayerCase) -> np.ndarray:
+    import torch
+
+    from .nvfp4_gemm import nvfp4_w4a4_gemm, pack_for_kernel
+
+    if case.codes is None:
+        raise ValueError("the triton-w4a4 backend needs NVFP4 weights")
+    if case.input_scale is None:
+        raise ValueError("the triton-w4a4 backend needs a static input scale (W4A4 checkpoints carry one)")
+    packed, scales = pack_for_kernel(case.codes, case.scale_bytes)
+    x = torch.from_numpy(np.ascontiguousarray(case.x, dtype=np.float32)).cuda()
+    y = nvfp4_w4a4_gemm(x, packed, scales, case.global_scale, case.input_scale, poison=True)
+    torch.cuda.synchronize()
+    return y.float().cpu().numpy()
+
+
 def _triton_reason() -> str | None:
     why = _cuda_reason()
     if why:
@@ -141,6 +160,10 @@ register(Backend("torch", "torch ops: GPU dequantization, float32 matmul (TF32 o
                  "float32 accumulation on the GPU"))
 register(Backend("triton", "nvfp4tools' fused Triton NVFP4 W4A16 GEMM (bf16 tensor cores, fp32 accumulate)", 5e-3,
                  _triton_reason, _run_triton, "bf16 activations (2^-9 relative), exact bf16 weights, fp32 epilogue"))
+register(Backend("triton-w4a4", "W4A4 emulation: activations fake-quantized to NVFP4 on the GPU (ModelOpt-exact "
+                 "rounding), then the Triton kernel; both globals in the epilogue", 1e-4, _triton_reason,
+                 _run_triton_w4a4, "quantized activations and weights are exact in bf16: only fp32 accumulation "
+                 "order differs from the reference over the same NVFP4 activations", activations="w4a4"))
 register(Backend("scaled_mm", "torch._scaled_mm with FP4 operands and 128x4-swizzled block scales", 1e-2,
                  _scaled_mm_reason, _run_scaled_mm, "against the reference over the same NVFP4 activations",
                  activations="w4a4"))

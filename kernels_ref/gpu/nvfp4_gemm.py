@@ -230,3 +230,58 @@ def pack_for_kernel(codes: np.ndarray, scale_bytes: np.ndarray) -> tuple[torch.T
     packed = torch.from_numpy(np.array(pack_nibbles_hf(codes), dtype=np.uint8)).cuda()
     scales = torch.from_numpy(np.array(scale_bytes, dtype=np.uint8)).cuda()
     return packed, scales
+
+
+# -- W4A4 emulation ----------------------------------------------------------------------------
+
+@triton.jit
+def _nvfp4_act_fakequant_kernel(x_ptr, o_ptr, K, g, stride_xm, stride_om, BLOCK_K: tl.constexpr):
+    """Activations [M, K] (fp32) -> E2M1 code x E4M3 block scale, as bf16 (exact: at most 2 x 4
+    significant bits); the input global multiplies the GEMM's epilogue instead. The same fp32
+    operations in the same order as kernels_ref.nvfp4.quantize_nvfp4 (ModelOpt-exact): block amax
+    / (6 g), zero -> 1, clamp to [2^-9, 448], E4M3 round-to-nearest-even, x / (scale g) with
+    IEEE division (div_rn, not Triton's approximate '/'), E2M1 round-half-to-even on the grid."""
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    x = tl.load(x_ptr + pid_m * stride_xm + offs, mask=offs < K, other=0.0).to(tl.float32)
+    xb = tl.reshape(x, (BLOCK_K // 16, 16))
+    amax = tl.max(tl.abs(xb), axis=1)
+    scale = tl.math.div_rn(amax, 6.0 * g)
+    scale = tl.where(scale == 0.0, 1.0, scale)
+    scale = tl.minimum(tl.maximum(scale, 0.001953125), 448.0)          # [2^-9, 448]
+    s8 = scale.to(tl.float8e4nv).to(tl.float32)
+    q = tl.math.div_rn(xb, (s8 * g)[:, None])
+    mag = tl.abs(q)
+    # ordinal on the E2M1 grid: bounds 0.25 0.75 1.25 1.75 2.5 3.5 5; ties at 0.75/1.75/3.5 go up
+    o = ((mag > 0.25).to(tl.int32) + (mag >= 0.75).to(tl.int32) + (mag > 1.25).to(tl.int32)
+         + (mag >= 1.75).to(tl.int32) + (mag > 2.5).to(tl.int32) + (mag >= 3.5).to(tl.int32)
+         + (mag > 5.0).to(tl.int32))
+    v = tl.where(o < 4, o.to(tl.float32) * 0.5,
+                 tl.where(o == 4, 2.0, tl.where(o == 5, 3.0, tl.where(o == 6, 4.0, 6.0))))
+    v = tl.where(q < 0, -v, v) * s8[:, None]
+    tl.store(o_ptr + pid_m * stride_om + offs, tl.reshape(v, (BLOCK_K,)).to(tl.bfloat16), mask=offs < K)
+
+
+def nvfp4_fakequant_activations(x: torch.Tensor, input_scale: float) -> torch.Tensor:
+    """fp32 [M, K] -> bf16 [M, K] holding code x block scale (the input global is left out)."""
+    m, k = x.shape
+    assert k % 16 == 0, "K must be a multiple of 16"
+    x = x.contiguous().float()
+    out = torch.empty((m, k), dtype=torch.bfloat16, device=x.device)
+    bk = 256
+    _nvfp4_act_fakequant_kernel[(m, triton.cdiv(k, bk))](x, out, k, float(input_scale), x.stride(0), out.stride(0),
+                                                         BLOCK_K=bk)
+    return out
+
+
+def nvfp4_w4a4_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
+                    input_scale: float, poison: bool = False, config: Config | None = None) -> torch.Tensor:
+    """W4A4 emulation: activations fake-quantized to NVFP4 per 16-block with the static input scale
+    (as the deployed W4A4 kernels quantize them), then the W4A16 kernel on the exact bf16 codes x
+    scales, both globals in the epilogue. x fp32 [M, K] -> y fp32 [M, N]."""
+    import numpy as np_
+
+    xq = nvfp4_fakequant_activations(x, input_scale)
+    g = float(np_.float32(global_scale) * np_.float32(input_scale))
+    return nvfp4_w4a16_gemm(xq, packed, scales, g, poison=poison, config=config)
