@@ -88,7 +88,10 @@ def plan_gguf(src: Checkpoint, allow_lossy: bool = False, quantize: str | None =
     for t in tensors:
         if t.role == "experts" and t.expert is not None and t.proj in ("gate", "up", "down"):
             groups.setdefault((t.name.split(f".experts.{t.expert}.")[0], t.proj), []).append(t)
-    nvfp4_down_layers = {k[0] for k, v in groups.items() if k[1] == "down" and v[0].scheme.name == "nvfp4"}
+    # llama.cpp folds router.per_expert_scale into an NVFP4 down projection's scale; requantized to
+    # Q4_0 (--quantize q4_0) the down projection keeps no scale, so the tensor is written instead
+    nvfp4_down_layers = set() if (allow_lossy and quantize == "q4_0") else \
+        {k[0] for k, v in groups.items() if k[1] == "down" and v[0].scheme.name == "nvfp4"}
     done: set[tuple[str, str]] = set()
     for t in tensors:
         if t.role in ("vision", "projector"):
@@ -129,9 +132,17 @@ def _job(members: list[TensorInfo], gname: str, shape: tuple[int, ...], scheme: 
 
     t = members[0]
     base = gname[: -len(".weight")]
-    if quantize == "q4_0" and not t.scheme.quantized and t.role in QUANTIZE_ROLES and len(shape) >= 2 \
-            and shape[-1] % 32 == 0:
-        # ggml's reference Q4_0 quantizer (bit-exact with gguf-py's, which mirrors quantize_row_q4_0_ref)
+    exact_int4 = (t.scheme.element == "int4" and t.scheme.symmetric and t.part("zero_point") is None
+                  and t.part("g_idx") is None and t.part("block_scale") is not None
+                  and (t.shape[-1] // t.part("block_scale").stored_shape[-1]) % 32 == 0)
+    requant = t.role in QUANTIZE_ROLES and len(shape) >= 2 and shape[-1] % 32 == 0 and allow_lossy and (
+        # --quantize q4_0: every linear ends up Q4_0 (unquantized ones, and NVFP4 ones too, for
+        # llama.cpp builds without NVFP4); int4 that Q4_0 cannot hold exactly only needs --allow-lossy
+        (quantize == "q4_0" and (not t.scheme.quantized or t.scheme.name == "nvfp4"))
+        or (t.scheme.element == "int4" and not exact_int4))
+    if requant:
+        # dequantized source -> ggml's reference Q4_0 quantizer (bit-exact with gguf-py's, which mirrors
+        # quantize_row_q4_0_ref); per-tensor error goes to the report
         return Job([m.name for m in members], [GOut(gname, "Q4_0", shape, "q4_0", _nb("Q4_0", shape))], False,
                    "quantize->q4_0", note=f"from {t.scheme.name}")
     if scheme == "nvfp4":

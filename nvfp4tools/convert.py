@@ -353,14 +353,21 @@ def _plan_from_gguf(src: Checkpoint, p: Plan, layout, experts: str | None) -> Pl
                     outs = layout.nvfp4(name, t.shape[1:], t.part("input_scale") is not None)
                 elif t.scheme.name == "q4_0":
                     if not hasattr(layout, "int4"):
-                        raise UnsupportedError(f"{t.name}: Q4_0 has no exact {p.to} form",
-                                               hint="convert Q4_0 to compressed-tensors (pack-quantized W4A16)")
+                        raise UnsupportedError(f"{t.name}: Q4_0 has no exact {p.to} form, and requantizing "
+                                               "straight from a GGUF is not built",
+                                               hint="convert to compressed-tensors first (Q4_0 -> pack-quantized "
+                                                    f"W4A16 is exact), then --to {p.to} --allow-lossy")
                     outs = layout.int4(name, t.shape[1:], 32, want or "F16")
                 else:
                     outs = [Out(name, t.part("data").stored_dtype, t.shape[1:], "raw")]
                 p.jobs.append(Job([t.name], outs, True, "split", note=f"expert {e} rows 0:{t.shape[1]}",
                                   global_override=float(restore[e]) if restore else None))
             continue
+        if t.scheme.name == "q4_0" and not hasattr(layout, "int4"):
+            raise UnsupportedError(f"{t.name}: Q4_0 has no exact {p.to} form, and requantizing straight from a "
+                                   "GGUF is not built",
+                                   hint="convert to compressed-tensors first (Q4_0 -> pack-quantized W4A16 is exact), "
+                                        f"then --to {p.to} --allow-lossy")
         job = _single_job(src, layout, t, p.to)
         hf_name, _, want_dtype = outs_names[0].partition("|")
         if job.outs[0].what == "raw":

@@ -374,3 +374,39 @@ def test_sampled_windows_cover_edges_and_every_64_mib():
     assert (0, _WINDOW) in w and (n - _WINDOW, _WINDOW) in w     # both edges
     assert sorted(o for o, _ in w)[1:-1] == [_WINDOW_EVERY, 2 * _WINDOW_EVERY, 3 * _WINDOW_EVERY]
     assert all(0 <= o and o + ln <= n for o, ln in w)
+
+
+def test_nvfp4_to_q4_0_gguf_is_lossy_and_reported(synth_dir, tmp_path, run_cli):
+    """--allow-lossy --quantize q4_0 requantizes NVFP4 linears to Q4_0 (for llama.cpp builds without
+    NVFP4), reports per-tensor error, and writes router.per_expert_scale instead of folding it."""
+    import gguf
+    from gguf import GGUFReader, quants
+
+    from nvfp4tools.tensors import dequantize
+
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    r = run_cli("convert", src, str(tmp_path / "q4.gguf"), "--to", "gguf", "--allow-lossy", "--quantize", "q4_0",
+                "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    lossy = {x["tensor"]: x for x in rep["lossy"]}
+    q_name = f"{L0}.self_attn.q_proj.weight"
+    assert q_name in lossy and lossy[q_name]["sqnr_db"] > 15
+    tensors = {t.name: t for t in GGUFReader(str(tmp_path / "q4.gguf")).tensors}
+    t = tensors["blk.0.attn_q.weight"]
+    assert t.tensor_type == gguf.GGMLQuantizationType.Q4_0
+    assert "blk.0.ffn_down_exps.scale" in tensors
+    ck = formats.read(src)
+    want = dequantize(ck, ck.tensors[q_name])
+    got = quants.dequantize(t.data, gguf.GGMLQuantizationType.Q4_0)
+    sqnr = 10 * np.log10(np.sum(want.astype(np.float64) ** 2) / np.sum((got - want).astype(np.float64) ** 2))
+    assert abs(sqnr - lossy[q_name]["sqnr_db"]) < 0.01
+
+
+def test_gguf_q4_0_to_modelopt_says_how(synth_dir, tmp_path, run_cli):
+    src = synth_dir(fmt="compressed-tensors-w4a16", recipe="all-linear", group_size=32)
+    g = str(tmp_path / "q.gguf")
+    assert run_cli("convert", src, g, "--to", "gguf").exit_code == 0
+    r = run_cli("convert", g, str(tmp_path / "mo"), "--to", "modelopt", "--allow-lossy")
+    assert r.exit_code == 3 and "convert to compressed-tensors first" in r.stderr and "Traceback" not in r.stderr
+    assert not os.path.exists(tmp_path / "mo")
