@@ -8,7 +8,6 @@ own convert_checkpoint doing the same conversion. Page cache warm, median of N a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics

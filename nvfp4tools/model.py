@@ -23,7 +23,6 @@ The raw stored value is never rewritten in the model, so a converter can still c
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, NamedTuple
 
