@@ -1,0 +1,97 @@
+"""Engine-like timing of the Triton NVFP4 kernel against cuBLAS bf16: each call reads a different
+copy of the weight (copies enough to exceed the L2 cache several times over, as successive layers
+of a model do) and the calls are replayed from one CUDA graph (as engines launch decode), so the
+per-call launch cost and L2-flush interplay of bench/gpu_bench.py's single-call timing drop out.
+Also times an empty kernel under gpu_bench.py's method to show that method's fixed floor.
+
+    python bench/gpu_stream_bench.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, pack_for_kernel
+from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+
+SHAPES = [(8192, 2816), (2816, 8192)]
+MS = (1, 16, 128)
+L2_MULTIPLE_BYTES = 256 * 2**20
+
+
+@triton.jit
+def _empty(x_ptr):
+    pass
+
+
+def graph_time_us(calls, replays: int = 20) -> float:
+    """Median per-call time of CALLS replayed from one CUDA graph."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for c in calls:  # warm up (compiles, allocator pools) outside the capture
+            c()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for c in calls:
+            c()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / len(calls))
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dummy = torch.empty(1, device="cuda")
+    floor = triton.testing.do_bench(lambda: _empty[(1,)](dummy), warmup=25, rep=200, return_mode="median") * 1e3
+    print(f"device: {torch.cuda.get_device_name(0)}; empty kernel under do_bench (gpu_bench.py's method): "
+          f"{floor:.1f} us")
+    print(f"{'N':>5} {'K':>5} {'M':>4} | {'bf16 us':>8} {'copies':>6} | {'triton us':>9} {'copies':>6} | "
+          f"{'x bf16':>7} {'GB/s':>6} {'bf16 GB/s':>9}")
+    rng = np.random.default_rng(0)
+    rows = []
+    for n, k in SHAPES:
+        q = quantize_nvfp4(rng.standard_normal((n, k)).astype(np.float32) * 0.02)
+        packed, scales = pack_for_kernel(unpack_nibbles_hf(q.packed), q.block_scale)
+        w = torch.from_numpy(dequantize_nvfp4(q)).cuda().to(torch.bfloat16)
+        g = float(q.global_scale)
+        qbytes, bbytes = packed.numel() + scales.numel(), w.numel() * 2
+        nq, nb = -(-L2_MULTIPLE_BYTES // qbytes), -(-L2_MULTIPLE_BYTES // bbytes)
+        qs = [(packed.clone(), scales.clone()) for _ in range(nq)]
+        ws = [w.clone() for _ in range(nb)]
+        for m in MS:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            cfg = _config(m, n, k)
+            t_b = graph_time_us([lambda wi=wi: torch.matmul(x, wi.T) for wi in ws])
+            t_q = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemm(x, p, s, g, config=cfg) for p, s in qs])
+            row = {"N": n, "K": k, "M": m, "bf16_us": t_b, "triton_us": t_q, "speedup_vs_bf16": t_b / t_q,
+                   "triton_GBps": qbytes / t_q / 1e3, "bf16_GBps": bbytes / t_b / 1e3, "copies": [nb, nq]}
+            rows.append(row)
+            print(f"{n:>5} {k:>5} {m:>4} | {t_b:8.1f} {nb:>6} | {t_q:9.1f} {nq:>6} | {t_b / t_q:6.2f}x "
+                  f"{row['triton_GBps']:6.0f} {row['bf16_GBps']:9.0f}")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"empty_kernel_do_bench_us": floor, "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
