@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--shapes", default="8192x2816,2816x8192")
     ap.add_argument("--ms", default="1,16,128")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--deep-pipeline", action="store_true",
+                    help="M <= 16 only: the PTX decode with deeper pipelines (stages 3-6) and wider tiles")
     a = ap.parse_args()
     t_start = time.time()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -63,7 +65,10 @@ def main() -> None:
                     return None, f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
 
             res = []
-            if m <= 16:
+            if m <= 16 and a.deep_pipeline:
+                space = list(itertools.product((16,), (64, 128), (128, 256, 512), (1, 2, 4), (4, 8), (3, 4, 5, 6),
+                                               (2,), (1,)))
+            elif m <= 16:
                 space = list(itertools.product((1, 16) if m == 1 else (16,), (32, 64, 128), (128, 256, 512),
                                                (1, 2, 4), (4,), (3, 4), decs, (1,)))
             else:
