@@ -16,13 +16,7 @@ import json
 import numpy as np
 import torch
 import triton
-from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
-    _config,
-    nvfp4_w4a16_gemm,
-    pack_for_kernel,
-)
-from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, random_weight
 
 SHAPES = [(8192, 2816), (2816, 8192), (2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (2816, 704)]
 MS = (1, 16, 128)
@@ -43,11 +37,9 @@ def main() -> None:
           f"{'torch-deq us':>12} | {'rel err':>8} | config")
     rows = []
     for n, k in SHAPES:
-        q = quantize_nvfp4(rng.standard_normal((n, k)).astype(np.float32) * 0.02)
-        packed, scales = pack_for_kernel(unpack_nibbles_hf(q.packed), q.block_scale)
-        w_bf16 = torch.from_numpy(dequantize_nvfp4(q)).cuda().to(torch.bfloat16)
-        g = float(q.global_scale)
-        wbytes = packed.numel() + scales.numel()
+        gw = random_weight(n, k, rng)
+        packed, scales, g, wbytes = gw.packed, gw.scales, gw.global_scale, gw.nbytes
+        w_bf16 = gw.w.to(torch.bfloat16)
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t_bf16 = bench(lambda: torch.matmul(x, w_bf16.T))
@@ -57,7 +49,7 @@ def main() -> None:
             err = float((y.double() - ref).norm() / ref.norm())
             t_tri = bench(lambda: nvfp4_w4a16_gemm(x, packed, scales, g, config=cfg))
             lut = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], device="cuda")
-            codes = torch.from_numpy(unpack_nibbles_hf(q.packed)).cuda().long()
+            codes = torch.stack([packed & 15, packed >> 4], -1).view(n, k).long()
             sb = scales.view(torch.float8_e4m3fn)
 
             def deq_mm():

@@ -15,11 +15,8 @@ import json
 import numpy as np
 import torch
 import triton
-import triton.language as tl
 
-from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, pack_for_kernel
-from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, random_weight
 
 SHAPES = [(8192, 2816), (2816, 8192)]
 MS = (1, 16, 128)
@@ -70,11 +67,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     for n, k in SHAPES:
-        q = quantize_nvfp4(rng.standard_normal((n, k)).astype(np.float32) * 0.02)
-        packed, scales = pack_for_kernel(unpack_nibbles_hf(q.packed), q.block_scale)
-        w = torch.from_numpy(dequantize_nvfp4(q)).cuda().to(torch.bfloat16)
-        g = float(q.global_scale)
-        qbytes, bbytes = packed.numel() + scales.numel(), w.numel() * 2
+        gw = random_weight(n, k, rng)
+        packed, scales, g = gw.packed, gw.scales, gw.global_scale
+        w = gw.w.to(torch.bfloat16)
+        qbytes, bbytes = gw.nbytes, w.numel() * 2
         nq, nb = -(-L2_MULTIPLE_BYTES // qbytes), -(-L2_MULTIPLE_BYTES // bbytes)
         qs = [(packed.clone(), scales.clone()) for _ in range(nq)]
         ws = [w.clone() for _ in range(nb)]

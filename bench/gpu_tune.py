@@ -17,9 +17,7 @@ import time
 import numpy as np
 import torch
 import triton
-from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
 from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
-from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4
 
 
 def bench(fn, rep=40) -> float:
@@ -42,12 +40,9 @@ def main() -> None:
     out = []
     for shape in a.shapes.split(","):
         n, k = map(int, shape.split("x"))
-        q = quantize_nvfp4(rng.standard_normal((n, k)).astype(np.float32) * 0.02)
-        packed, scales = K.pack_for_kernel(unpack_nibbles_hf(q.packed), q.block_scale)
-        w32 = torch.from_numpy(dequantize_nvfp4(q)).cuda()
+        gw = K.random_weight(n, k, rng)
+        packed, scales, g, wbytes, w32 = gw.packed, gw.scales, gw.global_scale, gw.nbytes, gw.w
         w_bf16 = w32.to(torch.bfloat16)
-        g = float(q.global_scale)
-        wbytes = packed.numel() + scales.numel()
         for m in map(int, a.ms.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = x.double() @ w32.double().T

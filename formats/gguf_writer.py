@@ -132,9 +132,11 @@ def _job(members: list[TensorInfo], gname: str, shape: tuple[int, ...], scheme: 
 
     t = members[0]
     base = gname[: -len(".weight")]
-    exact_int4 = (t.scheme.element == "int4" and t.scheme.symmetric and t.part("zero_point") is None
-                  and t.part("g_idx") is None and t.part("block_scale") is not None
-                  and (t.shape[-1] // t.part("block_scale").stored_shape[-1]) % 32 == 0)
+    # int4 symmetric without g_idx maps onto Q4_0 exactly when its group is a multiple of 32
+    int4_sym = (t.scheme.element == "int4" and t.scheme.symmetric and t.part("zero_point") is None
+                and t.part("g_idx") is None and t.part("block_scale") is not None)
+    group = t.shape[-1] // t.part("block_scale").stored_shape[-1] if int4_sym else 0
+    exact_int4 = int4_sym and group % 32 == 0
     requant = t.role in QUANTIZE_ROLES and len(shape) >= 2 and shape[-1] % 32 == 0 and allow_lossy and (
         # --quantize q4_0: every linear ends up Q4_0 (unquantized ones, and NVFP4 ones too, for
         # llama.cpp builds without NVFP4); int4 that Q4_0 cannot hold exactly only needs --allow-lossy
@@ -155,9 +157,8 @@ def _job(members: list[TensorInfo], gname: str, shape: tuple[int, ...], scheme: 
         if t.part("input_scale") is not None:
             outs.append(GOut(base + ".input_scale", "F32", gshape, "input_scale", 4 * gshape[0]))
         return Job([m.name for m in members], outs, True, "renibble" + ("+fold" if fold else ""), note=fold or "")
-    if t.scheme.element == "int4" and t.scheme.symmetric and t.part("zero_point") is None and t.part("g_idx") is None:
-        group = t.shape[-1] // t.part("block_scale").stored_shape[-1]
-        if group % 32:
+    if int4_sym:
+        if not exact_int4:
             raise UnsupportedError(f"{t.name}: int4 group {group} is not a multiple of 32; Q4_0 cannot hold it exactly")
         return Job([m.name for m in members], [GOut(gname, "Q4_0", shape, "q4_0", _nb("Q4_0", shape))], True,
                    "int4->q4_0", note=f"group {group}")

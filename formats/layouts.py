@@ -25,22 +25,35 @@ def _base(name: str) -> tuple[str, str]:
     return name, "_"
 
 
+def _nvfp4_outs(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[str, ...], *, codes: str,
+                global_: str, input_: str, kv_on_attention: bool) -> list[Out]:
+    """The stored parts of one NVFP4 tensor; the two safetensors layouts differ only in the names.
+
+    Per-tensor scalars are 0-d ([E] for stacked experts) in both: ModelOpt writes 0-d, and
+    compressed-tensors' own ModelOpt converter keeps them (llm-compressor writes [1]; both load),
+    so our output is byte-identical to it. A fused 3-D parameter keeps its bare name for the codes.
+    """
+    p, sep = _base(name)
+    gshape = shape[:-2]
+    outs = [Out(f"{p}{sep}{codes}" if sep == "." else p, "U8", shape[:-1] + (shape[-1] // 2,), "codes"),
+            Out(f"{p}{sep}weight_scale", "F8_E4M3", shape[:-1] + (shape[-1] // 16,), "scales"),
+            Out(f"{p}{sep}{global_}", "F32", gshape, "global")]
+    if has_input:
+        outs.append(Out(f"{p}{sep}{input_}", "F32", gshape, "input"))
+    owner = p.rsplit(".", 1)[0] if kv_on_attention else p
+    for k in kv:
+        outs.append(Out(f"{owner}.{k}", "F32", (), f"kv:{k}"))
+    return outs
+
+
 class ModelOptLayout:
     name = "modelopt"
 
     @staticmethod
     def nvfp4(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[str, ...] = ()) -> list[Out]:
-        p, sep = _base(name)
-        lead = shape[:-2]
-        gshape = lead if lead else ()        # ModelOpt: 0-d per tensor; [E] for stacked experts
-        outs = [Out(f"{p}{sep}weight" if sep == "." else p, "U8", shape[:-1] + (shape[-1] // 2,), "codes"),
-                Out(f"{p}{sep}weight_scale", "F8_E4M3", shape[:-1] + (shape[-1] // 16,), "scales"),
-                Out(f"{p}{sep}weight_scale_2", "F32", gshape, "global")]
-        if has_input:
-            outs.append(Out(f"{p}{sep}input_scale", "F32", gshape, "input"))
-        for k in kv:  # ModelOpt keeps k/v cache scales on k_proj / v_proj
-            outs.append(Out(f"{p}.{k}", "F32", (), f"kv:{k}"))
-        return outs
+        # ModelOpt keeps k/v cache scales on k_proj / v_proj
+        return _nvfp4_outs(name, shape, has_input, kv, codes="weight", global_="weight_scale_2",
+                           input_="input_scale", kv_on_attention=False)
 
 
 class CTLayout:
@@ -48,21 +61,9 @@ class CTLayout:
 
     @staticmethod
     def nvfp4(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[str, ...] = ()) -> list[Out]:
-        p, sep = _base(name)
-        lead = shape[:-2]
-        # compressed-tensors' own ModelOpt converter keeps ModelOpt's 0-d scalars; we do the same so
-        # our output is byte-identical to it (llm-compressor writes [1]; both load)
-        gshape = lead if lead else ()
-        # a fused 3-D parameter keeps its bare name for the packed codes (as ModelOpt's layout does)
-        outs = [Out(f"{p}{sep}weight_packed" if sep == "." else p, "U8", shape[:-1] + (shape[-1] // 2,), "codes"),
-                Out(f"{p}{sep}weight_scale", "F8_E4M3", shape[:-1] + (shape[-1] // 16,), "scales"),
-                Out(f"{p}{sep}weight_global_scale", "F32", gshape, "global")]
-        if has_input:
-            outs.append(Out(f"{p}{sep}input_global_scale", "F32", gshape, "input"))
-        attn = p.rsplit(".", 1)[0]  # compressed-tensors keeps k/v cache scales on the attention module
-        for k in kv:
-            outs.append(Out(f"{attn}.{k}", "F32", (), f"kv:{k}"))
-        return outs
+        # compressed-tensors keeps k/v cache scales on the attention module
+        return _nvfp4_outs(name, shape, has_input, kv, codes="weight_packed", global_="weight_global_scale",
+                           input_="input_global_scale", kv_on_attention=True)
 
     @staticmethod
     def int4(name: str, shape: tuple[int, ...], group: int, scale_dtype: str) -> list[Out]:

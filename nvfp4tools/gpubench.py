@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from ._version import __version__
 from .errors import BackendUnavailable
 from .model import Checkpoint
@@ -24,7 +22,7 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
     import torch
     import triton
 
-    from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, pack_for_kernel
+    from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, upload
     from nvfp4tools.tensors import canonical_nvfp4
 
     shapes: dict[tuple[int, int], Any] = {}
@@ -34,19 +32,15 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
     rows = []
     for (n, k), t in list(shapes.items())[:max_shapes]:
         c = canonical_nvfp4(ckpt, t)
-        packed, scales = pack_for_kernel(c.codes, c.scale_bytes)
-        g = float(c.global_scale.reshape(-1)[0])
-        from nvfp4tools.kernels_ref.nvfp4 import NVFP4Tensor, dequantize_nvfp4
-        from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
-        w = torch.from_numpy(dequantize_nvfp4(NVFP4Tensor(pack_nibbles_hf(c.codes), c.scale_bytes, np.float32(g)))).cuda()
-        wb = w.to(torch.bfloat16)
-        nbytes = packed.numel() + scales.numel()
+        gw = upload(c.codes, c.scale_bytes, float(c.global_scale.reshape(-1)[0]))
+        wb = gw.w.to(torch.bfloat16)
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t_bf16 = triton.testing.do_bench(lambda: x @ wb.T, return_mode="median")
-            t_tri = triton.testing.do_bench(lambda: nvfp4_w4a16_gemm(x, packed, scales, g), return_mode="median")
+            t_tri = triton.testing.do_bench(lambda: nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale),
+                                            return_mode="median")
             rows.append({"tensor": t.name, "N": n, "K": k, "M": m, "cublas_bf16_us": t_bf16 * 1e3,
                          "triton_us": t_tri * 1e3, "speedup_vs_bf16": t_bf16 / t_tri,
-                         "triton_weight_GBps": nbytes / (t_tri * 1e-3) / 1e9, "config": list(_config(m, n, k))})
+                         "triton_weight_GBps": gw.nbytes / (t_tri * 1e-3) / 1e9, "config": list(_config(m, n, k))})
     return {"schema": "nvfp4tools/bench/v1", "tool_version": __version__, "source": ckpt.source,
             "device": torch.cuda.get_device_name(0), "roofline_speedup_limit": round(ROOFLINE, 3), "rows": rows}

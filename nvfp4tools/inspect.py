@@ -8,7 +8,6 @@ the format. Reads headers plus the few per-tensor scale values (a few bytes each
 from __future__ import annotations
 
 import math
-import struct
 from collections import OrderedDict
 from typing import Any, Iterable
 
@@ -21,7 +20,6 @@ from .roles import LINEAR_ROLES, ROLES
 SCHEMA = "nvfp4tools/inspect/v1"
 _FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
 _MAX_EXAMPLES = 3
-_F32 = struct.Struct("<f")
 
 
 def _share(num: int, den: int) -> float:
@@ -137,19 +135,12 @@ def scale_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
         gv: tuple[float, ...] = ()
         iv: tuple[float, ...] = ()
         if g is not None:
-            if g.nbytes == 4 and g.stored_dtype == "F32":  # the common case, without the generic decoder
-                v = _F32.unpack(reader.read(g))[0]
-                gv = (canonical_scale(v, g),)
-            else:
-                gv = tuple(canonical_scale(v, g) for v in reader.values(g))
+            gv = tuple(canonical_scale(v, g) for v in reader.values(g))
             bad = [v for v in gv if is_bad_scale(v)]
             if bad:
                 bad_global.append((t.name, f"global scale {_fmt(bad[0])} (stored {g.key})"))
         if i is not None:
-            if i.nbytes == 4 and i.stored_dtype == "F32":
-                iv = (canonical_scale(_F32.unpack(reader.read(i))[0], i),)
-            else:
-                iv = tuple(canonical_scale(v, i) for v in reader.values(i))
+            iv = tuple(canonical_scale(v, i) for v in reader.values(i))
             bad = [v for v in iv if is_bad_scale(v)]
             if bad:
                 bad_input.append((t.name, f"input scale {_fmt(bad[0])} (stored {i.key})"))

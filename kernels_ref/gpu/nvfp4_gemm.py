@@ -22,6 +22,8 @@ bench/gpu_tune.py):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import triton
@@ -41,47 +43,30 @@ def _e2m1_to_bf16(c):
     return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
 
 
-# DECODE 2: eight E2M1 codes of one int32 word (pack=1). Pair (j, j+4): nibble j's sign (bit 4j+3)
-# goes to bf16 bit 15 (shift left 12-4j), its magnitude (bits 4j+2..4j) to bits 8..6 (shift 6-4j);
-# nibble j+4 lands 16 bits higher under the same shifts. Read as bf16 that is the value x 2^-126
-# (the bias gap 127 - 1; code 0.5 becomes a bf16 subnormal, which mul.bf16x2 handles exactly). The
-# block scale is applied in the same registers. The scale comes in as bf16 already multiplied by 2^110, which
-# also absorbs the 2^126 bias gap: (code bits = v 2^-126) x (s 2^110) = v s 2^-16, exact and normal
-# for every E2M1 x E4M3 pair (2^-26 .. 2^-4.3), so one mul.bf16x2 per pair and no bias multiply;
-# the epilogue multiplies the global by 2^16. Outputs $0..$7 are elements 0..7.
-_DECODE_WORD_PTX = tl.constexpr("""
-{
-.reg .b32 s, m, p, sc;
-mov.b32 sc, {$9, $9};
-shl.b32 s, $8, 12;
-shl.b32 m, $8, 6;
-and.b32 s, s, 0x80008000;
-and.b32 m, m, 0x01C001C0;
-or.b32 p, s, m;
-mul.rn.bf16x2 p, p, sc;
-mov.b32 {$0, $4}, p;
-shl.b32 s, $8, 8;
-shl.b32 m, $8, 2;
-and.b32 s, s, 0x80008000;
-and.b32 m, m, 0x01C001C0;
-or.b32 p, s, m;
-mul.rn.bf16x2 p, p, sc;
-mov.b32 {$1, $5}, p;
-shl.b32 s, $8, 4;
-shr.b32 m, $8, 2;
-and.b32 s, s, 0x80008000;
-and.b32 m, m, 0x01C001C0;
-or.b32 p, s, m;
-mul.rn.bf16x2 p, p, sc;
-mov.b32 {$2, $6}, p;
-shr.b32 m, $8, 6;
-and.b32 s, $8, 0x80008000;
-and.b32 m, m, 0x01C001C0;
-or.b32 p, s, m;
-mul.rn.bf16x2 p, p, sc;
-mov.b32 {$3, $7}, p;
-}
-""")
+# DECODE 2: the eight E2M1 codes of one int32 word (pack=1) moved by shifts and masks straight into
+# bf16 bit positions (_word_decode_ptx). Read as bf16 that is the value x 2^-126 (the bias gap
+# 127 - 1; code 0.5 becomes a bf16 subnormal, which mul.bf16x2 handles exactly). The block scale
+# comes in as bf16 already multiplied by 2^110, absorbing that gap: (v 2^-126) x (s 2^110) =
+# v s 2^-16, exact and normal for every E2M1 x E4M3 pair (2^-26 .. 2^-4.3), so one mul.bf16x2 per
+# pair; the epilogue multiplies the global by 2^16.
+def _word_decode_ptx() -> str:
+    """Pair j of a word is elements (j, j + 4): sign bit 4j+3 -> 15 (shift left 12 - 4j), magnitude
+    bits 4j+2..4j -> 8..6 (shift 6 - 4j); element j + 4 sits 16 bits higher under the same shifts.
+    Outputs $0..$7 are elements 0..7; $8 is the word, $9 the bf16 scale."""
+    body = [".reg .b32 s, m, p, sc;", "mov.b32 sc, {$9, $9};"]
+    for j in range(4):
+        sign, mag = 12 - 4 * j, 6 - 4 * j
+        body += [f"shl.b32 s, $8, {sign};" if sign else "mov.b32 s, $8;",
+                 f"shl.b32 m, $8, {mag};" if mag >= 0 else f"shr.b32 m, $8, {-mag};",
+                 "and.b32 s, s, 0x80008000;",
+                 "and.b32 m, m, 0x01C001C0;",
+                 "or.b32 p, s, m;",
+                 "mul.rn.bf16x2 p, p, sc;",
+                 f"mov.b32 {{${j}, ${j + 4}}}, p;"]
+    return "{\n" + "\n".join(body) + "\n}"
+
+
+_DECODE_WORD_PTX = tl.constexpr(_word_decode_ptx())
 WORD_SCALE_SHIFT = 16    # DECODE 2 leaves weights scaled by 2^-16; the epilogue puts it back
 
 
@@ -230,6 +215,41 @@ def pack_for_kernel(codes: np.ndarray, scale_bytes: np.ndarray) -> tuple[torch.T
     packed = torch.from_numpy(np.array(pack_nibbles_hf(codes), dtype=np.uint8)).cuda()
     scales = torch.from_numpy(np.array(scale_bytes, dtype=np.uint8)).cuda()
     return packed, scales
+
+
+@dataclass
+class GpuWeight:
+    """One NVFP4 weight on the GPU as the kernel reads it, with its float32 dequantization (the
+    reference operand; ``.to(torch.bfloat16)`` is what cuBLAS bf16 is timed against)."""
+
+    packed: torch.Tensor     # uint8 [N, K/2]
+    scales: torch.Tensor     # uint8 E4M3 [N, K/16]
+    global_scale: float      # multiplier
+    w: torch.Tensor          # float32 [N, K]
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.numel() + self.scales.numel()
+
+
+def upload(codes: np.ndarray, scale_bytes: np.ndarray, global_scale: float) -> GpuWeight:
+    """Canonical NVFP4 parts (codes [N, K], E4M3 bytes [N, K/16], global) -> a GpuWeight."""
+    from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
+    from nvfp4tools.kernels_ref.nvfp4 import NVFP4Tensor, dequantize_nvfp4
+
+    packed, scales = pack_for_kernel(codes, scale_bytes)
+    g = np.float32(global_scale)
+    w = dequantize_nvfp4(NVFP4Tensor(pack_nibbles_hf(codes), np.asarray(scale_bytes, np.uint8), g))
+    return GpuWeight(packed, scales, float(g), torch.from_numpy(w).cuda())
+
+
+def random_weight(n: int, k: int, rng: np.random.Generator) -> GpuWeight:
+    """A random N x K weight (normal, std 0.02) quantized with the ModelOpt-exact reference."""
+    from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
+    from nvfp4tools.kernels_ref.nvfp4 import quantize_nvfp4
+
+    q = quantize_nvfp4(rng.standard_normal((n, k)).astype(np.float32) * 0.02)
+    return upload(unpack_nibbles_hf(q.packed), q.block_scale, float(q.global_scale))
 
 
 # -- W4A4 emulation ----------------------------------------------------------------------------
