@@ -7,6 +7,7 @@ matters): a compressed-tensors checkpoint often also carries a stale ModelOpt
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from nvfp4tools.errors import UnknownFormatError
@@ -32,10 +33,21 @@ def register(spec: FormatSpec) -> FormatSpec:
     return spec
 
 
+# Built-in formats register on import; detection imports them one at a time in PRIORITY order,
+# so reading a safetensors checkpoint never pays for the GGUF modules and vice versa.
+_BUILTIN = {"compressed-tensors": "compressed_tensors", "modelopt": "modelopt", "gguf": "gguf_format",
+            "safetensors": "safetensors_plain"}
+
+
+def _load(key: str) -> FormatSpec | None:
+    if key not in _REGISTRY and key in _BUILTIN:
+        importlib.import_module(f"{__name__}.{_BUILTIN[key]}")
+    return _REGISTRY.get(key)
+
+
 def _load_builtin() -> None:
-    if _REGISTRY:
-        return
-    from . import compressed_tensors, gguf_format, modelopt, safetensors_plain  # noqa: F401  (register on import)
+    for key in PRIORITY:
+        _load(key)
 
 
 def names() -> list[str]:
@@ -44,21 +56,19 @@ def names() -> list[str]:
 
 
 def get(name: str) -> FormatSpec:
-    _load_builtin()
     key = _key(name)
-    if key not in _REGISTRY:
+    if _load(key) is None:
         raise UnknownFormatError(f"unknown format {name!r}", hint=f"known formats: {', '.join(names())}")
     return _REGISTRY[key]
 
 
 def detect(path: str) -> FormatSpec:
     """The first registered format, in PRIORITY order, whose sniffer accepts PATH."""
-    _load_builtin()
     from .hub import is_hub_id
     if not os.path.exists(path) and not is_hub_id(path):
         raise UnknownFormatError(f"{path}: no such file or directory")
     for key in PRIORITY:
-        spec = _REGISTRY.get(key)
+        spec = _load(key)
         if spec is not None and spec.sniff(path):
             return spec
     raise UnknownFormatError(

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 from ._version import __version__
 from .arch import arch_to_dict
 from .io import PartReader, is_bad_scale
-from .model import Checkpoint, Finding, TensorInfo, canonical_scale
+from .model import Checkpoint, Finding, TensorInfo
 from .roles import LINEAR_ROLES, ROLES
 
 SCHEMA = "nvfp4tools/inspect/v1"
@@ -26,7 +26,9 @@ def _share(num: int, den: int) -> float:
     return round(num / den, 6) if den else 0.0
 
 
-def _coverage(tensors: Iterable[TensorInfo]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _coverage(tensors: Iterable[TensorInfo]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """Per-role and per-(role, scheme) sums, plus the checkpoint totals, in one pass."""
+    totals = {"n_parameters": 0, "n_parameters_quantized": 0, "nbytes": 0, "nbytes_quantized": 0}
     by_role: dict[str, dict[str, Any]] = {}
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     labels: dict[int, str] = {}   # scheme label per scheme object (a handful of schemes, ~50,000 tensors)
@@ -39,8 +41,12 @@ def _coverage(tensors: Iterable[TensorInfo]) -> tuple[list[dict[str, Any]], list
         r["n_tensors"] += 1
         r["n_parameters"] += n
         r["nbytes"] += nb
+        totals["n_parameters"] += n
+        totals["nbytes"] += nb
         if sch.quantized:
             r["n_parameters_quantized"] += n
+            totals["n_parameters_quantized"] += n
+            totals["nbytes_quantized"] += nb
         label = labels.get(id(sch))
         if label is None:
             label = labels[id(sch)] = sch.label
@@ -59,7 +65,7 @@ def _coverage(tensors: Iterable[TensorInfo]) -> tuple[list[dict[str, Any]], list
     cov = sorted(cells.values(), key=lambda c: (order.get(c["role"], 99), -c["n_parameters"]))
     for c in cov:
         c["share_of_role"] = _share(c["n_parameters"], by_role[c["role"]]["n_parameters"])
-    return roles, cov
+    return roles, cov, totals
 
 
 def _layers(tensors: Iterable[TensorInfo]) -> list[dict[str, Any]]:
@@ -123,29 +129,28 @@ def scale_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
     bad_global: list[tuple[str, str]] = []
     bad_input: list[tuple[str, str]] = []
     fused: dict[tuple[Any, ...], list[tuple[str, tuple[float, ...], tuple[float, ...]]]] = {}
+    scales = reader.scales
     for t in ckpt.tensors.values():
         if not t.scheme.quantized:
             continue
-        g = i = None
-        for p in t.parts:
-            if p.role == "global_scale":
-                g = p
-            elif p.role == "input_scale":
-                i = p
         gv: tuple[float, ...] = ()
         iv: tuple[float, ...] = ()
-        if g is not None:
-            gv = tuple(canonical_scale(v, g) for v in reader.values(g))
-            bad = [v for v in gv if is_bad_scale(v)]
-            if bad:
-                bad_global.append((t.name, f"global scale {_fmt(bad[0])} (stored {g.key})"))
-        if i is not None:
-            iv = tuple(canonical_scale(v, i) for v in reader.values(i))
-            bad = [v for v in iv if is_bad_scale(v)]
-            if bad:
-                bad_input.append((t.name, f"input scale {_fmt(bad[0])} (stored {i.key})"))
+        for p in t.parts:
+            role = p.role
+            if role == "global_scale":
+                gv = scales(p)
+                if not (gv[0] > 0.0 and gv[0] != math.inf) or len(gv) > 1:  # NaN fails the first test
+                    bad = [v for v in gv if is_bad_scale(v)]
+                    if bad:
+                        bad_global.append((t.name, f"global scale {_fmt(bad[0])} (stored {p.key})"))
+            elif role == "input_scale":
+                iv = scales(p)
+                if not (iv[0] > 0.0 and iv[0] != math.inf) or len(iv) > 1:
+                    bad = [v for v in iv if is_bad_scale(v)]
+                    if bad:
+                        bad_input.append((t.name, f"input scale {_fmt(bad[0])} (stored {p.key})"))
         fk = _FUSED.get(t.proj or "")
-        if fk and t.role in LINEAR_ROLES and t.layer is not None and (gv or iv):
+        if fk and (gv or iv) and t.layer is not None and t.role in LINEAR_ROLES:
             key = (t.stack, t.layer, t.role, t.expert, fk, t.module.rsplit(".", 1)[0])
             fused.setdefault(key, []).append((t.name, gv, iv))
     _add(findings, "bad_global_scale", "error", bad_global,
@@ -239,11 +244,9 @@ def build_report(ckpt: Checkpoint, *, deep: bool = False, expand_layers: bool = 
             findings += scale_checks(ckpt, reader)
             if deep:
                 findings += deep_checks(ckpt, reader)
-    n_params = sum(t.n_elements for t in tensors)
-    n_q = sum(t.n_elements for t in tensors if t.scheme.quantized)
-    nbytes = sum(t.nbytes for t in tensors)
-    qbytes = sum(t.nbytes for t in tensors if t.scheme.quantized)
-    roles, coverage = _coverage(tensors)
+    roles, coverage, totals = _coverage(tensors)
+    n_params, n_q = totals["n_parameters"], totals["n_parameters_quantized"]
+    nbytes, qbytes = totals["nbytes"], totals["nbytes_quantized"]
     layers = _layers(tensors)
     sev = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: sev[f.severity])

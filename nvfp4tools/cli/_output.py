@@ -3,6 +3,7 @@ Tables are rendered from the same dict the JSON holds, so the two cannot disagre
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any, Callable
 
@@ -14,6 +15,18 @@ FORMATS = ("table", "json")
 def format_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
                         help="Output format: a human table, or stable JSON (schema in docs/schema/).")(f)
+
+
+def header_only_process() -> None:
+    """Switch off the cyclic garbage collector for the rest of a header-reading command.
+
+    A full-size MoE checkpoint's headers become ~300,000 small acyclic objects (JSON dicts, parts,
+    tensor infos); the collector would traverse all of them again at every generation-2 pass,
+    which measured 0.25-0.4 s of a 1.3 s `inspect` on a 47,000-tensor checkpoint. Reference
+    counting still frees everything; the process ends right after the report. CLI only: the
+    library never changes the collector behind a caller's back.
+    """
+    gc.disable()
 
 
 def emit(report: dict[str, Any], fmt: str, render_table: Callable[[dict[str, Any]], str]) -> None:
