@@ -16,12 +16,14 @@ divisor), solved bit-exactly as described in :func:`reciprocal_exact`.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import shutil
 import struct
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -673,17 +675,17 @@ def _copy_part(src: Checkpoint, part, key: str) -> Iterator[tuple[str, int, Any]
     yield key, 0, CopyFrom(path, part.offset, part.nbytes)
 
 
-def _write_at(fh, pos: int, data: Any, fds: dict[str, int]) -> None:
-    """Write bytes, or copy a CopyFrom range, at POS of the open output file."""
+def _write_at(dst: int, pos: int, data: Any, fds: dict[str, int]) -> None:
+    """Write bytes, or copy a CopyFrom range, at POS of the output file descriptor DST."""
     if not isinstance(data, CopyFrom):
-        fh.seek(pos)
-        fh.write(data)
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(dst, view[done:], pos + done)
         return
-    fh.flush()
     src = fds.get(data.path)
     if src is None:
         src = fds[data.path] = os.open(data.path, os.O_RDONLY)
-    dst = fh.fileno()
     done = 0
     while done < data.nbytes:
         n = min(_CHUNK * 4, data.nbytes - done)
@@ -702,19 +704,86 @@ def _write_at(fh, pos: int, data: Any, fds: dict[str, int]) -> None:
         done += k
 
 
+class _Writer:
+    """Applies output operations in order on one background thread.
+
+    copy_file_range and pwrite release the GIL, so while the kernel copies one run of tensors
+    the main thread already reads, converts and checks the next ones (on a ModelOpt ->
+    compressed-tensors conversion the Python work is a third of the kernel copy time and now
+    hides behind it). Payloads waiting in the queue are bounded (MAX_PENDING bytes, always at
+    least one), so memory stays flat whatever the model size. An error on the thread is raised
+    in the main thread at the next submit() or at close().
+    """
+
+    MAX_PENDING = 128 * 2**20
+
+    def __init__(self, dst: int, fds: dict[str, int]) -> None:
+        self.dst, self.fds = dst, fds
+        self.ops: collections.deque[tuple[int, Any, int]] = collections.deque()
+        self.cv = threading.Condition()
+        self.pending = 0
+        self.error: BaseException | None = None
+        self.closing = False
+        self.thread = threading.Thread(target=self._loop, name="nvfp4tools-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, pos: int, data: Any) -> None:
+        size = 0 if isinstance(data, CopyFrom) else len(data)
+        with self.cv:
+            while self.pending and self.pending + size > self.MAX_PENDING and self.error is None:
+                self.cv.wait()
+            if self.error is not None:
+                raise self.error
+            self.ops.append((pos, data, size))
+            self.pending += size
+            self.cv.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                while not self.ops and not self.closing:
+                    self.cv.wait()
+                if not self.ops:
+                    return
+                pos, data, size = self.ops.popleft()
+            try:
+                if self.error is None:
+                    _write_at(self.dst, pos, data, self.fds)
+            except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
+                with self.cv:
+                    self.error = e
+            with self.cv:
+                self.pending -= size
+                self.cv.notify_all()
+
+    def close(self, abort: bool = False) -> None:
+        """Wait until every operation is applied (or, with ABORT, drop the rest) and re-raise
+        the thread's error."""
+        with self.cv:
+            if abort:
+                self.ops.clear()
+                self.pending = 0
+            self.closing = True
+            self.cv.notify_all()
+        self.thread.join()
+        if self.error is not None and not abort:
+            raise self.error
+
+
 class _CopyRuns:
     """Coalesces kernel copies: a copy that continues the previous one in both files extends it,
     and so does one separated from it by a gap of the same size in both files that pending small
     writes fill exactly (a 4-byte global scale that is rewritten, say): the gap's source bytes ride
     along in the copy and the small writes, applied after it, overwrite them. One copy_file_range
     per run instead of one per part: ModelOpt <-> compressed-tensors becomes a handful of calls
-    instead of two per tensor. A write is never applied before a copy that covers its bytes."""
+    instead of two per tensor. A write is never applied before a copy that covers its bytes (the
+    writer applies operations in submission order)."""
 
     GAP = 64            # bytes of source that may ride along inside a run
     SMALL = 4096        # writes up to this size wait for the run to be copied
 
-    def __init__(self, fh, fds: dict[str, int]):
-        self.fh, self.fds = fh, fds
+    def __init__(self, writer: _Writer):
+        self.writer = writer
         self.run: list[Any] | None = None      # [path, src offset, dst pos, nbytes]
         self.small: dict[int, bytes] = {}      # dst pos -> bytes, applied after the run
 
@@ -741,18 +810,16 @@ class _CopyRuns:
             self.small[pos] = bytes(data)
         else:
             self.flush()
-            _write_at(self.fh, pos, data, self.fds)
+            self.writer.submit(pos, data)
 
     def flush(self) -> None:
         if self.run is not None:
             path, off, pos, n = self.run
             self.run = None
-            _write_at(self.fh, pos, CopyFrom(path, off, n), self.fds)
-        if self.small:
-            self.fh.flush()
-            for pos, b in self.small.items():
-                os.pwrite(self.fh.fileno(), b, pos)
-            self.small.clear()
+            self.writer.submit(pos, CopyFrom(path, off, n))
+        for pos, b in self.small.items():
+            self.writer.submit(pos, b)
+        self.small.clear()
 
 
 LOSSY_REPORT: list[dict[str, Any]] = []
@@ -904,14 +971,20 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int) -> list[
         with open(path, "wb") as fh:
             fh.write(len(blob).to_bytes(8, "little"))
             fh.write(blob)
+            fh.flush()  # from here on only positioned writes, on the writer thread
             fds: dict[str, int] = {}
-            runs = _CopyRuns(fh, fds)
+            writer = _Writer(fh.fileno(), fds)
+            runs = _CopyRuns(writer)
             try:
                 for j in jobs:
                     for key, rel, data in _job_chunks(p.src, j, p.to, exact):
                         runs.add(base + offsets[key] + rel, data)
                         prog.add(len(data))
                 runs.flush()
+                writer.close()
+            except BaseException:
+                writer.close(abort=True)
+                raise
             finally:
                 for fd in fds.values():
                     os.close(fd)
