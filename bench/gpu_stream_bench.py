@@ -18,7 +18,7 @@ import triton
 
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, random_weight
 
-SHAPES = [(8192, 2816), (2816, 8192)]
+SHAPES = [(8192, 2816), (2816, 8192), (2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (2816, 704)]
 MS = (1, 16, 128)
 L2_MULTIPLE_BYTES = 256 * 2**20
 

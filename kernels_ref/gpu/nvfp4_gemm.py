@@ -13,9 +13,11 @@ bench/gpu_tune.py):
   kept as the readable reference (and measured about 1.7x slower).
 * ``SWAP=1`` computes ``y^T = W x^T``: the weight tile is the MMA's wide (64-row) side and a tiny
   M only pads the narrow side (wgmma m64n16k16 on Hopper).
-* Small M cannot fill the SMs with output tiles alone, so the K loop may be split across programs
-  (``SPLIT_K``, whole K blocks each) with partial sums meeting in an fp32 atomic add; the split
-  costs a zeroed output (a separate memset launch), so it is only used when N is narrow.
+* Small M cannot fill the SMs with output tiles alone, so the K loop is split across programs
+  (``SPLIT_K``, whole K blocks each). The partial tiles meet in a workspace; the program that
+  arrives last at its tile's counter sums them (``FIXUP``), so no zeroed output (a separate
+  memset launch, 4-5 us) is needed. The older path, fp32 atomic adds into a zeroed output, stays
+  behind ``SPLIT_K_FIXUP = False`` for comparison (bench/gpu_splitk.py).
 * ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
   by 16 and keeps masked loads 16 bytes wide; ``EVEN_K`` (K % BLOCK_K == 0) drops the K masks.
 """
@@ -88,11 +90,12 @@ def _e2m1_word_to_bf16(q, sc):
 
 
 @triton.jit
-def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, K2, KS, g,
+def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2, KS, g,
                         stride_xm, stride_wn, stride_sn, stride_ym,
                         SPLIT_K,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        DECODE: tl.constexpr, SWAP: tl.constexpr, EVEN_K: tl.constexpr):
+                        DECODE: tl.constexpr, SWAP: tl.constexpr, EVEN_K: tl.constexpr,
+                        FIXUP: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -106,6 +109,8 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, K2, KS, g,
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if BLOCK_M == 1:  # GEMV: element-wise fp32 FMAs across the K loop, one reduction at the end
+        acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     # split K over whole blocks: program pid_k takes blocks [start, end)
     n_blocks = tl.cdiv(K, BLOCK_K)
     per = tl.cdiv(n_blocks, SPLIT_K)
@@ -144,12 +149,14 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, K2, KS, g,
             x = tl.load(xp, mask=offs_m[:, None] < M, other=0.0)
         else:
             x = tl.load(xp, mask=(offs_m[:, None] < M) & ((k0 + offs_k)[None, :] < K), other=0.0)
-        if BLOCK_M == 1:  # one activation row: a plain dot product per output, no MMA padding
-            acc += tl.sum(w.to(tl.float32) * x.to(tl.float32), axis=1)[:, None]
+        if BLOCK_M == 1:  # one activation row: no MMA padding, no per-block cross-thread reduction
+            acc2 += w.to(tl.float32) * x.to(tl.float32)
         elif SWAP:
             acc = tl.dot(w, tl.trans(x), acc)
         else:
             acc = tl.dot(x, tl.trans(w), acc)
+    if BLOCK_M == 1:
+        acc = tl.sum(acc2, axis=1)[:, None]   # (BLOCK_N, 1): BLOCK_M == 1 runs with SWAP
     if DECODE == 2:
         acc = acc * (g * 65536.0)   # 2^WORD_SCALE_SHIFT
     else:
@@ -162,6 +169,26 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, K2, KS, g,
         ymask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if SPLIT_K == 1:
         tl.store(y_ptrs, acc, mask=ymask)
+    elif FIXUP:
+        # Split-K without a zeroed output: each K slice stores its partial tile in the workspace
+        # ([SPLIT_K, M, N] fp32), then counts itself in on the tile's counter (atomic, acq_rel at
+        # GPU scope, after a CTA barrier so every warp's stores are released); the slice that
+        # arrives last sums the planes into y (.cg loads: past L1, which is not coherent) and
+        # resets the counter, so the counters stay zero between launches and need no memset.
+        if SWAP:
+            w_ptrs = ws_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
+        else:
+            w_ptrs = ws_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
+        tl.store(w_ptrs, acc, mask=ymask)
+        tl.debug_barrier()
+        tile = pid_m * tl.num_programs(0) + pid_n
+        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            tot = tl.load(w_ptrs - pid_k * M * N, mask=ymask, other=0.0, cache_modifier=".cg")
+            for sk in range(1, SPLIT_K):
+                tot += tl.load(w_ptrs + (sk - pid_k) * M * N, mask=ymask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptrs, tot, mask=ymask)
+            tl.atomic_xchg(cnt_ptr + tile, 0)
     else:
         tl.atomic_add(y_ptrs, acc, mask=ymask)
 
@@ -179,10 +206,17 @@ def _config(m: int, n: int, k: int) -> Config:
     else:
         bm, bn, bk, warps, stages, swap, max_split = (64 if m <= 64 else 128), 64, 128, 4, 4, 0, 2
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
+    blocks = triton.cdiv(k, bk)
     split = 1
-    # split K only when the output tiles leave most SMs idle: a split costs a zeroed output
-    while tiles * split < 0.75 * sms and split < max_split and triton.cdiv(k, bk) >= 4 * split:
-        split *= 2
+    if m <= 16:
+        # the split-K fix-up costs no memset: aim at about two programs per SM (the loads need
+        # more in flight than one 4-warp program keeps), each with at least two K blocks
+        # (bench/gpu_splitk.py: 8192x2816 split 3, 2816x8192 split 6-8)
+        while tiles * split < 2 * sms and split < max_split and blocks >= 2 * (split + 1):
+            split += 1
+    else:
+        while tiles * split < 0.75 * sms and split < max_split and blocks >= 4 * split:
+            split *= 2
     return bm, bn, bk, split, warps, stages, 2, swap
 
 
@@ -194,18 +228,41 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
     assert x.stride(1) == 1 and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
     bm, bn, bk, split, warps, stages, decode, swap = config or _config(m, n, k)
-    if split > 1:  # atomics need a zeroed output, so NaN poisoning only applies to split == 1
+    grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
+    fixup = split > 1 and SPLIT_K_FIXUP
+    if split > 1 and not fixup:  # atomics need a zeroed output, so NaN poisoning only applies to split == 1
         y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
     else:
         y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
             torch.empty((m, n), dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
+    if fixup:
+        ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device)  # caching allocator: no launch
+        cnt = _tile_counters(grid[0] * grid[1], x.device)
+    else:
+        ws = cnt = y
     w = packed.view(torch.int32) if decode == 2 else packed   # DECODE 2 reads whole words
-    _nvfp4_w4a16_kernel[grid](x, w, scales, y, m, n, k, k // 2, k // 16, float(global_scale),
+    _nvfp4_w4a16_kernel[grid](x, w, scales, y, ws, cnt, m, n, k, k // 2, k // 16, float(global_scale),
                               x.stride(0), w.stride(0), scales.stride(0), y.stride(0), split,
                               BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DECODE=decode, SWAP=swap, EVEN_K=k % bk == 0,
-                              num_warps=warps, num_stages=stages)
+                              FIXUP=fixup, num_warps=warps, num_stages=stages)
     return y
+
+
+# Split-K sums partial tiles through a workspace and per-tile arrival counters (FIXUP) instead of
+# atomics into a zeroed output (a memset launch of 4-5 us, a quarter of a small GEMV). The
+# counters are allocated zeroed once per device and every launch leaves them zero again; two
+# launches running at once on different streams must not share them (verify and the benches run
+# on one stream).
+SPLIT_K_FIXUP = True
+_COUNTERS: dict[tuple[str, int | None], torch.Tensor] = {}
+
+
+def _tile_counters(n_tiles: int, device: torch.device) -> torch.Tensor:
+    key = (device.type, device.index)
+    c = _COUNTERS.get(key)
+    if c is None or c.numel() < n_tiles:
+        c = _COUNTERS[key] = torch.zeros(max(n_tiles, 1 << 14), dtype=torch.int32, device=device)
+    return c
 
 
 def pack_for_kernel(codes: np.ndarray, scale_bytes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
