@@ -2,11 +2,12 @@
 output and against no split, at M = 1 and 16 on the two largest Gemma-4-26B shapes. Every config
 is checked against float64 first; triton.testing.do_bench (L2 flushed, median).
 
-    python bench/gpu_splitk.py
+    python bench/gpu_splitk.py [--shapes 8192x2816,2816x8192] [--ms 1,16] [--gemv]
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 
 import numpy as np
@@ -20,23 +21,28 @@ def bench(fn) -> float:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="8192x2816,2816x8192")
+    ap.add_argument("--ms", default="1,16")
+    ap.add_argument("--gemv", action="store_true", help="also the CUDA-core GEMV configs (BLOCK_M = 1) at M = 1")
+    a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, triton {triton.__version__}")
     rng = np.random.default_rng(0)
-    for n, k in ((8192, 2816), (2816, 8192)):
+    for n, k in (tuple(map(int, sh.split("x"))) for sh in a.shapes.split(",")):
         gw = K.random_weight(n, k, rng)
         wb = gw.w.to(torch.bfloat16)
-        for m in (1, 16):
+        for m in map(int, a.ms.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = x.double() @ gw.w.double().T
             t_bf16 = bench(lambda: torch.matmul(x, wb.T))
             res = []
-            space = [(True, 16) + c for c in itertools.product((64, 128), (128, 256), (1, 2, 3, 4, 6, 8), (4, 8), (3, 4))]
+            space = [(True, 16) + c for c in itertools.product((64, 128), (64, 128, 256), (1, 2, 3, 4, 6, 8), (4, 8), (3, 4))]
             space += [(False, 16, 64, 256, sp, 4, 3) for sp in (2, 4, 8)]
-            if m == 1:  # GEMV on CUDA cores (BLOCK_M = 1)
+            if m == 1 and a.gemv:  # GEMV on CUDA cores (BLOCK_M = 1)
                 space += [(True, 1) + c for c in itertools.product((16, 32, 64), (64, 128, 256), (1, 2, 4, 8),
                                                                    (4, 8), (3,))]
             for fix, bm, bn, bk, split, warps, stages in space:
-                if bk * split > k or (split == 1 and not fix) or (bm == 1 and bn * bk > 8192):
+                if bk * split > k or (split == 1 and not fix) or (bm == 1 and bn * bk > 8192) or (bm == 16 and bn == 128 and bk == 64):
                     continue
                 K.SPLIT_K_FIXUP = fix
                 cfg = (bm, bn, bk, split, warps, stages, 2, 1)

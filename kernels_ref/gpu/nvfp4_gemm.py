@@ -202,7 +202,9 @@ def _config(m: int, n: int, k: int) -> Config:
     """Default tiles, from bench/gpu_tune.py on an H100 (Gemma-4-26B shapes, bench/RESULTS.md)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     if m <= 16:
-        bm, bn, bk, warps, stages, swap, max_split = 16, 64, 256, 4, 3, 1, 8
+        bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
+        # the widest K block that divides K: no K masks (2112 and 704 take 64)
+        bk = next((b for b in (256, 128) if k % b == 0), 64)
     else:
         bm, bn, bk, warps, stages, swap, max_split = (64 if m <= 64 else 128), 64, 128, 4, 4, 0, 2
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
@@ -210,9 +212,10 @@ def _config(m: int, n: int, k: int) -> Config:
     split = 1
     if m <= 16:
         # the split-K fix-up costs no memset: aim at about two programs per SM (the loads need
-        # more in flight than one 4-warp program keeps), each with at least two K blocks
-        # (bench/gpu_splitk.py: 8192x2816 split 3, 2816x8192 split 6-8)
-        while tiles * split < 2 * sms and split < max_split and blocks >= 2 * (split + 1):
+        # more in flight than one 4-warp program keeps), each with at least one K block
+        # (bench/gpu_splitk.py on the eight Gemma-4-26B shapes: 8192x2816 split 3, 2816x8192
+        # and 2816x4096 6-8, 2816x704 6 at BLOCK_K 64)
+        while tiles * split < 2 * sms and split < max_split and blocks >= split + 1:
             split += 1
     else:
         while tiles * split < 0.75 * sms and split < max_split and blocks >= 4 * split:
