@@ -36,8 +36,12 @@ def main() -> None:
             ref = x.double() @ gw.w.double().T
             t_bf16 = bench(lambda: torch.matmul(x, wb.T))
             res = []
-            space = [(True, 16) + c for c in itertools.product((64, 128), (64, 128, 256), (1, 2, 3, 4, 6, 8), (4, 8), (3, 4))]
-            space += [(False, 16, 64, 256, sp, 4, 3) for sp in (2, 4, 8)]
+            if m > 16:
+                space = [(True, 128) + c for c in itertools.product((64, 128), (64, 128), (1, 2, 3, 4, 6), (4, 8), (3, 4))]
+            else:
+                space = [(True, 16) + c for c in itertools.product((64, 128), (64, 128, 256), (1, 2, 3, 4, 6, 8), (4, 8),
+                                                                   (3, 4))]
+                space += [(False, 16, 64, 256, sp, 4, 3) for sp in (2, 4, 8)]
             if m == 1 and a.gemv:  # GEMV on CUDA cores (BLOCK_M = 1)
                 space += [(True, 1) + c for c in itertools.product((16, 32, 64), (64, 128, 256), (1, 2, 4, 8),
                                                                    (4, 8), (3,))]
@@ -45,7 +49,7 @@ def main() -> None:
                 if bk * split > k or (split == 1 and not fix) or (bm == 1 and bn * bk > 8192) or (bm == 16 and bn == 128 and bk == 64):
                     continue
                 K.SPLIT_K_FIXUP = fix
-                cfg = (bm, bn, bk, split, warps, stages, 2, 1)
+                cfg = (bm, bn, bk, split, warps, stages, 2, 0 if m > 16 else 1)
                 try:
                     for _ in range(3):  # counters must come back to zero between launches
                         y = K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, config=cfg, poison=True)
@@ -61,7 +65,7 @@ def main() -> None:
             print(f"\n{n}x{k} M={m}: bf16 {t_bf16:.1f} us, default {K._config(m, n, k)}")
             for t, fix, cfg in res[:6]:
                 print(f"  {t:6.1f} us {t_bf16 / t:5.2f}x  fixup={fix:d} {cfg}")
-            for bm in (1, 16):
+            for bm in (1, 16, 128):
                 for fix in (True, False):
                     for split in (1, 2, 4, 8):
                         b = [r for r in res if r[1] == fix and r[2][3] == split and r[2][0] == bm]

@@ -206,7 +206,7 @@ def _config(m: int, n: int, k: int) -> Config:
         # the widest K block that divides K: no K masks (2112 and 704 take 64)
         bk = next((b for b in (256, 128) if k % b == 0), 64)
     else:
-        bm, bn, bk, warps, stages, swap, max_split = (64 if m <= 64 else 128), 64, 128, 4, 4, 0, 2
+        bm, bn, bk, warps, stages, swap, max_split = (64 if m <= 64 else 128), 64, 128, 4, 4, 0, 4
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     blocks = triton.cdiv(k, bk)
     split = 1
@@ -218,8 +218,9 @@ def _config(m: int, n: int, k: int) -> Config:
         while tiles * split < 2 * sms and split < max_split and blocks >= split + 1:
             split += 1
     else:
-        while tiles * split < 0.75 * sms and split < max_split and blocks >= 4 * split:
-            split *= 2
+        # one wave of output tiles (2816x8192 at M = 128: split 3, 37.6 -> 32.3 us)
+        while tiles * split < sms and split < max_split and blocks >= 2 * (split + 1):
+            split += 1
     return bm, bn, bk, split, warps, stages, 2, swap
 
 
