@@ -56,6 +56,58 @@ def reciprocal_exact(x: np.float32, original: np.float32 | None = None) -> np.fl
     return r
 
 
+_F32 = struct.Struct("<f")
+
+
+def f32_round(x: float) -> float:
+    """A Python float rounded to the nearest float32 (ties to even), overflowing to infinity."""
+    try:
+        return _F32.unpack(_F32.pack(x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
+def f32_bits(x: float) -> bytes:
+    return _F32.pack(x)
+
+
+def reciprocal_exact_py(x: float, original: float | None = None) -> float:
+    """:func:`reciprocal_exact` on Python floats holding float32 values, without numpy (the
+    per-tensor scalars of a 47,000-tensor checkpoint are read, converted and checked one by one).
+    ``f32_round(1.0 / x)`` is the correctly rounded float32 quotient: rounding first to binary64
+    and then to binary32 is innocuous for division because 53 >= 2 x 24 + 2 (Figueroa, "When is
+    double rounding innocuous?", 1995)."""
+    r = f32_round(1.0 / x) if x != 0.0 else math.copysign(math.inf, x)
+    if original is not None:
+        back = f32_round(1.0 / original) if original != 0.0 else math.copysign(math.inf, original)
+        if back == x:
+            return original
+    return r
+
+
+def scalar_mults(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> dict[str, bytes] | None:
+    """float32 bits of the canonical global and input multipliers of a 2-D tensor whose scales
+    are single float32 values; None for anything else (callers fall back to canon_scalars)."""
+    from .io import PartReader
+
+    if len(t.shape) != 2:
+        return None
+    reader = _READERS.get(ckpt.root)
+    if reader is None:
+        reader = _READERS[ckpt.root] = PartReader(ckpt.root)
+    out: dict[str, bytes] = {}
+    for p in t.parts:
+        if p.role not in ("global_scale", "input_scale"):
+            continue
+        if p.stored_dtype != "F32" or p.nbytes != 4:
+            return None
+        v = _F32.unpack(reader.read(p))[0]
+        if p.stored_as == "divisor":
+            v = reciprocal_exact_py(v, exact.get(p.key))
+        out[p.role] = _F32.pack(v)
+    return out
+
+
 @dataclass
 class Canon:
     name: str                    # canonical HF name (module + ".weight", or a fused parameter)
@@ -487,6 +539,14 @@ def _exact_globals(src: Checkpoint, p: Plan) -> None:
                 for role, what in (("global_scale", "global"), ("input_scale", "input")):
                     part = t.part(role)
                     if part is None or part.stored_as != "multiplier" or part.stored_dtype != "F32":
+                        continue
+                    if part.nbytes == 4:  # one float32: no numpy (thousands of these)
+                        v = _F32.unpack(r.read(part))[0]
+                        back = reciprocal_exact_py(reciprocal_exact_py(v))
+                        if _F32.pack(back) != _F32.pack(v):
+                            out = next((o.key for o in j.outs if o.what == what), None)
+                            if out is not None:
+                                p.exact_meta[out] = _F32.pack(v).hex()
                         continue
                     vals = np.array(r.values(part), np.float32)
                     if j.action == "split" and vals.size > 1:
@@ -1143,10 +1203,18 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled") -> int:
             _verify_bytes(p.src, out, direct, t_out, sampled=mode == "sampled")
             small = [o for o in j.outs if o not in direct]
             if small:  # the converted scalars: compare multipliers bit for bit
-                a = canon_scalars(p.src, p.src.tensors[j.sources[0]], src_exact)
-                b = canon_scalars(out, t_out, out_exact)
-                if not np.array_equal(_bits(a.global_mult), _bits(b.global_mult)):
-                    raise FormatError(f"verification: global scale of '{name}' differs (a bug: please report)")
+                fa = scalar_mults(p.src, p.src.tensors[j.sources[0]], src_exact)
+                fb = scalar_mults(out, t_out, out_exact) if fa is not None else None
+                if fa is not None and fb is not None:
+                    for role, bits in fa.items():
+                        if fb.get(role) != bits:
+                            what = "global" if role == "global_scale" else "input"
+                            raise FormatError(f"verification: {what} scale of '{name}' differs (a bug: please report)")
+                else:
+                    a = canon_scalars(p.src, p.src.tensors[j.sources[0]], src_exact)
+                    b = canon_scalars(out, t_out, out_exact)
+                    if not np.array_equal(_bits(a.global_mult), _bits(b.global_mult)):
+                        raise FormatError(f"verification: global scale of '{name}' differs (a bug: please report)")
             checked += 1
             continue
         b = canon_of(out, t_out, out_exact)
