@@ -1173,7 +1173,7 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled") -> int:
 
     ``mode="sampled"`` applies to parts copied byte for byte (``copy_file_range`` of the same
     range): every such part is located through the re-read output header and its dtype, shape and
-    length checked, then its first and last 64 KiB and one 64 KiB window per 64 MiB are compared.
+    length checked, then its first and last 4 KiB and one 4 KiB window per 64 MiB are compared.
     The errors a range copy can make (a wrong offset, a wrong length, two tensors swapped) move
     whole ranges, so they show at the edges; re-reading every copied byte costs about one more
     ``cp`` and finds nothing more. Everything that was transformed (scales, repacked codes,
@@ -1261,7 +1261,7 @@ def _fd(path: str) -> int:
     return fd
 
 
-_WINDOW = 64 * 2**10          # sampled verification: window size
+_WINDOW = 4 * 2**10           # sampled verification: window size (a page: any shifted range shows in it)
 _WINDOW_EVERY = 64 * 2**20    # and one window per this many bytes
 
 

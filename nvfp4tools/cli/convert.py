@@ -26,7 +26,7 @@ from ._output import emit, format_option, human_bytes
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only after the new one is complete).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Split safetensors output into shards.")
 @click.option("--verify", "verify", type=click.Choice(["sampled", "full"]), default="sampled", show_default=True,
-              help="How parts copied byte for byte are re-checked: header, length and 64 KiB windows at both "
+              help="How parts copied byte for byte are re-checked: header, length and 4 KiB windows at both "
                    "ends and every 64 MiB (sampled), or every byte (full). Transformed parts are always "
                    "compared in full.")
 @format_option
