@@ -1,6 +1,7 @@
 """convert speed and memory on a ~3 GiB ModelOpt NVFP4 checkpoint (generated, real random data,
 one shard), in one run beside `cp -r` of the same folder and (when importable) compressed-tensors'
-own convert_checkpoint doing the same conversion. Page cache warm, median of N alternating runs.
+own convert_checkpoint doing the same conversion. Page cache warm, `sync` before every run (so no
+run pays for the previous one's writeback), median and min of N alternating runs.
 
     python bench/convert_speed.py [--runs 3] [--dir /tmp/nvfp4tools-bench-3g] [--ct-python PATH]
 """
@@ -72,15 +73,19 @@ def main() -> None:
             if cmd is None:
                 continue
             shutil.rmtree(out, ignore_errors=True)
+            os.sync()  # no writeback of the previous output competing with this run
             res[name].append(run(cmd))
     shutil.rmtree(out, ignore_errors=True)
     print(f"checkpoint: {src}, {size / 2**30:.2f} GiB, one shard")
     base = statistics.median(w for w, _ in res["cp -r"])
+    base_min = min(w for w, _ in res["cp -r"])
     for name, rs in res.items():
         if rs:
             w = statistics.median(x for x, _ in rs)
+            lo = min(x for x, _ in rs)
             m = max(r for _, r in rs)
-            print(f"{name:<26} {w:7.2f} s  ({w / base:4.2f}x cp -r)   peak RSS {m / 2**20:8.0f} MiB")
+            print(f"{name:<26} median {w:6.2f} s ({w / base:4.2f}x cp -r)  min {lo:6.2f} s ({lo / base_min:4.2f}x)"
+                  f"   peak RSS {m / 2**20:6.0f} MiB")
 
 
 if __name__ == "__main__":

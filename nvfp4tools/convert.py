@@ -689,6 +689,7 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
 
 
 _CHUNK = 16 * 2**20
+_COPY_REQUEST = 0x7FFFF000   # Linux's MAX_RW_COUNT: the most one copy_file_range call moves
 _DIRECT = {"codes": "data", "scales": "block_scale", "int4": "data", "int4_scales": "block_scale", "shape": "shape",
            "raw": "data"}
 
@@ -748,7 +749,10 @@ def _write_at(dst: int, pos: int, data: Any, fds: dict[str, int]) -> None:
         src = fds[data.path] = os.open(data.path, os.O_RDONLY)
     done = 0
     while done < data.nbytes:
-        n = min(_CHUNK * 4, data.nbytes - done)
+        # as large as the kernel takes (like cp): copy_file_range allocates nothing in user
+        # space, and small requests measured up to 2x slower; the read/write fallback below
+        # works in bounded pieces
+        n = min(_COPY_REQUEST, data.nbytes - done)
         try:
             k = os.copy_file_range(src, dst, n, data.offset + done, pos + done)
         except (AttributeError, OSError) as e:
@@ -756,6 +760,7 @@ def _write_at(dst: int, pos: int, data: Any, fds: dict[str, int]) -> None:
                 raise
             k = 0
         if k <= 0:  # no kernel copy here: plain read and write
+            n = min(n, _CHUNK)
             buf = os.pread(src, n, data.offset + done)
             if len(buf) != n:
                 raise FormatError(f"{data.path}: short read at {data.offset + done}")
@@ -841,6 +846,9 @@ class _CopyRuns:
 
     GAP = 64            # bytes of source that may ride along inside a run
     SMALL = 4096        # writes up to this size wait for the run to be copied
+    MAX_RUN = 512 * 2**20  # a run this long goes to the writer at once: copying starts while
+                           # later tensors are still being converted (one whole-file run would
+                           # only start copying after the last tensor)
 
     def __init__(self, writer: _Writer):
         self.writer = writer
@@ -863,22 +871,34 @@ class _CopyRuns:
                 gap = data.offset - (r[1] + r[3])
                 if 0 <= gap <= self.GAP and pos - (r[2] + r[3]) == gap and self._covered(r[2] + r[3], gap):
                     r[3] += gap + data.nbytes
+                    if r[3] >= self.MAX_RUN:
+                        self.flush(partial=True)
                     return
             self.flush()
             self.run = [data.path, data.offset, pos, data.nbytes]
+            if data.nbytes >= self.MAX_RUN:
+                self.flush(partial=True)
         elif len(data) <= self.SMALL:
             self.small[pos] = bytes(data)
         else:
             self.flush()
             self.writer.submit(pos, data)
 
-    def flush(self) -> None:
+    def flush(self, partial: bool = False) -> None:
+        """Submit the run, then the small writes. PARTIAL keeps back the small writes past the
+        run's end: a later run may still copy over their bytes, so they must follow it."""
+        end = None
         if self.run is not None:
             path, off, pos, n = self.run
             self.run = None
             self.writer.submit(pos, CopyFrom(path, off, n))
-        for pos, b in self.small.items():
-            self.writer.submit(pos, b)
+            end = pos + n
+        if partial and end is not None:
+            for q in [q for q in self.small if q < end]:
+                self.writer.submit(q, self.small.pop(q))
+            return
+        for q, b in self.small.items():
+            self.writer.submit(q, b)
         self.small.clear()
 
 
