@@ -410,3 +410,45 @@ def test_gguf_q4_0_to_modelopt_says_how(synth_dir, tmp_path, run_cli):
     r = run_cli("convert", g, str(tmp_path / "mo"), "--to", "modelopt", "--allow-lossy")
     assert r.exit_code == 3 and "convert to compressed-tensors first" in r.stderr and "Traceback" not in r.stderr
     assert not os.path.exists(tmp_path / "mo")
+
+
+def test_copy_runs_apply_gap_writes_after_the_copies_that_cover_them(tmp_path):
+    """Coalesced copies ride over the 4-byte gaps that converted scalars fill; when a long run is
+    handed to the writer early (MAX_RUN), the gap writes inside it must follow it and the ones
+    past its end must wait for the run that may still cover them."""
+    from nvfp4tools import convert as C
+
+    data = bytes(range(256)) * 4
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.ops: list[tuple[int, object]] = []
+
+        def submit(self, pos, d) -> None:
+            self.ops.append((pos, d))
+
+    def apply(ops) -> bytes:
+        out = bytearray(len(data))
+        for pos, d in ops:
+            b = data[d.offset:d.offset + d.nbytes] if isinstance(d, C.CopyFrom) else d
+            out[pos:pos + len(b)] = b
+        return bytes(out)
+
+    for max_run in (10_000, 100, 1):
+        w = Recorder()
+        runs = C._CopyRuns(w)
+        runs.MAX_RUN = max_run
+        want = bytearray(data)
+        pos = 0
+        for size in (96, 150, 7, 300, 60):  # copied part, then a 4-byte converted scalar
+            runs.add(pos, C.CopyFrom(str(src), pos, size))
+            runs.add(pos + size, b"\xaa\xbb\xcc\xdd")
+            want[pos + size:pos + size + 4] = b"\xaa\xbb\xcc\xdd"
+            pos += size + 4
+        runs.add(pos, C.CopyFrom(str(src), pos, len(data) - pos))
+        runs.flush()
+        assert apply(w.ops) == bytes(want), max_run
+        if max_run == 10_000:
+            assert sum(isinstance(d, C.CopyFrom) for _, d in w.ops) == 1  # one coalesced copy
