@@ -51,3 +51,48 @@ def test_pattern_set_matches_each_pattern(patterns: list[str]) -> None:
             module = n[:-7] if n.endswith(".weight") else n
             for m in (n, module):
                 assert ps.matches(m) == any(match_pattern(m, p) for p in patterns), (m, patterns)
+
+
+def _shards(tmp_path, n: int = 4) -> str:
+    from nvfp4tools.synth import synthesize
+
+    d = str(tmp_path / "ckpt")
+    synthesize(d, preset="gemma4-tiny", fmt="modelopt", recipe="all-linear", header_only=True, shards=n)
+    return d
+
+
+def test_parallel_header_parse_equals_sequential(tmp_path, monkeypatch):
+    import os
+
+    from nvfp4tools.formats import _safetensors as S
+
+    d = _shards(tmp_path)
+    files = sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))
+    seq = [S.parse_header(d, f) for f in files]
+    monkeypatch.setattr(S, "PARALLEL_MIN_HEADER_BYTES", 0)
+    assert S._parallel_ok(d, files)
+    par = S.parse_headers(d, files)
+    assert [(p.file, p.size, p.tensors, p.metadata) for p in par] == \
+        [(p.file, p.size, p.tensors, p.metadata) for p in seq]
+    assert all(type(t) is S.RawTensor for p in par for t in p.tensors.values())
+
+
+@pytest.mark.parametrize("which", [0, -1])  # a bad shard in this process's half, or in the child's
+def test_parallel_header_parse_reports_the_bad_file(tmp_path, monkeypatch, which):
+    import os
+
+    from nvfp4tools.errors import FormatError
+    from nvfp4tools.formats import _safetensors as S
+
+    d = _shards(tmp_path)
+    files = sorted(f for f in os.listdir(d) if f.endswith(".safetensors"))
+    bad = os.path.join(d, files[which])
+    with open(bad, "r+b") as fh:  # break the JSON, keep the length
+        fh.seek(8)
+        fh.write(b"#")
+    with pytest.raises(FormatError) as seq:
+        [S.parse_header(d, f) for f in files]
+    monkeypatch.setattr(S, "PARALLEL_MIN_HEADER_BYTES", 0)
+    with pytest.raises(FormatError) as par:
+        S.parse_headers(d, files)
+    assert str(par.value) == str(seq.value) and files[which] in str(par.value)
