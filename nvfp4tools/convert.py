@@ -26,13 +26,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32, f32_to_bf16_bits_exact
 
-from .errors import FormatError, UnsupportedError, UsageError
+from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
 from .model import Checkpoint, TensorInfo
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -1014,7 +1014,11 @@ def _shard(jobs: list[Job], max_bytes: int) -> list[list[Job]]:
     return shards
 
 
-def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int) -> list[str]:
+def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int,
+                           while_copying: Callable[[], None] | None = None) -> list[str]:
+    """Write the plan's shards. WHILE_COPYING runs once every header, the index and every
+    operation are handed to the writer, while the kernel is still copying the last shard (the
+    files already have their final sizes, so their headers can be read)."""
     from nvfp4tools.formats._st_writer import nbytes_of, write_index
 
     exact = _exact_meta(p.src)
@@ -1023,6 +1027,7 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int) -> list[
     weight_map: dict[str, str] = {}
     prog = _Progress(sum(j.nbytes for j in p.jobs))
     total = 0
+    indexed = False
     for i, jobs in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         outs = [o for j in jobs for o in j.outs]
@@ -1052,6 +1057,7 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int) -> list[
             fh.write(len(blob).to_bytes(8, "little"))
             fh.write(blob)
             fh.flush()  # from here on only positioned writes, on the writer thread
+            os.ftruncate(fh.fileno(), base + off)  # final size now: the header is readable during the copy
             fds: dict[str, int] = {}
             writer = _Writer(fh.fileno(), fds)
             runs = _CopyRuns(writer)
@@ -1061,6 +1067,11 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int) -> list[
                         runs.add(base + offsets[key] + rel, data)
                         prog.add(len(data))
                 runs.flush()
+                if while_copying is not None and i == len(shards) - 1:
+                    if len(shards) > 1:
+                        write_index(out_dir, {**weight_map, **{k: fname for k in seen}}, total + off)
+                        indexed = True
+                    while_copying()
                 writer.close()
             except BaseException:
                 writer.close(abort=True)
@@ -1074,7 +1085,7 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int) -> list[
         for k in seen:
             weight_map[k] = fname
     prog.close()
-    if len(shards) > 1:
+    if len(shards) > 1 and not indexed:
         write_index(out_dir, weight_map, total)
     return files
 
@@ -1185,7 +1196,7 @@ def copy_side_files(src_root: str, out_dir: str, skip: tuple[str, ...] = ()) -> 
 
 # -- verification ----------------------------------------------------------------------------------
 
-def verify_output(p: Plan, out_path: str, mode: str = "sampled") -> int:
+def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint | None = None) -> int:
     """Re-read the written checkpoint and check every exact tensor against the source bit for bit:
     codes, block-scale bytes and global multipliers for NVFP4 (per expert for stacked tensors;
     a folded Gemma 4 down scale against weight_scale_2 x per_expert_scale), values and scales for
@@ -1201,7 +1212,8 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled") -> int:
     byte."""
     from nvfp4tools import formats
 
-    out = formats.read(out_path, p.to)
+    if out is None:  # (convert() re-reads the header while the last copy runs and passes it in)
+        out = formats.read(out_path, p.to)
     src_exact, out_exact = _exact_meta(p.src), _exact_meta(out)
     checked = 0
     cache: dict[str, Canon] = {}
@@ -1402,6 +1414,7 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
     tmp = os.path.join(parent, f".{os.path.basename(dst_real)}.nvfp4tools-tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    pre_read = None
     try:
         if to == "gguf":
             from nvfp4tools.formats.gguf_writer import write_gguf_plan
@@ -1410,15 +1423,32 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
                 report["lossy"] = [dict(x, sqnr_db=None if x["sqnr_db"] is None else float(x["sqnr_db"]))
                                    for x in LOSSY_REPORT]
         else:
-            files = write_safetensors_plan(p, tmp, max_shard_bytes)
-            write_configs(p, tmp)
-            report["copied"] = copy_side_files(src.root, tmp)
+            early: dict[str, Any] = {}
+
+            def while_copying() -> None:
+                # configs, side files and the output's header re-read overlap the kernel copy;
+                # not when a reader would need tensor bytes (int4 stored shapes)
+                write_configs(p, tmp)
+                early["copied"] = copy_side_files(src.root, tmp)
+                if verify and not any(o.what == "shape" for j in p.jobs for o in j.outs):
+                    try:
+                        early["out"] = formats.read(tmp, to)
+                    except Nvfp4ToolsError:
+                        pass  # read again after the copy, where the error is reported properly
+
+            files = write_safetensors_plan(p, tmp, max_shard_bytes, while_copying)
+            if "copied" not in early:
+                write_configs(p, tmp)
+                early["copied"] = copy_side_files(src.root, tmp)
+            report["copied"] = early["copied"]
+            pre_read = early.get("out")
             if LOSSY_REPORT:
                 report["lossy"] = list(LOSSY_REPORT)
                 with open(os.path.join(tmp, "nvfp4tools_conversion_report.json"), "w") as fh:
                     json.dump({"schema": "nvfp4tools/conversion-report/v1", "source": src.source, "to": to,
                                "tensors": LOSSY_REPORT}, fh, indent=1)
-        report["verified_tensors"] = verify_output(p, tmp if to != "gguf" else os.path.join(tmp, files[0]), verify)
+        report["verified_tensors"] = verify_output(p, tmp if to != "gguf" else os.path.join(tmp, files[0]), verify,
+                                                   out=pre_read if to != "gguf" else None)
         report["verification"] = verify
         report["files"] = files
         if to == "gguf":
