@@ -1,7 +1,8 @@
 """Where does the NVFP4 GEMV time go? The kernel's own loop with parts switched off, on the same
 tiles and grid: LOADS only (weight words and scale bytes, xor-reduced so nothing is optimised
 away), LOADS + DECODE (the PTX word decode, summed without the MMA), and the full kernel; beside
-a plain copy of the same bytes (torch) and cuBLAS bf16. 8192x2816 and 2816x8192, M = 1.
+a plain copy of the same bytes (torch) and cuBLAS bf16; then the same loads through TMA tensor
+descriptors. 8192x2816 and 2816x8192, M = 1.
 
     python bench/gpu_probe.py
 """
@@ -47,6 +48,36 @@ def _probe(w_ptr, s_ptr, o_ptr, N, K2, KS, stride_wn, stride_sn, SPLIT_K,
     tl.atomic_add(o_ptr + offs_n, r, mask=offs_n < N)
 
 
+@triton.jit
+def _probe_tma(w_desc, s_desc, o_ptr, N, K2, SPLIT_K,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr, STAGES: tl.constexpr):
+    """The same loads through TMA tensor descriptors (bulk async copies into shared memory,
+    pipelined with mbarriers by Triton), LOADS only or LOADS + DECODE."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_blocks = tl.cdiv(K2 * 2, BLOCK_K)
+    per = tl.cdiv(n_blocks, SPLIT_K)
+    start = pid_k * per
+    end = tl.minimum(start + per, n_blocks)
+    acc_i = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.int32)
+    acc_f = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for blk in tl.range(start, end, num_stages=STAGES):
+        wq = w_desc.load([pid_n * BLOCK_N, blk * (BLOCK_K // 8)])
+        sb = s_desc.load([pid_n * BLOCK_N, blk * (BLOCK_K // 16)])
+        if MODE == 0:
+            acc_i ^= wq ^ tl.reshape(tl.join(sb.to(tl.int32), sb.to(tl.int32)), (BLOCK_N, BLOCK_K // 8))
+        else:
+            s = (sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)
+            s2 = tl.reshape(tl.join(s, s), (BLOCK_N, BLOCK_K // 8))
+            acc_f += K._e2m1_word_to_bf16(wq, s2).to(tl.float32)
+    if MODE == 0:
+        r = tl.sum(acc_i, axis=1).to(tl.float32)
+    else:
+        r = tl.sum(acc_f, axis=1)
+    tl.atomic_add(o_ptr + offs_n, r, mask=offs_n < N)
+
+
 def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=20, rep=100, return_mode="median") * 1e3
 
@@ -74,6 +105,21 @@ def main() -> None:
                                                num_warps=warps, num_stages=stages))
                 print(f"  {label:15s} {t:6.1f} us {gw.nbytes / t / 1e3:6.0f} GB/s  (BN {bn}, BK {bk}, split {split}, "
                       f"warps {warps}, stages {stages})")
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        for mode, label in ((0, "TMA loads only"), (1, "TMA loads+decode")):
+            for bn, bk, split, warps, stages in ((64, 256, 1, 4, 3), (64, 256, 2, 4, 4), (64, 256, 4, 4, 4),
+                                                 (128, 256, 2, 4, 4), (64, 512, 2, 8, 4), (32, 256, 4, 4, 6),
+                                                 (64, 256, 3, 4, 6), (128, 512, 1, 8, 3)):
+                try:
+                    wd = TensorDescriptor.from_tensor(w32, [bn, bk // 8])
+                    sd = TensorDescriptor.from_tensor(gw.scales, [bn, bk // 16])
+                    grid = (triton.cdiv(n, bn), 1, split)
+                    t = bench(lambda: _probe_tma[grid](wd, sd, o, n, k // 2, split, BLOCK_N=bn, BLOCK_K=bk, MODE=mode,
+                                                       STAGES=stages, num_warps=warps))
+                    print(f"  {label:16s} {t:6.1f} us {gw.nbytes / t / 1e3:6.0f} GB/s  (BN {bn}, BK {bk}, split {split}, "
+                          f"warps {warps}, stages {stages})")
+                except Exception as e:  # noqa: BLE001
+                    print(f"  {label} (BN {bn}, BK {bk}) failed: {str(e).splitlines()[0][:120]}")
 
 
 if __name__ == "__main__":
