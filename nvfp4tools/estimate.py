@@ -17,7 +17,7 @@ from typing import Any
 from ._version import __version__
 from .errors import UsageError
 from .gpus import GPU, context_overhead_bytes
-from .model import ArchInfo, Checkpoint, LayerAttention
+from .model import ArchInfo, Checkpoint, LayerAttention, TensorInfo
 
 SCHEMA = "nvfp4tools/estimate/v1"
 GiB = 2**30
@@ -148,6 +148,17 @@ def weight_terms(ckpt: Checkpoint, gpu: GPU, s: Settings) -> list[Term]:
         terms.append(Term("marlin_padding", pad, f"cc {gpu.compute_capability} has no FP4 tensor cores: NVFP4 runs as "
                           "Marlin W4A16 (4 bits/weight kept, scales re-encoded to S0E5M3 bytes); only N-padding to a "
                           "multiple of 64 adds bytes", "vLLM marlin_utils_fp4.py (prepare_fp4_layer_for_marlin)"))
+    if s.engine == "sglang" and gpu.fp4 != "native" and 8 <= gpu.cc_major < 10:
+        dead = _sglang_dead_swizzled_scales(tensors)
+        if dead:
+            terms.append(Term(
+                "moe_blockscale_swizzled_unused", dead,
+                "SGLang's NVFP4 fused-MoE method allocates w13/w2_blockscale_swizzled in create_weights (the "
+                "expert block scales padded to 128 rows x 4 columns, E4M3 bytes, on the GPU); on the Marlin "
+                "fallback (8.0 <= cc < 10.0) process_weights_after_loading returns before anything uses or frees "
+                "them, so they stay allocated for the server's lifetime",
+                "sglang modelopt_quant.py ModelOptNvFp4FusedMoEMethod.create_weights; sgl-project/sglang PR #38092 "
+                "(open fix: 'Skip dead blockscale_swizzled allocation on Marlin fallback')"))
     if arch and s.engine in ("vllm", "sglang"):
         rope = _rope_bytes(ckpt, arch)
         if rope:
@@ -155,6 +166,28 @@ def weight_terms(ckpt: Checkpoint, gpu: GPU, s: Settings) -> list[Term]:
                               "dtype (2 B), one per distinct RoPE configuration (sliding and full layers differ)",
                               "vLLM/SGLang rotary_embedding.py RotaryEmbedding._compute_cos_sin_cache"))
     return terms
+
+
+def _sglang_dead_swizzled_scales(tensors: list[TensorInfo]) -> int:
+    """Bytes of SGLang's swizzled copies of the NVFP4 expert block scales: per MoE layer one
+    [E, pad128(2 I), pad4(H / 16)] tensor for gate+up (w13) and one [E, pad128(H), pad4(I / 16)]
+    for down (w2), whatever the checkpoint's expert layout (per expert, or fused 3-D)."""
+    rows: dict[tuple[Any, ...], int] = {}       # (stack, layer, w13|w2, expert or -1) -> rows
+    cols: dict[tuple[Any, ...], int] = {}       # (stack, layer, w13|w2) -> block-scale columns
+    n_exp: dict[tuple[Any, ...], set[int]] = {}
+    for t in tensors:
+        if t.role != "experts" or t.layer is None or t.scheme.name != "nvfp4" or len(t.shape) < 2:
+            continue
+        key = (t.stack, t.layer, "w2" if t.proj == "down" else "w13")
+        e = -1 if t.n_experts_fused else (t.expert if t.expert is not None else -1)
+        rows[key + (e,)] = rows.get(key + (e,), 0) + t.shape[-2]   # gate + up rows make w13
+        cols[key] = -(-t.shape[-1] // 16)
+        n_exp.setdefault(key, set()).update(range(t.n_experts_fused) if t.n_experts_fused else {e})
+    total = 0
+    for key, c in cols.items():
+        r = max(v for k, v in rows.items() if k[:3] == key)
+        total += len(n_exp[key]) * (-(-r // 128) * 128) * (-(-c // 4) * 4)
+    return total
 
 
 def _rope_bytes(ckpt: Checkpoint, arch: ArchInfo) -> int:
@@ -373,10 +406,13 @@ def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
     ]
     if gpu.fp4 != "native" and any(t.scheme.name == "nvfp4" for t in ckpt.tensors.values()) \
             and s.weights_bytes_override is None:
-        notes.append("SGLang on a GPU without FP4 tensor cores (Marlin fallback): a published Gemma-4 all-linear "
-                     "NVFP4 log on an RTX 3090 shows 17.81 GiB of weights where this model predicts ~15.7 GiB; the "
-                     "2.1 GiB gap has no identified mechanism (docs/estimate-figures.md). For exact pool sizes pass "
-                     "the 'Load weight end ... mem usage' figure from your log as --weights-gib")
+        notes.append("SGLang on a GPU without FP4 tensor cores (Marlin fallback): the weights include SGLang's unused "
+                     "swizzled copies of the expert block scales (term moe_blockscale_swizzled_unused; gone once "
+                     "sgl-project/sglang PR #38092 lands). A published Gemma-4 all-linear NVFP4 log on an RTX 3090 "
+                     "shows 17.81 GiB where this model predicts 17.00 GiB (-4.5%); the remaining 0.8 GiB has no "
+                     "measured mechanism (docs/estimate-figures.md), and the KV pool is what is left after the "
+                     "weights, so it moves by that much. For exact pool sizes pass the 'Load weight end ... mem "
+                     "usage' figure from your log as --weights-gib")
     cap: dict[str, Any] = {"kv_pool_bytes": max(0, kv_pool)}
     r = None
     fits = kv_pool > 0
