@@ -115,12 +115,12 @@ def render_table(r: dict[str, Any], explain: bool = False) -> str:
     lines.append(tabulate(rows, tablefmt="plain"))
     if explain:
         lines.append("")
-        lines.append("weights:")
-        for t in r["weights"]["terms"]:
-            lines.append(f"  {t['name']:<20} {_gib(t['bytes']):>11}  {t['mechanism']}" + (f" [{t['source']}]" if t["source"] else ""))
-        lines.append(f"{r['engine']} memory:")
-        for t in r["memory"]["terms"]:
-            lines.append(f"  {t['name']:<20} {_gib(t['bytes']):>11}  {t['mechanism']}" + (f" [{t['source']}]" if t["source"] else ""))
+        width = max(len(t["name"]) for t in r["weights"]["terms"] + r["memory"]["terms"])
+        for title, terms in (("weights:", r["weights"]["terms"]), (f"{r['engine']} memory:", r["memory"]["terms"])):
+            lines.append(title)
+            for t in terms:
+                lines.append(f"  {t['name']:<{width}} {_gib(t['bytes']):>11}  {t['mechanism']}"
+                             + (f" [{t['source']}]" if t["source"] else ""))
     for n in r["notes"]:
         lines.append(f"note: {n}")
     return "\n".join(lines)
