@@ -193,17 +193,14 @@ def parse_headers(root: str, files: list[str]) -> list[ParsedFile]:
         finally:
             os._exit(code)
     os.close(w)
-    try:
-        first = [parse_header(root, rel) for rel in files[:half]]
-        with os.fdopen(r, "rb") as fh:
-            r = -1
-            payload = fh.read()
-    except BaseException:
-        if r != -1:
-            os.close(r)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise
+    with os.fdopen(r, "rb") as pipe:
+        try:
+            first = [parse_header(root, rel) for rel in files[:half]]
+            payload = pipe.read()
+        except BaseException:  # an error in this half comes first, as in order; the child is not needed
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
     _, status = os.waitpid(pid, 0)
     try:
         msg = marshal.loads(payload) if status == 0 else None
