@@ -8,7 +8,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from ._output import emit, format_option, human_bytes
+from ._output import emit, format_option, human_bytes, pause_collector
 
 
 @click.command("convert")
@@ -44,6 +44,7 @@ def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: b
       nvfp4tools convert ./ckpt-ct ./ckpt.gguf --to gguf --dry-run
     """
     from nvfp4tools.convert import convert
+    pause_collector()
     from nvfp4tools.gpus import parse_size
 
     try:

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from ._output import emit, format_option, header_only_process, human_bytes
+from ._output import emit, format_option, pause_collector, human_bytes
 
 GiB = 2**30
 
@@ -58,7 +58,7 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
                  max_seqs=max_seqs, tp=tp, text_only=text_only, max_batched_tokens=max_batched_tokens,
                  weights_bytes_override=int(weights_gib * GiB) if weights_gib is not None else None,
                  cudagraph_bytes=int(cudagraph_gib * GiB))
-    header_only_process()
+    pause_collector()
     ckpt = formats.read(path)
     if gpu_name == "all":
         rows = []

@@ -7,7 +7,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from ._output import emit, format_option, header_only_process, human_bytes, human_count
+from ._output import emit, format_option, pause_collector, human_bytes, human_count
 
 
 @click.command("inspect")
@@ -37,7 +37,7 @@ def inspect_cmd(ctx: click.Context, path: str, deep: bool, expand_layers: bool, 
     from nvfp4tools import formats
     from nvfp4tools.inspect import build_report, has_errors
 
-    header_only_process()
+    pause_collector()
     ckpt = formats.read(path, input_format)
     report = build_report(ckpt, deep=deep, expand_layers=expand_layers, with_tensors=with_tensors)
     emit(report, fmt, render_table)
