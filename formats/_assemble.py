@@ -71,7 +71,7 @@ class PatternSet:
                 if c is not None and p not in self._exact and not (p.endswith("*") and p[:-1] in self._prefixes)]
         self._rest = re.compile("|".join(f"(?:{c.pattern})" for _, c in rest)) if rest else None
         # Without a digit in any remaining pattern, a match cannot depend on which digits a name
-        # holds (".", "\\d", "\\w" and "[^x]" treat all digits alike), so one answer per name
+        # holds (".", r"\d", r"\w" and "[^x]" treat all digits alike), so one answer per name
         # template serves 128 experts x 30 layers; a digit ("[0-3]", "{2}") turns this off.
         self._by_template: dict[bytes, bool] | None = (
             {} if not any(c in "0123456789" for p, _ in rest for c in p) else None)
