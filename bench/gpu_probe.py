@@ -17,30 +17,30 @@ from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
 
 
 @triton.jit
-def _probe(w_ptr, s_ptr, o_ptr, N, K2, KS, stride_wn, stride_sn, SPLIT_K,
-           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_kw = tl.arange(0, BLOCK_K // 8)
-    offs_ks = tl.arange(0, BLOCK_K // 16)
+def _k_blocks(K2, SPLIT_K, BLOCK_K: tl.constexpr):
+    """This program's K blocks [start, end) (whole blocks, as the kernel splits them)."""
     n_blocks = tl.cdiv(K2 * 2, BLOCK_K)
     per = tl.cdiv(n_blocks, SPLIT_K)
-    start = pid_k * per
-    end = tl.minimum(start + per, n_blocks)
-    nmask = offs_n[:, None] < N
-    acc_i = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.int32)
-    acc_f = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for blk in range(start, end):
-        k0 = blk * BLOCK_K
-        sb = tl.load(s_ptr + offs_n[:, None] * stride_sn + (k0 // 16 + offs_ks)[None, :], mask=nmask, other=0)
-        wq = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 // 8 + offs_kw)[None, :], mask=nmask, other=0)
-        if MODE == 0:
-            acc_i ^= wq ^ tl.reshape(tl.join(sb.to(tl.int32), sb.to(tl.int32)), (BLOCK_N, BLOCK_K // 8))
-        else:
-            s = (sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)
-            s2 = tl.reshape(tl.join(s, s), (BLOCK_N, BLOCK_K // 8))
-            acc_f += K._e2m1_word_to_bf16(wq, s2).to(tl.float32)
+    start = tl.program_id(2) * per
+    return start, tl.minimum(start + per, n_blocks)
+
+
+@triton.jit
+def _consume(wq, sb, acc_i, acc_f, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr):
+    """MODE 0: xor the loaded words and scales into acc_i (keeps the loads alive, nothing else);
+    MODE 1: the kernel's PTX word decode, summed in fp32 (no MMA)."""
+    if MODE == 0:
+        acc_i ^= wq ^ tl.reshape(tl.join(sb.to(tl.int32), sb.to(tl.int32)), (BLOCK_N, BLOCK_K // 8))
+    else:
+        s = (sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)
+        s2 = tl.reshape(tl.join(s, s), (BLOCK_N, BLOCK_K // 8))
+        acc_f += K._e2m1_word_to_bf16(wq, s2).to(tl.float32)
+    return acc_i, acc_f
+
+
+@triton.jit
+def _finish(acc_i, acc_f, o_ptr, N, BLOCK_N: tl.constexpr, MODE: tl.constexpr):
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     if MODE == 0:
         r = tl.sum(acc_i, axis=1).to(tl.float32)
     else:
@@ -49,33 +49,38 @@ def _probe(w_ptr, s_ptr, o_ptr, N, K2, KS, stride_wn, stride_sn, SPLIT_K,
 
 
 @triton.jit
+def _probe(w_ptr, s_ptr, o_ptr, N, K2, KS, stride_wn, stride_sn, SPLIT_K,
+           BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr):
+    """The kernel's own loads (pointer tiles through registers), LOADS only or LOADS + DECODE."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_kw = tl.arange(0, BLOCK_K // 8)
+    offs_ks = tl.arange(0, BLOCK_K // 16)
+    start, end = _k_blocks(K2, SPLIT_K, BLOCK_K)
+    nmask = offs_n[:, None] < N
+    acc_i = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.int32)
+    acc_f = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for blk in range(start, end):
+        k0 = blk * BLOCK_K
+        sb = tl.load(s_ptr + offs_n[:, None] * stride_sn + (k0 // 16 + offs_ks)[None, :], mask=nmask, other=0)
+        wq = tl.load(w_ptr + offs_n[:, None] * stride_wn + (k0 // 8 + offs_kw)[None, :], mask=nmask, other=0)
+        acc_i, acc_f = _consume(wq, sb, acc_i, acc_f, BLOCK_N, BLOCK_K, MODE)
+    _finish(acc_i, acc_f, o_ptr, N, BLOCK_N, MODE)
+
+
+@triton.jit
 def _probe_tma(w_desc, s_desc, o_ptr, N, K2, SPLIT_K,
                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, MODE: tl.constexpr, STAGES: tl.constexpr):
     """The same loads through TMA tensor descriptors (bulk async copies into shared memory,
     pipelined with mbarriers by Triton), LOADS only or LOADS + DECODE."""
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_blocks = tl.cdiv(K2 * 2, BLOCK_K)
-    per = tl.cdiv(n_blocks, SPLIT_K)
-    start = pid_k * per
-    end = tl.minimum(start + per, n_blocks)
+    row = tl.program_id(0) * BLOCK_N
+    start, end = _k_blocks(K2, SPLIT_K, BLOCK_K)
     acc_i = tl.zeros((BLOCK_N, BLOCK_K // 8), dtype=tl.int32)
     acc_f = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for blk in tl.range(start, end, num_stages=STAGES):
-        wq = w_desc.load([pid_n * BLOCK_N, blk * (BLOCK_K // 8)])
-        sb = s_desc.load([pid_n * BLOCK_N, blk * (BLOCK_K // 16)])
-        if MODE == 0:
-            acc_i ^= wq ^ tl.reshape(tl.join(sb.to(tl.int32), sb.to(tl.int32)), (BLOCK_N, BLOCK_K // 8))
-        else:
-            s = (sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)
-            s2 = tl.reshape(tl.join(s, s), (BLOCK_N, BLOCK_K // 8))
-            acc_f += K._e2m1_word_to_bf16(wq, s2).to(tl.float32)
-    if MODE == 0:
-        r = tl.sum(acc_i, axis=1).to(tl.float32)
-    else:
-        r = tl.sum(acc_f, axis=1)
-    tl.atomic_add(o_ptr + offs_n, r, mask=offs_n < N)
+        wq = w_desc.load([row, blk * (BLOCK_K // 8)])
+        sb = s_desc.load([row, blk * (BLOCK_K // 16)])
+        acc_i, acc_f = _consume(wq, sb, acc_i, acc_f, BLOCK_N, BLOCK_K, MODE)
+    _finish(acc_i, acc_f, o_ptr, N, BLOCK_N, MODE)
 
 
 def bench(fn) -> float:
