@@ -32,9 +32,7 @@ def _consume(wq, sb, acc_i, acc_f, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     if MODE == 0:
         acc_i ^= wq ^ tl.reshape(tl.join(sb.to(tl.int32), sb.to(tl.int32)), (BLOCK_N, BLOCK_K // 8))
     else:
-        s = (sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)
-        s2 = tl.reshape(tl.join(s, s), (BLOCK_N, BLOCK_K // 8))
-        acc_f += K._e2m1_word_to_bf16(wq, s2).to(tl.float32)
+        acc_f += K.decode_words(wq, sb, BLOCK_N, BLOCK_K).to(tl.float32)
     return acc_i, acc_f
 
 

@@ -41,21 +41,6 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spe
 EXACT_META_KEY = "nvfp4tools.exact_globals"   # safetensors __metadata__: original fp32 bits of reciprocated scales
 
 
-def reciprocal_exact(x: np.float32, original: np.float32 | None = None) -> np.float32:
-    """The float32 reciprocal, and the way back bit-exactly.
-
-    ``fp32(1/fp32(1/s))`` is not always ``s`` (1 ulp off for some values: vLLM #42549). Writers
-    emit the correctly rounded ``fp32(1/s)``, byte-identical to compressed-tensors' own converter,
-    and record the original bits of every value whose reciprocal does not round-trip in the
-    output's metadata; the reverse conversion takes the recorded value when its reciprocal equals
-    the stored one, so ModelOpt -> compressed-tensors -> ModelOpt is byte-identical.
-    """
-    r = np.float32(np.float32(1.0) / np.float32(x))
-    if original is not None and np.float32(np.float32(1.0) / np.float32(original)) == np.float32(x):
-        return np.float32(original)
-    return r
-
-
 _F32 = struct.Struct("<f")
 
 
@@ -67,44 +52,53 @@ def f32_round(x: float) -> float:
         return math.copysign(math.inf, x)
 
 
-def f32_bits(x: float) -> bytes:
-    return _F32.pack(x)
+def _recip32(x: float) -> float:
+    # the correctly rounded float32 quotient: rounding 1/x first to binary64 and then to binary32
+    # is innocuous for division because 53 >= 2 x 24 + 2 (Figueroa, "When is double rounding
+    # innocuous?", 1995), so no numpy is needed for thousands of per-tensor scalars
+    return f32_round(1.0 / x) if x != 0.0 else math.copysign(math.inf, x)
 
 
-def reciprocal_exact_py(x: float, original: float | None = None) -> float:
-    """:func:`reciprocal_exact` on Python floats holding float32 values, without numpy (the
-    per-tensor scalars of a 47,000-tensor checkpoint are read, converted and checked one by one).
-    ``f32_round(1.0 / x)`` is the correctly rounded float32 quotient: rounding first to binary64
-    and then to binary32 is innocuous for division because 53 >= 2 x 24 + 2 (Figueroa, "When is
-    double rounding innocuous?", 1995)."""
-    r = f32_round(1.0 / x) if x != 0.0 else math.copysign(math.inf, x)
-    if original is not None:
-        back = f32_round(1.0 / original) if original != 0.0 else math.copysign(math.inf, original)
-        if back == x:
-            return original
+def reciprocal_exact(x: float, original: float | None = None) -> float:
+    """The float32 reciprocal of a float32 value, and the way back bit-exactly.
+
+    ``fp32(1/fp32(1/s))`` is not always ``s`` (1 ulp off for some values: vLLM #42549). Writers
+    emit the correctly rounded ``fp32(1/s)``, byte-identical to compressed-tensors' own converter,
+    and record the original bits of every value whose reciprocal does not round-trip in the
+    output's metadata; the reverse conversion takes the recorded value when its reciprocal equals
+    the stored one, so ModelOpt -> compressed-tensors -> ModelOpt is byte-identical.
+    """
+    x = float(x)
+    if original is not None and _recip32(float(original)) == x:
+        return float(original)
+    return _recip32(x)
+
+
+_READERS: dict[str, Any] = {}   # one open PartReader per checkpoint root during a conversion
+
+
+def _reader(ckpt: Checkpoint):
+    from .io import PartReader
+
+    r = _READERS.get(ckpt.root)
+    if r is None:
+        r = _READERS[ckpt.root] = PartReader(ckpt.root)
     return r
 
 
-def scalar_mults(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> dict[str, bytes] | None:
-    """float32 bits of the canonical global and input multipliers of a 2-D tensor whose scales
-    are single float32 values; None for anything else (callers fall back to canon_scalars)."""
-    from .io import PartReader
-
-    if len(t.shape) != 2:
-        return None
-    reader = _READERS.get(ckpt.root)
-    if reader is None:
-        reader = _READERS[ckpt.root] = PartReader(ckpt.root)
+def scalar_mults(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> dict[str, bytes]:
+    """float32 bytes of a tensor's canonical global and input multipliers (one per tensor, or one
+    per expert for stacked experts), by role; plain Python, no numpy."""
+    reader = _reader(ckpt)
     out: dict[str, bytes] = {}
     for p in t.parts:
         if p.role not in ("global_scale", "input_scale"):
             continue
-        if p.stored_dtype != "F32" or p.nbytes != 4:
-            return None
-        v = _F32.unpack(reader.read(p))[0]
+        vals = reader.values(p)
         if p.stored_as == "divisor":
-            v = reciprocal_exact_py(v, exact.get(p.key))
-        out[p.role] = _F32.pack(v)
+            original = exact.get(p.key) if len(vals) == 1 else None  # recorded for single values only
+            vals = [reciprocal_exact(v, original) for v in vals]
+        out[p.role] = b"".join(_F32.pack(f32_round(v)) for v in vals)
     return out
 
 
@@ -155,17 +149,9 @@ def iter_canonical(ckpt: Checkpoint) -> Iterator[Canon]:
         yield canon_of(ckpt, t, exact)
 
 
-_READERS: dict[str, Any] = {}   # one open PartReader per checkpoint root during a conversion
-
-
 def canon_scalars(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> Canon:
     """Only the per-tensor scalars of an NVFP4 tensor (multipliers), without touching its codes."""
-
-    from .io import PartReader
-
-    reader = _READERS.get(ckpt.root)
-    if reader is None:
-        reader = _READERS[ckpt.root] = PartReader(ckpt.root)
+    reader = _reader(ckpt)
 
     def mult(role):
         part = t.part(role)
@@ -540,22 +526,16 @@ def _exact_globals(src: Checkpoint, p: Plan) -> None:
                     part = t.part(role)
                     if part is None or part.stored_as != "multiplier" or part.stored_dtype != "F32":
                         continue
-                    if part.nbytes == 4:  # one float32: no numpy (thousands of these)
-                        v = _F32.unpack(r.read(part))[0]
-                        back = reciprocal_exact_py(reciprocal_exact_py(v))
-                        if _F32.pack(back) != _F32.pack(v):
-                            out = next((o.key for o in j.outs if o.what == what), None)
-                            if out is not None:
-                                p.exact_meta[out] = _F32.pack(v).hex()
-                        continue
-                    vals = np.array(r.values(part), np.float32)
-                    if j.action == "split" and vals.size > 1:
+                    vals = r.values(part)
+                    if j.action == "split" and len(vals) > 1:
                         vals = vals[int(j.note.split()[1]):][:1]   # this job's expert
-                    back = (np.float32(1) / (np.float32(1) / vals)).astype(np.float32)
-                    if not np.array_equal(back.view(np.uint32), vals.view(np.uint32)) and vals.size == 1:
+                    if len(vals) != 1:
+                        continue
+                    v = vals[0]
+                    if _F32.pack(reciprocal_exact(reciprocal_exact(v))) != _F32.pack(v):
                         out = next((o.key for o in j.outs if o.what == what), None)
                         if out is not None:
-                            p.exact_meta[out] = vals.astype("<f4").tobytes().hex()
+                            p.exact_meta[out] = _F32.pack(v).hex()
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -1027,7 +1007,6 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int,
     weight_map: dict[str, str] = {}
     prog = _Progress(sum(j.nbytes for j in p.jobs))
     total = 0
-    indexed = False
     for i, jobs in enumerate(shards):
         fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         outs = [o for j in jobs for o in j.outs]
@@ -1067,11 +1046,11 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int,
                         runs.add(base + offsets[key] + rel, data)
                         prog.add(len(data))
                 runs.flush()
-                if while_copying is not None and i == len(shards) - 1:
+                if i == len(shards) - 1:  # everything is planned: the index, then work beside the copy
                     if len(shards) > 1:
                         write_index(out_dir, {**weight_map, **{k: fname for k in seen}}, total + off)
-                        indexed = True
-                    while_copying()
+                    if while_copying is not None:
+                        while_copying()
                 writer.close()
             except BaseException:
                 writer.close(abort=True)
@@ -1085,8 +1064,6 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int,
         for k in seen:
             weight_map[k] = fname
     prog.close()
-    if len(shards) > 1 and not indexed:
-        write_index(out_dir, weight_map, total)
     return files
 
 
@@ -1235,18 +1212,11 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
             _verify_bytes(p.src, out, direct, t_out, sampled=mode == "sampled")
             small = [o for o in j.outs if o not in direct]
             if small:  # the converted scalars: compare multipliers bit for bit
-                fa = scalar_mults(p.src, p.src.tensors[j.sources[0]], src_exact)
-                fb = scalar_mults(out, t_out, out_exact) if fa is not None else None
-                if fa is not None and fb is not None:
-                    for role, bits in fa.items():
-                        if fb.get(role) != bits:
-                            what = "global" if role == "global_scale" else "input"
-                            raise FormatError(f"verification: {what} scale of '{name}' differs (a bug: please report)")
-                else:
-                    a = canon_scalars(p.src, p.src.tensors[j.sources[0]], src_exact)
-                    b = canon_scalars(out, t_out, out_exact)
-                    if not np.array_equal(_bits(a.global_mult), _bits(b.global_mult)):
-                        raise FormatError(f"verification: global scale of '{name}' differs (a bug: please report)")
+                fb = scalar_mults(out, t_out, out_exact)
+                for role, bits in scalar_mults(p.src, p.src.tensors[j.sources[0]], src_exact).items():
+                    if fb.get(role) != bits:
+                        what = "global" if role == "global_scale" else "input"
+                        raise FormatError(f"verification: {what} scale of '{name}' differs (a bug: please report)")
             checked += 1
             continue
         b = canon_of(out, t_out, out_exact)

@@ -136,19 +136,19 @@ def scale_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
         gv: tuple[float, ...] = ()
         iv: tuple[float, ...] = ()
         for p in t.parts:
-            role = p.role
-            if role == "global_scale":
-                gv = scales(p)
-                if not (gv[0] > 0.0 and gv[0] != math.inf) or len(gv) > 1:  # NaN fails the first test
-                    bad = [v for v in gv if is_bad_scale(v)]
-                    if bad:
-                        bad_global.append((t.name, f"global scale {_fmt(bad[0])} (stored {p.key})"))
-            elif role == "input_scale":
-                iv = scales(p)
-                if not (iv[0] > 0.0 and iv[0] != math.inf) or len(iv) > 1:
-                    bad = [v for v in iv if is_bad_scale(v)]
-                    if bad:
-                        bad_input.append((t.name, f"input scale {_fmt(bad[0])} (stored {p.key})"))
+            is_global = p.role == "global_scale"
+            if not is_global and p.role != "input_scale":
+                continue
+            vals = scales(p)
+            if is_global:
+                gv = vals
+            else:
+                iv = vals
+            if len(vals) > 1 or not (vals[0] > 0.0 and vals[0] != math.inf):  # NaN fails the test too
+                bad = [v for v in vals if is_bad_scale(v)]
+                if bad:
+                    (bad_global if is_global else bad_input).append(
+                        (t.name, f"{'global' if is_global else 'input'} scale {_fmt(bad[0])} (stored {p.key})"))
         fk = _FUSED.get(t.proj or "")
         if fk and (gv or iv) and t.layer is not None and t.role in LINEAR_ROLES:
             key = (t.stack, t.layer, t.role, t.expert, fk, t.module.rsplit(".", 1)[0])

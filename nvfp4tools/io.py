@@ -49,15 +49,8 @@ class PartReader:
     def scales(self, part: TensorPart) -> tuple[float, ...]:
         """A per-tensor scale part's values in the model's multiplier convention (see
         :func:`~nvfp4tools.model.canonical_scale`)."""
-        if part.nbytes == 4 and part.stored_dtype == "F32":  # ~23,000 per full-size MoE: keep it lean
-            fd = self._fh.get(part.file)
-            data = os.pread(fd if fd is not None else self._fd(part.file), 4, part.offset)  # type: ignore[arg-type]
-            if len(data) != 4:
-                self.read(part)  # raises the truncation error
-            v = _F32.unpack(data)[0]
-            if part.stored_as == "divisor":
-                v = 1.0 / v if v != 0.0 else math.inf
-            return (v,)
+        if part.nbytes == 4 and part.stored_dtype == "F32":  # ~23,000 per full-size MoE: no generator
+            return (canonical_scale(_F32.unpack(self.read(part))[0], part),)
         return tuple(canonical_scale(v, part) for v in self.values(part))
 
     def values(self, part: TensorPart) -> list[float]:

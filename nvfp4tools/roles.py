@@ -8,7 +8,6 @@ Mixtral ``block_sparse_moe.experts.E.w1``. Rules are a table tried in order; the
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import NamedTuple
 
@@ -57,12 +56,11 @@ class RoleInfo(NamedTuple):  # a NamedTuple: built ~12,000 times per full-size M
     expert: int | None
 
 
-_DIGITS = re.compile(r"\.\d+(?=\.|$)")
 _TO_HASH = bytes.maketrans(b"0123456789", b"##########")  # bytes.translate: 15x faster than str's
 _new = tuple.__new__
 # name with every digit as "#" -> (role, proj, stack, layer token index, expert token index), or
-# None when a token mixes digits with letters (Mixtral "w1"/"w2", GPT-2 "ln_1"): those digits
-# change the role, so such names take the regular-expression path.
+# None when a token mixes digits with letters (Mixtral "w1"/"w2", GPT-2 "ln_1", vision "fc1"):
+# those digits change the role, so such names run the rules every time.
 _FAST: dict[bytes, tuple[str, str | None, str | None, int | None, int | None] | None] = {}
 
 
@@ -78,7 +76,7 @@ def classify(name: str) -> RoleInfo:
     except KeyError:
         t = _FAST[key] = _template(name)
     if t is None:
-        return _classify_slow(name)
+        return _classify_rules(name)
     role, proj, stack, layer_tok, expert_tok = t
     if layer_tok is None and expert_tok is None:
         return _new(RoleInfo, (role, None, stack, proj, None))
@@ -93,7 +91,7 @@ def _template(name: str) -> tuple[str, str | None, str | None, int | None, int |
     toks = name.split(".")
     if any(not tok.isdigit() and any(c.isdigit() for c in tok) for tok in toks):
         return None
-    r = _classify_slow(name)
+    r = _classify_rules(name)
     layer_tok = expert_tok = None
     if r.layer is not None:
         m = _LAYER_RE.match(name)
@@ -106,22 +104,7 @@ def _template(name: str) -> tuple[str, str | None, str | None, int | None, int |
     return r.role, r.proj, stack, layer_tok, expert_tok
 
 
-def _classify_slow(name: str) -> RoleInfo:
-    m = _LAYER_RE.match(name)
-    em = _EXPERT_RE.search(name)
-    role, proj, layered = _classify_template(_DIGITS.sub(".#", name))
-    layer = int(m.group("idx")) if (m and layered) else None
-    stack = m.group("stack") if (m and layered) else None
-    return RoleInfo(role, layer, stack, proj, int(em.group(1)) if em else None)
-
-
-@functools.lru_cache(maxsize=4096)
-def _classify_template(template: str) -> tuple[str, str | None, bool]:
-    r = _classify_uncached(template.replace(".#", ".0"))
-    return r.role, r.proj, r.layer is not None
-
-
-def _classify_uncached(name: str) -> RoleInfo:
+def _classify_rules(name: str) -> RoleInfo:
     """Classify a tensor or module name.
 
     >>> classify("model.language_model.layers.3.experts.7.down_proj.weight")

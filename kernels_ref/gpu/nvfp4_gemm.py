@@ -90,6 +90,15 @@ def _e2m1_word_to_bf16(q, sc):
 
 
 @triton.jit
+def decode_words(wq, sb, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """int32 [BLOCK_N, BLOCK_K/8] code words and uint8 E4M3 [BLOCK_N, BLOCK_K/16] block scales ->
+    bf16 [BLOCK_N, BLOCK_K] weights x 2^-16 (DECODE 2; the caller's epilogue multiplies by 2^16)."""
+    s = (sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)  # x 2^110
+    s2 = tl.reshape(tl.join(s, s), (BLOCK_N, BLOCK_K // 8))   # word c uses scale c // 2
+    return _e2m1_word_to_bf16(wq, s2)
+
+
+@triton.jit
 def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2, KS, g,
                         stride_xm, stride_wn, stride_sn, stride_ym,
                         SPLIT_K,
@@ -130,9 +139,7 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
                 wq = tl.load(wp, mask=nmask, other=0)
             else:
                 wq = tl.load(wp, mask=nmask & ((k0 // 8 + offs_kw)[None, :] < K2 // 4), other=0)
-            s = (sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)  # x 2^110
-            s2 = tl.reshape(tl.join(s, s), (BLOCK_N, BLOCK_K // 8))   # word c uses scale c // 2
-            w = _e2m1_word_to_bf16(wq, s2)
+            w = decode_words(wq, sb, BLOCK_N, BLOCK_K)
         else:
             wp = w_ptr + offs_n[:, None] * stride_wn + (k0 // 2 + offs_kh)[None, :]
             if EVEN_K:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nvfp4tools.formats._assemble import PatternSet, match_pattern
-from nvfp4tools.roles import _classify_slow, classify
+from nvfp4tools.roles import _classify_rules, classify
 
 NAMES = [
     "model.language_model.layers.17.experts.93.down_proj.weight",
@@ -30,7 +30,7 @@ NAMES = [
 def test_classify_template_cache_matches_the_rules() -> None:
     for _ in range(2):  # second round: every answer from the cache
         for n in NAMES:
-            assert classify(n) == _classify_slow(n), n
+            assert classify(n) == _classify_rules(n), n
 
 
 PATTERNS = [
