@@ -33,11 +33,13 @@ import numpy as np
 from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32, f32_to_bf16_bits_exact
 
 from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
+from .early_copy import EarlyCopy, begin_early_copy, check_destination, temp_dir_for
 from .model import Checkpoint, TensorInfo
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
               "chat_template.json", "chat_template.jinja", "generation_config.json", "preprocessor_config.json",
               "processor_config.json", "added_tokens.json", "vocab.json", "merges.txt")
+DEFAULT_SHARD_BYTES = 5 * 10**9              # GGUF sources: one file, cut into shards of this size
 EXACT_META_KEY = "nvfp4tools.exact_globals"   # safetensors __metadata__: original fp32 bits of reciprocated scales
 
 
@@ -762,8 +764,9 @@ class _Writer:
 
     MAX_PENDING = 128 * 2**20
 
-    def __init__(self, dst: int, fds: dict[str, int]) -> None:
-        self.dst, self.fds = dst, fds
+    def __init__(self, dst: int, fds: dict[str, int], gate: Callable[[int, int], None] | None = None) -> None:
+        self.dst, self.fds, self.gate = dst, fds, gate
+        self.current: int | None = None   # position of the operation being applied
         self.ops: collections.deque[tuple[int, Any, int]] = collections.deque()
         self.cv = threading.Condition()
         self.pending = 0
@@ -791,15 +794,28 @@ class _Writer:
                 if not self.ops:
                     return
                 pos, data, size = self.ops.popleft()
+                self.current = pos
             try:
                 if self.error is None:
+                    if self.gate is not None:
+                        self.gate(pos, len(data))
                     _write_at(self.dst, pos, data, self.fds)
             except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
                 with self.cv:
                     self.error = e
             with self.cv:
+                self.current = None
                 self.pending -= size
                 self.cv.notify_all()
+
+    def settled_below(self, end: int) -> bool:
+        """No operation applied or waiting starts before END (operations submitted in increasing
+        positions; re-raises the thread's error)."""
+        with self.cv:
+            if self.error is not None:
+                raise self.error
+            first = self.current if self.current is not None else (self.ops[0][0] if self.ops else None)
+            return first is None or first >= end
 
     def close(self, abort: bool = False) -> None:
         """Wait until every operation is applied (or, with ABORT, drop the rest) and re-raise
@@ -982,7 +998,23 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _shard(jobs: list[Job], max_bytes: int) -> list[list[Job]]:
+def _shard(jobs: list[Job], max_bytes: int | None, src: Checkpoint) -> list[list[Job]]:
+    """Output shards: at most MAX_BYTES each, or (None) as the source's files are sharded (a job
+    goes with its first source tensor's file; a GGUF source, one file by nature, is cut at 5 GB)."""
+    if max_bytes is None and src.format == "gguf":
+        max_bytes = DEFAULT_SHARD_BYTES
+    if max_bytes is None:
+        by_file: dict[str, list[Job]] = {}
+        loose: list[Job] = []   # jobs without a source tensor go with the first shard
+        for j in jobs:
+            t = src.tensors.get(j.sources[0]) if j.sources else None
+            if t is not None and t.parts:
+                by_file.setdefault(t.parts[0].file, []).append(j)
+            else:
+                loose.append(j)
+        out = [by_file[f] for f in sorted(by_file)] or [[]]
+        out[0].extend(loose)
+        return out
     shards: list[list[Job]] = [[]]
     acc = 0
     for j in jobs:
@@ -994,15 +1026,20 @@ def _shard(jobs: list[Job], max_bytes: int) -> list[list[Job]]:
     return shards
 
 
-def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int,
-                           while_copying: Callable[[], None] | None = None) -> list[str]:
+def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
+                           while_copying: Callable[[Callable[[str, int], None] | None], None] | None = None,
+                           early: EarlyCopy | None = None) -> list[str]:
     """Write the plan's shards. WHILE_COPYING runs once every header, the index and every
     operation are handed to the writer, while the kernel is still copying the last shard (the
-    files already have their final sizes, so their headers can be read)."""
+    files already have their final sizes, so their headers can be read); it gets READY(file, end),
+    which returns once the output's bytes before END are final, where the last shard has an early
+    copy (else None: they are final when this function returns). EARLY: the data sections
+    already being copied into OUT_DIR (:mod:`nvfp4tools.early_copy`); a shard the plan lays out
+    the same way keeps its copy and gets only its header and the bytes that differ."""
     from nvfp4tools.formats._st_writer import nbytes_of, write_index
 
     exact = _exact_meta(p.src)
-    shards = _shard(p.jobs, max_shard_bytes)
+    shards = _shard(p.jobs, max_shard_bytes, p.src)
     files = []
     weight_map: dict[str, str] = {}
     prog = _Progress(sum(j.nbytes for j in p.jobs))
@@ -1030,29 +1067,57 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int,
             off += n
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * ((-len(blob)) % 8)
+        claimed = early.claim(fname, len(blob), off) if early is not None else None
+        if claimed is not None:
+            blob += b" " * (claimed.reserved - len(blob))  # trailing spaces: allowed by the format
         base = 8 + len(blob)
         path = os.path.join(out_dir, fname)
-        with open(path, "wb") as fh:
+        with open(path, "r+b" if claimed is not None else "wb") as fh:
             fh.write(len(blob).to_bytes(8, "little"))
             fh.write(blob)
             fh.flush()  # from here on only positioned writes, on the writer thread
-            os.ftruncate(fh.fileno(), base + off)  # final size now: the header is readable during the copy
+            if claimed is None:
+                os.ftruncate(fh.fileno(), base + off)  # final size now: the header is readable during the copy
             fds: dict[str, int] = {}
-            writer = _Writer(fh.fileno(), fds)
-            runs = _CopyRuns(writer)
+            if claimed is None:
+                writer = _Writer(fh.fileno(), fds)
+                add = _CopyRuns(writer).add
+            else:
+                # the early copy is under way: an operation (a rewritten global, mostly) waits
+                # until the copy has passed its bytes, which it overwrites; in place copies are
+                # dropped. Operations arrive in increasing positions, so the first one pending
+                # bounds what is final (ready()).
+                writer = _Writer(fh.fileno(), fds, gate=lambda pos, n, c=claimed, b=base: early.wait_until(c, pos + n - b))
+                add = writer.submit
+            real: dict[str, str] = {}
             try:
                 for j in jobs:
                     for key, rel, data in _job_chunks(p.src, j, p.to, exact):
-                        runs.add(base + offsets[key] + rel, data)
                         prog.add(len(data))
-                runs.flush()
+                        if claimed is not None and isinstance(data, CopyFrom):
+                            rp = real.get(data.path)
+                            if rp is None:
+                                rp = real[data.path] = os.path.realpath(data.path)
+                            if EarlyCopy.in_place(claimed, rp, data.offset, data.nbytes, offsets[key] + rel):
+                                continue
+                        add(base + offsets[key] + rel, data)
+                if claimed is None:
+                    add.__self__.flush()
                 if i == len(shards) - 1:  # everything is planned: the index, then work beside the copy
                     if len(shards) > 1:
                         write_index(out_dir, {**weight_map, **{k: fname for k in seen}}, total + off)
                     if while_copying is not None:
-                        while_copying()
+                        ready = None
+                        if claimed is not None:
+                            def ready(file: str, end: int, c=claimed, b=base, w=writer, f=fname) -> None:
+                                if file == f:
+                                    while not (early.copied_past(c, end - b) and w.settled_below(end)):
+                                        time.sleep(0.0005)
+                        while_copying(ready)
                 writer.close()
             except BaseException:
+                if early is not None:
+                    early.close()  # else the writer's gate waits for the whole early copy
                 writer.close(abort=True)
                 raise
             finally:
@@ -1064,6 +1129,9 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int,
         for k in seen:
             weight_map[k] = fname
     prog.close()
+    if early is not None:
+        for name in set(early.shards) - set(files):  # copied for a shard the plan does not write
+            early.discard(name)
     return files
 
 
@@ -1173,7 +1241,8 @@ def copy_side_files(src_root: str, out_dir: str, skip: tuple[str, ...] = ()) -> 
 
 # -- verification ----------------------------------------------------------------------------------
 
-def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint | None = None) -> int:
+def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint | None = None,
+                  ready: Callable[[str, int], None] | None = None) -> int:
     """Re-read the written checkpoint and check every exact tensor against the source bit for bit:
     codes, block-scale bytes and global multipliers for NVFP4 (per expert for stacked tensors;
     a folded Gemma 4 down scale against weight_scale_2 x per_expert_scale), values and scales for
@@ -1186,7 +1255,8 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
     whole ranges, so they show at the edges; re-reading every copied byte costs about one more
     ``cp`` and finds nothing more. Everything that was transformed (scales, repacked codes,
     stacked or split experts, GGUF) is always compared in full. ``mode="full"`` compares every
-    byte."""
+    byte. READY(file, end), where given, is called before any output bytes of a tensor are read
+    and returns once they are final (verification beside a copy still under way)."""
     from nvfp4tools import formats
 
     if out is None:  # (convert() re-reads the header while the last copy runs and passes it in)
@@ -1207,6 +1277,9 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
         t_out = out.tensors.get(name)
         if t_out is None:
             raise FormatError(f"verification: '{name}' is missing from the output")
+        if ready is not None:
+            for q in t_out.parts:
+                ready(q.file, q.offset + q.nbytes)
         direct = _direct_parts(p.src.tensors[j.sources[0]], j) if len(j.sources) == 1 else None
         if direct is not None and p.to != "gguf" and p.src.format != "gguf":
             _verify_bytes(p.src, out, direct, t_out, sampled=mode == "sampled")
@@ -1363,14 +1436,31 @@ def _close_caches() -> None:
 # -- the command -----------------------------------------------------------------------------------
 
 def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, allow_lossy: bool = False,
-            dry_run: bool = False, force: bool = False, max_shard_bytes: int = 5 * 10**9,
-            quantize: str | None = None, verify: str = "sampled") -> dict[str, Any]:
+            dry_run: bool = False, force: bool = False, max_shard_bytes: int | None = None,
+            quantize: str | None = None, verify: str = "sampled", early: EarlyCopy | None = None) -> dict[str, Any]:
+    """Convert SRC_PATH into DST (see the module doc). EARLY: a copy started by
+    :func:`begin_early_copy` with the same arguments (the CLI starts it before importing this
+    module); without one, convert() starts it itself. It is stopped and its folder removed
+    whatever happens."""
+    if early is None:
+        early = begin_early_copy(src_path, dst, to, experts=experts, force=force, quantize=quantize,
+                                 max_shard_bytes=max_shard_bytes, dry_run=dry_run)
+    try:
+        return _convert(src_path, dst, to, experts=experts, allow_lossy=allow_lossy, dry_run=dry_run, force=force,
+                        max_shard_bytes=max_shard_bytes, quantize=quantize, verify=verify, early=early)
+    finally:
+        if early is not None:
+            early.close()
+            shutil.rmtree(early.tmp, ignore_errors=True)  # gone already when the output was renamed
+
+
+def _convert(src_path: str, dst: str, to: str, *, experts: str | None, allow_lossy: bool, dry_run: bool,
+             force: bool, max_shard_bytes: int | None, quantize: str | None, verify: str,
+             early: EarlyCopy | None) -> dict[str, Any]:
     from nvfp4tools import formats
 
-    src_real = os.path.realpath(src_path)
+    check_destination(src_path, dst, force)
     dst_real = os.path.realpath(dst)
-    if src_real == dst_real or dst_real.startswith(src_real.rstrip(os.sep) + os.sep):
-        raise UsageError(f"destination {dst} is the source or inside it", hint="choose a new folder")
     src = formats.read(src_path)
     p = plan(src, to, experts=experts, allow_lossy=allow_lossy, quantize=quantize)
     report = p.as_dict()
@@ -1378,13 +1468,12 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
     _AMAX.clear()
     if dry_run:
         return report
-    if os.path.exists(dst) and not force:
-        raise UsageError(f"{dst} already exists", hint="pass --force to replace it")
-    parent = os.path.dirname(dst_real) or "."
-    tmp = os.path.join(parent, f".{os.path.basename(dst_real)}.nvfp4tools-tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    tmp = temp_dir_for(dst)
+    if early is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
     pre_read = None
+    side: dict[str, Any] = {}
     try:
         if to == "gguf":
             from nvfp4tools.formats.gguf_writer import write_gguf_plan
@@ -1393,32 +1482,34 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
                 report["lossy"] = [dict(x, sqnr_db=None if x["sqnr_db"] is None else float(x["sqnr_db"]))
                                    for x in LOSSY_REPORT]
         else:
-            early: dict[str, Any] = {}
-
-            def while_copying() -> None:
+            def while_copying(ready) -> None:
                 # configs, side files and the output's header re-read overlap the kernel copy;
-                # not when a reader would need tensor bytes (int4 stored shapes)
+                # not when a reader would need tensor bytes (int4 stored shapes). Behind an
+                # early copy the verification too, each tensor once its bytes are final.
                 write_configs(p, tmp)
-                early["copied"] = copy_side_files(src.root, tmp)
+                side["copied"] = copy_side_files(src.root, tmp)
                 if verify and not any(o.what == "shape" for j in p.jobs for o in j.outs):
                     try:
-                        early["out"] = formats.read(tmp, to)
+                        side["out"] = formats.read(tmp, to)
                     except Nvfp4ToolsError:
-                        pass  # read again after the copy, where the error is reported properly
+                        return  # read again after the copy, where the error is reported properly
+                    if ready is not None:
+                        side["verified"] = verify_output(p, tmp, verify, out=side["out"], ready=ready)
 
-            files = write_safetensors_plan(p, tmp, max_shard_bytes, while_copying)
-            if "copied" not in early:
+            files = write_safetensors_plan(p, tmp, max_shard_bytes, while_copying, early)
+            if "copied" not in side:
                 write_configs(p, tmp)
-                early["copied"] = copy_side_files(src.root, tmp)
-            report["copied"] = early["copied"]
-            pre_read = early.get("out")
+                side["copied"] = copy_side_files(src.root, tmp)
+            report["copied"] = side["copied"]
+            pre_read = side.get("out")
             if LOSSY_REPORT:
                 report["lossy"] = list(LOSSY_REPORT)
                 with open(os.path.join(tmp, "nvfp4tools_conversion_report.json"), "w") as fh:
                     json.dump({"schema": "nvfp4tools/conversion-report/v1", "source": src.source, "to": to,
                                "tensors": LOSSY_REPORT}, fh, indent=1)
-        report["verified_tensors"] = verify_output(p, tmp if to != "gguf" else os.path.join(tmp, files[0]), verify,
-                                                   out=pre_read if to != "gguf" else None)
+        report["verified_tensors"] = side["verified"] if "verified" in side else \
+            verify_output(p, tmp if to != "gguf" else os.path.join(tmp, files[0]), verify,
+                          out=pre_read if to != "gguf" else None)
         report["verification"] = verify
         report["files"] = files
         if to == "gguf":

@@ -24,14 +24,16 @@ from ._output import emit, format_option, human_bytes, pause_collector
                    "reference). Per-tensor error goes to the report (nvfp4tools_conversion_report.json).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (tensors, bytes, exact/lossy) and write nothing.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only after the new one is complete).")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="Split safetensors output into shards.")
+@click.option("--max-shard-size", default=None,
+              help="Split safetensors output into shards of at most this size (default: shard as the source is "
+                   "sharded; a GGUF source in 5GB shards).")
 @click.option("--verify", "verify", type=click.Choice(["sampled", "full"]), default="sampled", show_default=True,
               help="How parts copied byte for byte are re-checked: header, length and 4 KiB windows at both "
                    "ends and every 64 MiB (sampled), or every byte (full). Transformed parts are always "
                    "compared in full.")
 @format_option
 def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: bool, quantize: str | None,
-                dry_run: bool, force: bool, max_shard_size: str, verify: str, fmt: str) -> None:
+                dry_run: bool, force: bool, max_shard_size: str | None, verify: str, fmt: str) -> None:
     """Convert between ModelOpt NVFP4, compressed-tensors (NVFP4, W4A16) and GGUF (NVFP4, Q4_0),
     bit-exact wherever the formats allow (codes and block-scale bytes copied, globals remapped).
 
@@ -43,13 +45,18 @@ def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: b
       nvfp4tools convert ./gemma-4-NVFP4 ./gemma-4-NVFP4-ct --to compressed-tensors
       nvfp4tools convert ./ckpt-ct ./ckpt.gguf --to gguf --dry-run
     """
-    from nvfp4tools.convert import convert
     pause_collector()
+    from nvfp4tools.early_copy import begin_early_copy
     from nvfp4tools.gpus import parse_size
 
+    max_bytes = None if max_shard_size is None else parse_size(max_shard_size)
     try:
+        # the bulk copy starts before the converter's imports (numpy) and its planning
+        early = begin_early_copy(src, dst, to, experts=experts, force=force, quantize=quantize,
+                                 max_shard_bytes=max_bytes, dry_run=dry_run)
+        from nvfp4tools.convert import convert
         report = convert(src, dst, to, experts=experts, allow_lossy=allow_lossy, dry_run=dry_run, force=force,
-                         max_shard_bytes=parse_size(max_shard_size), quantize=quantize, verify=verify)
+                         max_shard_bytes=max_bytes, quantize=quantize, verify=verify, early=early)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             from nvfp4tools.errors import FormatError

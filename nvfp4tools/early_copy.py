@@ -1,0 +1,250 @@
+"""Start the bulk copy of a lossless safetensors conversion before the conversion is planned.
+
+A ModelOpt NVFP4 <-> compressed-tensors NVFP4 conversion leaves every code byte, block-scale
+byte and unquantized tensor as it is, in the source's order: each output shard is the source
+shard's data section with a few 4-byte globals rewritten, behind a new header. The copy of that
+data section is nearly all of the work (the kernel copies page cache to page cache), and
+everything else (imports, header parsing, planning, verification) used to run before or after it.
+So the command starts copying each source shard's data section into the output file at once, at
+an offset that leaves room for the new header, on a background thread, and plans meanwhile.
+
+The header room is a guess made before the plan exists: the source header's length plus
+``HEADROOM_PER_ENTRY`` bytes per tensor (compressed-tensors names are ~5 bytes longer than
+ModelOpt's) plus ``HEADROOM_BYTES``. The safetensors format allows a header to be padded with
+trailing spaces, so the real header is padded to the reserved length. When the plan does not fit
+(a longer header, another data length, other shard names), that shard is written the ordinary way
+and the copied bytes are overwritten: a wrong guess costs time, never correctness. Copies that the
+plan needs and the early copy already made are recognised byte range by byte range
+(:meth:`EarlyCopy.in_place`); everything else, the rewritten globals included, is written after
+the early copy of its shard has finished.
+
+This module imports no numpy: the copy starts before the converter's imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+from .errors import UsageError
+
+HEADROOM_PER_ENTRY = 16
+HEADROOM_BYTES = 64 * 1024
+_REQUEST = 128 * 2**20      # one copy_file_range call: how often progress shows, how soon a cancel acts
+
+
+@dataclass
+class _Shard:
+    out_name: str           # output file name (in the temporary folder)
+    src_path: str
+    src_base: int           # where the source data section starts
+    data_len: int
+    reserved: int           # header bytes reserved in the output (multiple of 8)
+    done: threading.Event
+    cancelled: bool = False
+    copied: int = 0
+    seconds: float = 0.0    # wall time of the copy (bench/convert_speed.py reports it)
+
+
+def _nvfp4_source(root: str) -> bool:
+    """Cheap check that ROOT holds an NVFP4 checkpoint of ModelOpt or compressed-tensors (the
+    plan decides for real; this only avoids starting copies that would be thrown away)."""
+    for name in ("hf_quant_config.json", "config.json"):
+        try:
+            with open(os.path.join(root, name), "rb") as fh:
+                if b"nvfp4" in fh.read().lower():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def _source_shards(root: str) -> list[str]:
+    index = os.path.join(root, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, "rb") as fh:
+            return sorted(set(json.load(fh)["weight_map"].values()))
+    return ["model.safetensors"] if os.path.isfile(os.path.join(root, "model.safetensors")) else []
+
+
+def output_shard_name(i: int, n: int) -> str:
+    return "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+
+
+class EarlyCopy:
+    """The background copy of every source shard's data section into TMP (see the module doc)."""
+
+    def __init__(self, tmp: str, shards: list[_Shard]) -> None:
+        self.tmp = tmp
+        self.shards = {s.out_name: s for s in shards}
+        self.error: BaseException | None = None
+        self._stop = False
+        self.progress = threading.Condition()   # notified after every copy request
+        self.thread = threading.Thread(target=self._run, name="nvfp4tools-early-copy", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def begin(cls, src: str, tmp: str, to: str, *, experts: str | None, quantize: str | None,
+              max_shard_bytes: int | None) -> EarlyCopy | None:
+        """Create TMP and start copying, or return None (and create nothing) where the plan
+        would not keep the source's data sections: other targets, expert re-layout,
+        quantization, explicit re-sharding, sources that are not NVFP4 safetensors."""
+        if (to not in ("modelopt", "compressed-tensors") or experts or quantize or max_shard_bytes is not None
+                or not os.path.isdir(src) or not _nvfp4_source(src)):
+            return None
+        names = _source_shards(src)
+        if not names:
+            return None
+        shards = []
+        try:
+            for i, name in enumerate(names):
+                path = os.path.join(src, name)
+                with open(path, "rb") as fh:
+                    head = fh.read(8)
+                    if len(head) != 8:
+                        return None
+                    (n,) = struct.unpack("<Q", head)
+                    size = os.fstat(fh.fileno()).st_size
+                    if n > size - 8 or n > 512 * 2**20:
+                        return None  # the reader reports this properly
+                    header = fh.read(n).rstrip(b" ")   # not the padding of an earlier early copy
+                reserved = len(header) + HEADROOM_PER_ENTRY * header.count(b'"data_offsets"') + HEADROOM_BYTES
+                reserved += (-reserved) % 8
+                shards.append(_Shard(output_shard_name(i, len(names)), os.path.realpath(path), 8 + n, size - 8 - n, reserved,
+                                     threading.Event()))
+        except OSError:
+            return None
+        os.makedirs(tmp)
+        return cls(tmp, shards)
+
+    def _run(self) -> None:
+        for s in self.shards.values():
+            try:
+                if not (self._stop or s.cancelled):
+                    self._copy(s)
+            except BaseException as e:  # noqa: BLE001  (raised in the main thread)
+                self.error = e
+                self._stop = True
+            finally:
+                s.done.set()
+                with self.progress:
+                    self.progress.notify_all()
+
+    def _copy(self, s: _Shard) -> None:
+        t0 = time.perf_counter()
+        fi = os.open(s.src_path, os.O_RDONLY)
+        try:
+            fo = os.open(os.path.join(self.tmp, s.out_name), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.ftruncate(fo, 8 + s.reserved + s.data_len)
+                while s.copied < s.data_len and not (self._stop or s.cancelled):
+                    n = min(_REQUEST, s.data_len - s.copied)
+                    k = os.copy_file_range(fi, fo, n, s.src_base + s.copied, 8 + s.reserved + s.copied)
+                    if k <= 0:
+                        raise OSError(f"copy_file_range returned {k} at {s.copied} of {s.src_path}")
+                    s.copied += k
+                    with self.progress:
+                        self.progress.notify_all()
+            finally:
+                os.close(fo)
+        finally:
+            os.close(fi)
+            s.seconds = time.perf_counter() - t0
+
+    # -- used by the writer ----------------------------------------------------------------------
+
+    def claim(self, out_name: str, header_len: int, data_len: int) -> _Shard | None:
+        """The early copy of OUT_NAME if a header of HEADER_LEN bytes and DATA_LEN bytes of data
+        fit it; otherwise cancel that shard's copy (waiting until the thread lets go of the file)
+        and return None."""
+        s = self.shards.get(out_name)
+        if s is None:
+            return None
+        if header_len <= s.reserved and data_len == s.data_len:
+            return s
+        s.cancelled = True
+        s.done.wait()
+        self._raise()
+        return None
+
+    def copied_past(self, s: _Shard, rel_end: int) -> bool:
+        """The first REL_END bytes of S's data section are copied (re-raises the copy's error;
+        raises if the copy stopped short of them)."""
+        if s.copied >= rel_end:
+            return True
+        if s.done.is_set():
+            self._raise()
+            raise OSError(f"early copy of {s.src_path} stopped at {s.copied} of {s.data_len} bytes")
+        return False
+
+    def wait_until(self, s: _Shard, rel_end: int) -> None:
+        """Block until the first REL_END bytes of S's data section are copied."""
+        while not self.copied_past(s, rel_end):
+            with self.progress:
+                self.progress.wait(0.05)
+
+    def discard(self, out_name: str) -> None:
+        """Stop copying OUT_NAME and remove it: the plan writes no shard of that name."""
+        s = self.shards[out_name]
+        s.cancelled = True
+        s.done.wait()
+        self._raise()
+        try:
+            os.remove(os.path.join(self.tmp, out_name))
+        except FileNotFoundError:
+            pass
+
+    @staticmethod
+    def in_place(s: _Shard, path: str, offset: int, nbytes: int, rel: int) -> bool:
+        """True when copying NBYTES at OFFSET of PATH to data-section position REL of the output
+        is what the early copy does anyway."""
+        return path == s.src_path and offset - s.src_base == rel and rel + nbytes <= s.data_len
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Stop copying and wait for the thread (the caller removes the folder on failure)."""
+        self._stop = True
+        self.thread.join()
+
+
+def temp_dir_for(dst: str) -> str:
+    """The sibling folder an output is written to before it is renamed into place (its name
+    starts with a dot and names the process, so an interrupted convert leaves nothing that looks
+    like a checkpoint)."""
+    dst_real = os.path.realpath(dst)
+    parent = os.path.dirname(dst_real) or "."
+    return os.path.join(parent, f".{os.path.basename(dst_real)}.nvfp4tools-tmp-{os.getpid()}")
+
+
+def check_destination(src_path: str, dst: str, force: bool) -> None:
+    src_real = os.path.realpath(src_path)
+    dst_real = os.path.realpath(dst)
+    if src_real == dst_real or dst_real.startswith(src_real.rstrip(os.sep) + os.sep):
+        raise UsageError(f"destination {dst} is the source or inside it", hint="choose a new folder")
+    if os.path.exists(dst) and not force:
+        raise UsageError(f"{dst} already exists", hint="pass --force to replace it")
+
+
+def begin_early_copy(src_path: str, dst: str, to: str, *, experts: str | None = None, force: bool = False,
+                     quantize: str | None = None, max_shard_bytes: int | None = None,
+                     dry_run: bool = False) -> EarlyCopy | None:
+    """Start copying the source's data sections into the temporary output folder before
+    anything is planned, where the conversion will keep them (see :mod:`nvfp4tools.early_copy`).
+    Nothing is started for a dry run or a destination that would be refused."""
+    if dry_run:
+        return None
+    try:
+        check_destination(src_path, dst, force)
+    except UsageError:
+        return None  # convert() reports it
+    tmp = temp_dir_for(dst)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return EarlyCopy.begin(src_path, tmp, to, experts=experts, quantize=quantize, max_shard_bytes=max_shard_bytes)

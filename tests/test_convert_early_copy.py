@@ -1,0 +1,108 @@
+"""convert's early copy (nvfp4tools.early_copy): the data sections copied before planning give the
+same tensors as the ordinary write, whichever way the guess about the header goes, and leave no
+stray file behind."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+from nvfp4tools import early_copy
+from nvfp4tools.convert import convert
+from tests.test_convert import _tensors
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    """A ModelOpt NVFP4 checkpoint in two shards (an index, each shard its own data section)."""
+    from nvfp4tools.synth import synthesize
+
+    path = str(tmp_path_factory.mktemp("early") / "src")
+    synthesize(path, preset="gemma4-tiny", fmt="modelopt", recipe="all-linear", shards=2)
+    return path
+
+
+def _header(path: str) -> tuple[int, int]:
+    """(header length, length without the trailing spaces)."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        return n, len(fh.read(n).rstrip(b" "))
+
+
+def _claims(monkeypatch) -> list:
+    got: list = []
+    orig = early_copy.EarlyCopy.claim
+
+    def spy(self, *a):
+        r = orig(self, *a)
+        got.append(r is not None)
+        return r
+    monkeypatch.setattr(early_copy.EarlyCopy, "claim", spy)
+    return got
+
+
+def _shards(path: str) -> list[str]:
+    return sorted(n for n in os.listdir(path) if n.endswith(".safetensors"))
+
+
+def test_early_copy_is_claimed_and_equals_the_ordinary_write(sharded, tmp_path, monkeypatch):
+    claims = _claims(monkeypatch)
+    early, plain = str(tmp_path / "early"), str(tmp_path / "plain")
+    convert(sharded, early, "compressed-tensors")
+    assert claims == [True, True]
+    # an explicit --max-shard-size starts no early copy: the ordinary write, as before
+    convert(sharded, plain, "compressed-tensors", max_shard_bytes=10**12)
+    assert claims == [True, True]
+    assert _tensors(early) == _tensors(plain)
+    assert _shards(early) == _shards(sharded)  # sharding kept by default
+    assert os.path.isfile(os.path.join(early, "model.safetensors.index.json"))
+    for name in _shards(early):
+        n, used = _header(os.path.join(early, name))
+        assert n > used  # padded to the reserved length with spaces (the format allows it)
+
+
+def test_back_and_forth_does_not_grow_the_header(sharded, tmp_path):
+    """The reservation counts the source header without its padding, so padding never compounds."""
+    a, b, c = (str(tmp_path / x) for x in "abc")
+    convert(sharded, a, "compressed-tensors")
+    convert(a, b, "modelopt")
+    convert(b, c, "compressed-tensors")
+    assert _tensors(a) == _tensors(c)
+    for name in _shards(a):
+        (na, ua), (nc, uc) = _header(os.path.join(a, name)), _header(os.path.join(c, name))
+        assert ua == uc and abs(nc - na) < 1024  # (the metadata of B differs from the source's a little)
+
+
+def test_header_larger_than_reserved_falls_back(sharded, tmp_path, monkeypatch):
+    claims = _claims(monkeypatch)
+    monkeypatch.setattr(early_copy, "HEADROOM_PER_ENTRY", -1)  # reservations no longer header fits
+    monkeypatch.setattr(early_copy, "HEADROOM_BYTES", 0)
+    out, ref = str(tmp_path / "o"), str(tmp_path / "ref")
+    convert(sharded, out, "compressed-tensors")
+    assert claims == [False, False]
+    convert(sharded, ref, "compressed-tensors", max_shard_bytes=10**12)
+    assert _tensors(out) == _tensors(ref)
+    for name in _shards(out):
+        n, used = _header(os.path.join(out, name))
+        assert n - used < 8  # the ordinary header: padded to 8 bytes only
+
+
+def test_copies_for_shards_the_plan_does_not_write_are_removed(sharded, tmp_path, monkeypatch):
+    monkeypatch.setattr(early_copy, "output_shard_name", lambda i, n: f"guess-{i}.safetensors")
+    out = str(tmp_path / "o")
+    convert(sharded, out, "compressed-tensors")
+    assert not [n for n in os.listdir(out) if n.startswith("guess-")]
+    assert _shards(out) == _shards(sharded)
+
+
+def test_not_started_where_the_plan_cannot_keep_the_data(sharded, tmp_path):
+    tmp = str(tmp_path / ".t")
+    for kw in ({"experts": "fused"}, {"quantize": "nvfp4"}, {"max_shard_bytes": 10**9}):
+        assert early_copy.EarlyCopy.begin(sharded, tmp, "compressed-tensors", **{
+            "experts": None, "quantize": None, "max_shard_bytes": None, **kw}) is None
+    assert early_copy.EarlyCopy.begin(sharded, tmp, "gguf", experts=None, quantize=None, max_shard_bytes=None) is None
+    assert not os.path.exists(tmp)
+    # a refused destination starts nothing either (convert() reports it)
+    assert early_copy.begin_early_copy(sharded, sharded, "compressed-tensors") is None
