@@ -58,10 +58,55 @@ def read_floor_us(nbytes: int, sms: int) -> tuple[float, tuple]:
     return best
 
 
+def _space(m: int, k: int):
+    if m <= 16:
+        for bn in (32, 64, 128):
+            for bk in (64, 128, 256, 512):
+                blocks = k // bk
+                for split in sorted({1, 2, 3, 4, 6, 8, 11, 16, blocks}):
+                    if split > blocks or k % bk:
+                        continue
+                    for warps in (2, 4):
+                        for stages in (2, 3, 4):
+                            yield (16, bn, bk, split, warps, stages, 2, 1)
+    else:
+        for bm in (64, 128):
+            for bn in (64, 128):
+                for bk in (64, 128):
+                    for split in (1, 2, 3, 4):
+                        for warps in (4, 8):
+                            for stages in (3, 4):
+                                yield (bm, bn, bk, split, warps, stages, 2, 0)
+
+
+def sweep(row: dict, m: int, n: int, k: int, gw, qs) -> None:
+    """The kernel's tiles and split under graph timing (gpu_tune.py sweeps under do_bench)."""
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    ref = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale)
+    res = []
+    for cfg in _space(m, k):
+        try:
+            y = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
+            if not torch.allclose(y, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item()):
+                continue
+            t = graph_time_us([lambda p=p, s=s, c=cfg: nvfp4_w4a16_gemm(x, p, s, gw.global_scale, config=c)
+                               for p, s in qs], replays=10)
+        except Exception:  # noqa: BLE001  (out of shared memory, say)
+            continue
+        res.append((t, cfg))
+    res.sort()
+    row[f"sweep_M{m}"] = res[:8]
+    print(f"  M={m} sweep ({len(res)} configs, graph timing), default {_config(m, n, k)}: "
+          f"{row[f'triton_M{m}_us']:.1f} us; best:")
+    for t, cfg in res[:5]:
+        print(f"    {t:6.1f} us = {row[f'bf16_M{m}_us'] / t:4.2f}x bf16  {cfg}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--sweep-ms", default="1,16,128", type=lambda v: [int(x) for x in v.split(",")])
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -94,31 +139,8 @@ def main() -> None:
         print(f"  2.5x at M=1 needs {target:.1f} us; reading the NVFP4 bytes alone takes {t_rq:.1f} us "
               f"({t_rq / target:.0%} of that budget); cuBLAS reaches {t_rb / row['bf16_M1_us']:.0%} of the bf16 "
               f"READ floor, the Triton kernel {t_rq / row['triton_M1_us']:.0%} of the NVFP4 one")
-        if not a.no_sweep:
-            x = torch.randn(128, k, device="cuda", dtype=torch.bfloat16)
-            ref = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale)
-            res = []
-            for bm in (64, 128):
-                for bn in (64, 128):
-                    for bk in (64, 128):
-                        for split in (1, 2, 3, 4):
-                            for warps in (4, 8):
-                                for stages in (3, 4):
-                                    cfg = (bm, bn, bk, split, warps, stages, 2, 0)
-                                    try:
-                                        y = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, config=cfg)
-                                        if not torch.allclose(y, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item()):
-                                            continue
-                                        t = graph_time_us([lambda p=p, s=s, c=cfg: nvfp4_w4a16_gemm(
-                                            x, p, s, gw.global_scale, config=c) for p, s in qs], replays=10)
-                                    except Exception:  # noqa: BLE001  (out of shared memory, say)
-                                        continue
-                                    res.append((t, cfg))
-            res.sort()
-            row["m128_sweep"] = res[:8]
-            print(f"  M=128 sweep (graph timing), default {_config(128, n, k)}: {row['triton_M128_us']:.1f} us; best:")
-            for t, cfg in res[:5]:
-                print(f"    {t:6.1f} us = {row['bf16_M128_us'] / t:4.2f}x bf16  {cfg}")
+        for m in ([] if a.no_sweep else a.sweep_ms):
+            sweep(row, m, n, k, gw, qs)
         rows.append(row)
     if a.json:
         with open(a.json, "w") as fh:
