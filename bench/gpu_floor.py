@@ -70,13 +70,14 @@ def _space(m: int, k: int):
                         for stages in (2, 3, 4):
                             yield (16, bn, bk, split, warps, stages, 2, 1)
     else:
-        for bm in (64, 128):
-            for bn in (64, 128):
-                for bk in (64, 128):
-                    for split in (1, 2, 3, 4):
-                        for warps in (4, 8):
-                            for stages in (3, 4):
-                                yield (bm, bn, bk, split, warps, stages, 2, 0)
+        for swap in (0, 1):
+            for bm in (64, 128):
+                for bn in (64, 128):
+                    for bk in (64, 128):
+                        for split in (1, 2, 3, 4):
+                            for warps in (4, 8):
+                                for stages in (3, 4):
+                                    yield (bm, bn, bk, split, warps, stages, 2, swap)
 
 
 def sweep(row: dict, m: int, n: int, k: int, gw, qs) -> None:
