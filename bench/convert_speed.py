@@ -91,7 +91,7 @@ def main() -> None:
             lo = min(x for x, _ in rs)
             m = max(r for _, r in rs)
             print(f"{name:<26} median {w:6.2f} s ({w / base:4.2f}x cp -r)  min {lo:6.2f} s ({lo / base_min:4.2f}x)"
-                  f"   peak RSS {m / 2**20:6.0f} MiB")
+                  f"   peak RSS {m / 2**20:6.0f} MiB   runs: {' '.join(f'{x:.2f}' for x, _ in rs)}")
 
 
 if __name__ == "__main__":

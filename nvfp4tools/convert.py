@@ -32,8 +32,9 @@ import numpy as np
 
 from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32, f32_to_bf16_bits_exact
 
-from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
 from .early_copy import EarlyCopy, begin_early_copy, check_destination, temp_dir_for
+from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
+from .formats._st_writer import nbytes_of
 from .model import Checkpoint, TensorInfo
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -253,7 +254,6 @@ class Job:
 
     @property
     def nbytes(self) -> int:
-        from nvfp4tools.formats._st_writer import nbytes_of
         return sum(o.nbytes if hasattr(o, "gtype") else nbytes_of(o.dtype, o.shape) for o in self.outs)
 
 
@@ -695,7 +695,6 @@ def _direct_parts(t: TensorInfo, job: Job):
 
 
 def _out_nbytes(o) -> int:
-    from nvfp4tools.formats._st_writer import nbytes_of
     return nbytes_of(o.dtype, o.shape)
 
 
@@ -712,10 +711,17 @@ class CopyFrom:
 
 
 def _copy_part(src: Checkpoint, part, key: str) -> Iterator[tuple[str, int, Any]]:
-    path = os.path.join(src.root, part.file)
-    if os.path.getsize(path) < part.offset + part.nbytes:
+    got = _SIZES.get((src.root, part.file))
+    if got is None:  # one stat per file, not per part (thousands of parts)
+        path = os.path.join(src.root, part.file)
+        got = _SIZES[(src.root, part.file)] = (path, os.path.getsize(path))
+    path, size = got
+    if size < part.offset + part.nbytes:
         raise FormatError(f"{part.file}: tensor '{part.key}' is truncated")
     yield key, 0, CopyFrom(path, part.offset, part.nbytes)
+
+
+_SIZES: dict[tuple[str, str], tuple[str, int]] = {}   # (root, file) -> (path, size), per conversion
 
 
 def _write_at(dst: int, pos: int, data: Any, fds: dict[str, int]) -> None:
@@ -764,9 +770,8 @@ class _Writer:
 
     MAX_PENDING = 128 * 2**20
 
-    def __init__(self, dst: int, fds: dict[str, int], gate: Callable[[int, int], None] | None = None) -> None:
-        self.dst, self.fds, self.gate = dst, fds, gate
-        self.current: int | None = None   # position of the operation being applied
+    def __init__(self, dst: int, fds: dict[str, int]) -> None:
+        self.dst, self.fds = dst, fds
         self.ops: collections.deque[tuple[int, Any, int]] = collections.deque()
         self.cv = threading.Condition()
         self.pending = 0
@@ -794,28 +799,15 @@ class _Writer:
                 if not self.ops:
                     return
                 pos, data, size = self.ops.popleft()
-                self.current = pos
             try:
                 if self.error is None:
-                    if self.gate is not None:
-                        self.gate(pos, len(data))
                     _write_at(self.dst, pos, data, self.fds)
             except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
                 with self.cv:
                     self.error = e
             with self.cv:
-                self.current = None
                 self.pending -= size
                 self.cv.notify_all()
-
-    def settled_below(self, end: int) -> bool:
-        """No operation applied or waiting starts before END (operations submitted in increasing
-        positions; re-raises the thread's error)."""
-        with self.cv:
-            if self.error is not None:
-                raise self.error
-            first = self.current if self.current is not None else (self.ops[0][0] if self.ops else None)
-            return first is None or first >= end
 
     def close(self, abort: bool = False) -> None:
         """Wait until every operation is applied (or, with ABORT, drop the rest) and re-raise
@@ -1079,16 +1071,17 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
             if claimed is None:
                 os.ftruncate(fh.fileno(), base + off)  # final size now: the header is readable during the copy
             fds: dict[str, int] = {}
+            writer = runs = None
             if claimed is None:
                 writer = _Writer(fh.fileno(), fds)
-                add = _CopyRuns(writer).add
+                runs = _CopyRuns(writer)
+                add = runs.add
             else:
-                # the early copy is under way: an operation (a rewritten global, mostly) waits
-                # until the copy has passed its bytes, which it overwrites; in place copies are
-                # dropped. Operations arrive in increasing positions, so the first one pending
-                # bounds what is final (ready()).
-                writer = _Writer(fh.fileno(), fds, gate=lambda pos, n, c=claimed, b=base: early.wait_until(c, pos + n - b))
-                add = writer.submit
+                # the early copy is under way: what differs from it (a rewritten global, mostly)
+                # is written by the copy thread once the copy has passed those bytes; copies the
+                # early copy makes anyway are dropped
+                claimed.apply = lambda pos, data, fd=fh.fileno(): _write_at(fd, pos, data, fds)
+                add = lambda pos, data, c=claimed: early.patch(c, pos, data)  # noqa: E731
             real: dict[str, str] = {}
             try:
                 for j in jobs:
@@ -1101,24 +1094,32 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
                             if EarlyCopy.in_place(claimed, rp, data.offset, data.nbytes, offsets[key] + rel):
                                 continue
                         add(base + offsets[key] + rel, data)
-                if claimed is None:
-                    add.__self__.flush()
+                if runs is not None:
+                    runs.flush()
                 if i == len(shards) - 1:  # everything is planned: the index, then work beside the copy
                     if len(shards) > 1:
                         write_index(out_dir, {**weight_map, **{k: fname for k in seen}}, total + off)
                     if while_copying is not None:
                         ready = None
                         if claimed is not None:
-                            def ready(file: str, end: int, c=claimed, b=base, w=writer, f=fname) -> None:
+                            def ready(file: str, end: int, c=claimed, f=fname) -> None:
                                 if file == f:
-                                    while not (early.copied_past(c, end - b) and w.settled_below(end)):
-                                        time.sleep(0.0005)
+                                    while not early.final_below(c, end):
+                                        with early.progress:
+                                            early.progress.wait(0.05)
                         while_copying(ready)
-                writer.close()
+                if writer is not None:
+                    writer.close()
+                else:
+                    early.wait_until(claimed, claimed.data_len)
+                    while not early.final_below(claimed, base + off):
+                        with early.progress:
+                            early.progress.wait(0.05)
             except BaseException:
                 if early is not None:
-                    early.close()  # else the writer's gate waits for the whole early copy
-                writer.close(abort=True)
+                    early.close()
+                if writer is not None:
+                    writer.close(abort=True)
                 raise
             finally:
                 for fd in fds.values():
@@ -1425,6 +1426,7 @@ def _raw_f64(c: Canon) -> np.ndarray:
 
 
 def _close_caches() -> None:
+    _SIZES.clear()
     for fd in _FDS.values():
         os.close(fd)
     _FDS.clear()

@@ -77,8 +77,7 @@ def test_back_and_forth_does_not_grow_the_header(sharded, tmp_path):
 
 def test_header_larger_than_reserved_falls_back(sharded, tmp_path, monkeypatch):
     claims = _claims(monkeypatch)
-    monkeypatch.setattr(early_copy, "HEADROOM_PER_ENTRY", -1)  # reservations no longer header fits
-    monkeypatch.setattr(early_copy, "HEADROOM_BYTES", 0)
+    monkeypatch.setattr(early_copy, "header_room", lambda n, header: 8)  # no header fits in 8 bytes
     out, ref = str(tmp_path / "o"), str(tmp_path / "ref")
     convert(sharded, out, "compressed-tensors")
     assert claims == [False, False]
@@ -106,3 +105,17 @@ def test_not_started_where_the_plan_cannot_keep_the_data(sharded, tmp_path):
     assert not os.path.exists(tmp)
     # a refused destination starts nothing either (convert() reports it)
     assert early_copy.begin_early_copy(sharded, sharded, "compressed-tensors") is None
+
+
+def test_without_a_kernel_copy_falls_back_to_read_and_write(sharded, tmp_path, monkeypatch):
+    import errno
+
+    def exdev(*a, **k):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+    claims = _claims(monkeypatch)
+    out, ref = str(tmp_path / "o"), str(tmp_path / "ref")
+    convert(sharded, ref, "compressed-tensors")
+    monkeypatch.setattr(os, "copy_file_range", exdev)
+    convert(sharded, out, "compressed-tensors")
+    assert claims == [True, True, True, True]
+    assert _tensors(out) == _tensors(ref)
