@@ -119,3 +119,22 @@ def test_without_a_kernel_copy_falls_back_to_read_and_write(sharded, tmp_path, m
     convert(sharded, out, "compressed-tensors")
     assert claims == [True, True, True, True]
     assert _tensors(out) == _tensors(ref)
+
+
+def test_command_line_prestart_used_and_cleaned_up(sharded, tmp_path):
+    """The entry point starts the copy before click parses; the command takes it over (same
+    tensors as the library), and a usage error click finds afterwards leaves no folder behind."""
+    import subprocess
+    import sys
+
+    out, ref = str(tmp_path / "o"), str(tmp_path / "ref")
+    r = subprocess.run([sys.executable, "-m", "nvfp4tools", "convert", sharded, out, "--to", "compressed-tensors",
+                        "--format", "json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-800:]
+    convert(sharded, ref, "compressed-tensors", max_shard_bytes=10**12)
+    assert _tensors(out) == _tensors(ref)
+    bad = str(tmp_path / "bad")
+    r = subprocess.run([sys.executable, "-m", "nvfp4tools", "convert", sharded, bad, "--to", "compressed-tensors",
+                        "--verify", "nonsense"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["o", "ref"]

@@ -1,0 +1,77 @@
+"""Root command group. Subcommands load lazily so ``--help`` and ``inspect`` stay light, and
+every failure funnels through one place that turns it into a one-line message and an exit code.
+(The entry point, :func:`nvfp4tools.cli.main`, imports this module, and click, only after it has
+started a convert's early copy.)"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from nvfp4tools._version import __version__
+from nvfp4tools.errors import EXIT_INTERNAL, Nvfp4ToolsError
+
+_LAZY = {
+    "inspect": "nvfp4tools.cli.inspect:inspect_cmd",
+    "synth": "nvfp4tools.cli.synth:synth_cmd",
+    "demo": "nvfp4tools.cli.demo:demo_cmd",
+    "estimate": "nvfp4tools.cli.estimate:estimate_cmd",
+    "gpus": "nvfp4tools.cli.estimate:gpus_cmd",
+    "verify": "nvfp4tools.cli.verify:verify_cmd",
+    "convert": "nvfp4tools.cli.convert:convert_cmd",
+    "bench": "nvfp4tools.cli.bench:bench_cmd",
+}
+
+
+class _Root(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_LAZY))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in _LAZY:
+            mod, attr = _LAZY[name].split(":")
+            return getattr(importlib.import_module(mod), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except Nvfp4ToolsError as e:
+            click.echo(e.one_line(), err=True)
+            ctx.exit(e.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+        except Exception as e:  # a bug: say so in one line; traceback only on request
+            if os.environ.get("NVFP4TOOLS_DEBUG"):
+                raise
+            click.echo(f"internal error: {type(e).__name__}: {e} (a bug in nvfp4tools; rerun with "
+                       "NVFP4TOOLS_DEBUG=1 for the traceback and report it)", err=True)
+            ctx.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "--version", prog_name="nvfp4tools")
+def cli() -> None:
+    """Inspect, size, convert and verify 4-bit (NVFP4, int4, Q4_0) LLM checkpoints.
+
+    \b
+    Example:
+      nvfp4tools inspect ./gemma-4-26B-A4B-it-NVFP4
+      nvfp4tools demo
+
+    Exit codes: 0 ok, 1 findings/does not fit, 2 usage, 3 unreadable input, 4 environment, 70 bug.
+    """
+
+
+def run(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="nvfp4tools")
+    except BrokenPipeError:  # `nvfp4tools inspect x | head`
+        sys.stderr.close()
+        sys.exit(0)
