@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dir", default="/tmp/nvfp4tools-bench-3g")
     ap.add_argument("--ct-python", default=None, help="a Python with compressed-tensors installed")
+    ap.add_argument("--settle", type=float, default=0.0, help="seconds to wait after sync before each run")
     a = ap.parse_args()
     src = a.dir
     if not os.path.isfile(os.path.join(src, "model.safetensors")):
@@ -80,6 +81,7 @@ def main() -> None:
                 continue
             shutil.rmtree(out, ignore_errors=True)
             os.sync()  # no writeback of the previous output competing with this run
+            time.sleep(a.settle)  # nor the file system's background work after deleting it
             res[name].append(run(cmd))
     shutil.rmtree(out, ignore_errors=True)
     print(f"checkpoint: {src}, {size / 2**30:.2f} GiB, one shard")
