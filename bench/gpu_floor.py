@@ -20,10 +20,12 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
-
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, random_weight
-
-from gpu_stream_bench import L2_MULTIPLE_BYTES, graph_time_us  # noqa: E402  (bench/ is the script's folder)
+from gpu_stream_bench import L2_MULTIPLE_BYTES, graph_time_us
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
+    _config,
+    nvfp4_w4a16_gemm,
+    random_weight,
+)
 
 SHAPES = [(8192, 2816), (2816, 8192)]
 
