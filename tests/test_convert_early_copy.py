@@ -138,3 +138,21 @@ def test_command_line_prestart_used_and_cleaned_up(sharded, tmp_path):
                         "--verify", "nonsense"], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert sorted(os.listdir(tmp_path)) == ["o", "ref"]
+
+
+def test_padded_header_loads_in_the_safetensors_library(sharded, tmp_path):
+    """What engines load with (Hugging Face safetensors) reads the space-padded header."""
+    safetensors = pytest.importorskip("safetensors")
+    torch = pytest.importorskip("torch")  # (numpy has no float8_e4m3fn for the block scales)
+    out = str(tmp_path / "o")
+    convert(sharded, out, "compressed-tensors")
+    ours = _tensors(out)
+    n = 0
+    for name in _shards(out):
+        with safetensors.safe_open(os.path.join(out, name), "pt") as f:
+            for k in f.keys():
+                a = f.get_tensor(k)
+                assert list(a.shape) == list(ours[k][1])
+                assert a.reshape(-1).view(torch.uint8).numpy().tobytes() == ours[k][2]
+                n += 1
+    assert n == len(ours)
