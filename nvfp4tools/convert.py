@@ -1083,16 +1083,30 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
                 claimed.apply = lambda pos, data, fd=fh.fileno(): _write_at(fd, pos, data, fds)
                 add = lambda pos, data, c=claimed: early.patch(c, pos, data)  # noqa: E731
             real: dict[str, str] = {}
+            in_place = 0
+            counted = [0]
+
+            def wait_for_copy(end: int, c=claimed) -> None:
+                """Until the early copy has made the bytes before END final (progress meanwhile)."""
+                while not early.final_below(c, end):
+                    with early.progress:
+                        early.progress.wait(0.05)
+                    done = min(c.copied, in_place)
+                    prog.add(done - counted[0])
+                    counted[0] = done
             try:
                 for j in jobs:
                     for key, rel, data in _job_chunks(p.src, j, p.to, exact):
-                        prog.add(len(data))
+                        if claimed is None or not isinstance(data, CopyFrom):
+                            prog.add(len(data))
                         if claimed is not None and isinstance(data, CopyFrom):
                             rp = real.get(data.path)
                             if rp is None:
                                 rp = real[data.path] = os.path.realpath(data.path)
                             if EarlyCopy.in_place(claimed, rp, data.offset, data.nbytes, offsets[key] + rel):
+                                in_place += data.nbytes  # counted in the progress as the early copy makes them
                                 continue
+                            prog.add(len(data))
                         add(base + offsets[key] + rel, data)
                 if runs is not None:
                     runs.flush()
@@ -1102,19 +1116,15 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
                     if while_copying is not None:
                         ready = None
                         if claimed is not None:
-                            def ready(file: str, end: int, c=claimed, f=fname) -> None:
+                            def ready(file: str, end: int, f=fname) -> None:
                                 if file == f:
-                                    while not early.final_below(c, end):
-                                        with early.progress:
-                                            early.progress.wait(0.05)
+                                    wait_for_copy(end)
                         while_copying(ready)
                 if writer is not None:
                     writer.close()
                 else:
-                    early.wait_until(claimed, claimed.data_len)
-                    while not early.final_below(claimed, base + off):
-                        with early.progress:
-                            early.progress.wait(0.05)
+                    wait_for_copy(base + off)
+                    prog.add(in_place - counted[0])
             except BaseException:
                 if early is not None:
                     early.close()
@@ -1461,7 +1471,7 @@ def _convert(src_path: str, dst: str, to: str, *, experts: str | None, allow_los
              early: EarlyCopy | None) -> dict[str, Any]:
     from nvfp4tools import formats
 
-    check_destination(src_path, dst, force)
+    check_destination(src_path, dst, force, existing=False)  # a dry run may name an existing DST
     dst_real = os.path.realpath(dst)
     src = formats.read(src_path)
     p = plan(src, to, experts=experts, allow_lossy=allow_lossy, quantize=quantize)
@@ -1470,6 +1480,7 @@ def _convert(src_path: str, dst: str, to: str, *, experts: str | None, allow_los
     _AMAX.clear()
     if dry_run:
         return report
+    check_destination(src_path, dst, force)
     tmp = temp_dir_for(dst)
     if early is None:
         shutil.rmtree(tmp, ignore_errors=True)

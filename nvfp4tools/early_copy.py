@@ -256,9 +256,7 @@ class EarlyCopy:
             self._raise()
         with s.lock:
             if s.finished:
-                if s.copied != s.data_len:
-                    self._raise()
-                    raise OSError(f"early copy of {s.src_path} stopped at {s.copied} of {s.data_len} bytes")
+                self._check_complete(s)
                 s.apply(pos, data)
                 return
             heapq.heappush(s.patches, (pos, len(s.patches), data))
@@ -267,26 +265,9 @@ class EarlyCopy:
     def final_below(self, s: _Shard, end: int) -> bool:
         """The bytes of S's file before END are final: copied, and no patch waits before END."""
         with s.lock:
-            if s.finished and s.copied != s.data_len:
-                self._raise()
-                raise OSError(f"early copy of {s.src_path} stopped at {s.copied} of {s.data_len} bytes")
+            if s.finished:
+                self._check_complete(s)
             return s.data_start + s.copied >= end and not (s.patches and s.patches[0][0] < end)
-
-    def copied_past(self, s: _Shard, rel_end: int) -> bool:
-        """The first REL_END bytes of S's data section are copied (re-raises the copy's error;
-        raises if the copy stopped short of them)."""
-        if s.copied >= rel_end:
-            return True
-        if s.done.is_set():
-            self._raise()
-            raise OSError(f"early copy of {s.src_path} stopped at {s.copied} of {s.data_len} bytes")
-        return False
-
-    def wait_until(self, s: _Shard, rel_end: int) -> None:
-        """Block until the first REL_END bytes of S's data section are copied."""
-        while not self.copied_past(s, rel_end):
-            with self.progress:
-                self.progress.wait(0.05)
 
     def discard(self, out_name: str) -> None:
         """Stop copying OUT_NAME and remove it: the plan writes no shard of that name."""
@@ -304,6 +285,12 @@ class EarlyCopy:
         """True when copying NBYTES at OFFSET of PATH to data-section position REL of the output
         is what the early copy does anyway."""
         return path == s.src_path and offset - s.src_base == rel and rel + nbytes <= s.data_len
+
+    def _check_complete(self, s: _Shard) -> None:
+        """S's copy is over: re-raise its error, or say where it stopped."""
+        if s.copied != s.data_len:
+            self._raise()
+            raise OSError(f"early copy of {s.src_path} stopped at {s.copied} of {s.data_len} bytes")
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -325,12 +312,13 @@ def temp_dir_for(dst: str) -> str:
     return os.path.join(parent, f".{os.path.basename(dst_real)}.nvfp4tools-tmp-{os.getpid()}")
 
 
-def check_destination(src_path: str, dst: str, force: bool) -> None:
+def check_destination(src_path: str, dst: str, force: bool, *, existing: bool = True) -> None:
+    """Refuse DST when it is SRC_PATH or inside it, or (EXISTING) when it exists without FORCE."""
     src_real = os.path.realpath(src_path)
     dst_real = os.path.realpath(dst)
     if src_real == dst_real or dst_real.startswith(src_real.rstrip(os.sep) + os.sep):
         raise UsageError(f"destination {dst} is the source or inside it", hint="choose a new folder")
-    if os.path.exists(dst) and not force:
+    if existing and os.path.exists(dst) and not force:
         raise UsageError(f"{dst} already exists", hint="pass --force to replace it")
 
 

@@ -156,3 +156,10 @@ def test_padded_header_loads_in_the_safetensors_library(sharded, tmp_path):
                 assert a.reshape(-1).view(torch.uint8).numpy().tobytes() == ours[k][2]
                 n += 1
     assert n == len(ours)
+
+
+def test_dry_run_may_name_an_existing_destination(sharded, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    r = convert(sharded, str(out), "compressed-tensors", dry_run=True)
+    assert r["lossless"] and os.listdir(out) == [] and sorted(os.listdir(tmp_path)) == ["exists"]
