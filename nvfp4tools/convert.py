@@ -972,12 +972,17 @@ class _Progress:
     def __init__(self, total: int) -> None:
         self.total, self.done, self.t0 = total, 0, time.monotonic()
         self.tty = sys.stderr.isatty()
+        self.shown = 0.0
 
     def add(self, n: int) -> None:
         self.done += n
         if not self.tty:
             return
-        el = time.monotonic() - self.t0
+        now = time.monotonic()
+        if now - self.shown < 0.1 and self.done < self.total:  # a line per 0.1 s, not per tensor
+            return
+        self.shown = now
+        el = now - self.t0
         rate = self.done / el if el > 0 else 0
         eta = (self.total - self.done) / rate if rate else 0
         pct = 100 * self.done / self.total if self.total else 100
@@ -1086,14 +1091,18 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
             in_place = 0
             counted = [0]
 
+            def tick(c=claimed) -> None:
+                """Count the in-place bytes the early copy has made so far."""
+                done = min(c.copied, in_place)
+                prog.add(done - counted[0])
+                counted[0] = done
+
             def wait_for_copy(end: int, c=claimed) -> None:
                 """Until the early copy has made the bytes before END final (progress meanwhile)."""
                 while not early.final_below(c, end):
                     with early.progress:
                         early.progress.wait(0.05)
-                    done = min(c.copied, in_place)
-                    prog.add(done - counted[0])
-                    counted[0] = done
+                    tick()
             try:
                 for j in jobs:
                     for key, rel, data in _job_chunks(p.src, j, p.to, exact):
@@ -1105,6 +1114,7 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
                                 rp = real[data.path] = os.path.realpath(data.path)
                             if EarlyCopy.in_place(claimed, rp, data.offset, data.nbytes, offsets[key] + rel):
                                 in_place += data.nbytes  # counted in the progress as the early copy makes them
+                                tick()
                                 continue
                             prog.add(len(data))
                         add(base + offsets[key] + rel, data)
