@@ -15,10 +15,13 @@ trailing spaces, so the real header is padded to the reserved length. When the p
 (a longer header, another data length, other shard names), that shard is written the ordinary way
 and the copied bytes are overwritten: a wrong guess costs time, never correctness. Copies that the
 plan needs and the early copy already made are recognised byte range by byte range
-(:meth:`EarlyCopy.in_place`); everything else, the rewritten globals included, is written after
-the early copy of its shard has finished.
+(:meth:`EarlyCopy.in_place`); everything else, the rewritten globals included, is a patch that
+the copy thread writes between its requests once the copy has passed its bytes, and the
+verification follows the copy (:meth:`EarlyCopy.final_below`). The output's data section starts
+at the same offset within a page as the source's, so the kernel copies page onto page.
 
-This module imports no numpy: the copy starts before the converter's imports.
+The command line starts the copy before click is imported (:func:`prestart`); this module imports
+nothing heavy (no numpy, no dataclasses) for that reason. Measurements: bench/RESULTS.md, convert.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class _Shard:
         self.done = threading.Event()
         self.cancelled = False
         self.copied = 0
-        self.seconds = 0.0           # wall time of the copy (bench/convert_speed.py reports it)
+        self.seconds = 0.0           # wall time of the copy (for profiling)
         self.finished = False        # the copy thread is done with this shard (under lock)
         # patches: (absolute position, seq, data) waiting for the copy to pass them, applied by
         # the copy thread between its requests (a heap: the first one bounds what is final)
@@ -134,7 +137,10 @@ class EarlyCopy:
         if (to not in ("modelopt", "compressed-tensors") or experts or quantize or max_shard_bytes is not None
                 or not os.path.isdir(src) or not _nvfp4_source(src)):
             return None
-        names = _source_shards(src)
+        try:
+            names = _source_shards(src)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # a broken index: the reader reports it properly
         if not names:
             return None
         shards = []
@@ -154,7 +160,10 @@ class EarlyCopy:
                                      size - 8 - n, reserved))
         except OSError:
             return None
-        os.makedirs(tmp)
+        try:
+            os.makedirs(tmp)
+        except OSError:
+            return None  # an unwritable parent: the ordinary path reports it
         return cls(tmp, shards)
 
     def _run(self) -> None:

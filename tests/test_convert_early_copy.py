@@ -163,3 +163,22 @@ def test_dry_run_may_name_an_existing_destination(sharded, tmp_path):
     out.mkdir()
     r = convert(sharded, str(out), "compressed-tensors", dry_run=True)
     assert r["lossless"] and os.listdir(out) == [] and sorted(os.listdir(tmp_path)) == ["exists"]
+
+
+def test_broken_inputs_start_nothing_and_are_reported_by_the_reader(sharded, tmp_path):
+    """The early copy runs before any validation: a broken index or an unwritable destination
+    must leave the error to the ordinary path (one line, its exit code), not raise itself."""
+    import shutil
+
+    src = str(tmp_path / "src")
+    shutil.copytree(sharded, src)
+    with open(os.path.join(src, "model.safetensors.index.json"), "w") as fh:
+        fh.write("{not json")
+    assert early_copy.EarlyCopy.begin(src, str(tmp_path / ".t"), "compressed-tensors", experts=None,
+                                      quantize=None, max_shard_bytes=None) is None
+    assert early_copy.EarlyCopy.begin(sharded, "/proc/nvfp4tools-cannot/.t", "compressed-tensors", experts=None,
+                                      quantize=None, max_shard_bytes=None) is None
+    from nvfp4tools.errors import Nvfp4ToolsError
+    with pytest.raises(Nvfp4ToolsError):
+        convert(src, str(tmp_path / "o"), "compressed-tensors")
+    assert sorted(os.listdir(tmp_path)) == ["src"]
