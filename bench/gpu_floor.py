@@ -60,7 +60,17 @@ def read_floor_us(nbytes: int, sms: int) -> tuple[float, tuple]:
     return best
 
 
-def _space(m: int, k: int):
+def _space(m: int, k: int, gemv: bool = False):
+    if gemv:  # the kernel's BLOCK_M = 1 path: element-wise FMAs, few rows per program, many programs
+        for bn in (2, 4, 8, 16):
+            for bk in (256, 512, 1024):
+                if k % bk:
+                    continue
+                for split in (1, 2, 4):
+                    for warps in (1, 2, 4):
+                        for stages in (2, 3):
+                            yield (1, bn, bk, split, warps, stages, 2, 1)
+        return
     if m <= 16:
         for bn in (32, 64, 128):
             for bk in (64, 128, 256, 512):
@@ -82,12 +92,12 @@ def _space(m: int, k: int):
                                     yield (bm, bn, bk, split, warps, stages, 2, swap)
 
 
-def sweep(row: dict, m: int, n: int, k: int, gw, qs) -> None:
+def sweep(row: dict, m: int, n: int, k: int, gw, qs, gemv: bool = False) -> None:
     """The kernel's tiles and split under graph timing (gpu_tune.py sweeps under do_bench)."""
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     ref = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale)
     res = []
-    for cfg in _space(m, k):
+    for cfg in _space(m, k, gemv):
         try:
             y = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
             if not torch.allclose(y, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item()):
@@ -98,8 +108,8 @@ def sweep(row: dict, m: int, n: int, k: int, gw, qs) -> None:
             continue
         res.append((t, cfg))
     res.sort()
-    row[f"sweep_M{m}"] = res[:8]
-    print(f"  M={m} sweep ({len(res)} configs, graph timing), default {_config(m, n, k)}: "
+    row[f"sweep_M{m}{'_gemv' if gemv else ''}"] = res[:8]
+    print(f"  M={m} {'GEMV (BLOCK_M 1) ' if gemv else ''}sweep ({len(res)} configs, graph timing), default {_config(m, n, k)}: "
           f"{row[f'triton_M{m}_us']:.1f} us; best:")
     for t, cfg in res[:5]:
         print(f"    {t:6.1f} us = {row[f'bf16_M{m}_us'] / t:4.2f}x bf16  {cfg}")
@@ -109,6 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--gemv", action="store_true", help="also sweep the BLOCK_M = 1 (CUDA-core GEMV) path at M = 1")
     ap.add_argument("--sweep-ms", default="1,16,128", type=lambda v: [int(x) for x in v.split(",")])
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -144,6 +155,8 @@ def main() -> None:
               f"READ floor, the Triton kernel {t_rq / row['triton_M1_us']:.0%} of the NVFP4 one")
         for m in ([] if a.no_sweep else a.sweep_ms):
             sweep(row, m, n, k, gw, qs)
+        if a.gemv:
+            sweep(row, 1, n, k, gw, qs, gemv=True)
         rows.append(row)
     if a.json:
         with open(a.json, "w") as fh:
