@@ -62,14 +62,13 @@ def read_floor_us(nbytes: int, sms: int) -> tuple[float, tuple]:
 
 def _space(m: int, k: int, gemv: bool = False):
     if gemv:  # the kernel's BLOCK_M = 1 path: element-wise FMAs, few rows per program, many programs
-        for bn in (2, 4, 8, 16):
-            for bk in (256, 512, 1024):
-                if k % bk:
-                    continue
-                for split in (1, 2, 4):
-                    for warps in (1, 2, 4):
+        for bn in (1, 2, 4, 8):
+            for bk in (256, 512, 1024, 2048):   # K masks where BLOCK_K does not divide K
+                for split in (1, 2):
+                    for warps in (1, 2, 4, 8):
                         for stages in (2, 3):
-                            yield (1, bn, bk, split, warps, stages, 2, 1)
+                            if bn * bk // 8 >= warps * 32:   # at least a word per thread
+                                yield (1, bn, bk, split, warps, stages, 2, 1)
         return
     if m <= 16:
         for bn in (32, 64, 128):
