@@ -208,12 +208,14 @@ Config = tuple[int, int, int, int, int, int, int, int]
 def _config(m: int, n: int, k: int) -> Config:
     """Default tiles, from bench/gpu_tune.py on an H100 (Gemma-4-26B shapes, bench/RESULTS.md)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    if m == 1:
+    gemv = (1, 2, 1024, 1, 2, 3, 2, 1) if k % 1024 == 0 else (1, 4, 256, 1, 2, 3, 2, 1)
+    if m == 1 and n // gemv[1] >= 5 * sms:
         # the CUDA-core GEMV path (BLOCK_M 1): 2-4 rows per program and the whole K loop, so
         # thousands of small programs stream the weights, as the fastest pure-read kernel does
-        # (bench/gpu_floor.py --gemv under graph timing: 8192x2816 12.7 -> 11.5 us, 2816x8192
-        # 13.9 -> 11.1 us; no split, so no fix-up)
-        return (1, 2, 1024, 1, 2, 3, 2, 1) if k % 1024 == 0 else (1, 4, 256, 1, 2, 3, 2, 1)
+        # (bench/gpu_floor.py --gemv, graph timing: 8192x2816 12.7 -> 11.6 us, 2816x8192 14.0 ->
+        # 11.2 us, 2816x4096 9.5 -> 6.7 us, 2816x704 6.1 -> 3.8 us; no split, so no fix-up).
+        # Below ~5 programs per SM (704 or 2112 rows) the split-K MMA kernel stays faster.
+        return gemv
     if m <= 16:
         bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
         # the widest K block that divides K: no K masks (2112 and 704 take 64)
