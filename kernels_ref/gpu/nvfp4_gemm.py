@@ -18,6 +18,10 @@ bench/gpu_tune.py):
   arrives last at its tile's counter sums them (``FIXUP``), so no zeroed output (a separate
   memset launch, 4-5 us) is needed. The older path, fp32 atomic adds into a zeroed output, stays
   behind ``SPLIT_K_FIXUP = False`` for comparison (bench/gpu_splitk.py).
+* ``BLOCK_M=1`` (the default at M = 1 on layers wide enough for ~5 programs per SM) is a
+  CUDA-core GEMV: 2-4 weight rows per program and the whole K loop, element-wise FMAs and one
+  reduction at the end, so thousands of small programs stream the weights as the fastest
+  pure-read kernel does (bench/gpu_floor.py); no split, no fix-up.
 * ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
   by 16 and keeps masked loads 16 bytes wide; ``EVEN_K`` (K % BLOCK_K == 0) drops the K masks.
 """
