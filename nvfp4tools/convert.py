@@ -34,6 +34,7 @@ from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32, f32_to_bf16_bits_exact
 
 from .early_copy import EarlyCopy, begin_early_copy, check_destination, temp_dir_for
 from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
+from .filecopy import copy_once
 from .formats._st_writer import nbytes_of
 from .model import Checkpoint, TensorInfo
 
@@ -670,7 +671,7 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         raise UnsupportedError(f"{t.name}: {c.kind} cannot be written to {to}")
 
 
-_CHUNK = 16 * 2**20
+_CHUNK = 16 * 2**20          # --verify full compares in pieces of this size
 _COPY_REQUEST = 0x7FFFF000   # Linux's MAX_RW_COUNT: the most one copy_file_range call moves
 _DIRECT = {"codes": "data", "scales": "block_scale", "int4": "data", "int4_scales": "block_scale", "shape": "shape",
            "raw": "data"}
@@ -737,24 +738,8 @@ def _write_at(dst: int, pos: int, data: Any, fds: dict[str, int]) -> None:
         src = fds[data.path] = os.open(data.path, os.O_RDONLY)
     done = 0
     while done < data.nbytes:
-        # as large as the kernel takes (like cp): copy_file_range allocates nothing in user
-        # space, and small requests measured up to 2x slower; the read/write fallback below
-        # works in bounded pieces
-        n = min(_COPY_REQUEST, data.nbytes - done)
-        try:
-            k = os.copy_file_range(src, dst, n, data.offset + done, pos + done)
-        except (AttributeError, OSError) as e:
-            if isinstance(e, OSError) and e.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP
-                raise
-            k = 0
-        if k <= 0:  # no kernel copy here: plain read and write
-            n = min(n, _CHUNK)
-            buf = os.pread(src, n, data.offset + done)
-            if len(buf) != n:
-                raise FormatError(f"{data.path}: short read at {data.offset + done}")
-            os.pwrite(dst, buf, pos + done)
-            k = n
-        done += k
+        done += copy_once(src, dst, min(_COPY_REQUEST, data.nbytes - done), data.offset + done, pos + done,
+                          data.path)
 
 
 class _Writer:

@@ -26,7 +26,6 @@ nothing heavy (no numpy, no dataclasses) for that reason. Measurements: bench/RE
 
 from __future__ import annotations
 
-import errno
 import heapq
 import os
 import struct
@@ -35,6 +34,7 @@ import threading
 import time
 
 from .errors import UsageError
+from .filecopy import copy_once
 
 TYPE_CHECKING = False   # (typing and shutil cost 7 ms at import, before the copy starts)
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 HEADROOM_PER_ENTRY = 16
 HEADROOM_BYTES = 64 * 1024
-_NO_KERNEL_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 _REQUEST = 128 * 2**20      # one copy_file_range call: how often progress shows, how soon a cancel acts
 
 
@@ -195,22 +194,9 @@ class EarlyCopy:
             fo = os.open(os.path.join(self.tmp, s.out_name), os.O_WRONLY | os.O_CREAT, 0o644)
             try:
                 os.ftruncate(fo, s.data_start + s.data_len)
-                kernel_copy = hasattr(os, "copy_file_range")
                 while s.copied < s.data_len and not (self._stop or s.cancelled):
-                    n = min(_REQUEST, s.data_len - s.copied)
-                    k = 0
-                    if kernel_copy:
-                        try:
-                            k = os.copy_file_range(fi, fo, n, s.src_base + s.copied, s.data_start + s.copied)
-                        except OSError as e:
-                            if e.errno not in _NO_KERNEL_COPY:
-                                raise
-                            kernel_copy = False
-                    if k <= 0:  # no kernel copy here (another file system, an old kernel): read and write
-                        buf = os.pread(fi, min(n, 16 * 2**20), s.src_base + s.copied)
-                        if not buf:
-                            raise OSError(f"{s.src_path}: short read at {s.src_base + s.copied}")
-                        k = os.pwrite(fo, buf, s.data_start + s.copied)
+                    k = copy_once(fi, fo, min(_REQUEST, s.data_len - s.copied), s.src_base + s.copied,
+                                  s.data_start + s.copied, s.src_path)
                     s.copied += k
                     self._apply_copied(s)
                     with self.progress:
@@ -396,7 +382,7 @@ def take_prestarted(src: str, dst: str, to: str, *, force: bool, experts: str | 
     is stopped and removed)."""
     early = _PRESTARTED.pop((src, dst, to, force), None)
     if early is not None and (experts or quantize or max_shard_bytes is not None or dry_run):
-        _PRESTARTED[("unused",)] = early
+        _PRESTARTED[(src, dst, to, force)] = early   # not this conversion's: dropped below
         early = None
     _drop_prestarted()
     return early

@@ -119,6 +119,9 @@ def test_without_a_kernel_copy_falls_back_to_read_and_write(sharded, tmp_path, m
     convert(sharded, out, "compressed-tensors")
     assert claims == [True, True, True, True]
     assert _tensors(out) == _tensors(ref)
+    plain = str(tmp_path / "plain")   # the ordinary writer's copies take the same fallback
+    convert(sharded, plain, "compressed-tensors", max_shard_bytes=10**12)
+    assert _tensors(plain) == _tensors(ref)
 
 
 def test_command_line_prestart_used_and_cleaned_up(sharded, tmp_path):

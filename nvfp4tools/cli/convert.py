@@ -46,17 +46,15 @@ def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: b
       nvfp4tools convert ./ckpt-ct ./ckpt.gguf --to gguf --dry-run
     """
     pause_collector()
-    from nvfp4tools.early_copy import begin_early_copy, take_prestarted
+    from nvfp4tools.early_copy import take_prestarted
     from nvfp4tools.gpus import parse_size
 
     max_bytes = None if max_shard_size is None else parse_size(max_shard_size)
     try:
-        # the bulk copy starts before the converter's imports (numpy) and its planning; usually
-        # the entry point has started it already, before click (nvfp4tools.cli.main)
+        # the entry point (nvfp4tools.cli.main) started the bulk copy before click and numpy were
+        # imported, where the arguments allow it; otherwise convert() starts it if it can
         early = take_prestarted(src, dst, to, force=force, experts=experts, quantize=quantize,
-                                max_shard_bytes=max_bytes, dry_run=dry_run) or \
-            begin_early_copy(src, dst, to, experts=experts, force=force, quantize=quantize,
-                             max_shard_bytes=max_bytes, dry_run=dry_run)
+                                max_shard_bytes=max_bytes, dry_run=dry_run)
         from nvfp4tools.convert import convert
         report = convert(src, dst, to, experts=experts, allow_lossy=allow_lossy, dry_run=dry_run, force=force,
                          max_shard_bytes=max_bytes, quantize=quantize, verify=verify, early=early)
