@@ -5,7 +5,8 @@ memory-roofline speedup limit over bf16 is 2 / 0.5625 = 3.56x.
 
     python bench/gpu_bench.py [--json out.json]
 
-The kernel's tiles come from nvfp4_gemm._config; bench/gpu_tune.py is the search behind them.
+The kernel and its config come from nvfp4_gemm.default_config: the GEMV kernel at M = 1
+(bench/gpu_gemv.py is its sweep), the MMA kernel's tiles otherwise (bench/gpu_tune.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import numpy as np
 import torch
 import triton
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, random_weight
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm, random_weight
 
 SHAPES = [(8192, 2816), (2816, 8192), (2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (2816, 704)]
 MS = (1, 16, 128)
@@ -50,11 +51,11 @@ def main() -> None:
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t_bf16 = bench(lambda: torch.matmul(x, w_bf16.T))
-            cfg = _config(m, n, k)
-            y = nvfp4_w4a16_gemm(x, packed, scales, g, config=cfg)
+            cfg = default_config(m, n, k)
+            y = nvfp4_w4a16_gemm(x, packed, scales, g)
             ref = x.double() @ w_bf16.double().T
             err = float((y.double() - ref).norm() / ref.norm())
-            t_tri = bench(lambda: nvfp4_w4a16_gemm(x, packed, scales, g, config=cfg))
+            t_tri = bench(lambda: nvfp4_w4a16_gemm(x, packed, scales, g))
             lut = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], device="cuda")
             codes = torch.stack([packed & 15, packed >> 4], -1).view(n, k).long()
             sb = scales.view(torch.float8_e4m3fn)

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from gpu_stream_bench import L2_MULTIPLE_BYTES, graph_time_us
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
-    _config,
+    default_config,
     nvfp4_w4a16_gemm,
     random_weight,
 )
@@ -60,16 +60,8 @@ def read_floor_us(nbytes: int, sms: int) -> tuple[float, tuple]:
     return best
 
 
-def _space(m: int, k: int, gemv: bool = False):
-    if gemv:  # the kernel's BLOCK_M = 1 path: element-wise FMAs, few rows per program, many programs
-        for bn in (1, 2, 4, 8):
-            for bk in (256, 512, 1024, 2048):   # K masks where BLOCK_K does not divide K
-                for split in (1, 2):
-                    for warps in (1, 2, 4, 8):
-                        for stages in (2, 3):
-                            if bn * bk // 8 >= warps * 32:   # at least a word per thread
-                                yield (1, bn, bk, split, warps, stages, 2, 1)
-        return
+def _space(m: int, k: int):
+    """The MMA kernel's configs (the M = 1 GEMV kernel has its own sweep: bench/gpu_gemv.py)."""
     if m <= 16:
         for bn in (32, 64, 128):
             for bk in (64, 128, 256, 512):
@@ -91,12 +83,12 @@ def _space(m: int, k: int, gemv: bool = False):
                                     yield (bm, bn, bk, split, warps, stages, 2, swap)
 
 
-def sweep(row: dict, m: int, n: int, k: int, gw, qs, gemv: bool = False) -> None:
+def sweep(row: dict, m: int, n: int, k: int, gw, qs) -> None:
     """The kernel's tiles and split under graph timing (gpu_tune.py sweeps under do_bench)."""
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     ref = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale)
     res = []
-    for cfg in _space(m, k, gemv):
+    for cfg in _space(m, k):
         try:
             y = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
             if not torch.allclose(y, ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item()):
@@ -107,8 +99,8 @@ def sweep(row: dict, m: int, n: int, k: int, gw, qs, gemv: bool = False) -> None
             continue
         res.append((t, cfg))
     res.sort()
-    row[f"sweep_M{m}{'_gemv' if gemv else ''}"] = res[:8]
-    print(f"  M={m} {'GEMV (BLOCK_M 1) ' if gemv else ''}sweep ({len(res)} configs, graph timing), default {_config(m, n, k)}: "
+    row[f"sweep_M{m}"] = res[:8]
+    print(f"  M={m} MMA-kernel sweep ({len(res)} configs, graph timing), default {default_config(m, n, k)}: "
           f"{row[f'triton_M{m}_us']:.1f} us; best:")
     for t, cfg in res[:5]:
         print(f"    {t:6.1f} us = {row[f'bf16_M{m}_us'] / t:4.2f}x bf16  {cfg}")
@@ -118,7 +110,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-sweep", action="store_true")
-    ap.add_argument("--gemv", action="store_true", help="also sweep the BLOCK_M = 1 (CUDA-core GEMV) path at M = 1")
     ap.add_argument("--sweep-ms", default="1,16,128", type=lambda v: [int(x) for x in v.split(",")])
     a = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -154,8 +145,6 @@ def main() -> None:
               f"READ floor, the Triton kernel {t_rq / row['triton_M1_us']:.0%} of the NVFP4 one")
         for m in ([] if a.no_sweep else a.sweep_ms):
             sweep(row, m, n, k, gw, qs)
-        if a.gemv:
-            sweep(row, 1, n, k, gw, qs, gemv=True)
         rows.append(row)
     if a.json:
         with open(a.json, "w") as fh:

@@ -2,7 +2,7 @@
 output and against no split, at M = 1 and 16 on the two largest Gemma-4-26B shapes. Every config
 is checked against float64 first; triton.testing.do_bench (L2 flushed, median).
 
-    python bench/gpu_splitk.py [--shapes 8192x2816,2816x8192] [--ms 1,16] [--gemv]
+    python bench/gpu_splitk.py [--shapes 8192x2816,2816x8192] [--ms 1,16]
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="8192x2816,2816x8192")
     ap.add_argument("--ms", default="1,16")
-    ap.add_argument("--gemv", action="store_true", help="also the CUDA-core GEMV configs (BLOCK_M = 1) at M = 1")
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, triton {triton.__version__}")
     rng = np.random.default_rng(0)
@@ -42,11 +41,8 @@ def main() -> None:
                 space = [(True, 16) + c for c in itertools.product((64, 128), (64, 128, 256), (1, 2, 3, 4, 6, 8), (4, 8),
                                                                    (3, 4))]
                 space += [(False, 16, 64, 256, sp, 4, 3) for sp in (2, 4, 8)]
-            if m == 1 and a.gemv:  # GEMV on CUDA cores (BLOCK_M = 1)
-                space += [(True, 1) + c for c in itertools.product((16, 32, 64), (64, 128, 256), (1, 2, 4, 8),
-                                                                   (4, 8), (3,))]
             for fix, bm, bn, bk, split, warps, stages in space:
-                if bk * split > k or (split == 1 and not fix) or (bm == 1 and bn * bk > 8192) or (bm == 16 and bn == 128 and bk == 64):
+                if bk * split > k or (split == 1 and not fix) or (bm == 16 and bn == 128 and bk == 64):
                     continue
                 K.SPLIT_K_FIXUP = fix
                 cfg = (bm, bn, bk, split, warps, stages, 2, 0 if m > 16 else 1)
@@ -62,10 +58,10 @@ def main() -> None:
                     print("  failed", fix, cfg, str(e).splitlines()[0][:100])
             K.SPLIT_K_FIXUP = True
             res.sort()
-            print(f"\n{n}x{k} M={m}: bf16 {t_bf16:.1f} us, default {K._config(m, n, k)}")
+            print(f"\n{n}x{k} M={m}: bf16 {t_bf16:.1f} us, default {K.default_config(m, n, k)}")
             for t, fix, cfg in res[:6]:
                 print(f"  {t:6.1f} us {t_bf16 / t:5.2f}x  fixup={fix:d} {cfg}")
-            for bm in (1, 16, 128):
+            for bm in (16, 128):
                 for fix in (True, False):
                     for split in (1, 2, 4, 8):
                         b = [r for r in res if r[1] == fix and r[2][3] == split and r[2][0] == bm]

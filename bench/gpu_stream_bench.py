@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import triton
 
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, random_weight
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm, random_weight
 
 SHAPES = [(8192, 2816), (2816, 8192), (2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (2816, 704)]
 MS = (1, 16, 128)
@@ -76,14 +76,15 @@ def main() -> None:
         ws = [w.clone() for _ in range(nb)]
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            cfg = _config(m, n, k)
+            cfg = default_config(m, n, k)
             t_b = graph_time_us([lambda wi=wi: torch.matmul(x, wi.T) for wi in ws])
-            t_q = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemm(x, p, s, g, config=cfg) for p, s in qs])
+            t_q = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemm(x, p, s, g) for p, s in qs])
             row = {"N": n, "K": k, "M": m, "bf16_us": t_b, "triton_us": t_q, "speedup_vs_bf16": t_b / t_q,
-                   "triton_GBps": qbytes / t_q / 1e3, "bf16_GBps": bbytes / t_b / 1e3, "copies": [nb, nq]}
+                   "triton_GBps": qbytes / t_q / 1e3, "bf16_GBps": bbytes / t_b / 1e3, "copies": [nb, nq],
+                   "kernel": cfg[0], "config": list(cfg[1])}
             rows.append(row)
             print(f"{n:>5} {k:>5} {m:>4} | {t_b:8.1f} {nb:>6} | {t_q:9.1f} {nq:>6} | {t_b / t_q:6.2f}x "
-                  f"{row['triton_GBps']:6.0f} {row['bf16_GBps']:9.0f}")
+                  f"{row['triton_GBps']:6.0f} {row['bf16_GBps']:9.0f}  {cfg[0]}")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"empty_kernel_do_bench_us": floor, "rows": rows}, fh, indent=1)

@@ -22,7 +22,7 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
     import torch
     import triton
 
-    from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm, upload
+    from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm, upload
     from nvfp4tools.tensors import canonical_nvfp4
 
     shapes: dict[tuple[int, int], Any] = {}
@@ -41,6 +41,7 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
                                             return_mode="median")
             rows.append({"tensor": t.name, "N": n, "K": k, "M": m, "cublas_bf16_us": t_bf16 * 1e3,
                          "triton_us": t_tri * 1e3, "speedup_vs_bf16": t_bf16 / t_tri,
-                         "triton_weight_GBps": gw.nbytes / (t_tri * 1e-3) / 1e9, "config": list(_config(m, n, k))})
+                         "triton_weight_GBps": gw.nbytes / (t_tri * 1e-3) / 1e9, "kernel": default_config(m, n, k)[0],
+                         "config": list(default_config(m, n, k)[1])})
     return {"schema": "nvfp4tools/bench/v1", "tool_version": __version__, "source": ckpt.source,
             "device": torch.cuda.get_device_name(0), "roofline_speedup_limit": round(ROOFLINE, 3), "rows": rows}

@@ -18,10 +18,8 @@ bench/gpu_tune.py):
   arrives last at its tile's counter sums them (``FIXUP``), so no zeroed output (a separate
   memset launch, 4-5 us) is needed. The older path, fp32 atomic adds into a zeroed output, stays
   behind ``SPLIT_K_FIXUP = False`` for comparison (bench/gpu_splitk.py).
-* ``BLOCK_M=1`` (the default at M = 1 on layers wide enough for ~5 programs per SM) is a
-  CUDA-core GEMV: 2-4 weight rows per program and the whole K loop, element-wise FMAs and one
-  reduction at the end, so thousands of small programs stream the weights as the fastest
-  pure-read kernel does (bench/gpu_floor.py); no split, no fix-up.
+* M = 1 (decode) goes to the GEMV kernel of ``nvfp4_gemv.py`` where K % 32 == 0: no MMA padding,
+  no shared memory; this kernel serves M >= 2 and any config asked for explicitly.
 * ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
   by 16 and keeps masked loads 16 bytes wide; ``EVEN_K`` (K % BLOCK_K == 0) drops the K masks.
 """
@@ -122,8 +120,6 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if BLOCK_M == 1:  # GEMV: element-wise fp32 FMAs across the K loop, one reduction at the end
-        acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     # split K over whole blocks: program pid_k takes blocks [start, end)
     n_blocks = tl.cdiv(K, BLOCK_K)
     per = tl.cdiv(n_blocks, SPLIT_K)
@@ -160,14 +156,10 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
             x = tl.load(xp, mask=offs_m[:, None] < M, other=0.0)
         else:
             x = tl.load(xp, mask=(offs_m[:, None] < M) & ((k0 + offs_k)[None, :] < K), other=0.0)
-        if BLOCK_M == 1:  # one activation row: no MMA padding, no per-block cross-thread reduction
-            acc2 += w.to(tl.float32) * x.to(tl.float32)
-        elif SWAP:
+        if SWAP:
             acc = tl.dot(w, tl.trans(x), acc)
         else:
             acc = tl.dot(x, tl.trans(w), acc)
-    if BLOCK_M == 1:
-        acc = tl.sum(acc2, axis=1)[:, None]   # (BLOCK_N, 1): BLOCK_M == 1 runs with SWAP
     if DECODE == 2:
         acc = acc * (g * 65536.0)   # 2^WORD_SCALE_SHIFT
     else:
@@ -212,14 +204,6 @@ Config = tuple[int, int, int, int, int, int, int, int]
 def _config(m: int, n: int, k: int) -> Config:
     """Default tiles, from bench/gpu_tune.py on an H100 (Gemma-4-26B shapes, bench/RESULTS.md)."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    gemv = (1, 2, 1024, 1, 2, 3, 2, 1) if k % 1024 == 0 else (1, 4, 256, 1, 2, 3, 2, 1)
-    if m == 1 and n // gemv[1] >= 5 * sms:
-        # the CUDA-core GEMV path (BLOCK_M 1): 2-4 rows per program and the whole K loop, so
-        # thousands of small programs stream the weights, as the fastest pure-read kernel does
-        # (bench/gpu_floor.py --gemv, graph timing: 8192x2816 12.7 -> 11.6 us, 2816x8192 14.0 ->
-        # 11.2 us, 2816x4096 9.5 -> 6.7 us, 2816x704 6.1 -> 3.8 us; no split, so no fix-up).
-        # Below ~5 programs per SM (704 or 2112 rows) the split-K MMA kernel stays faster.
-        return gemv
     if m <= 16:
         bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
         # the widest K block that divides K: no K masks (2112 and 704 take 64)
@@ -244,11 +228,30 @@ def _config(m: int, n: int, k: int) -> Config:
     return bm, bn, bk, split, warps, stages, 2, swap
 
 
+def uses_gemv(m: int, k: int) -> bool:
+    """Whether the default for this shape is the M = 1 GEMV kernel (nvfp4_gemv.py)."""
+    return m == 1 and k % 32 == 0
+
+
+def default_config(m: int, n: int, k: int) -> tuple[str, tuple]:
+    """The kernel and config a call without ``config`` runs: for reports and benches."""
+    if uses_gemv(m, k):
+        from .nvfp4_gemv import gemv_config
+
+        return "gemv", gemv_config(n, k)
+    return "mma", _config(m, n, k)
+
+
 def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
                      poison: bool = False, config: Config | None = None) -> torch.Tensor:
-    """x bf16 [M, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]."""
+    """x bf16 [M, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]. M = 1
+    takes the GEMV kernel unless a config for this kernel is given."""
     m, k = x.shape
     n = packed.shape[0]
+    if config is None and uses_gemv(m, k):
+        from .nvfp4_gemv import nvfp4_w4a16_gemv
+
+        return nvfp4_w4a16_gemv(x.contiguous(), packed, scales, global_scale, poison=poison)
     assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
     assert x.stride(1) == 1 and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
     bm, bn, bk, split, warps, stages, decode, swap = config or _config(m, n, k)

@@ -1,0 +1,83 @@
+"""The M = 1 GEMV kernel (kernels_ref/gpu/nvfp4_gemv.py) against cuBLAS bf16 and the GEMM
+kernel's M = 1 default, under the engine-like timing of bench/gpu_stream_bench.py (every call
+reads a different copy of the weight, calls replayed from one CUDA graph), with a sweep of its
+(ROWS, num_warps, CACHE) and a correctness check of every config against the fp32 dequantization.
+
+    python bench/gpu_gemv.py [--json out.json] [--shapes 8192x2816,2816x8192] [--no-sweep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from gpu_stream_bench import L2_MULTIPLE_BYTES, SHAPES, graph_time_us
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
+    _config,
+    nvfp4_w4a16_gemm,
+    random_weight,
+)
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemv import gemv_config, nvfp4_w4a16_gemv
+
+SWEEP = [(r, w, c) for r in (1, 2, 4) for w in (1, 2, 4) for c in (0, 1, 2)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--shapes", default=None, help="NxK,... (default: the eight Gemma-4-26B shapes)")
+    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--configs", default=None, help="R,W,C;... instead of the sweep")
+    a = ap.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes else SHAPES
+    rng = np.random.default_rng(0)
+    rows = []
+    print(f"device: {torch.cuda.get_device_name(0)}")
+    print(f"{'N':>5} {'K':>5} | {'bf16 us':>7} | {'gemm us':>7} | {'gemv us':>7} {'config':>14} | {'x bf16':>6} "
+          f"{'GB/s':>5} | {'rel err':>8}")
+    for n, k in shapes:
+        gw = random_weight(n, k, rng)
+        w = gw.w.to(torch.bfloat16)
+        qbytes = gw.nbytes
+        nq, nb = -(-L2_MULTIPLE_BYTES // qbytes), -(-L2_MULTIPLE_BYTES // (w.numel() * 2))
+        qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(nq)]
+        ws = [w.clone() for _ in range(nb)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        ref = (x.double() @ gw.w.double().T)
+        g = gw.global_scale
+        t_b = graph_time_us([lambda wi=wi: torch.matmul(x, wi.T) for wi in ws])
+        gcfg = _config(1, n, k)
+        t_gemm = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemm(x, p, s, g, config=gcfg) for p, s in qs])
+        results = []
+        sweep = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")] if a.configs else SWEEP
+        for cfg in (sweep if not a.no_sweep else []) + [gemv_config(n, k)]:
+            y = nvfp4_w4a16_gemv(x, gw.packed, gw.scales, g, poison=True, config=cfg)
+            err = float(((y.double() - ref).norm() / ref.norm()).item())
+            ok = bool(torch.isfinite(y).all()) and err < 5e-3
+            t = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemv(x, p, s, g, config=cfg) for p, s in qs]) if ok \
+                else float("inf")
+            results.append({"config": list(cfg), "us": t, "rel_err": err, "ok": ok})
+        best = min(results, key=lambda r: r["us"])
+        # the same loads without the arithmetic: what the load pattern alone costs
+        t_loads = [graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemv(x, p, s, g, config=tuple(best["config"]),
+                                                                    no_decode=lvl) for p, s in qs]) for lvl in (1, 2, 3)]
+        default = results[-1]
+        for tag, r in (("best", best), ("default", default)):
+            print(f"{n:>5} {k:>5} | {t_b:7.1f} | {t_gemm:7.1f} | {r['us']:7.1f} {tuple(r['config'])!s:>14} | "
+                  f"{t_b / r['us']:5.2f}x {qbytes / r['us'] / 1e3:5.0f} | {r['rel_err']:.2e} {tag}")
+        bad = [r for r in results if not r["ok"]]
+        print(f"{'':>11} | loads only (best config, no decode): all {t_loads[0]:.1f} us, no activations "
+              f"{t_loads[1]:.1f} us, codes only {t_loads[2]:.1f} us")
+        if bad:
+            print(f"  FAILED configs: {[(tuple(r['config']), r['rel_err']) for r in bad]}")
+        rows.append({"N": n, "K": k, "bf16_us": t_b, "gemm_m1_us": t_gemm, "gemm_config": list(gcfg),
+                     "gemv": results, "loads_only_us": t_loads})
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
