@@ -162,3 +162,27 @@ def test_gemv_every_config_matches_float64():
                 assert not torch.isnan(y).any(), (rows, warps, cache)
                 err = float((y.double() - ref).norm() / ref.norm())
                 assert err < 1e-6, (rows, warps, cache, err)
+
+
+@needs_cuda
+@pytest.mark.parametrize("m", [2, 9, 16])
+def test_skinny_mma_kernel_matches_float64(m):
+    """The mma.sync kernel fed from registers (nvfp4_skinny.py), on an odd shape (N = 515: a
+    partial row tile; K = 1056: 33 groups, so the last pass is masked) and a spread of (warps,
+    tiles, K split) including the split-K fix-up: all outputs written, equal to the float64
+    product up to fp32 summation, the arrival counters back at zero."""
+    import torch
+
+    from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
+    from nvfp4tools.kernels_ref.gpu.nvfp4_skinny import nvfp4_w4a16_skinny
+
+    assert K.default_config(m, 515, 1056)[0] == ("skinny" if m <= 8 else "mma")
+    gw = K.random_weight(515, 1056, np.random.default_rng(7))
+    x = torch.randn(m, 1056, device="cuda", dtype=torch.bfloat16)
+    ref = x.double() @ gw.w.double().T
+    for cfg in (None, (1, 1, 1), (4, 1, 1), (2, 2, 1), (4, 2, 3), (8, 1, 2)):
+        y = nvfp4_w4a16_skinny(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
+        assert y.shape == (m, 515) and not torch.isnan(y).any(), cfg
+        err = float((y.double() - ref).norm() / ref.norm())
+        assert err < 1e-6, (cfg, err)
+    assert int(K._COUNTERS[("cuda", x.device.index)].abs().sum()) == 0

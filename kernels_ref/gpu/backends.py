@@ -3,7 +3,8 @@ reference ``y_ref = x @ W^T``; ``../shared/docs/peers.md`` section 6 lists upstr
 vLLM's NVFP4 GEMM tests use atol/rtol 1e-1, its Marlin FP4 test a mean relative error < 0.04).
 
 * ``torch``: dequantize on the GPU with torch ops, float32 matmul with TF32 off: 1e-5.
-* ``triton``: our fused W4A16 kernel: activations rounded to bf16 (2^-9 relative per element),
+* ``triton``: our fused W4A16 kernels (row 0 through the M = 1 GEMV, rows 1-7 through the skinny
+  mma.sync kernel, the rest through the MMA GEMM): activations rounded to bf16 (2^-9 relative per element),
   weights exact in bf16 (an E2M1 x E4M3 product has at most 5 significant bits), the global scale
   applied in the fp32 epilogue, fp32 accumulation: 5e-3.
 * ``triton-w4a4``: W4A4 emulation: activations quantized to NVFP4 per 16-element block with the
@@ -72,13 +73,24 @@ def _run_torch(case: LayerCase) -> np.ndarray:
 def _run_triton(case: LayerCase) -> np.ndarray:
     import torch
 
-    from .nvfp4_gemm import nvfp4_w4a16_gemm, pack_for_kernel
+    from .nvfp4_gemm import _config, nvfp4_w4a16_gemm, pack_for_kernel
 
     if case.codes is None:
         raise ValueError("the triton backend needs NVFP4 weights")
     packed, scales = pack_for_kernel(case.codes, case.scale_bytes)
     x = _torch_x(case).to(torch.bfloat16)
-    y = nvfp4_w4a16_gemm(x, packed, scales, case.global_scale, poison=True)
+    # the three kernels a deployment runs, each on its own rows of the same activations: row 0
+    # through the M = 1 GEMV, rows 1-7 through the skinny kernel (2 <= M <= 8), the rest through
+    # the MMA kernel (where K % 32 != 0 every part falls back to the MMA kernel)
+    m, k = x.shape
+    parts = [nvfp4_w4a16_gemm(x[:1].contiguous(), packed, scales, case.global_scale, poison=True)]
+    if m > 1:
+        parts.append(nvfp4_w4a16_gemm(x[1:8].contiguous(), packed, scales, case.global_scale, poison=True))
+    if m > 8:
+        rest = x[8:].contiguous()
+        parts.append(nvfp4_w4a16_gemm(rest, packed, scales, case.global_scale, poison=True,
+                                      config=_config(rest.shape[0], packed.shape[0], k)))
+    y = torch.cat(parts)
     torch.cuda.synchronize()
     return y.float().cpu().numpy()
 
@@ -158,7 +170,8 @@ def _never(case: LayerCase) -> np.ndarray:  # pragma: no cover
 
 register(Backend("torch", "torch ops: GPU dequantization, float32 matmul (TF32 off)", 1e-5, _cuda_reason, _run_torch,
                  "float32 accumulation on the GPU"))
-register(Backend("triton", "nvfp4tools' fused Triton NVFP4 W4A16 GEMM (bf16 tensor cores, fp32 accumulate)", 5e-3,
+register(Backend("triton", "nvfp4tools' fused Triton NVFP4 W4A16 kernels: row 0 GEMV, rows 1-7 skinny mma.sync, "
+                           "rest MMA GEMM (fp32 accumulate)", 5e-3,
                  _triton_reason, _run_triton, "bf16 activations (2^-9 relative), exact bf16 weights, fp32 epilogue"))
 register(Backend("triton-w4a4", "W4A4 emulation: activations fake-quantized to NVFP4 on the GPU (ModelOpt-exact "
                  "rounding), then the Triton kernel; both globals in the epilogue", 1e-4, _triton_reason,

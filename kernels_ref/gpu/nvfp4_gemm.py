@@ -18,8 +18,9 @@ bench/gpu_tune.py):
   arrives last at its tile's counter sums them (``FIXUP``), so no zeroed output (a separate
   memset launch, 4-5 us) is needed. The older path, fp32 atomic adds into a zeroed output, stays
   behind ``SPLIT_K_FIXUP = False`` for comparison (bench/gpu_splitk.py).
-* M = 1 (decode) goes to the GEMV kernel of ``nvfp4_gemv.py`` where K % 32 == 0: no MMA padding,
-  no shared memory; this kernel serves M >= 2 and any config asked for explicitly.
+* M = 1 (decode) goes to the GEMV kernel of ``nvfp4_gemv.py`` and 2 <= M <= 8 to the skinny
+  kernel of ``nvfp4_skinny.py`` (mma.sync fed from registers) where K % 32 == 0; this kernel
+  serves M >= 9 and any config asked for explicitly.
 * ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
   by 16 and keeps masked loads 16 bytes wide; ``EVEN_K`` (K % BLOCK_K == 0) drops the K masks.
 """
@@ -228,30 +229,45 @@ def _config(m: int, n: int, k: int) -> Config:
     return bm, bn, bk, split, warps, stages, 2, swap
 
 
-def uses_gemv(m: int, k: int) -> bool:
-    """Whether the default for this shape is the M = 1 GEMV kernel (nvfp4_gemv.py)."""
-    return m == 1 and k % 32 == 0
+def default_kernel(m: int, k: int) -> str:
+    """Which kernel a call without ``config`` runs: "gemv" (M = 1, nvfp4_gemv.py), "skinny"
+    (2 <= M <= 8, nvfp4_skinny.py; both need K % 32 == 0) or "mma" (this module)."""
+    if k % 32 == 0 and m == 1:
+        return "gemv"
+    if k % 32 == 0 and 2 <= m <= 8:
+        return "skinny"
+    return "mma"
 
 
 def default_config(m: int, n: int, k: int) -> tuple[str, tuple]:
     """The kernel and config a call without ``config`` runs: for reports and benches."""
-    if uses_gemv(m, k):
+    kernel = default_kernel(m, k)
+    if kernel == "gemv":
         from .nvfp4_gemv import gemv_config
 
-        return "gemv", gemv_config(n, k)
-    return "mma", _config(m, n, k)
+        return kernel, gemv_config(n, k)
+    if kernel == "skinny":
+        from .nvfp4_skinny import skinny_config
+
+        return kernel, skinny_config(m, n, k)
+    return kernel, _config(m, n, k)
 
 
 def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
                      poison: bool = False, config: Config | None = None) -> torch.Tensor:
-    """x bf16 [M, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]. M = 1
-    takes the GEMV kernel unless a config for this kernel is given."""
+    """x bf16 [M, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]. Without
+    a config, M = 1 takes the GEMV kernel and 2 <= M <= 8 the skinny one (default_kernel)."""
     m, k = x.shape
     n = packed.shape[0]
-    if config is None and uses_gemv(m, k):
+    kernel = default_kernel(m, k) if config is None else "mma"
+    if kernel == "gemv":
         from .nvfp4_gemv import nvfp4_w4a16_gemv
 
         return nvfp4_w4a16_gemv(x.contiguous(), packed, scales, global_scale, poison=poison)
+    if kernel == "skinny":
+        from .nvfp4_skinny import nvfp4_w4a16_skinny
+
+        return nvfp4_w4a16_skinny(x.contiguous(), packed, scales, global_scale, poison=poison)
     assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
     assert x.stride(1) == 1 and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
     bm, bn, bk, split, warps, stages, decode, swap = config or _config(m, n, k)

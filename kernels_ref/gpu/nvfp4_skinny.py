@@ -1,0 +1,286 @@
+"""NVFP4 W4A16 for skinny batches (2 <= M <= 16) in Triton with tensor cores fed from registers:
+``y = x W^T`` with W read once, 4-bit, in the checkpoint's own layout (nothing repacked).
+
+Why a second kernel: the MMA kernel of ``nvfp4_gemm.py`` hands its decoded weight tile to
+``tl.dot`` through shared memory (a store, a barrier and a load per K block), and at small M
+that round trip, not the memory, sets its pace (bench/RESULTS.md). Here every lane decodes
+exactly the weights that its own fragment of ``mma.sync.m16n8k16`` (bf16 in, fp32 accumulate)
+needs, so decoded values never leave the registers they are made in:
+
+* A warp owns 16 weight rows (the MMA's M side: the weights are the wide operand, as in the
+  swapped GEMM) and walks K 128 elements per pass. Lane l (group ``l // 4``, quad ``l % 4``) loads
+  rows ``l // 4`` and ``l // 4 + 8``, group of 32 elements ``4 pass + l % 4``: 16 bytes of codes and
+  2 scale bytes per row, and the same 32 activations of rows ``l // 4`` (and ``+ 8``) of x.
+* The K order inside an MMA is free as long as A and B agree. A code word's decode gives the
+  pairs (e_i, e_{i+4}) (``nvfp4_gemm.decode_words``' bit trick), so pairs 0, 1 of a word feed
+  one MMA and pairs 2, 3 the next, and the activations are permuted to match with one ``prmt``
+  per B register.
+* The warps of a program split K and meet once, at the end (one reduction through shared memory).
+* Register layout assumption: every loop tensor is ``[L]`` or ``[L, c]`` with L = 32 num_warps and
+  c in-thread, so element i lives in lane i % 32 of warp i // 32 (Triton's blocked layout for
+  these shapes). The GPU tests check the results against float64 for every M in 2..16.
+
+Requires K % 32 == 0 (the last pass is masked) and M <= 16; the default for 2 <= M <= 8, where
+it beats the MMA kernel on all eight Gemma-4 shapes (at M = 16 it does not on the two largest).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+def _decode_pairs_ptx() -> str:
+    """One int32 word (8 E2M1 codes) and a bf16 scale x 2^110 -> the 4 bf16x2 pairs (e_i, e_{i+4})
+    x scale x 2^-16, as b32 registers $0..$3 ($4 the word, $5 the scale). The bit placement is
+    ``nvfp4_gemm._word_decode_ptx``'s."""
+    body = [".reg .b32 s, m, sc;", "mov.b32 sc, {$5, $5};"]
+    for j in range(4):
+        sign, mag = 12 - 4 * j, 6 - 4 * j
+        body += [f"shl.b32 s, $4, {sign};" if sign else "mov.b32 s, $4;",
+                 f"shl.b32 m, $4, {mag};" if mag >= 0 else f"shr.b32 m, $4, {-mag};",
+                 "and.b32 s, s, 0x80008000;",
+                 "and.b32 m, m, 0x01C001C0;",
+                 f"or.b32 ${j}, s, m;",
+                 f"mul.rn.bf16x2 ${j}, ${j}, sc;"]
+    return "{\n" + "\n".join(body) + "\n}"
+
+
+_DECODE_PAIRS_PTX = tl.constexpr(_decode_pairs_ptx())
+# B fragment registers from natural activation pairs: (a.lo, b.lo) and (a.hi, b.hi)
+_PAIR_B_PTX = tl.constexpr("prmt.b32 $0, $2, $3, 0x5410;\nprmt.b32 $1, $2, $3, 0x7632;")
+_MMA_PTX = tl.constexpr("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                        "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};")
+
+
+@triton.jit
+def _columns4(t):
+    """[L, 4] -> its four columns as [L] tensors (in-thread: no data moves)."""
+    a, b = tl.split(tl.reshape(t, (t.shape[0], 2, 2)))   # columns 0, 2 and 1, 3
+    c0, c2 = tl.split(a)
+    c1, c3 = tl.split(b)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def _decode(wq, sc):
+    return tl.inline_asm_elementwise(_DECODE_PAIRS_PTX, "=r,=r,=r,=r,r,h", [wq, sc],
+                                     dtype=(tl.int32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _pair_b(xa, xb):
+    return tl.inline_asm_elementwise(_PAIR_B_PTX, "=r,=r,r,r", [xa, xb], dtype=(tl.int32, tl.int32),
+                                     is_pure=True, pack=1)
+
+
+@triton.jit
+def _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
+    return tl.inline_asm_elementwise(_MMA_PTX, "=f,=f,=f,=f,r,r,r,r,r,r,f,f,f,f",
+                                     [a0, a1, a2, a3, b0, b1, c0, c1, c2, c3],
+                                     dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+
+
+@triton.jit
+def _load_x(x_ptr, m, M, K2, g, ok):
+    """Activation row m (masked past M and past K): group g's 16 words (bf16 pairs) as the four
+    [L, 4] words of each code word."""
+    o = (m * K2 + g * 16)[:, None] + tl.arange(0, 4)[None, :]
+    msk = ((m < M) & ok)[:, None]
+    return (tl.load(x_ptr + o, mask=msk, other=0), tl.load(x_ptr + o + 4, mask=msk, other=0),
+            tl.load(x_ptr + o + 8, mask=msk, other=0), tl.load(x_ptr + o + 12, mask=msk, other=0))
+
+
+@triton.jit
+def _word_mmas(wlo, whi, slo, shi, BA, BB, j: tl.constexpr, NB: tl.constexpr, acc):
+    """Code word j of rows lo (l // 4) and hi (+ 8), decoded once, through two MMAs (pairs 0, 1
+    and 2, 3) per column block of activations (B registers BA, BB from _x_b_regs). acc: the
+    word's accumulator set (4 per column block)."""
+    a0, a1, a2, a3, b0, b1, b2, b3 = acc
+    p0, p1, p2, p3 = _decode(wlo, slo)
+    q0, q1, q2, q3 = _decode(whi, shi)
+    a0, a1, a2, a3 = _mma(p0, q0, p1, q1, BA[4 * j], BA[4 * j + 1], a0, a1, a2, a3)
+    a0, a1, a2, a3 = _mma(p2, q2, p3, q3, BA[4 * j + 2], BA[4 * j + 3], a0, a1, a2, a3)
+    if NB == 2:
+        b0, b1, b2, b3 = _mma(p0, q0, p1, q1, BB[4 * j], BB[4 * j + 1], b0, b1, b2, b3)
+        b0, b1, b2, b3 = _mma(p2, q2, p3, q3, BB[4 * j + 2], BB[4 * j + 3], b0, b1, b2, b3)
+    return a0, a1, a2, a3, b0, b1, b2, b3
+
+
+@triton.jit
+def _b_regs(xw):
+    """A code word's 8 activations [L, 4] (natural bf16 pairs) -> the B registers of its pairs
+    (x_i, x_{i+4}), i = 0..3, ordered as _word_mmas takes them."""
+    x0, x1, x2, x3 = _columns4(xw)
+    b0, b1 = _pair_b(x0, x2)            # (x0, x4), (x1, x5)
+    b2, b3 = _pair_b(x1, x3)            # (x2, x6), (x3, x7)
+    return b0, b1, b2, b3
+
+
+@triton.jit
+def _tile_pass(w_ptr, s_ptr, rlo, rhi, stride_wn, stride_sn, gk, ok, BA, BB, NB: tl.constexpr, acc, acc2):
+    """One 16-row tile's pass: each lane's group gk of rows rlo / rhi (16 code bytes and 2 scale
+    bytes each), against both column blocks of activations. Words 0, 2 accumulate into acc and
+    words 1, 3 into acc2 (8 accumulators each, 4 per block): two independent MMA chains, so that
+    each MMA waits on the one two back, not on the previous."""
+    wo = (gk * 4)[:, None] + tl.arange(0, 4)[None, :]
+    so = (gk * 2)[:, None] + tl.arange(0, 2)[None, :]
+    wlo = tl.load(w_ptr + (rlo * stride_wn)[:, None] + wo, mask=ok[:, None], other=0, eviction_policy="evict_first")
+    whi = tl.load(w_ptr + (rhi * stride_wn)[:, None] + wo, mask=ok[:, None], other=0, eviction_policy="evict_first")
+    slo = tl.load(s_ptr + (rlo * stride_sn)[:, None] + so, mask=ok[:, None], other=0, eviction_policy="evict_first")
+    shi = tl.load(s_ptr + (rhi * stride_sn)[:, None] + so, mask=ok[:, None], other=0, eviction_policy="evict_first")
+    slo = (slo.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)  # x 2^110
+    shi = (shi.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)
+    sl0, sl1 = tl.split(slo)
+    sh0, sh1 = tl.split(shi)
+    wl0, wl1, wl2, wl3 = _columns4(wlo)
+    wh0, wh1, wh2, wh3 = _columns4(whi)
+    acc = _word_mmas(wl0, wh0, sl0, sh0, BA, BB, 0, NB, acc)
+    acc2 = _word_mmas(wl1, wh1, sl0, sh0, BA, BB, 1, NB, acc2)
+    acc = _word_mmas(wl2, wh2, sl1, sh1, BA, BB, 2, NB, acc)
+    acc2 = _word_mmas(wl3, wh3, sl1, sh1, BA, BB, 3, NB, acc2)
+    return acc, acc2
+
+
+@triton.jit
+def _x_b_regs(x_ptr, m, M, K2, gk, ok):
+    """Activation row m's group gk (masked past M and past K) as the 16 B registers of its 4 code
+    words."""
+    xa0, xa1, xa2, xa3 = _load_x(x_ptr, m, M, K2, gk, ok)
+    b0, b1, b2, b3 = _b_regs(xa0)
+    b4, b5, b6, b7 = _b_regs(xa1)
+    b8, b9, b10, b11 = _b_regs(xa2)
+    b12, b13, b14, b15 = _b_regs(xa3)
+    return b0, b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15
+
+
+@triton.jit
+def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g, stride_wn, stride_sn,
+                        NB: tl.constexpr, W: tl.constexpr, TILES: tl.constexpr, SPLIT: tl.constexpr):
+    """x int32 [M, K/2] (bf16 pairs), w int32 [N, K/8], s uint8 [N, K/16] -> y fp32 [M, N].
+
+    Program (pid_n, pid_k) takes TILES (1 or 2) tiles of 16 rows, which share the activations'
+    B registers; its W warps and the SPLIT programs of pid_k split K's 128-element passes
+    (interleaved). NB: MMA column blocks of 8 activation rows (1 for M <= 8, 2 for M <= 16)."""
+    L: tl.constexpr = 32 * W
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    i = tl.arange(0, L)
+    lane = i % 32
+    warp = i // 32
+    gid = lane // 4
+    tq = lane % 4
+    n0 = pid_n * 16 * TILES
+    r0 = tl.minimum(n0 + gid, N - 1)           # clamped for loading; stores are masked
+    r1 = tl.minimum(n0 + gid + 8, N - 1)
+    r2 = tl.minimum(n0 + gid + 16, N - 1)
+    r3 = tl.minimum(n0 + gid + 24, N - 1)
+    KG = K // 32
+    K2 = K // 2
+    # accumulators: per tile, two chains (t0, u0: tile 0; t1, u1: tile 1) of 8 (4 per column block)
+    z = tl.zeros((L,), dtype=tl.float32)
+    t0 = (z, z, z, z, z, z, z, z)
+    u0 = t0
+    t1 = t0
+    u1 = t0
+    for p in range(tl.cdiv(KG, 4 * W * SPLIT)):
+        gk = ((p * SPLIT + pid_k) * W + warp) * 4 + tq    # this lane's group of 32 elements
+        ok = gk < KG
+        BA = _x_b_regs(x_ptr, gid, M, K2, gk, ok)
+        if NB == 2:
+            BB = _x_b_regs(x_ptr, gid + 8, M, K2, gk, ok)
+        else:
+            BB = BA
+        t0, u0 = _tile_pass(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok, BA, BB, NB, t0, u0)
+        if TILES == 2:
+            t1, u1 = _tile_pass(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok, BA, BB, NB, t1, u1)
+    # D fragment of lane l: (row l // 4, columns 2 (l % 4) + 0, 1) and row + 8; after the sum over
+    # warps, lane j of the [32] result holds them
+    j = tl.arange(0, 32)
+    nlo = n0 + j // 4
+    mcol = 2 * (j % 4)
+    if SPLIT == 1:
+        out = y_ptr
+    else:
+        out = ws_ptr + pid_k * M * N
+    gs = g * 65536.0    # the decode leaves 2^-16 (nvfp4_gemm.WORD_SCALE_SHIFT)
+    _store(out, t0[0] + u0[0], t0[1] + u0[1], t0[2] + u0[2], t0[3] + u0[3], nlo, mcol, M, N, W, gs)
+    if NB == 2:
+        _store(out, t0[4] + u0[4], t0[5] + u0[5], t0[6] + u0[6], t0[7] + u0[7], nlo, mcol + 8, M, N, W, gs)
+    if TILES == 2:
+        _store(out, t1[0] + u1[0], t1[1] + u1[1], t1[2] + u1[2], t1[3] + u1[3], nlo + 16, mcol, M, N, W, gs)
+        if NB == 2:
+            _store(out, t1[4] + u1[4], t1[5] + u1[5], t1[6] + u1[6], t1[7] + u1[7], nlo + 16, mcol + 8, M, N, W, gs)
+    if SPLIT > 1:
+        # the programs of a row block meet as nvfp4_gemm's split-K fix-up does: partials in the
+        # workspace, an acq_rel arrival count, the last one sums (past L1) and resets the counter
+        tl.debug_barrier()
+        arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT - 1:
+            rn = n0 + tl.arange(0, 16 * TILES)
+            cm = tl.arange(0, 16)
+            o = cm[None, :] * N + rn[:, None]
+            msk = (cm[None, :] < M) & (rn[:, None] < N)
+            tot = tl.load(ws_ptr + o, mask=msk, other=0.0, cache_modifier=".cg")
+            for sk in range(1, SPLIT):
+                tot += tl.load(ws_ptr + sk * M * N + o, mask=msk, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptr + o, tot, mask=msk)
+            tl.atomic_xchg(cnt_ptr + pid_n, 0)
+
+
+@triton.jit
+def _warp_sum(v, W: tl.constexpr):
+    """[32 W] lane values -> [32]: the sum over the W warps (that split K)."""
+    if W == 1:
+        return v
+    return tl.sum(tl.reshape(v, (W, 32)), axis=0)
+
+
+@triton.jit
+def _store(y_ptr, c0, c1, c2, c3, nlo, m, M, N, W: tl.constexpr, gs):
+    tl.store(y_ptr + m * N + nlo, _warp_sum(c0, W) * gs, mask=(m < M) & (nlo < N))
+    tl.store(y_ptr + (m + 1) * N + nlo, _warp_sum(c1, W) * gs, mask=(m + 1 < M) & (nlo < N))
+    tl.store(y_ptr + m * N + nlo + 8, _warp_sum(c2, W) * gs, mask=(m < M) & (nlo + 8 < N))
+    tl.store(y_ptr + (m + 1) * N + nlo + 8, _warp_sum(c3, W) * gs, mask=(m + 1 < M) & (nlo + 8 < N))
+
+
+# (warps per program, 16-row tiles per program, programs splitting K)
+SkinnyConfig = tuple[int, int, int]
+
+
+def skinny_config(m: int, n: int, k: int) -> SkinnyConfig:
+    """Default (bench/gpu_skinny.py on an H100): 4 warps on one 16-row tile, and K split over
+    programs until about 2560 warps are in flight (about 20 per SM: 2816-row layers split by 4,
+    8192-row ones not at all)."""
+    tiles = -(-n // 16)
+    passes = -(-k // 128)
+    # but at least ~1.5 passes per warp: short K (704, 2112) loses more to the fix-up than it gains
+    split = max(1, min(4, round(2560 / (tiles * 4)), passes // 6))
+    return 4, 1, split
+
+
+def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
+                      poison: bool = False, config: SkinnyConfig | None = None) -> torch.Tensor:
+    """x bf16 [M, K] (M <= 16); packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]."""
+    from .nvfp4_gemm import _tile_counters
+
+    m, k = x.shape
+    n = packed.shape[0]
+    assert 1 <= m <= 16 and k % 32 == 0, "the skinny kernel takes M <= 16 and K % 32 == 0"
+    assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
+    assert x.is_contiguous() and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
+    warps, tiles, split = config or skinny_config(m, n, k)
+    y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
+        torch.empty((m, n), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n, 16 * tiles), split)
+    if split > 1:
+        ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+        cnt = _tile_counters(grid[0], x.device)
+    else:
+        ws = cnt = y
+    w = packed.view(torch.int32)
+    _nvfp4_skinny_kernel[grid](x.view(torch.int32), w, scales, y, ws, cnt, m, n, k, float(global_scale),
+                              w.stride(0), scales.stride(0), NB=1 if m <= 8 else 2, W=warps, TILES=tiles,
+                              SPLIT=split, num_warps=warps)
+    return y
