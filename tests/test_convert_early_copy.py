@@ -61,6 +61,13 @@ def test_early_copy_is_claimed_and_equals_the_ordinary_write(sharded, tmp_path, 
     for name in _shards(early):
         n, used = _header(os.path.join(early, name))
         assert n > used  # padded to the reserved length with spaces (the format allows it)
+        with open(os.path.join(early, name), "rb") as fh:
+            head = fh.read(8 + n)
+        # the copy began at the 64 KiB boundary before the data, over the end of the header
+        # room: the header written afterwards covers those bytes, only spaces follow the JSON
+        assert head[8 + used:] == b" " * (n - used)
+        src_n = int.from_bytes(open(os.path.join(sharded, name), "rb").read(8), "little")
+        assert (8 + n) % early_copy.ALIGN == (8 + src_n) % early_copy.ALIGN
 
 
 def test_back_and_forth_does_not_grow_the_header(sharded, tmp_path):
