@@ -560,7 +560,7 @@ def _nvfp4_chunks(c: Canon, outs, to: str) -> dict[str, bytes]:
             v = np.asarray(m, np.float32)
             if to == "compressed-tensors":   # divisor convention
                 v = (np.float32(1.0) / v).astype(np.float32)
-            out[o.key] = f32_bytes(v.reshape(o.shape) if v.size == int(np.prod(o.shape)) else
+            out[o.key] = f32_bytes(v.reshape(o.shape) if v.size == math.prod(o.shape) else
                                    np.broadcast_to(v, o.shape))
         elif o.what.startswith("kv:"):
             out[o.key] = f32_bytes(c.kv[o.what[3:]].reshape(o.shape))
