@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 import torch
-from gpu_stream_bench import L2_MULTIPLE_BYTES, SHAPES, graph_time_us
+from gpu_stream_bench import graph_time_us, parse_shapes, rotating_copies
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
     _config,
     nvfp4_w4a16_gemm,
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--configs", default=None, help="R,W,C;... instead of the sweep")
     a = ap.parse_args()
-    shapes = [tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")] if a.shapes else SHAPES
+    shapes = parse_shapes(a.shapes)
     rng = np.random.default_rng(0)
     rows = []
     print(f"device: {torch.cuda.get_device_name(0)}")
@@ -39,11 +39,8 @@ def main() -> None:
           f"{'GB/s':>5} | {'rel err':>8}")
     for n, k in shapes:
         gw = random_weight(n, k, rng)
-        w = gw.w.to(torch.bfloat16)
         qbytes = gw.nbytes
-        nq, nb = -(-L2_MULTIPLE_BYTES // qbytes), -(-L2_MULTIPLE_BYTES // (w.numel() * 2))
-        qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(nq)]
-        ws = [w.clone() for _ in range(nb)]
+        qs, ws = rotating_copies(gw)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         ref = (x.double() @ gw.w.double().T)
         g = gw.global_scale

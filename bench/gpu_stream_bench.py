@@ -28,6 +28,20 @@ def _empty(x_ptr):
     pass
 
 
+def parse_shapes(arg: str | None) -> list[tuple[int, int]]:
+    """"NxK,NxK" -> [(N, K), ...]; None -> the eight Gemma-4-26B shapes."""
+    return [tuple(int(v) for v in s.split("x")) for s in arg.split(",")] if arg else SHAPES
+
+
+def rotating_copies(gw) -> tuple[list, list]:
+    """Enough copies of a GpuWeight's NVFP4 parts and of its bf16 dequantization to exceed the L2
+    cache several times over: ([(packed, scales), ...], [w_bf16, ...])."""
+    w = gw.w.to(torch.bfloat16)
+    qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(-(-L2_MULTIPLE_BYTES // gw.nbytes))]
+    ws = [w.clone() for _ in range(-(-L2_MULTIPLE_BYTES // (w.numel() * 2)))]
+    return qs, ws
+
+
 def graph_time_us(calls, replays: int = 20) -> float:
     """Median per-call time of CALLS replayed from one CUDA graph."""
     s = torch.cuda.Stream()

@@ -54,20 +54,28 @@ def _e2m1_to_bf16(c):
 # comes in as bf16 already multiplied by 2^110, absorbing that gap: (v 2^-126) x (s 2^110) =
 # v s 2^-16, exact and normal for every E2M1 x E4M3 pair (2^-26 .. 2^-4.3), so one mul.bf16x2 per
 # pair; the epilogue multiplies the global by 2^16.
-def _word_decode_ptx() -> str:
+def _word_decode_ptx(out: str = "bf16") -> str:
     """Pair j of a word is elements (j, j + 4): sign bit 4j+3 -> 15 (shift left 12 - 4j), magnitude
     bits 4j+2..4j -> 8..6 (shift 6 - 4j); element j + 4 sits 16 bits higher under the same shifts.
-    Outputs $0..$7 are elements 0..7; $8 is the word, $9 the bf16 scale."""
-    body = [".reg .b32 s, m, p, sc;", "mov.b32 sc, {$9, $9};"]
+    OUT "bf16": outputs $0..$7 are elements 0..7 as bf16 ($8 the word, $9 the bf16 scale); "f32":
+    the same as fp32 (each half widened in place: a shift, a mask; the GEMV); "pairs": $0..$3 are
+    the bf16x2 pairs j ($4 the word, $5 the scale; the skinny kernel's MMA operands)."""
+    word, scale = ("$4", "$5") if out == "pairs" else ("$8", "$9")
+    body = [".reg .b32 s, m, p, sc;", f"mov.b32 sc, {{{scale}, {scale}}};"]
     for j in range(4):
         sign, mag = 12 - 4 * j, 6 - 4 * j
-        body += [f"shl.b32 s, $8, {sign};" if sign else "mov.b32 s, $8;",
-                 f"shl.b32 m, $8, {mag};" if mag >= 0 else f"shr.b32 m, $8, {-mag};",
+        body += [f"shl.b32 s, {word}, {sign};" if sign else f"mov.b32 s, {word};",
+                 f"shl.b32 m, {word}, {mag};" if mag >= 0 else f"shr.b32 m, {word}, {-mag};",
                  "and.b32 s, s, 0x80008000;",
                  "and.b32 m, m, 0x01C001C0;",
                  "or.b32 p, s, m;",
-                 "mul.rn.bf16x2 p, p, sc;",
-                 f"mov.b32 {{${j}, ${j + 4}}}, p;"]
+                 "mul.rn.bf16x2 p, p, sc;"]
+        if out == "bf16":
+            body.append(f"mov.b32 {{${j}, ${j + 4}}}, p;")
+        elif out == "f32":
+            body += [f"shl.b32 ${j}, p, 16;", f"and.b32 ${j + 4}, p, 0xFFFF0000;"]
+        else:
+            body.append(f"mov.b32 ${j}, p;")
     return "{\n" + "\n".join(body) + "\n}"
 
 

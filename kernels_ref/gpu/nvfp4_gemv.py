@@ -36,21 +36,12 @@ import triton.language as tl
 from .nvfp4_gemm import _word_decode_ptx
 
 
-def _word_decode_f32_ptx() -> str:
-    """nvfp4_gemm's word decode (4 bf16x2 pairs, elements (j, j + 4), times the bf16 scale), each
-    pair then widened to two fp32 in place: low half by a shift, high half by a mask."""
-    body = _word_decode_ptx().replace("mov.b32 {$0, $4}, p;", "shl.b32 $0, p, 16;\nand.b32 $4, p, 0xFFFF0000;")
-    for j in range(1, 4):
-        body = body.replace(f"mov.b32 {{${j}, ${j + 4}}}, p;", f"shl.b32 ${j}, p, 16;\nand.b32 ${j + 4}, p, 0xFFFF0000;")
-    return body
-
-
-_DECODE_WORD_F32_PTX = tl.constexpr(_word_decode_f32_ptx())
+_DECODE_WORD_F32_PTX = tl.constexpr(_word_decode_ptx("f32"))
 
 
 @triton.jit
 def _columns4(t):
-    """[G, 4] -> its four columns as [G] tensors; the 4 are in one thread, so no data moves."""
+    """[L, 4] -> its four columns as [L] tensors; the 4 are in one thread, so no data moves."""
     a, b = tl.split(tl.reshape(t, (t.shape[0], 2, 2)))   # columns 0, 2 and 1, 3
     c0, c2 = tl.split(a)
     c1, c3 = tl.split(b)

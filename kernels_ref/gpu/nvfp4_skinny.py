@@ -30,37 +30,16 @@ import torch
 import triton
 import triton.language as tl
 
-
-def _decode_pairs_ptx() -> str:
-    """One int32 word (8 E2M1 codes) and a bf16 scale x 2^110 -> the 4 bf16x2 pairs (e_i, e_{i+4})
-    x scale x 2^-16, as b32 registers $0..$3 ($4 the word, $5 the scale). The bit placement is
-    ``nvfp4_gemm._word_decode_ptx``'s."""
-    body = [".reg .b32 s, m, sc;", "mov.b32 sc, {$5, $5};"]
-    for j in range(4):
-        sign, mag = 12 - 4 * j, 6 - 4 * j
-        body += [f"shl.b32 s, $4, {sign};" if sign else "mov.b32 s, $4;",
-                 f"shl.b32 m, $4, {mag};" if mag >= 0 else f"shr.b32 m, $4, {-mag};",
-                 "and.b32 s, s, 0x80008000;",
-                 "and.b32 m, m, 0x01C001C0;",
-                 f"or.b32 ${j}, s, m;",
-                 f"mul.rn.bf16x2 ${j}, ${j}, sc;"]
-    return "{\n" + "\n".join(body) + "\n}"
+from .nvfp4_gemm import _word_decode_ptx
+from .nvfp4_gemv import _columns4
 
 
-_DECODE_PAIRS_PTX = tl.constexpr(_decode_pairs_ptx())
+# one word's 4 bf16x2 pairs (e_i, e_{i+4}) x scale x 2^-16: nvfp4_gemm's decode, kept as pairs
+_DECODE_PAIRS_PTX = tl.constexpr(_word_decode_ptx("pairs"))
 # B fragment registers from natural activation pairs: (a.lo, b.lo) and (a.hi, b.hi)
 _PAIR_B_PTX = tl.constexpr("prmt.b32 $0, $2, $3, 0x5410;\nprmt.b32 $1, $2, $3, 0x7632;")
 _MMA_PTX = tl.constexpr("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                         "{$0, $1, $2, $3}, {$4, $5, $6, $7}, {$8, $9}, {$10, $11, $12, $13};")
-
-
-@triton.jit
-def _columns4(t):
-    """[L, 4] -> its four columns as [L] tensors (in-thread: no data moves)."""
-    a, b = tl.split(tl.reshape(t, (t.shape[0], 2, 2)))   # columns 0, 2 and 1, 3
-    c0, c2 = tl.split(a)
-    c1, c3 = tl.split(b)
-    return c0, c1, c2, c3
 
 
 @triton.jit
