@@ -176,9 +176,9 @@ GemvConfig = tuple[int, int, int]
 def gemv_config(n: int, k: int) -> GemvConfig:
     """Default, from bench/gpu_gemv.py's sweep on an H100 (the eight Gemma-4-26B shapes, figures in
     bench/RESULTS.md): 2 rows per program (1 below 2048 rows, where programs get few); one warp
-    per program, two where K has >= 128 groups of 32 (one pass of 64 lanes beats 4 of 32), four
-    where fewer than ~1200 programs would leave the SMs short of warps; evict-first weights (they
-    are read once; the activations stay in L1)."""
+    per program, two where K has >= 128 groups of 32 (half as many passes over K), four where
+    fewer than ~1200 programs would leave the SMs short of warps; evict-first weights (they are
+    read once; the activations stay in L1)."""
     rows = 2 if n >= 2048 else 1
     groups = k // 32
     if groups >= 128:

@@ -1,9 +1,8 @@
 """NVFP4 W4A16 for skinny batches (2 <= M <= 16) in Triton with tensor cores fed from registers:
 ``y = x W^T`` with W read once, 4-bit, in the checkpoint's own layout (nothing repacked).
 
-Why a second kernel: the MMA kernel of ``nvfp4_gemm.py`` hands its decoded weight tile to
-``tl.dot`` through shared memory (a store, a barrier and a load per K block), and at small M
-that round trip, not the memory, sets its pace (bench/RESULTS.md). Here every lane decodes
+Why another kernel: the MMA kernel of ``nvfp4_gemm.py`` hands its decoded weight tile to
+``tl.dot`` through shared memory (a store, a barrier and a load per K block). Here every lane decodes
 exactly the weights that its own fragment of ``mma.sync.m16n8k16`` (bf16 in, fp32 accumulate)
 needs, so decoded values never leave the registers they are made in:
 
@@ -15,10 +14,12 @@ needs, so decoded values never leave the registers they are made in:
   pairs (e_i, e_{i+4}) (``nvfp4_gemm.decode_words``' bit trick), so pairs 0, 1 of a word feed
   one MMA and pairs 2, 3 the next, and the activations are permuted to match with one ``prmt``
   per B register.
-* The warps of a program split K and meet once, at the end (one reduction through shared memory).
+* The warps of a program split K and meet once, at the end (one reduction through shared
+  memory); programs may split K further, meeting in ``nvfp4_gemm``'s workspace fix-up.
 * Register layout assumption: every loop tensor is ``[L]`` or ``[L, c]`` with L = 32 num_warps and
   c in-thread, so element i lives in lane i % 32 of warp i // 32 (Triton's blocked layout for
-  these shapes). The GPU tests check the results against float64 for every M in 2..16.
+  these shapes, checked in the TTGIR). The GPU tests check the results against float64 at
+  M = 2, 9 and 16 (and verify's triton backend at M = 7) for a spread of configs.
 
 Requires K % 32 == 0 (the last pass is masked) and M <= 16; the default for 2 <= M <= 8, where
 it beats the MMA kernel on all eight Gemma-4 shapes (at M = 16 it does not on the two largest).
