@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 
 @dataclass(frozen=True)
 class Out:
@@ -76,5 +74,7 @@ class CTLayout:
 LAYOUTS = {"modelopt": ModelOptLayout, "compressed-tensors": CTLayout}
 
 
-def f32_bytes(a: np.ndarray) -> bytes:
+def f32_bytes(a) -> bytes:
+    import numpy as np  # (here: planning a conversion needs no numpy)
+
     return np.ascontiguousarray(np.asarray(a, dtype="<f4")).tobytes()

@@ -28,15 +28,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-import numpy as np
-
-from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32, f32_to_bf16_bits_exact
-
+from ._lazy import LazyModule
 from .early_copy import EarlyCopy, begin_early_copy, check_destination, temp_dir_for
 from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
 from .filecopy import copy_once
 from .formats._st_writer import nbytes_of
+from .io import PartReader
 from .model import Checkpoint, TensorInfo
+
+# numpy only where arrays are built: a lossless NVFP4 conversion between ModelOpt and
+# compressed-tensors copies bytes and converts per-tensor scalars in plain Python, and never
+# pays numpy's import (nvfp4tools/_lazy.py)
+np = LazyModule("numpy")
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
               "chat_template.json", "chat_template.jinja", "generation_config.json", "preprocessor_config.json",
@@ -46,6 +49,11 @@ EXACT_META_KEY = "nvfp4tools.exact_globals"   # safetensors __metadata__: origin
 
 
 _F32 = struct.Struct("<f")
+
+
+def f32s_bytes(vals) -> bytes:
+    """float32 values (already representable) as little-endian bytes."""
+    return _F32.pack(vals[0]) if len(vals) == 1 else struct.pack(f"<{len(vals)}f", *vals)
 
 
 def f32_round(x: float) -> float:
@@ -81,28 +89,52 @@ def reciprocal_exact(x: float, original: float | None = None) -> float:
 _READERS: dict[str, Any] = {}   # one open PartReader per checkpoint root during a conversion
 
 
-def _reader(ckpt: Checkpoint):
-    from .io import PartReader
-
+def _reader(ckpt: Checkpoint) -> PartReader:
     r = _READERS.get(ckpt.root)
     if r is None:
         r = _READERS[ckpt.root] = PartReader(ckpt.root)
     return r
 
 
+_VALUES: dict[tuple[str, str, int], list[float]] = {}   # (root, file, offset) -> values, per conversion
+
+
+def part_values(ckpt: Checkpoint, part) -> list[float]:
+    """A small part's values (a per-tensor scale), read once per conversion: the plan, the
+    writer and the verification each need the source's thousands of 4-byte globals."""
+    k = (ckpt.root, part.file, part.offset)
+    v = _VALUES.get(k)
+    if v is None:
+        v = _VALUES[k] = _reader(ckpt).values(part)
+    return v
+
+
+_MULTS: dict[tuple[str, str], dict[str, bytes]] = {}   # (root, tensor) -> scalar_mults, per conversion
+
+
 def scalar_mults(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> dict[str, bytes]:
     """float32 bytes of a tensor's canonical global and input multipliers (one per tensor, or one
-    per expert for stacked experts), by role; plain Python, no numpy."""
-    reader = _reader(ckpt)
+    per expert for stacked experts), by role; plain Python, no numpy. Once per tensor and
+    conversion (the writer and the verification both need the source's)."""
+    k = (ckpt.root, t.name)
+    out = _MULTS.get(k)
+    if out is None:
+        out = _MULTS[k] = _scalar_mults(ckpt, t, exact)
+    return out
+
+
+def _scalar_mults(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for p in t.parts:
         if p.role not in ("global_scale", "input_scale"):
             continue
-        vals = reader.values(p)
+        vals = part_values(ckpt, p)
         if p.stored_as == "divisor":
             original = exact.get(p.key) if len(vals) == 1 else None  # recorded for single values only
-            vals = [reciprocal_exact(v, original) for v in vals]
-        out[p.role] = b"".join(_F32.pack(f32_round(v)) for v in vals)
+            vals = [reciprocal_exact(v, original) for v in vals]   # float32 values
+        elif p.stored_dtype not in ("F32", "BF16", "F16"):
+            vals = [f32_round(v) for v in vals]
+        out[p.role] = f32s_bytes(vals)
     return out
 
 
@@ -151,25 +183,6 @@ def iter_canonical(ckpt: Checkpoint) -> Iterator[Canon]:
     exact = _exact_meta(ckpt)
     for t in ckpt.tensors.values():
         yield canon_of(ckpt, t, exact)
-
-
-def canon_scalars(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> Canon:
-    """Only the per-tensor scalars of an NVFP4 tensor (multipliers), without touching its codes."""
-    reader = _reader(ckpt)
-
-    def mult(role):
-        part = t.part(role)
-        if part is None:
-            return None
-        raw = np.array(reader.values(part), np.float32).reshape(-1)
-        if part.stored_as == "divisor":
-            raw = np.array([reciprocal_exact(v, exact.get(part.key)) for v in raw], np.float32)
-        return raw.reshape(()) if raw.size == 1 and len(t.shape) < 3 else raw
-
-    kv = {p.key.rsplit(".", 1)[-1]: np.array(reader.values(p), np.float32).reshape(p.stored_shape)
-          for p in t.parts if p.role == "kv_scale"}
-    return Canon(t.name, "nvfp4", tuple(t.shape), global_mult=mult("global_scale"), input_mult=mult("input_scale"),
-                 kv=kv)
 
 
 def canon_of(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float] | None = None) -> Canon:
@@ -222,7 +235,7 @@ def _st_dtype(d: str) -> str:
     return {"F32": "F32", "F16": "F16", "BF16": "BF16", "F64": "F64", "I32": "I32", "I64": "I64"}.get(d, d)
 
 
-_BITS_VIEW = {"BF16": np.uint16, "F16": np.uint16, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8}
+_BITS_VIEW = {"BF16": "uint16", "F16": "uint16", "F8_E4M3": "uint8", "F8_E5M2": "uint8", "F8_E8M0": "uint8"}
 
 
 def _raw_array(ckpt: Checkpoint, part) -> np.ndarray:
@@ -252,6 +265,7 @@ class Job:
     note: str = ""
     global_override: float | None = None     # restored original global (undoing a GGUF fold)
     raw_override: np.ndarray | None = None   # restored tensor bytes (e.g. Gemma 4 per_expert_scale)
+    direct: Any = field(default=False, repr=False, compare=False)  # _direct_parts, once computed
 
     @property
     def nbytes(self) -> int:
@@ -271,13 +285,14 @@ class Plan:
         return all(j.exact for j in self.jobs)
 
     def as_dict(self) -> dict[str, Any]:
+        sizes = [j.nbytes for j in self.jobs]
         return {"schema": "nvfp4tools/convert-plan/v1", "source": self.src.source, "from": self.src.format,
                 "to": self.to, "lossless": self.lossless, "n_jobs": len(self.jobs),
                 "n_output_tensors": sum(len(j.outs) for j in self.jobs),
-                "output_tensor_bytes": sum(j.nbytes for j in self.jobs), "notes": self.notes,
+                "output_tensor_bytes": sum(sizes), "notes": self.notes,
                 "tensors": [{"sources": j.sources[:3] + ([f"... +{len(j.sources) - 3}"] if len(j.sources) > 3 else []),
                              "outputs": [o.key for o in j.outs][:6], "action": j.action,
-                             "exact": j.exact, "bytes": j.nbytes, "note": j.note} for j in self.jobs]}
+                             "exact": j.exact, "bytes": n, "note": j.note} for j, n in zip(self.jobs, sizes)]}
 
 
 def _expert_group_key(t: TensorInfo) -> tuple[str, str] | None:
@@ -294,6 +309,7 @@ def plan(src: Checkpoint, to: str, *, experts: str | None = None, allow_lossy: b
          quantize: str | None = None) -> Plan:
     from nvfp4tools.formats.layouts import LAYOUTS
 
+    _close_caches()   # a new conversion: no values or handles from an earlier one (files may have changed)
     if to not in TARGETS:
         raise UsageError(f"unknown target format {to!r}", hint=f"targets: {', '.join(TARGETS)}")
     if to == "gguf":
@@ -519,26 +535,23 @@ def _exact_globals(src: Checkpoint, p: Plan) -> None:
     """Record original fp32 values whose reciprocal does not round-trip (see reciprocal_exact)."""
     if p.to != "compressed-tensors":
         return
-    from nvfp4tools.io import PartReader
-
-    with PartReader(src.root) as r:
-        for j in p.jobs:
-            for name in j.sources:
-                t = src.tensors[name]
-                for role, what in (("global_scale", "global"), ("input_scale", "input")):
-                    part = t.part(role)
-                    if part is None or part.stored_as != "multiplier" or part.stored_dtype != "F32":
-                        continue
-                    vals = r.values(part)
-                    if j.action == "split" and len(vals) > 1:
-                        vals = vals[int(j.note.split()[1]):][:1]   # this job's expert
-                    if len(vals) != 1:
-                        continue
-                    v = vals[0]
-                    if _F32.pack(reciprocal_exact(reciprocal_exact(v))) != _F32.pack(v):
-                        out = next((o.key for o in j.outs if o.what == what), None)
-                        if out is not None:
-                            p.exact_meta[out] = _F32.pack(v).hex()
+    for j in p.jobs:
+        for name in j.sources:
+            t = src.tensors[name]
+            for role, what in (("global_scale", "global"), ("input_scale", "input")):
+                part = t.part(role)
+                if part is None or part.stored_as != "multiplier" or part.stored_dtype != "F32":
+                    continue
+                vals = part_values(src, part)
+                if j.action == "split" and len(vals) > 1:
+                    vals = vals[int(j.note.split()[1]):][:1]   # this job's expert
+                if len(vals) != 1:
+                    continue
+                v = vals[0]
+                if _F32.pack(reciprocal_exact(reciprocal_exact(v))) != _F32.pack(v):
+                    out = next((o.key for o in j.outs if o.what == what), None)
+                    if out is not None:
+                        p.exact_meta[out] = _F32.pack(v).hex()
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -565,6 +578,38 @@ def _nvfp4_chunks(c: Canon, outs, to: str) -> dict[str, bytes]:
         elif o.what.startswith("kv:"):
             out[o.key] = f32_bytes(c.kv[o.what[3:]].reshape(o.shape))
     return out
+
+
+def _scalar_chunks(src: Checkpoint, t: TensorInfo, outs, to: str, exact: dict[str, float]) -> Iterator[tuple[str, bytes]]:
+    """The per-tensor scalars of an NVFP4 tensor whose codes and scales are copied (global and
+    input multipliers in the target's convention, k/v scales), in plain Python: thousands of
+    4-byte values, for which numpy's per-call cost is most of the time. What _nvfp4_chunks writes
+    from a Canon, bit for bit (the float32 reciprocal as _recip32 explains)."""
+    mults = None
+    for o in outs:
+        n = math.prod(o.shape)
+        if o.what in ("global", "input"):
+            if mults is None:
+                mults = scalar_mults(src, t, exact)
+            b = mults.get("global_scale" if o.what == "global" else "input_scale")
+            if b is None:
+                raise FormatError(f"{t.name}: no {o.what} scale to write")
+            vals = struct.unpack(f"<{len(b) // 4}f", b)
+            if to == "compressed-tensors":   # divisor convention
+                vals = tuple(_recip32(v) for v in vals)
+            if len(vals) != n:
+                if len(vals) != 1:
+                    raise FormatError(f"{t.name}: {len(vals)} {o.what} scales for output '{o.key}' of shape "
+                                      f"{list(o.shape)}")
+                vals = vals * n   # one value broadcast, as np.broadcast_to
+            yield o.key, f32s_bytes(vals)
+        elif o.what.startswith("kv:"):
+            name = o.what[3:]
+            part = next(p for p in t.parts if p.role == "kv_scale" and p.key.rsplit(".", 1)[-1] == name)
+            vals = [f32_round(v) for v in part_values(src, part)]
+            if len(vals) != n:
+                raise FormatError(f"{t.name}: {len(vals)} values in '{part.key}', output '{o.key}' holds {n}")
+            yield o.key, f32s_bytes(vals)
 
 
 def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> Iterator[tuple[str, int, bytes]]:
@@ -626,8 +671,7 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         for o, part in direct.items():
             yield from _copy_part(src, part, o.key)
         if small:
-            c = canon_scalars(src, t, exact)
-            for k, b in _nvfp4_chunks(c, small, to).items():
+            for k, b in _scalar_chunks(src, t, small, to, exact):
                 yield k, 0, b
         return
     c = canon_of(src, t, exact)
@@ -662,6 +706,7 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         if want == "F32" and a.dtype != np.float32:
             a = np.asarray(a, np.float32)
         elif want == "BF16" and a.dtype == np.float32:
+            from nvfp4tools.kernels_ref.bf16 import f32_to_bf16_bits_exact
             a = f32_to_bf16_bits_exact(a)
             if a is None:
                 raise UnsupportedError(f"{c.name}: F32 values are not all bf16: narrowing to the original BF16 "
@@ -679,6 +724,12 @@ _DIRECT = {"codes": "data", "scales": "block_scale", "int4": "data", "int4_scale
 
 def _direct_parts(t: TensorInfo, job: Job):
     """Outputs whose bytes are exactly a stored part of the source (None: decode needed)."""
+    if job.direct is False:   # (the writer and the verification both ask)
+        job.direct = _find_direct_parts(t, job)
+    return job.direct
+
+
+def _find_direct_parts(t: TensorInfo, job: Job):
     if job.action not in ("copy", "reciprocal"):
         return None
     out = {}
@@ -937,6 +988,7 @@ def _quantize_chunks(src: Checkpoint, job: Job, to: str) -> Iterator[tuple[str, 
 
 
 def _int4_chunks(c: Canon, job: Job) -> Iterator[tuple[str, int, bytes]]:
+    from nvfp4tools.kernels_ref.bf16 import f32_to_bf16_bits_exact
     from nvfp4tools.kernels_ref.int4 import pack_int4_to_int32
 
     for o in job.outs:
@@ -1413,6 +1465,8 @@ def _same(a: Canon, b: Canon, fold=None, p: Plan | None = None, e: int = 0) -> b
 
 
 def _scale_f32(c: Canon) -> np.ndarray:
+    from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
+
     d = np.asarray(c.group_scales)
     if c.dtype == "BF16":
         return bf16_bits_to_f32(d)
@@ -1422,6 +1476,8 @@ def _scale_f32(c: Canon) -> np.ndarray:
 
 
 def _raw_f64(c: Canon) -> np.ndarray:
+    from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
+
     a = np.asarray(c.array)
     if c.dtype == "BF16" and a.dtype == np.uint16:
         a = bf16_bits_to_f32(a)
@@ -1432,6 +1488,8 @@ def _raw_f64(c: Canon) -> np.ndarray:
 
 def _close_caches() -> None:
     _SIZES.clear()
+    _VALUES.clear()
+    _MULTS.clear()
     for fd in _FDS.values():
         os.close(fd)
     _FDS.clear()
@@ -1456,6 +1514,7 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
         return _convert(src_path, dst, to, experts=experts, allow_lossy=allow_lossy, dry_run=dry_run, force=force,
                         max_shard_bytes=max_shard_bytes, quantize=quantize, verify=verify, early=early)
     finally:
+        _close_caches()
         if early is not None:
             early.close()
             shutil.rmtree(early.tmp, ignore_errors=True)  # gone already when the output was renamed

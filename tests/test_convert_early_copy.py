@@ -192,3 +192,20 @@ def test_broken_inputs_start_nothing_and_are_reported_by_the_reader(sharded, tmp
     with pytest.raises(Nvfp4ToolsError):
         convert(src, str(tmp_path / "o"), "compressed-tensors")
     assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
+def test_lossless_nvfp4_convert_never_imports_numpy(sharded, tmp_path):
+    """numpy's import is a third of the CPU time of a ModelOpt -> compressed-tensors conversion
+    (nvfp4tools/_lazy.py): the lossless path converts its scalars in plain Python."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nvfp4tools.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('numpy' in sys.modules)\n")
+    for to, src in (("compressed-tensors", sharded), ("modelopt", str(tmp_path / "ct"))):
+        dst = str(tmp_path / ("ct" if to == "compressed-tensors" else "mo"))
+        r = subprocess.run([sys.executable, "-c", code, "convert", src, dst, "--to", to, "--format", "json"],
+                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()), check=False)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.rstrip().endswith("False"), f"{to}: numpy was imported"
