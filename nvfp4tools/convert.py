@@ -1322,6 +1322,7 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
     src_exact, out_exact = _exact_meta(p.src), _exact_meta(out)
     checked = 0
     cache: dict[str, Canon] = {}
+    windows = _Windows()
     for j in p.jobs:
         if not j.exact or j.action == "generate" or not j.sources:
             continue
@@ -1340,7 +1341,7 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
                 ready(q.file, q.offset + q.nbytes)
         direct = _direct_parts(p.src.tensors[j.sources[0]], j) if len(j.sources) == 1 else None
         if direct is not None and p.to != "gguf" and p.src.format != "gguf":
-            _verify_bytes(p.src, out, direct, t_out, sampled=mode == "sampled")
+            _verify_bytes(p.src, out, direct, t_out, windows, sampled=mode == "sampled")
             small = [o for o in j.outs if o not in direct]
             if small:  # the converted scalars: compare multipliers bit for bit
                 fb = scalar_mults(out, t_out, out_exact)
@@ -1381,16 +1382,17 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
                 raise FormatError(f"verification: '{j.sources[e]}' differs between source and output "
                                   "(a bug: please report)")
         checked += len(members)
+    windows.flush()
     return checked
 
 
-_FDS: dict[str, int] = {}
+_FDS: dict[tuple[str, str], int] = {}
 
 
-def _fd(path: str) -> int:
-    fd = _FDS.get(path)
+def _fd(root: str, file: str) -> int:
+    fd = _FDS.get((root, file))
     if fd is None:
-        fd = _FDS[path] = os.open(path, os.O_RDONLY)
+        fd = _FDS[(root, file)] = os.open(os.path.join(root, file), os.O_RDONLY)
     return fd
 
 
@@ -1408,8 +1410,10 @@ def _windows(nbytes: int) -> list[tuple[int, int]]:
     return wins
 
 
-def _verify_bytes(src: Checkpoint, out: Checkpoint, direct: dict, t_out: TensorInfo, sampled: bool = False) -> None:
-    """Byte-compare copied parts in bounded chunks (memory stays flat whatever the tensor size)."""
+def _verify_bytes(src: Checkpoint, out: Checkpoint, direct: dict, t_out: TensorInfo, windows: _Windows,
+                  sampled: bool = False) -> None:
+    """Check copied parts' dtypes, shapes and lengths, and queue their bytes for comparison
+    (windows when SAMPLED, else every byte in bounded chunks: memory stays flat)."""
     keys = {p.key: p for p in t_out.parts}
     for o, part in direct.items():
         q = keys.get(o.key)
@@ -1419,13 +1423,57 @@ def _verify_bytes(src: Checkpoint, out: Checkpoint, direct: dict, t_out: TensorI
             raise FormatError(f"verification: '{o.key}' is {q.stored_dtype} {list(q.stored_shape)} ({q.nbytes} bytes) "
                               f"in the output, {part.stored_dtype} {list(part.stored_shape)} ({part.nbytes} bytes) "
                               "in the source (a bug: please report)")
-        fa = _fd(os.path.join(src.root, part.file))
-        fb = _fd(os.path.join(out.root, q.file))
+        fa = _fd(src.root, part.file)
+        fb = _fd(out.root, q.file)
         spans = _windows(part.nbytes) if sampled else \
             [(off, min(_CHUNK, part.nbytes - off)) for off in range(0, part.nbytes, _CHUNK)]
         for off, n in spans:
-            if os.pread(fa, n, part.offset + off) != os.pread(fb, n, q.offset + off):
-                raise FormatError(f"verification: bytes of '{o.key}' differ from the source (a bug: please report)")
+            windows.add(fa, part.offset + off, fb, q.offset + off, n, o.key)
+
+
+class _Windows:
+    """Byte ranges to compare between source and output, read together where they lie close.
+
+    One tensor's last window and the next tensor's first are usually a few bytes apart, in both
+    files by the same distance (the same order, a converted 4-byte global or nothing in between):
+    one pread per side then covers both, and only the windows' own bytes count. The same bytes
+    are compared as window by window, with about half the system calls (28,000 preads on the
+    2.9 GiB bench checkpoint before). Windows are queued in batches, each compared once its
+    tensors' bytes are final (verify_output calls READY first)."""
+
+    GAP = 512          # bytes read between two windows and not compared, at most
+    BATCH = 1024       # windows queued before they are compared
+
+    def __init__(self) -> None:
+        self.items: list[tuple[int, int, int, int, int, str]] = []
+
+    def add(self, fa: int, a_off: int, fb: int, b_off: int, n: int, key: str) -> None:
+        self.items.append((fb, b_off, fa, a_off, n, key))
+        if len(self.items) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        items = sorted(self.items)
+        self.items = []
+        i = 0
+        while i < len(items):
+            fb, b0, fa, a0, n, _ = items[i]
+            end = b0 + n
+            j = i + 1
+            while j < len(items):
+                fb2, b2, fa2, a2, n2, _ = items[j]
+                if fb2 != fb or fa2 != fa or b2 - b0 != a2 - a0 or b2 - end > self.GAP or b2 + n2 - b0 > _CHUNK:
+                    break
+                end = max(end, b2 + n2)
+                j += 1
+            a = os.pread(fa, end - b0, a0)
+            b = os.pread(fb, end - b0, b0)
+            if a != b:   # something differs: in a window, or only in the bytes between
+                for _, bk, _, _, nk, key in items[i:j]:
+                    r = bk - b0
+                    if a[r:r + nk] != b[r:r + nk]:
+                        raise FormatError(f"verification: bytes of '{key}' differ from the source (a bug: please report)")
+            i = j
 
 
 def _slice_canon(c: Canon, sl, expert: int) -> Canon:

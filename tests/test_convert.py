@@ -376,6 +376,31 @@ def test_sampled_windows_cover_edges_and_every_64_mib():
     assert all(0 <= o and o + ln <= n for o, ln in w)
 
 
+def test_sampled_windows_read_together_compare_only_their_own_bytes(tmp_path):
+    """Neighbouring windows are read with one pread per side; bytes between them (a converted
+    global) may differ, a byte inside a window may not, and the error names its tensor."""
+    from nvfp4tools.convert import _Windows
+    from nvfp4tools.errors import FormatError
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = bytes(range(256)) * 64
+    a.write_bytes(data)
+    b.write_bytes(data[:4096] + b"\xff\xff\xff\xff" + data[4100:])   # 4 bytes between the windows
+    fa, fb = os.open(a, os.O_RDONLY), os.open(b, os.O_RDONLY)
+    try:
+        w = _Windows()
+        w.add(fa, 0, fb, 0, 4096, "first")
+        w.add(fa, 4100, fb, 4100, 4096, "second")
+        w.flush()
+        w.add(fa, 4094, fb, 4094, 4, "straddles")
+        w.add(fa, 0, fb, 0, 16, "head")
+        with pytest.raises(FormatError, match="'straddles' differ"):
+            w.flush()
+    finally:
+        os.close(fa)
+        os.close(fb)
+
+
 def test_nvfp4_to_q4_0_gguf_is_lossy_and_reported(synth_dir, tmp_path, run_cli):
     """--allow-lossy --quantize q4_0 requantizes NVFP4 linears to Q4_0 (for llama.cpp builds without
     NVFP4), reports per-tensor error, and writes router.per_expert_scale instead of folding it."""
