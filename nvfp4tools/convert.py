@@ -1442,6 +1442,9 @@ class _Windows:
     tensors' bytes are final (verify_output calls READY first)."""
 
     GAP = 512          # bytes read between two windows and not compared, at most
+    SPAN = 64 * 2**10  # bytes read at once, at most (a span that differs somewhere, say in a
+                       # converted global between two windows, is compared window by window,
+                       # and slicing copies: --verify full's 16 MiB chunks are read alone)
     BATCH = 1024       # windows queued before they are compared
 
     def __init__(self) -> None:
@@ -1462,7 +1465,7 @@ class _Windows:
             j = i + 1
             while j < len(items):
                 fb2, b2, fa2, a2, n2, _ = items[j]
-                if fb2 != fb or fa2 != fa or b2 - b0 != a2 - a0 or b2 - end > self.GAP or b2 + n2 - b0 > _CHUNK:
+                if fb2 != fb or fa2 != fa or b2 - b0 != a2 - a0 or b2 - end > self.GAP or b2 + n2 - b0 > self.SPAN:
                     break
                 end = max(end, b2 + n2)
                 j += 1
