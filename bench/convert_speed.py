@@ -3,7 +3,7 @@ one shard), in one run beside `cp -r` of the same folder and (when importable) c
 own convert_checkpoint doing the same conversion. Page cache warm, `sync` before every run (so no
 run pays for the previous one's writeback), median and min of N alternating runs.
 
-    python bench/convert_speed.py [--runs 3] [--dir /tmp/nvfp4tools-bench-3g] [--ct-python PATH]
+    python bench/convert_speed.py [--runs 3] [--dir /tmp/nvfp4tools-bench-3g] [--ct-python PATH] [--exe PATH]
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/nvfp4tools-bench-3g")
     ap.add_argument("--ct-python", default=None, help="a Python with compressed-tensors installed")
     ap.add_argument("--settle", type=float, default=0.0, help="seconds to wait after sync before each run")
+    ap.add_argument("--exe", default=None,
+                    help="the nvfp4tools command to time (default: this Python's, which in a checkout is the "
+                         "editable install, whose import hook adds ~25 ms at startup; a wheel installed in a "
+                         "scratch venv is what users run)")
     a = ap.parse_args()
     src = a.dir
     if not os.path.isfile(os.path.join(src, "model.safetensors")):
@@ -67,7 +71,7 @@ def main() -> None:
     for sub in ("nvfp4tools", "formats", "kernels_ref"):
         compileall.compile_dir(os.path.join(repo, sub), quiet=1)
     size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
-    exe = os.path.join(os.path.dirname(sys.executable), "nvfp4tools")
+    exe = a.exe or os.path.join(os.path.dirname(sys.executable), "nvfp4tools")
     out = src + "-out"
     res: dict[str, list[tuple[float, int]]] = {"cp -r": [], "nvfp4tools": [], "nvfp4tools --verify full": [],
                                                "compressed-tensors": []}
