@@ -20,8 +20,9 @@ from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
 )
 from nvfp4tools.kernels_ref.gpu.nvfp4_skinny import nvfp4_w4a16_skinny, skinny_config
 
-SWEEP = [(w, t, s) for w in (2, 4, 8) for t in (1, 2) for s in (1, 2, 3, 4)]
-SMALL_SWEEP = [(4, 1, s) for s in (1, 2, 3, 4)]
+SWEEP = [(w, t, s) for w in (2, 4, 8) for t in (1, 2) for s in (1, 2, 3, 4)] + \
+    [(w, 1, s, 1) for w in (2, 4, 8) for s in (1, 2, 3, 4)]   # software-pipelined (prefetch)
+SMALL_SWEEP = [(4, 1, s, p) for s in (1, 2, 3, 4) for p in (0, 1)]
 
 
 def main() -> None:
@@ -29,13 +30,13 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default=None, help="NxK,... (default: the eight Gemma-4-26B shapes)")
     ap.add_argument("--ms", default="16,8,2")
-    ap.add_argument("--small-sweep", action="store_true", help="only (4 warps, 1 tile, split 1..4)")
+    ap.add_argument("--small-sweep", action="store_true", help="only (4 warps, 1 tile, split 1..4, with and without prefetch)")
     a = ap.parse_args()
     shapes = parse_shapes(a.shapes)
     rng = np.random.default_rng(0)
     rows = []
     print(f"device: {torch.cuda.get_device_name(0)}")
-    print(f"{'N':>5} {'K':>5} {'M':>3} | {'bf16 us':>7} | {'mma us':>7} | {'skinny us':>9} {'config':>9} | "
+    print(f"{'N':>5} {'K':>5} {'M':>3} | {'bf16 us':>7} | {'mma us':>7} | {'skinny us':>9} {'config':>12} | "
           f"{'x bf16':>6} {'GB/s':>5} | {'rel err':>8} | best")
     for n, k in shapes:
         gw = random_weight(n, k, rng)
@@ -58,7 +59,7 @@ def main() -> None:
                 res[c] = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_skinny(x, p, s, g, config=c) for p, s in qs]) \
                     if errs[c] < 1e-5 else float("inf")
             best = min(res, key=res.get)
-            print(f"{n:>5} {k:>5} {m:>3} | {t_b:7.1f} | {t_mma:7.1f} | {res[d]:9.1f} {d!s:>9} | {t_b / res[d]:5.2f}x "
+            print(f"{n:>5} {k:>5} {m:>3} | {t_b:7.1f} | {t_mma:7.1f} | {res[d]:9.1f} {d!s:>12} | {t_b / res[d]:5.2f}x "
                   f"{qbytes / res[d] / 1e3:5.0f} | {max(errs.values()):.2e} | {res[best]:.1f} us {best} "
                   f"= {t_b / res[best]:.2f}x")
             rows.append({"N": n, "K": k, "M": m, "bf16_us": t_b, "mma_us": t_mma, "default": list(d),

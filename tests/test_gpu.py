@@ -176,11 +176,12 @@ def test_skinny_mma_kernel_matches_float64(m):
     from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
     from nvfp4tools.kernels_ref.gpu.nvfp4_skinny import nvfp4_w4a16_skinny
 
-    assert K.default_config(m, 515, 1056)[0] == ("skinny" if m <= 8 else "mma")
+    assert K.default_config(m, 515, 1056)[0] == "skinny"
     gw = K.random_weight(515, 1056, np.random.default_rng(7))
     x = torch.randn(m, 1056, device="cuda", dtype=torch.bfloat16)
     ref = x.double() @ gw.w.double().T
-    for cfg in (None, (1, 1, 1), (4, 1, 1), (2, 2, 1), (4, 2, 3), (8, 1, 2)):
+    for cfg in (None, (1, 1, 1), (4, 1, 1), (2, 2, 1), (4, 2, 3), (8, 1, 2),
+                (1, 1, 1, 1), (4, 1, 1, 1), (2, 1, 3, 1), (8, 1, 2, 1)):   # and software-pipelined
         y = nvfp4_w4a16_skinny(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
         assert y.shape == (m, 515) and not torch.isnan(y).any(), cfg
         err = float((y.double() - ref).norm() / ref.norm())

@@ -18,9 +18,9 @@ bench/gpu_tune.py):
   arrives last at its tile's counter sums them (``FIXUP``), so no zeroed output (a separate
   memset launch, 4-5 us) is needed. The older path, fp32 atomic adds into a zeroed output, stays
   behind ``SPLIT_K_FIXUP = False`` for comparison (bench/gpu_splitk.py).
-* M = 1 (decode) goes to the GEMV kernel of ``nvfp4_gemv.py`` and 2 <= M <= 8 to the skinny
+* M = 1 (decode) goes to the GEMV kernel of ``nvfp4_gemv.py`` and 2 <= M <= 16 to the skinny
   kernel of ``nvfp4_skinny.py`` (mma.sync fed from registers) where K % 32 == 0; this kernel
-  serves M >= 9 and any config asked for explicitly.
+  serves M >= 17 and any config asked for explicitly.
 * ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
   by 16 and keeps masked loads 16 bytes wide; ``EVEN_K`` (K % BLOCK_K == 0) drops the K masks.
 """
@@ -239,10 +239,10 @@ def _config(m: int, n: int, k: int) -> Config:
 
 def default_kernel(m: int, k: int) -> str:
     """Which kernel a call without ``config`` runs: "gemv" (M = 1, nvfp4_gemv.py), "skinny"
-    (2 <= M <= 8, nvfp4_skinny.py; both need K % 32 == 0) or "mma" (this module)."""
+    (2 <= M <= 16, nvfp4_skinny.py; both need K % 32 == 0) or "mma" (this module)."""
     if k % 32 == 0 and m == 1:
         return "gemv"
-    if k % 32 == 0 and 2 <= m <= 8:
+    if k % 32 == 0 and 2 <= m <= 16:
         return "skinny"
     return "mma"
 
@@ -264,7 +264,7 @@ def default_config(m: int, n: int, k: int) -> tuple[str, tuple]:
 def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
                      poison: bool = False, config: Config | None = None) -> torch.Tensor:
     """x bf16 [M, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]. Without
-    a config, M = 1 takes the GEMV kernel and 2 <= M <= 8 the skinny one (default_kernel)."""
+    a config, M = 1 takes the GEMV kernel and 2 <= M <= 16 the skinny one (default_kernel)."""
     m, k = x.shape
     n = packed.shape[0]
     kernel = default_kernel(m, k) if config is None else "mma"

@@ -21,8 +21,9 @@ needs, so decoded values never leave the registers they are made in:
   these shapes, checked in the TTGIR). The GPU tests check the results against float64 at
   M = 2, 9 and 16 (and verify's triton backend at M = 7) for a spread of configs.
 
-Requires K % 32 == 0 (the last pass is masked) and M <= 16; the default for 2 <= M <= 8, where
-it beats the MMA kernel on all eight Gemma-4 shapes (at M = 16 it does not on the two largest).
+Requires K % 32 == 0 (the last pass is masked) and M <= 16; the default for 2 <= M <= 16. With
+the software pipeline (``PREFETCH``) it beats the MMA kernel on all eight Gemma-4 shapes at M = 2
+and 8, and at M = 16 on seven (2816x4096: 10.0 against 9.8 us); bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -99,17 +100,31 @@ def _b_regs(xw):
 
 
 @triton.jit
-def _tile_pass(w_ptr, s_ptr, rlo, rhi, stride_wn, stride_sn, gk, ok, BA, BB, NB: tl.constexpr, acc, acc2):
-    """One 16-row tile's pass: each lane's group gk of rows rlo / rhi (16 code bytes and 2 scale
-    bytes each), against both column blocks of activations. Words 0, 2 accumulate into acc and
-    words 1, 3 into acc2 (8 accumulators each, 4 per block): two independent MMA chains, so that
-    each MMA waits on the one two back, not on the previous."""
+def _tile_load(w_ptr, s_ptr, rlo, rhi, stride_wn, stride_sn, gk, ok):
+    """A 16-row tile's loads for one pass: each lane's group gk of rows rlo / rhi (16 code bytes
+    and 2 scale bytes each)."""
     wo = (gk * 4)[:, None] + tl.arange(0, 4)[None, :]
     so = (gk * 2)[:, None] + tl.arange(0, 2)[None, :]
     wlo = tl.load(w_ptr + (rlo * stride_wn)[:, None] + wo, mask=ok[:, None], other=0, eviction_policy="evict_first")
     whi = tl.load(w_ptr + (rhi * stride_wn)[:, None] + wo, mask=ok[:, None], other=0, eviction_policy="evict_first")
     slo = tl.load(s_ptr + (rlo * stride_sn)[:, None] + so, mask=ok[:, None], other=0, eviction_policy="evict_first")
     shi = tl.load(s_ptr + (rhi * stride_sn)[:, None] + so, mask=ok[:, None], other=0, eviction_policy="evict_first")
+    return wlo, whi, slo, shi
+
+
+@triton.jit
+def _tile_pass(w_ptr, s_ptr, rlo, rhi, stride_wn, stride_sn, gk, ok, BA, BB, NB: tl.constexpr, acc, acc2):
+    """One 16-row tile's pass, loads and all (see _tile_math)."""
+    wlo, whi, slo, shi = _tile_load(w_ptr, s_ptr, rlo, rhi, stride_wn, stride_sn, gk, ok)
+    return _tile_math(wlo, whi, slo, shi, BA, BB, NB, acc, acc2)
+
+
+@triton.jit
+def _tile_math(wlo, whi, slo, shi, BA, BB, NB: tl.constexpr, acc, acc2):
+    """A 16-row tile's codes and scale bytes for one pass against both column blocks of
+    activations. Words 0, 2 accumulate into acc and words 1, 3 into acc2 (8 accumulators each, 4
+    per block): two independent MMA chains, so that each MMA waits on the one two back, not on
+    the previous."""
     slo = (slo.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)  # x 2^110
     shi = (shi.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)
     sl0, sl1 = tl.split(slo)
@@ -128,6 +143,12 @@ def _x_b_regs(x_ptr, m, M, K2, gk, ok):
     """Activation row m's group gk (masked past M and past K) as the 16 B registers of its 4 code
     words."""
     xa0, xa1, xa2, xa3 = _load_x(x_ptr, m, M, K2, gk, ok)
+    return _b_regs16(xa0, xa1, xa2, xa3)
+
+
+@triton.jit
+def _b_regs16(xa0, xa1, xa2, xa3):
+    """A group's activations (four [L, 4] words, from _load_x) as its 16 B registers."""
     b0, b1, b2, b3 = _b_regs(xa0)
     b4, b5, b6, b7 = _b_regs(xa1)
     b8, b9, b10, b11 = _b_regs(xa2)
@@ -137,7 +158,8 @@ def _x_b_regs(x_ptr, m, M, K2, gk, ok):
 
 @triton.jit
 def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g, stride_wn, stride_sn,
-                        NB: tl.constexpr, W: tl.constexpr, TILES: tl.constexpr, SPLIT: tl.constexpr):
+                        NB: tl.constexpr, W: tl.constexpr, TILES: tl.constexpr, SPLIT: tl.constexpr,
+                        PREFETCH: tl.constexpr):
     """x int32 [M, K/2] (bf16 pairs), w int32 [N, K/8], s uint8 [N, K/16] -> y fp32 [M, N].
 
     Program (pid_n, pid_k) takes TILES (1 or 2) tiles of 16 rows, which share the activations'
@@ -164,17 +186,50 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
     u0 = t0
     t1 = t0
     u1 = t0
-    for p in range(tl.cdiv(KG, 4 * W * SPLIT)):
-        gk = ((p * SPLIT + pid_k) * W + warp) * 4 + tq    # this lane's group of 32 elements
+    passes = tl.cdiv(KG, 4 * W * SPLIT)
+    if PREFETCH:
+        # software pipeline (one tile, one or two column blocks): the next pass's codes, scales
+        # and activations are loaded before this pass's decode and MMAs, so that each warp has a
+        # pass of loads in flight while it computes (few warps per SM at these sizes: the loads'
+        # latency is otherwise exposed once per pass)
+        gk = (pid_k * W + warp) * 4 + tq
         ok = gk < KG
-        BA = _x_b_regs(x_ptr, gid, M, K2, gk, ok)
+        wl, wh, sl, sh = _tile_load(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok)
+        xa0, xa1, xa2, xa3 = _load_x(x_ptr, gid, M, K2, gk, ok)
         if NB == 2:
-            BB = _x_b_regs(x_ptr, gid + 8, M, K2, gk, ok)
+            xb0, xb1, xb2, xb3 = _load_x(x_ptr, gid + 8, M, K2, gk, ok)
         else:
-            BB = BA
-        t0, u0 = _tile_pass(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok, BA, BB, NB, t0, u0)
-        if TILES == 2:
-            t1, u1 = _tile_pass(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok, BA, BB, NB, t1, u1)
+            xb0, xb1, xb2, xb3 = xa0, xa1, xa2, xa3
+        for p in range(passes):
+            gn = (((p + 1) * SPLIT + pid_k) * W + warp) * 4 + tq    # the next pass's group
+            okn = gn < KG
+            nwl, nwh, nsl, nsh = _tile_load(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gn, okn)
+            na0, na1, na2, na3 = _load_x(x_ptr, gid, M, K2, gn, okn)
+            if NB == 2:
+                nb0, nb1, nb2, nb3 = _load_x(x_ptr, gid + 8, M, K2, gn, okn)
+            else:
+                nb0, nb1, nb2, nb3 = na0, na1, na2, na3
+            BA = _b_regs16(xa0, xa1, xa2, xa3)
+            if NB == 2:
+                BB = _b_regs16(xb0, xb1, xb2, xb3)
+            else:
+                BB = BA
+            t0, u0 = _tile_math(wl, wh, sl, sh, BA, BB, NB, t0, u0)
+            wl, wh, sl, sh = nwl, nwh, nsl, nsh
+            xa0, xa1, xa2, xa3 = na0, na1, na2, na3
+            xb0, xb1, xb2, xb3 = nb0, nb1, nb2, nb3
+    else:
+        for p in range(passes):
+            gk = ((p * SPLIT + pid_k) * W + warp) * 4 + tq    # this lane's group of 32 elements
+            ok = gk < KG
+            BA = _x_b_regs(x_ptr, gid, M, K2, gk, ok)
+            if NB == 2:
+                BB = _x_b_regs(x_ptr, gid + 8, M, K2, gk, ok)
+            else:
+                BB = BA
+            t0, u0 = _tile_pass(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok, BA, BB, NB, t0, u0)
+            if TILES == 2:
+                t1, u1 = _tile_pass(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok, BA, BB, NB, t1, u1)
     # D fragment of lane l: (row l // 4, columns 2 (l % 4) + 0, 1) and row + 8; after the sum over
     # warps, lane j of the [32] result holds them
     j = tl.arange(0, 32)
@@ -225,19 +280,25 @@ def _store(y_ptr, c0, c1, c2, c3, nlo, m, M, N, W: tl.constexpr, gs):
     tl.store(y_ptr + (m + 1) * N + nlo + 8, _warp_sum(c3, W) * gs, mask=(m + 1 < M) & (nlo + 8 < N))
 
 
-# (warps per program, 16-row tiles per program, programs splitting K)
-SkinnyConfig = tuple[int, int, int]
+# (warps per program, 16-row tiles per program, programs splitting K[, prefetch: 1 = software
+# pipeline over K passes, one tile only])
+SkinnyConfig = tuple[int, ...]
 
 
 def skinny_config(m: int, n: int, k: int) -> SkinnyConfig:
-    """Default (bench/gpu_skinny.py on an H100): 4 warps on one 16-row tile, and K split over
-    programs until about 2560 warps are in flight (about 20 per SM: 2816-row layers split by 4,
-    8192-row ones not at all)."""
+    """Default (bench/gpu_skinny.py on an H100, the eight Gemma-4-26B shapes at M = 2, 8, 16): 4
+    warps on one 16-row tile, software-pipelined (the next pass's loads in flight during this
+    pass's MMAs: up to 1.2 us faster), and K split over programs only where a warp would
+    otherwise walk many passes or too few warps would run (with the pipeline, fewer programs do
+    better than the split-until-2560-warps rule of the unpipelined loop)."""
     tiles = -(-n // 16)
     passes = -(-k // 128)
-    # but at least ~1.5 passes per warp: short K (704, 2112) loses more to the fix-up than it gains
-    split = max(1, min(4, round(2560 / (tiles * 4)), passes // 6))
-    return 4, 1, split
+    # about 6 passes per warp at most (K = 8192: split 3; 4096: 2), then more programs while
+    # fewer than ~500 warps would run and each keeps >= 1.5 passes (704 rows: split 3)
+    split = max(1, min(4, -(-passes // 24)))
+    while split < 4 and tiles * split * 4 < 500 and passes / (4 * (split + 1)) >= 1.5:
+        split += 1
+    return 4, 1, split, 1
 
 
 def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
@@ -250,7 +311,9 @@ def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tens
     assert 1 <= m <= 16 and k % 32 == 0, "the skinny kernel takes M <= 16 and K % 32 == 0"
     assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
     assert x.is_contiguous() and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
-    warps, tiles, split = config or skinny_config(m, n, k)
+    warps, tiles, split, *rest = config or skinny_config(m, n, k)
+    prefetch = int(rest[0]) if rest else 0
+    assert not (prefetch and tiles != 1), "the prefetching loop takes one tile per program"
     y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
         torch.empty((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, 16 * tiles), split)
@@ -262,5 +325,5 @@ def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tens
     w = packed.view(torch.int32)
     _nvfp4_skinny_kernel[grid](x.view(torch.int32), w, scales, y, ws, cnt, m, n, k, float(global_scale),
                               w.stride(0), scales.stride(0), NB=1 if m <= 8 else 2, W=warps, TILES=tiles,
-                              SPLIT=split, num_warps=warps)
+                              SPLIT=split, PREFETCH=prefetch, num_warps=warps)
     return y
