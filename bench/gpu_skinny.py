@@ -20,8 +20,7 @@ from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
 )
 from nvfp4tools.kernels_ref.gpu.nvfp4_skinny import nvfp4_w4a16_skinny, skinny_config
 
-SWEEP = [(w, t, s) for w in (2, 4, 8) for t in (1, 2) for s in (1, 2, 3, 4)] + \
-    [(w, 1, s, 1) for w in (2, 4, 8) for s in (1, 2, 3, 4)]   # software-pipelined (prefetch)
+SWEEP = [(w, t, s, p) for w in (2, 4, 8) for t in (1, 2) for s in (1, 2, 3, 4) for p in (0, 1)]  # p: pipelined
 SMALL_SWEEP = [(4, 1, s, p) for s in (1, 2, 3, 4) for p in (0, 1)]
 
 
@@ -31,6 +30,7 @@ def main() -> None:
     ap.add_argument("--shapes", default=None, help="NxK,... (default: the eight Gemma-4-26B shapes)")
     ap.add_argument("--ms", default="16,8,2")
     ap.add_argument("--small-sweep", action="store_true", help="only (4 warps, 1 tile, split 1..4, with and without prefetch)")
+    ap.add_argument("--configs", default=None, help="these configs only, e.g. '4,2,1,1;2,2,1,1'")
     a = ap.parse_args()
     shapes = parse_shapes(a.shapes)
     rng = np.random.default_rng(0)
@@ -52,7 +52,9 @@ def main() -> None:
             res = {}
             errs = {}
             d = skinny_config(m, n, k)
-            for c in (SMALL_SWEEP if a.small_sweep else SWEEP) + [d]:
+            configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")] if a.configs else \
+                SMALL_SWEEP if a.small_sweep else SWEEP
+            for c in configs + [d]:
                 y = nvfp4_w4a16_skinny(x, gw.packed, gw.scales, g, poison=True, config=c)
                 errs[c] = float(((y.double() - ref).norm() / ref.norm()).item()) if torch.isfinite(y).all() \
                     else float("inf")

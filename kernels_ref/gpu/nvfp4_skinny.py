@@ -188,13 +188,17 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
     u1 = t0
     passes = tl.cdiv(KG, 4 * W * SPLIT)
     if PREFETCH:
-        # software pipeline (one tile, one or two column blocks): the next pass's codes, scales
-        # and activations are loaded before this pass's decode and MMAs, so that each warp has a
-        # pass of loads in flight while it computes (few warps per SM at these sizes: the loads'
-        # latency is otherwise exposed once per pass)
+        # software pipeline: the next pass's codes, scales and activations are loaded before
+        # this pass's decode and MMAs, so that each warp has a pass of loads in flight while it
+        # computes (few warps per SM at these sizes: the loads' latency is otherwise exposed
+        # once per pass)
         gk = (pid_k * W + warp) * 4 + tq
         ok = gk < KG
         wl, wh, sl, sh = _tile_load(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok)
+        if TILES == 2:
+            vl, vh, ql, qh = _tile_load(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok)
+        else:
+            vl, vh, ql, qh = wl, wh, sl, sh
         xa0, xa1, xa2, xa3 = _load_x(x_ptr, gid, M, K2, gk, ok)
         if NB == 2:
             xb0, xb1, xb2, xb3 = _load_x(x_ptr, gid + 8, M, K2, gk, ok)
@@ -204,6 +208,10 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
             gn = (((p + 1) * SPLIT + pid_k) * W + warp) * 4 + tq    # the next pass's group
             okn = gn < KG
             nwl, nwh, nsl, nsh = _tile_load(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gn, okn)
+            if TILES == 2:
+                nvl, nvh, nql, nqh = _tile_load(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gn, okn)
+            else:
+                nvl, nvh, nql, nqh = nwl, nwh, nsl, nsh
             na0, na1, na2, na3 = _load_x(x_ptr, gid, M, K2, gn, okn)
             if NB == 2:
                 nb0, nb1, nb2, nb3 = _load_x(x_ptr, gid + 8, M, K2, gn, okn)
@@ -215,7 +223,10 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
             else:
                 BB = BA
             t0, u0 = _tile_math(wl, wh, sl, sh, BA, BB, NB, t0, u0)
+            if TILES == 2:
+                t1, u1 = _tile_math(vl, vh, ql, qh, BA, BB, NB, t1, u1)
             wl, wh, sl, sh = nwl, nwh, nsl, nsh
+            vl, vh, ql, qh = nvl, nvh, nql, nqh
             xa0, xa1, xa2, xa3 = na0, na1, na2, na3
             xb0, xb1, xb2, xb3 = nb0, nb1, nb2, nb3
     else:
@@ -281,7 +292,7 @@ def _store(y_ptr, c0, c1, c2, c3, nlo, m, M, N, W: tl.constexpr, gs):
 
 
 # (warps per program, 16-row tiles per program, programs splitting K[, prefetch: 1 = software
-# pipeline over K passes, one tile only])
+# pipeline over K passes])
 SkinnyConfig = tuple[int, ...]
 
 
@@ -313,7 +324,6 @@ def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tens
     assert x.is_contiguous() and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
     warps, tiles, split, *rest = config or skinny_config(m, n, k)
     prefetch = int(rest[0]) if rest else 0
-    assert not (prefetch and tiles != 1), "the prefetching loop takes one tile per program"
     y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
         torch.empty((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, 16 * tiles), split)
