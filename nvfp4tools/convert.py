@@ -1336,9 +1336,12 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
         t_out = out.tensors.get(name)
         if t_out is None:
             raise FormatError(f"verification: '{name}' is missing from the output")
-        if ready is not None:
+        if ready is not None:   # once per file the tensor's parts are in (nearly always one)
+            ends: dict[str, int] = {}
             for q in t_out.parts:
-                ready(q.file, q.offset + q.nbytes)
+                ends[q.file] = max(ends.get(q.file, 0), q.offset + q.nbytes)
+            for file, end in ends.items():
+                ready(file, end)
         direct = _direct_parts(p.src.tensors[j.sources[0]], j) if len(j.sources) == 1 else None
         if direct is not None and p.to != "gguf" and p.src.format != "gguf":
             _verify_bytes(p.src, out, direct, t_out, windows, sampled=mode == "sampled")
