@@ -157,6 +157,25 @@ def _b_regs16(xa0, xa1, xa2, xa3):
 
 
 @triton.jit
+def _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, M, K2, gk, ok,
+                NB: tl.constexpr, TILES: tl.constexpr):
+    """Every load of one pass (the pipelined loop's unit): codes and scale bytes of tile 0
+    (rows r0 / r1) and tile 1 (r2 / r3; tile 0's again when TILES == 1), then the activations of
+    column blocks 0 and 1 (block 0's again when NB == 1), 16 values in that order."""
+    wl, wh, sl, sh = _tile_load(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok)
+    if TILES == 2:
+        vl, vh, ql, qh = _tile_load(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok)
+    else:
+        vl, vh, ql, qh = wl, wh, sl, sh
+    xa0, xa1, xa2, xa3 = _load_x(x_ptr, gid, M, K2, gk, ok)
+    if NB == 2:
+        xb0, xb1, xb2, xb3 = _load_x(x_ptr, gid + 8, M, K2, gk, ok)
+    else:
+        xb0, xb1, xb2, xb3 = xa0, xa1, xa2, xa3
+    return wl, wh, sl, sh, vl, vh, ql, qh, xa0, xa1, xa2, xa3, xb0, xb1, xb2, xb3
+
+
+@triton.jit
 def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g, stride_wn, stride_sn,
                         NB: tl.constexpr, W: tl.constexpr, TILES: tl.constexpr, SPLIT: tl.constexpr,
                         PREFETCH: tl.constexpr):
@@ -193,42 +212,21 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
         # computes (few warps per SM at these sizes: the loads' latency is otherwise exposed
         # once per pass)
         gk = (pid_k * W + warp) * 4 + tq
-        ok = gk < KG
-        wl, wh, sl, sh = _tile_load(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok)
-        if TILES == 2:
-            vl, vh, ql, qh = _tile_load(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok)
-        else:
-            vl, vh, ql, qh = wl, wh, sl, sh
-        xa0, xa1, xa2, xa3 = _load_x(x_ptr, gid, M, K2, gk, ok)
-        if NB == 2:
-            xb0, xb1, xb2, xb3 = _load_x(x_ptr, gid + 8, M, K2, gk, ok)
-        else:
-            xb0, xb1, xb2, xb3 = xa0, xa1, xa2, xa3
+        cur = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, M, K2, gk, gk < KG,
+                          NB, TILES)
         for p in range(passes):
             gn = (((p + 1) * SPLIT + pid_k) * W + warp) * 4 + tq    # the next pass's group
-            okn = gn < KG
-            nwl, nwh, nsl, nsh = _tile_load(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gn, okn)
-            if TILES == 2:
-                nvl, nvh, nql, nqh = _tile_load(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gn, okn)
-            else:
-                nvl, nvh, nql, nqh = nwl, nwh, nsl, nsh
-            na0, na1, na2, na3 = _load_x(x_ptr, gid, M, K2, gn, okn)
+            nxt = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, M, K2, gn, gn < KG,
+                              NB, TILES)
+            BA = _b_regs16(cur[8], cur[9], cur[10], cur[11])
             if NB == 2:
-                nb0, nb1, nb2, nb3 = _load_x(x_ptr, gid + 8, M, K2, gn, okn)
-            else:
-                nb0, nb1, nb2, nb3 = na0, na1, na2, na3
-            BA = _b_regs16(xa0, xa1, xa2, xa3)
-            if NB == 2:
-                BB = _b_regs16(xb0, xb1, xb2, xb3)
+                BB = _b_regs16(cur[12], cur[13], cur[14], cur[15])
             else:
                 BB = BA
-            t0, u0 = _tile_math(wl, wh, sl, sh, BA, BB, NB, t0, u0)
+            t0, u0 = _tile_math(cur[0], cur[1], cur[2], cur[3], BA, BB, NB, t0, u0)
             if TILES == 2:
-                t1, u1 = _tile_math(vl, vh, ql, qh, BA, BB, NB, t1, u1)
-            wl, wh, sl, sh = nwl, nwh, nsl, nsh
-            vl, vh, ql, qh = nvl, nvh, nql, nqh
-            xa0, xa1, xa2, xa3 = na0, na1, na2, na3
-            xb0, xb1, xb2, xb3 = nb0, nb1, nb2, nb3
+                t1, u1 = _tile_math(cur[4], cur[5], cur[6], cur[7], BA, BB, NB, t1, u1)
+            cur = nxt
     else:
         for p in range(passes):
             gk = ((p * SPLIT + pid_k) * W + warp) * 4 + tq    # this lane's group of 32 elements
