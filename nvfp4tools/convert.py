@@ -33,7 +33,7 @@ from .early_copy import EarlyCopy, begin_early_copy, check_destination, temp_dir
 from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
 from .filecopy import copy_once
 from .formats._st_writer import nbytes_of
-from .io import PartReader
+from .io import PartReader, decode_values
 from .model import Checkpoint, TensorInfo
 
 # numpy only where arrays are built: a lossless NVFP4 conversion between ModelOpt and
@@ -96,20 +96,33 @@ def _reader(ckpt: Checkpoint) -> PartReader:
     return r
 
 
-_VALUES: dict[tuple[str, str, int], list[float]] = {}   # (root, file, offset) -> values, per conversion
+_VALUES: dict[tuple[str, str, int], bytes] = {}   # (root, file, offset) -> stored bytes, per conversion
 
 
-def part_values(ckpt: Checkpoint, part) -> list[float]:
-    """A small part's values (a per-tensor scale), read once per conversion: the plan, the
+def part_bytes(ckpt: Checkpoint, part) -> bytes:
+    """A small part's stored bytes (a per-tensor scale), read once per conversion: the plan, the
     writer and the verification each need the source's thousands of 4-byte globals."""
     k = (ckpt.root, part.file, part.offset)
     v = _VALUES.get(k)
     if v is None:
-        v = _VALUES[k] = _reader(ckpt).values(part)
+        v = _VALUES[k] = _reader(ckpt).read(part)
     return v
 
 
+def part_values(ckpt: Checkpoint, part) -> list[float]:
+    """part_bytes, decoded."""
+    return decode_values(part, part_bytes(ckpt, part))
+
+
 _MULTS: dict[tuple[str, str], dict[str, bytes]] = {}   # (root, tensor) -> scalar_mults, per conversion
+
+
+def _forget(root: str) -> None:
+    """Drop the cached values of the checkpoint at ROOT (an output about to be verified: what is
+    checked is read from the file, never remembered from an earlier look)."""
+    for cache in (_VALUES, _MULTS):
+        for k in [k for k in cache if k[0] == root]:
+            del cache[k]
 
 
 def scalar_mults(ckpt: Checkpoint, t: TensorInfo, exact: dict[str, float]) -> dict[str, bytes]:
@@ -605,7 +618,9 @@ def _scalar_chunks(src: Checkpoint, t: TensorInfo, outs, to: str, exact: dict[st
             yield o.key, f32s_bytes(vals)
         elif o.what.startswith("kv:"):
             name = o.what[3:]
-            part = next(p for p in t.parts if p.role == "kv_scale" and p.key.rsplit(".", 1)[-1] == name)
+            part = next((p for p in t.parts if p.role == "kv_scale" and p.key.rsplit(".", 1)[-1] == name), None)
+            if part is None:
+                raise FormatError(f"{t.name}: no {name} to write")
             vals = [f32_round(v) for v in part_values(src, part)]
             if len(vals) != n:
                 raise FormatError(f"{t.name}: {len(vals)} values in '{part.key}', output '{o.key}' holds {n}")
@@ -1319,6 +1334,7 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
 
     if out is None:  # (convert() re-reads the header while the last copy runs and passes it in)
         out = formats.read(out_path, p.to)
+    _forget(out.root)
     src_exact, out_exact = _exact_meta(p.src), _exact_meta(out)
     checked = 0
     cache: dict[str, Canon] = {}
@@ -1346,12 +1362,23 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
         if direct is not None and p.to != "gguf" and p.src.format != "gguf":
             _verify_bytes(p.src, out, direct, t_out, windows, sampled=mode == "sampled")
             small = [o for o in j.outs if o not in direct]
-            if small:  # the converted scalars: compare multipliers bit for bit
+            if small:
+                # the converted scalars: the multipliers the output means, bit for bit, and the
+                # bytes it stores (the multiplier check alone would pass a divisor 1 ulp off
+                # whose float32 reciprocal rounds to the same multiplier)
+                t_src = p.src.tensors[j.sources[0]]
                 fb = scalar_mults(out, t_out, out_exact)
-                for role, bits in scalar_mults(p.src, p.src.tensors[j.sources[0]], src_exact).items():
+                for role, bits in scalar_mults(p.src, t_src, src_exact).items():
                     if fb.get(role) != bits:
                         what = "global" if role == "global_scale" else "input"
                         raise FormatError(f"verification: {what} scale of '{name}' differs (a bug: please report)")
+                keys = {q.key: q for q in t_out.parts}
+                for key, want in _scalar_chunks(p.src, t_src, small, p.to, src_exact):
+                    q = keys.get(key)
+                    got = None if q is None else part_bytes(out, q)
+                    if got != want:
+                        raise FormatError(f"verification: '{key}' holds {got.hex() if got else 'nothing'}, expected "
+                                          f"{want.hex()} (a bug: please report)")
             checked += 1
             continue
         b = canon_of(out, t_out, out_exact)

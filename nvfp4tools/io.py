@@ -55,19 +55,7 @@ class PartReader:
 
     def values(self, part: TensorPart) -> list[float]:
         """Decode a small float/int part (a per-tensor scale) to Python numbers."""
-        if part.nbytes == 4 and part.stored_dtype == "F32":  # the common case: ~23,000 per full-size MoE
-            return [_F32.unpack(self.read(part))[0]]
-        if part.stored_dtype == "BF16":
-            raw = self.read(part)
-            # bf16 is the top half of an fp32
-            return [struct.unpack("<f", b"\x00\x00" + raw[i:i + 2])[0] for i in range(0, len(raw), 2)]
-        code = _STRUCT.get(part.stored_dtype)
-        if code is None:
-            raise FormatError(f"{part.file}: tensor '{part.key}' has dtype {part.stored_dtype}, "
-                              "cannot read it as a scale")
-        size = struct.calcsize(code)
-        raw = self.read(part)
-        return list(struct.unpack("<%d%s" % (len(raw) // size, code), raw))
+        return decode_values(part, self.read(part))
 
     def close(self) -> None:
         for fd in self._fh.values():
@@ -79,6 +67,21 @@ class PartReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def decode_values(part: TensorPart, raw: bytes) -> list[float]:
+    """A small float/int part's stored bytes (a per-tensor scale) as Python numbers."""
+    if part.nbytes == 4 and part.stored_dtype == "F32":  # the common case: ~23,000 per full-size MoE
+        return [_F32.unpack(raw)[0]]
+    if part.stored_dtype == "BF16":
+        # bf16 is the top half of an fp32
+        return [struct.unpack("<f", b"\x00\x00" + raw[i:i + 2])[0] for i in range(0, len(raw), 2)]
+    code = _STRUCT.get(part.stored_dtype)
+    if code is None:
+        raise FormatError(f"{part.file}: tensor '{part.key}' has dtype {part.stored_dtype}, "
+                          "cannot read it as a scale")
+    size = struct.calcsize(code)
+    return list(struct.unpack("<%d%s" % (len(raw) // size, code), raw))
 
 
 def is_bad_scale(v: float) -> bool:

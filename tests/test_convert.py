@@ -365,6 +365,33 @@ def test_verification_catches_a_corrupted_copy(synth_dir, tmp_path, run_cli, mod
         verify_output(p, out, mode)
 
 
+def test_verification_rereads_the_output_scales(synth_dir, tmp_path, run_cli):
+    """The source's scales are read once per conversion; the output's are read each time it is
+    verified: a global changed after a passing verification fails the next one, whether it changes
+    the multiplier the output means or only the bytes it stores."""
+    from nvfp4tools.convert import plan, verify_output
+    from nvfp4tools.errors import FormatError
+
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    out = str(tmp_path / "ct")
+    assert run_cli("convert", src, out, "--to", "compressed-tensors").exit_code == 0
+    p = plan(formats.read(src), "compressed-tensors")
+    assert verify_output(p, out) > 0
+    g = formats.read(out).tensors[f"{L0}.self_attn.q_proj.weight"].part("global_scale")
+    with open(os.path.join(out, g.file), "r+b") as fh:
+        fh.seek(g.offset)
+        b = fh.read(4)
+        fh.seek(g.offset)
+        fh.write(bytes([b[0] ^ 0x01]) + b[1:])   # 1 ulp: its reciprocal may round to the same multiplier
+    with pytest.raises(FormatError, match="weight_global_scale' holds"):
+        verify_output(p, out)
+    with open(os.path.join(out, g.file), "r+b") as fh:
+        fh.seek(g.offset)
+        fh.write(b[:3] + bytes([b[3] ^ 0x01]))    # 2x: the multiplier differs too
+    with pytest.raises(FormatError, match="global scale .* differs"):
+        verify_output(p, out)
+
+
 def test_sampled_windows_cover_edges_and_every_64_mib():
     from nvfp4tools.convert import _WINDOW, _WINDOW_EVERY, _windows
 
