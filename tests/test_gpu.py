@@ -124,7 +124,8 @@ def test_split_k_fixup_is_complete_and_repeatable(split):
 @needs_cuda
 @pytest.mark.parametrize("n,k", [(8192, 2816), (2816, 8192), (704, 2816), (2816, 704), (8192, 2112), (2049, 4096)])
 def test_m1_default_is_the_gemv_and_matches_float64(n, k):
-    """M = 1 takes the GEMV kernel (nvfp4_gemv.py) by default: every output written (NaN poison
+    """M = 1 takes a GEMV kernel by default (nvfp4_gemv.py; on layers with 8192 rows or columns
+    the diagonal-MMA one of nvfp4_skinny.py): every output written (NaN poison
     gone) and equal to the float64 product of the same bf16 activations and the dequantized
     weights up to fp32 summation (the decode and the scale product are exact), on K that a pass
     of lanes divides and on K that it does not (2112: 66 groups of 32), and on N that 2 rows per
@@ -133,7 +134,7 @@ def test_m1_default_is_the_gemv_and_matches_float64(n, k):
 
     from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
 
-    assert K.default_config(1, n, k)[0] == "gemv"
+    assert K.default_config(1, n, k)[0] == ("gemv-mma" if max(n, k) >= 8192 else "gemv")
     gw = K.random_weight(n, k, np.random.default_rng(5))
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     y = K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True)
@@ -162,6 +163,28 @@ def test_gemv_every_config_matches_float64():
                 assert not torch.isnan(y).any(), (rows, warps, cache)
                 err = float((y.double() - ref).norm() / ref.norm())
                 assert err < 1e-6, (rows, warps, cache, err)
+
+
+@needs_cuda
+def test_diagonal_mma_gemv_matches_float64():
+    """The M = 1 GEMV on mma.sync (nvfp4_skinny.nvfp4_w4a16_gemv_mma: each quad's K range on the
+    accumulator's diagonal), on odd shapes (N = 515: the last program's second row is clamped and
+    not stored; K = 1056: 33 groups, so the last pass is masked) for every config: all outputs
+    written, equal to the float64 product up to fp32 summation."""
+    import torch
+
+    from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
+    from nvfp4tools.kernels_ref.gpu.nvfp4_skinny import nvfp4_w4a16_gemv_mma
+
+    for n, k in ((515, 1056), (64, 2816)):
+        gw = K.random_weight(n, k, np.random.default_rng(11))
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        ref = x.double() @ gw.w.double().T
+        for cfg in (None, (1, 1, 0), (1, 1, 1), (2, 1, 0), (2, 2, 1), (4, 1, 0), (1, 2, 0), (4, 2, 0), (4, 2, 1)):
+            y = nvfp4_w4a16_gemv_mma(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
+            assert y.shape == (1, n) and not torch.isnan(y).any(), (n, k, cfg)
+            err = float((y.double() - ref).norm() / ref.norm())
+            assert err < 1e-6, (n, k, cfg, err)
 
 
 @needs_cuda

@@ -80,7 +80,7 @@ def _run_triton(case: LayerCase) -> np.ndarray:
     packed, scales = pack_for_kernel(case.codes, case.scale_bytes)
     x = _torch_x(case).to(torch.bfloat16)
     # the three kernels a deployment runs, each on its own rows of the same activations: row 0
-    # through the M = 1 GEMV, rows 1-7 through the skinny kernel (2 <= M <= 16), the rest through
+    # through the M = 1 GEMV (the diagonal-MMA one on the largest layers), rows 1-7 through the skinny kernel (2 <= M <= 16), the rest through
     # the MMA kernel (where K % 32 != 0 every part falls back to the MMA kernel)
     m, k = x.shape
     parts = [nvfp4_w4a16_gemm(x[:1].contiguous(), packed, scales, case.global_scale, poison=True)]

@@ -18,7 +18,8 @@ bench/gpu_tune.py):
   arrives last at its tile's counter sums them (``FIXUP``), so no zeroed output (a separate
   memset launch, 4-5 us) is needed. The older path, fp32 atomic adds into a zeroed output, stays
   behind ``SPLIT_K_FIXUP = False`` for comparison (bench/gpu_splitk.py).
-* M = 1 (decode) goes to the GEMV kernel of ``nvfp4_gemv.py`` and 2 <= M <= 16 to the skinny
+* M = 1 (decode) goes to the GEMV kernel of ``nvfp4_gemv.py`` (on the largest layers to the
+  diagonal-MMA GEMV of ``nvfp4_skinny.py``) and 2 <= M <= 16 to the skinny
   kernel of ``nvfp4_skinny.py`` (mma.sync fed from registers) where K % 32 == 0; this kernel
   serves M >= 17 and any config asked for explicitly.
 * ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
@@ -237,11 +238,14 @@ def _config(m: int, n: int, k: int) -> Config:
     return bm, bn, bk, split, warps, stages, 2, swap
 
 
-def default_kernel(m: int, k: int) -> str:
-    """Which kernel a call without ``config`` runs: "gemv" (M = 1, nvfp4_gemv.py), "skinny"
-    (2 <= M <= 16, nvfp4_skinny.py; both need K % 32 == 0) or "mma" (this module)."""
+def default_kernel(m: int, k: int, n: int = 0) -> str:
+    """Which kernel a call without ``config`` runs: "gemv" (M = 1, nvfp4_gemv.py), "gemv-mma" (M = 1
+    on the largest layers: the diagonal-MMA GEMV of nvfp4_skinny.py), "skinny" (2 <= M <= 16,
+    nvfp4_skinny.py; all three need K % 32 == 0) or "mma" (this module)."""
     if k % 32 == 0 and m == 1:
-        return "gemv"
+        from .nvfp4_skinny import diag_config
+
+        return "gemv-mma" if diag_config(n, k) is not None else "gemv"
     if k % 32 == 0 and 2 <= m <= 16:
         return "skinny"
     return "mma"
@@ -249,11 +253,15 @@ def default_kernel(m: int, k: int) -> str:
 
 def default_config(m: int, n: int, k: int) -> tuple[str, tuple]:
     """The kernel and config a call without ``config`` runs: for reports and benches."""
-    kernel = default_kernel(m, k)
+    kernel = default_kernel(m, k, n)
     if kernel == "gemv":
         from .nvfp4_gemv import gemv_config
 
         return kernel, gemv_config(n, k)
+    if kernel == "gemv-mma":
+        from .nvfp4_skinny import diag_config
+
+        return kernel, diag_config(n, k)
     if kernel == "skinny":
         from .nvfp4_skinny import skinny_config
 
@@ -264,14 +272,18 @@ def default_config(m: int, n: int, k: int) -> tuple[str, tuple]:
 def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
                      poison: bool = False, config: Config | None = None) -> torch.Tensor:
     """x bf16 [M, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]. Without
-    a config, M = 1 takes the GEMV kernel and 2 <= M <= 16 the skinny one (default_kernel)."""
+    a config, M = 1 takes a GEMV kernel and 2 <= M <= 16 the skinny one (default_kernel)."""
     m, k = x.shape
     n = packed.shape[0]
-    kernel = default_kernel(m, k) if config is None else "mma"
+    kernel = default_kernel(m, k, n) if config is None else "mma"
     if kernel == "gemv":
         from .nvfp4_gemv import nvfp4_w4a16_gemv
 
         return nvfp4_w4a16_gemv(x.contiguous(), packed, scales, global_scale, poison=poison)
+    if kernel == "gemv-mma":
+        from .nvfp4_skinny import nvfp4_w4a16_gemv_mma
+
+        return nvfp4_w4a16_gemv_mma(x.contiguous(), packed, scales, global_scale, poison=poison)
     if kernel == "skinny":
         from .nvfp4_skinny import nvfp4_w4a16_skinny
 

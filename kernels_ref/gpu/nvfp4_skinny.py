@@ -335,3 +335,128 @@ def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tens
                               w.stride(0), scales.stride(0), NB=1 if m <= 8 else 2, W=warps, TILES=tiles,
                               SPLIT=split, PREFETCH=prefetch, num_warps=warps)
     return y
+
+
+# -- M = 1 on the tensor cores: the "diagonal" GEMV ------------------------------------------------
+
+@triton.jit
+def _diag_take(c0, c1, lane):
+    """The diagonal D[g][g] of an m16n8 accumulator: lane l (g = l // 4) holds columns 2 (l % 4)
+    and + 1 of row g (c0, c1), so D[g][g] is c0 or c1 of the lane with l % 4 == g // 2; 0 elsewhere."""
+    g = (lane % 32) // 4
+    q = lane % 4
+    return tl.where(q == g // 2, tl.where(g % 2 == 0, c0, c1), 0.0)
+
+
+@triton.jit
+def _nvfp4_diag_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stride_sn,
+                            W: tl.constexpr, TILES: tl.constexpr, PREFETCH: tl.constexpr):
+    """x int32 [K/2] (bf16 pairs), w int32 [N, K/8], s uint8 [N, K/16] -> y fp32 [N]: rows
+    2 TILES pid .. + 2 TILES - 1.
+
+    Each lane owns one group of 32 elements per pass, as in the GEMV of nvfp4_gemv.py (the same
+    coalesced loads: 16 code bytes and 2 scale bytes per row, 16 activation words), and feeds
+    them to mma.sync.m16n8k16 as the skinny kernel does, with a twist: the A rows of quad g
+    (lanes 4g..4g+3) are one weight row (A rows 0-7) and the next (rows 8-15), over the quad's own
+    K range, and B's column g is the activations of that same range. So D[g][g] is the first row's
+    dot product over quad g's range and D[g + 8][g] the second's; the other 112 entries of D are
+    cross terms nobody reads. A seventh of the tensor core's work is used, but the multiply-adds
+    leave the CUDA cores (the GEMV spends ~3 of its ~5.4 instructions per weight on widening to
+    fp32 and FMAs), and the MMA accumulates in fp32 as the FMAs did. TILES (1 or 2) pairs of rows
+    per program share the activations."""
+    L: tl.constexpr = 32 * W
+    pid = tl.program_id(0)
+    i = tl.arange(0, L)
+    n0 = 2 * TILES * pid
+    r0 = tl.zeros((L,), dtype=tl.int32) + n0
+    r1 = tl.minimum(r0 + 1, N - 1)              # clamped for loading; the stores are masked
+    r2 = tl.minimum(r0 + 2, N - 1)
+    r3 = tl.minimum(r0 + 3, N - 1)
+    KG = K // 32
+    K2 = K // 2
+    z = tl.zeros((L,), dtype=tl.float32)
+    t0 = (z, z, z, z, z, z, z, z)
+    u0 = t0
+    t1 = t0
+    u1 = t0
+    passes = tl.cdiv(KG, L)
+    if PREFETCH:
+        cur = _diag_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, K2, i, i < KG, TILES)
+        for p in range(passes):
+            gn = (p + 1) * L + i
+            nxt = _diag_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, K2, gn, gn < KG, TILES)
+            BA = _b_regs16(cur[8], cur[9], cur[10], cur[11])
+            t0, u0 = _tile_math(cur[0], cur[1], cur[2], cur[3], BA, BA, 1, t0, u0)
+            if TILES == 2:
+                t1, u1 = _tile_math(cur[4], cur[5], cur[6], cur[7], BA, BA, 1, t1, u1)
+            cur = nxt
+    else:
+        for p in range(passes):
+            gk = p * L + i
+            cur = _diag_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, K2, gk, gk < KG, TILES)
+            BA = _b_regs16(cur[8], cur[9], cur[10], cur[11])
+            t0, u0 = _tile_math(cur[0], cur[1], cur[2], cur[3], BA, BA, 1, t0, u0)
+            if TILES == 2:
+                t1, u1 = _tile_math(cur[4], cur[5], cur[6], cur[7], BA, BA, 1, t1, u1)
+    gs = g * 65536.0    # the decode leaves 2^-16 (nvfp4_gemm.WORD_SCALE_SHIFT)
+    tl.store(y_ptr + n0, tl.sum(_diag_take(t0[0] + u0[0], t0[1] + u0[1], i), axis=0) * gs)
+    tl.store(y_ptr + n0 + 1, tl.sum(_diag_take(t0[2] + u0[2], t0[3] + u0[3], i), axis=0) * gs, mask=n0 + 1 < N)
+    if TILES == 2:
+        tl.store(y_ptr + n0 + 2, tl.sum(_diag_take(t1[0] + u1[0], t1[1] + u1[1], i), axis=0) * gs,
+                 mask=n0 + 2 < N)
+        tl.store(y_ptr + n0 + 3, tl.sum(_diag_take(t1[2] + u1[2], t1[3] + u1[3], i), axis=0) * gs,
+                 mask=n0 + 3 < N)
+
+
+@triton.jit
+def _diag_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, K2, gk, ok, TILES: tl.constexpr):
+    """One pass's loads of the diagonal GEMV: rows r0 / r1 (and r2 / r3)'s group gk (codes, scale
+    bytes; the first pair again when TILES == 1) and the group's 16 activation words, as the four
+    [L, 4] words _b_regs16 takes."""
+    wl, wh, sl, sh = _tile_load(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok)
+    if TILES == 2:
+        vl, vh, ql, qh = _tile_load(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok)
+    else:
+        vl, vh, ql, qh = wl, wh, sl, sh
+    xo = (gk * 16)[:, None] + tl.arange(0, 4)[None, :]
+    msk = ok[:, None]
+    x0 = tl.load(x_ptr + xo, mask=msk, other=0)
+    x1 = tl.load(x_ptr + xo + 4, mask=msk, other=0)
+    x2 = tl.load(x_ptr + xo + 8, mask=msk, other=0)
+    x3 = tl.load(x_ptr + xo + 12, mask=msk, other=0)
+    return wl, wh, sl, sh, vl, vh, ql, qh, x0, x1, x2, x3
+
+
+# (warps per program, which split K; row pairs per program; prefetch)
+DiagConfig = tuple[int, int, int]
+
+
+def diag_config(n: int, k: int) -> DiagConfig | None:
+    """The diagonal GEMV's config where it is the default at M = 1, else None (the CUDA-core
+    GEMV): on the layers with 8192 rows or 8192 columns, where it measured 8.2 us against 8.7
+    (8192x2816) and 8.0 against 8.6 (2816x8192); elsewhere within noise of the GEMV or behind
+    (704x2816, 2816x704), bench/gpu_gemv_mma.py, bench/RESULTS.md."""
+    if k >= 8192:
+        return 4, 2, 0
+    if n >= 8192:
+        return 1, 1, 0
+    return None
+
+
+def nvfp4_w4a16_gemv_mma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
+                         poison: bool = False, config: DiagConfig | None = None) -> torch.Tensor:
+    """x bf16 [1, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [1, N] (the
+    diagonal-MMA GEMV)."""
+    m, k = x.shape
+    n = packed.shape[0]
+    assert m == 1 and k % 32 == 0, "the diagonal GEMV takes M = 1 and K % 32 == 0"
+    assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
+    assert x.is_contiguous() and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
+    warps, tiles, prefetch = config or diag_config(n, k) or (1, 1, 0)
+    y = torch.full((1, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
+        torch.empty((1, n), dtype=torch.float32, device=x.device)
+    w = packed.view(torch.int32)
+    _nvfp4_diag_gemv_kernel[(triton.cdiv(n, 2 * tiles),)](
+        x.view(torch.int32), w, scales, y, n, k, float(global_scale), w.stride(0), scales.stride(0),
+        W=warps, TILES=tiles, PREFETCH=prefetch, num_warps=warps)
+    return y
