@@ -21,6 +21,9 @@ needs, so decoded values never leave the registers they are made in:
   these shapes, checked in the TTGIR). The GPU tests check the results against float64 at
   M = 2, 9 and 16 (and verify's triton backend at M = 7) for a spread of configs.
 
+The module also holds the M = 1 "diagonal" GEMV on the same building blocks
+(``nvfp4_w4a16_gemv_mma``, at the end), the default on the largest layers.
+
 Requires K % 32 == 0 (the last pass is masked) and M <= 16; the default for 2 <= M <= 16. With
 the software pipeline (``PREFETCH``) it beats the MMA kernel on all eight Gemma-4 shapes at M = 2
 and 8, and at M = 16 on seven (2816x4096: 10.0 against 9.8 us); bench/RESULTS.md.
