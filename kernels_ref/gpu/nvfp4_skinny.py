@@ -203,8 +203,7 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
     KG = K // 32
     K2 = K // 2
     # accumulators: per tile, two chains (t0, u0: tile 0; t1, u1: tile 1) of 8 (4 per column block)
-    z = tl.zeros((L,), dtype=tl.float32)
-    t0 = (z, z, z, z, z, z, z, z)
+    t0 = _zeros8(L)
     u0 = t0
     t1 = t0
     u1 = t0
@@ -274,6 +273,13 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
                 tot += tl.load(ws_ptr + sk * M * N + o, mask=msk, other=0.0, cache_modifier=".cg")
             tl.store(y_ptr + o, tot, mask=msk)
             tl.atomic_xchg(cnt_ptr + pid_n, 0)
+
+
+@triton.jit
+def _zeros8(L: tl.constexpr):
+    """One accumulator chain: 8 fp32 [L] zeros (4 per MMA column block)."""
+    z = tl.zeros((L,), dtype=tl.float32)
+    return z, z, z, z, z, z, z, z
 
 
 @triton.jit
@@ -377,8 +383,7 @@ def _nvfp4_diag_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stri
     r3 = tl.minimum(r0 + 3, N - 1)
     KG = K // 32
     K2 = K // 2
-    z = tl.zeros((L,), dtype=tl.float32)
-    t0 = (z, z, z, z, z, z, z, z)
+    t0 = _zeros8(L)   # accumulators as in the skinny kernel (tile 0: t0, u0; tile 1: t1, u1)
     u0 = t0
     t1 = t0
     u1 = t0
