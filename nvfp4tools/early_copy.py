@@ -44,7 +44,12 @@ if TYPE_CHECKING:
 HEADROOM_PER_ENTRY = 16
 HEADROOM_BYTES = 64 * 1024
 ALIGN = 64 * 2**10         # the copy starts at this alignment on both sides (see header_room)
-_REQUEST = 128 * 2**20      # one copy_file_range call: how often progress shows, how soon a cancel acts
+# One copy_file_range call: how often progress shows and patches land, how soon a cancel acts.
+# Not smaller: the 2.9 GiB bench conversion took 2.0-2.7 s in 128 MiB requests, 1.17-1.24 s in
+# 1 GiB ones, 1.25-1.9 s in 2 GiB ones (cp -r: 1.07-1.14 s; bench/RESULTS.md). Why is not
+# established; the slow runs lose their time in the copy's last requests, once the kernel
+# starts writing the dirty pages back.
+_REQUEST = 2**30
 
 
 class _Shard:

@@ -209,3 +209,16 @@ def test_lossless_nvfp4_convert_never_imports_numpy(sharded, tmp_path):
                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()), check=False)
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.rstrip().endswith("False"), f"{to}: numpy was imported"
+
+
+def test_early_copy_in_many_requests_equals_the_ordinary_write(sharded, tmp_path, monkeypatch):
+    """The copy in small requests (8 KiB here, 1 GiB in production): patches land between
+    requests as the copy passes them, verification follows it, and the output is byte for byte
+    what the ordinary write makes."""
+    monkeypatch.setattr(early_copy, "_REQUEST", 8192)
+    claims = _claims(monkeypatch)
+    early, plain = str(tmp_path / "early"), str(tmp_path / "plain")
+    convert(sharded, early, "compressed-tensors")
+    assert claims == [True, True]
+    convert(sharded, plain, "compressed-tensors", max_shard_bytes=10**12)
+    assert _tensors(early) == _tensors(plain)
