@@ -1181,7 +1181,14 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
                             def ready(file: str, end: int, f=fname) -> None:
                                 if file == f:
                                     wait_for_copy(end)
-                        while_copying(ready)
+                        from nvfp4tools.formats import _safetensors
+                        grows = os.path.realpath(path) if claimed is not None else None
+                        if grows is not None:   # still being copied: re-read it at its final size
+                            _safetensors.EXPECTED_SIZES[grows] = base + off
+                        try:
+                            while_copying(ready)
+                        finally:
+                            _safetensors.EXPECTED_SIZES.pop(grows, None)
                 if writer is not None:
                     writer.close()
                 else:
@@ -1196,7 +1203,7 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
             finally:
                 for fd in fds.values():
                     os.close(fd)
-            fh.truncate(base + off)
+            fh.truncate(base + off)   # (after an early copy: the size the in-copy re-read assumed)
         files.append(fname)
         total += off
         for k in seen:
