@@ -45,8 +45,8 @@ HEADROOM_PER_ENTRY = 16
 HEADROOM_BYTES = 64 * 1024
 ALIGN = 64 * 2**10         # the copy starts at this alignment on both sides (see header_room)
 # One copy_file_range call: how often progress shows and patches land, how soon a cancel acts.
-# Not smaller: the 2.9 GiB bench conversion took 2.0-2.7 s in 128 MiB requests, 1.17-1.24 s in
-# 1 GiB ones, 1.25-1.9 s in 2 GiB ones (cp -r: 1.07-1.14 s; bench/RESULTS.md). Why is not
+# Not smaller: the 2.9 GiB bench conversion took 1.99-2.72 s in 128 MiB requests, 1.17-1.59 s
+# (median 1.21) in 1 GiB ones, 1.25-1.93 s in 2 GiB ones (cp -r: 1.07-1.14 s; bench/RESULTS.md). Why is not
 # established; the slow runs lose their time in the copy's last requests, once the kernel
 # starts writing the dirty pages back.
 _REQUEST = 2**30
@@ -221,7 +221,7 @@ class EarlyCopy:
             fo = os.open(os.path.join(self.tmp, s.out_name), os.O_WRONLY | os.O_CREAT, 0o644)
             try:
                 # no ftruncate to the final size first: the file grows as the copy writes it
-                # (2.9 GiB in 1.11-1.35 s median instead of 1.35-1.38 s; bench/RESULTS.md), and
+                # (2.9 GiB in a median 1.05-1.11 s instead of 1.35-1.38 s; bench/RESULTS.md), and
                 # the in-copy re-read of the header is told the final size instead
                 # (formats._safetensors.EXPECTED_SIZES)
                 total = s.lead + s.data_len if upto is None else min(upto, s.lead + s.data_len)
