@@ -43,7 +43,7 @@ def main() -> None:
         for c in configs:
             y = nvfp4_w4a16_gemv_mma(x, gw.packed, gw.scales, g, poison=True, config=c)
             err = float(((y.double() - ref).norm() / ref.norm()).item()) if torch.isfinite(y).all() else float("inf")
-            t = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemv_mma(x, p, s, g, config=c) for p, s in qs]) \
+            t = graph_time_us([lambda p=p, s=s, c=c: nvfp4_w4a16_gemv_mma(x, p, s, g, config=c) for p, s in qs]) \
                 if err < 1e-5 else float("inf")
             res.append({"config": list(c), "us": t, "rel_err": err})
         print(f"{n:>5} {k:>5} | {t_b:7.1f} | {t_v:7.1f} | "
