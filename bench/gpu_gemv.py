@@ -11,14 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
-from gpu_stream_bench import graph_time_us, parse_shapes, rotating_copies
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
-    _config,
-    nvfp4_w4a16_gemm,
-    random_weight,
-)
+from gpu_stream_bench import graph_time_us, parse_configs, shape_args, shape_weights
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemv import gemv_config, nvfp4_w4a16_gemv
 
 SWEEP = [(r, w, c) for r in (1, 2, 4) for w in (1, 2, 4) for c in (0, 1, 2)]
@@ -26,21 +21,16 @@ SWEEP = [(r, w, c) for r in (1, 2, 4) for w in (1, 2, 4) for c in (0, 1, 2)]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--shapes", default=None, help="NxK,... (default: the eight Gemma-4-26B shapes)")
+    shape_args(ap)
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--configs", default=None, help="R,W,C;... instead of the sweep")
     a = ap.parse_args()
-    shapes = parse_shapes(a.shapes)
-    rng = np.random.default_rng(0)
     rows = []
     print(f"device: {torch.cuda.get_device_name(0)}")
     print(f"{'N':>5} {'K':>5} | {'bf16 us':>7} | {'gemm us':>7} | {'gemv us':>7} {'config':>14} | {'x bf16':>6} "
           f"{'GB/s':>5} | {'rel err':>8}")
-    for n, k in shapes:
-        gw = random_weight(n, k, rng)
+    for n, k, gw, qs, ws in shape_weights(a.shapes):
         qbytes = gw.nbytes
-        qs, ws = rotating_copies(gw)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         ref = (x.double() @ gw.w.double().T)
         g = gw.global_scale
@@ -48,7 +38,7 @@ def main() -> None:
         gcfg = _config(1, n, k)
         t_gemm = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemm(x, p, s, g, config=gcfg) for p, s in qs])
         results = []
-        sweep = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")] if a.configs else SWEEP
+        sweep = parse_configs(a.configs) if a.configs else SWEEP
         for cfg in (sweep if not a.no_sweep else []) + [gemv_config(n, k)]:
             y = nvfp4_w4a16_gemv(x, gw.packed, gw.scales, g, poison=True, config=cfg)
             err = float(((y.double() - ref).norm() / ref.norm()).item())

@@ -10,29 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
-from gpu_stream_bench import graph_time_us, parse_shapes, rotating_copies
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import random_weight
+from gpu_stream_bench import graph_time_us, parse_configs, shape_args, shape_weights
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemv import gemv_config, nvfp4_w4a16_gemv
 from nvfp4tools.kernels_ref.gpu.nvfp4_skinny import nvfp4_w4a16_gemv_mma
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shapes", default=None, help="NxK,... (default: the eight Gemma-4-26B shapes)")
+    shape_args(ap)
     ap.add_argument("--configs", default="1,1,0;1,2,0;2,1,0;2,2,0;4,1,0;4,2,0;1,1,1;1,2,1;2,1,1;2,2,1",
                     help="warps,row pairs,prefetch;...")
-    ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")]
-    rng = np.random.default_rng(0)
+    configs = parse_configs(a.configs)
     rows = []
     print(f"device: {torch.cuda.get_device_name(0)}")
     print(f"{'N':>5} {'K':>5} | {'bf16 us':>7} | {'gemv us':>7} | " + " | ".join(f"mma {c}" for c in configs))
-    for n, k in parse_shapes(a.shapes):
-        gw = random_weight(n, k, rng)
-        qs, ws = rotating_copies(gw)
+    for n, k, gw, qs, ws in shape_weights(a.shapes):
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         ref = x.double() @ gw.w.double().T
         g = gw.global_scale

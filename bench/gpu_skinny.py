@@ -10,14 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
-from gpu_stream_bench import graph_time_us, parse_shapes, rotating_copies
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
-    _config,
-    nvfp4_w4a16_gemm,
-    random_weight,
-)
+from gpu_stream_bench import graph_time_us, parse_configs, shape_args, shape_weights
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm
 from nvfp4tools.kernels_ref.gpu.nvfp4_skinny import nvfp4_w4a16_skinny, skinny_config
 
 SWEEP = [(w, t, s, p) for w in (2, 4, 8) for t in (1, 2) for s in (1, 2, 3, 4) for p in (0, 1)]  # p: pipelined
@@ -26,22 +21,17 @@ SMALL_SWEEP = [(4, 1, s, p) for s in (1, 2, 3, 4) for p in (0, 1)]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--shapes", default=None, help="NxK,... (default: the eight Gemma-4-26B shapes)")
+    shape_args(ap)
     ap.add_argument("--ms", default="16,8,2")
     ap.add_argument("--small-sweep", action="store_true", help="only (4 warps, 1 tile, split 1..4, with and without prefetch)")
     ap.add_argument("--configs", default=None, help="these configs only, e.g. '4,2,1,1;2,2,1,1'")
     a = ap.parse_args()
-    shapes = parse_shapes(a.shapes)
-    rng = np.random.default_rng(0)
     rows = []
     print(f"device: {torch.cuda.get_device_name(0)}")
     print(f"{'N':>5} {'K':>5} {'M':>3} | {'bf16 us':>7} | {'mma us':>7} | {'skinny us':>9} {'config':>12} | "
           f"{'x bf16':>6} {'GB/s':>5} | {'rel err':>8} | best")
-    for n, k in shapes:
-        gw = random_weight(n, k, rng)
+    for n, k, gw, qs, ws in shape_weights(a.shapes):
         qbytes = gw.nbytes
-        qs, ws = rotating_copies(gw)
         g = gw.global_scale
         for m in (int(v) for v in a.ms.split(",")):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
@@ -52,7 +42,7 @@ def main() -> None:
             res = {}
             errs = {}
             d = skinny_config(m, n, k)
-            configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")] if a.configs else \
+            configs = parse_configs(a.configs) if a.configs else \
                 SMALL_SWEEP if a.small_sweep else SWEEP
             for c in configs + [d]:
                 y = nvfp4_w4a16_skinny(x, gw.packed, gw.scales, g, poison=True, config=c)

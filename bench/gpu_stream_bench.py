@@ -33,6 +33,27 @@ def parse_shapes(arg: str | None) -> list[tuple[int, int]]:
     return [tuple(int(v) for v in s.split("x")) for s in arg.split(",")] if arg else SHAPES
 
 
+def parse_configs(arg: str) -> list[tuple[int, ...]]:
+    """"a,b,c;d,e,f" -> [(a, b, c), (d, e, f)] (the kernel benches' --configs)."""
+    return [tuple(int(v) for v in c.split(",")) for c in arg.split(";")]
+
+
+def shape_args(ap) -> None:
+    """--json and --shapes, which every kernel bench takes."""
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--shapes", default=None, help="NxK,... (default: the eight Gemma-4-26B shapes)")
+
+
+def shape_weights(shapes_arg: str | None):
+    """Per shape of --shapes: (N, K, a random NVFP4 weight (seed 0, as every bench), its
+    rotating copies (NVFP4 parts, bf16))."""
+    rng = np.random.default_rng(0)
+    for n, k in parse_shapes(shapes_arg):
+        gw = random_weight(n, k, rng)
+        qs, ws = rotating_copies(gw)
+        yield n, k, gw, qs, ws
+
+
 def rotating_copies(gw) -> tuple[list, list]:
     """Enough copies of a GpuWeight's NVFP4 parts and of its bf16 dequantization to exceed the L2
     cache several times over: ([(packed, scales), ...], [w_bf16, ...])."""

@@ -583,21 +583,31 @@ def _nvfp4_chunks(c: Canon, outs, to: str) -> dict[str, bytes]:
             m = c.global_mult if o.what == "global" else c.input_mult
             if m is None:
                 raise FormatError(f"{c.name}: no {o.what} scale to write")
-            v = np.asarray(m, np.float32)
-            if to == "compressed-tensors":   # divisor convention
-                v = (np.float32(1.0) / v).astype(np.float32)
-            out[o.key] = f32_bytes(v.reshape(o.shape) if v.size == math.prod(o.shape) else
-                                   np.broadcast_to(v, o.shape))
+            out[o.key] = _mult_bytes(np.asarray(m, np.float32).reshape(-1).tolist(), o, to, c.name)
         elif o.what.startswith("kv:"):
             out[o.key] = f32_bytes(c.kv[o.what[3:]].reshape(o.shape))
     return out
 
 
+def _mult_bytes(vals, o, to: str, name: str) -> bytes:
+    """float32 multipliers (one, or one per expert) as output O stores them: reciprocals for
+    compressed-tensors (divisor convention; the correctly rounded float32 quotient, see
+    _recip32), one value broadcast over O's shape."""
+    n = math.prod(o.shape)
+    if to == "compressed-tensors":
+        vals = [_recip32(v) for v in vals]
+    if len(vals) != n:
+        if len(vals) != 1:
+            raise FormatError(f"{name}: {len(vals)} {o.what} scales for output '{o.key}' of shape {list(o.shape)}")
+        vals = list(vals) * n
+    return f32s_bytes(vals)
+
+
 def _scalar_chunks(src: Checkpoint, t: TensorInfo, outs, to: str, exact: dict[str, float]) -> Iterator[tuple[str, bytes]]:
     """The per-tensor scalars of an NVFP4 tensor whose codes and scales are copied (global and
     input multipliers in the target's convention, k/v scales), in plain Python: thousands of
-    4-byte values, for which numpy's per-call cost is most of the time. What _nvfp4_chunks writes
-    from a Canon, bit for bit (the float32 reciprocal as _recip32 explains)."""
+    4-byte values, for which numpy's per-call cost is most of the time. The multipliers go
+    through _mult_bytes, as _nvfp4_chunks' do."""
     mults = None
     for o in outs:
         n = math.prod(o.shape)
@@ -607,15 +617,7 @@ def _scalar_chunks(src: Checkpoint, t: TensorInfo, outs, to: str, exact: dict[st
             b = mults.get("global_scale" if o.what == "global" else "input_scale")
             if b is None:
                 raise FormatError(f"{t.name}: no {o.what} scale to write")
-            vals = struct.unpack(f"<{len(b) // 4}f", b)
-            if to == "compressed-tensors":   # divisor convention
-                vals = tuple(_recip32(v) for v in vals)
-            if len(vals) != n:
-                if len(vals) != 1:
-                    raise FormatError(f"{t.name}: {len(vals)} {o.what} scales for output '{o.key}' of shape "
-                                      f"{list(o.shape)}")
-                vals = vals * n   # one value broadcast, as np.broadcast_to
-            yield o.key, f32s_bytes(vals)
+            yield o.key, _mult_bytes(struct.unpack(f"<{len(b) // 4}f", b), o, to, t.name)
         elif o.what.startswith("kv:"):
             name = o.what[3:]
             part = next((p for p in t.parts if p.role == "kv_scale" and p.key.rsplit(".", 1)[-1] == name), None)

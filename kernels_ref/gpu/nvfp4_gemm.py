@@ -238,7 +238,7 @@ def _config(m: int, n: int, k: int) -> Config:
     return bm, bn, bk, split, warps, stages, 2, swap
 
 
-def default_kernel(m: int, k: int, n: int = 0) -> str:
+def default_kernel(m: int, k: int, n: int) -> str:
     """Which kernel a call without ``config`` runs: "gemv" (M = 1, nvfp4_gemv.py), "gemv-mma" (M = 1
     on the largest layers: the diagonal-MMA GEMV of nvfp4_skinny.py), "skinny" (2 <= M <= 16,
     nvfp4_skinny.py; all three need K % 32 == 0) or "mma" (this module)."""

@@ -79,7 +79,7 @@ def _load_x(x_ptr, m, M, K2, g, ok):
 @triton.jit
 def _word_mmas(wlo, whi, slo, shi, BA, BB, j: tl.constexpr, NB: tl.constexpr, acc):
     """Code word j of rows lo (l // 4) and hi (+ 8), decoded once, through two MMAs (pairs 0, 1
-    and 2, 3) per column block of activations (B registers BA, BB from _x_b_regs). acc: the
+    and 2, 3) per column block of activations (B registers BA, BB from _b_regs16). acc: the
     word's accumulator set (4 per column block)."""
     a0, a1, a2, a3, b0, b1, b2, b3 = acc
     p0, p1, p2, p3 = _decode(wlo, slo)
@@ -116,13 +116,6 @@ def _tile_load(w_ptr, s_ptr, rlo, rhi, stride_wn, stride_sn, gk, ok):
 
 
 @triton.jit
-def _tile_pass(w_ptr, s_ptr, rlo, rhi, stride_wn, stride_sn, gk, ok, BA, BB, NB: tl.constexpr, acc, acc2):
-    """One 16-row tile's pass, loads and all (see _tile_math)."""
-    wlo, whi, slo, shi = _tile_load(w_ptr, s_ptr, rlo, rhi, stride_wn, stride_sn, gk, ok)
-    return _tile_math(wlo, whi, slo, shi, BA, BB, NB, acc, acc2)
-
-
-@triton.jit
 def _tile_math(wlo, whi, slo, shi, BA, BB, NB: tl.constexpr, acc, acc2):
     """A 16-row tile's codes and scale bytes for one pass against both column blocks of
     activations. Words 0, 2 accumulate into acc and words 1, 3 into acc2 (8 accumulators each, 4
@@ -139,14 +132,6 @@ def _tile_math(wlo, whi, slo, shi, BA, BB, NB: tl.constexpr, acc, acc2):
     acc = _word_mmas(wl2, wh2, sl1, sh1, BA, BB, 2, NB, acc)
     acc2 = _word_mmas(wl3, wh3, sl1, sh1, BA, BB, 3, NB, acc2)
     return acc, acc2
-
-
-@triton.jit
-def _x_b_regs(x_ptr, m, M, K2, gk, ok):
-    """Activation row m's group gk (masked past M and past K) as the 16 B registers of its 4 code
-    words."""
-    xa0, xa1, xa2, xa3 = _load_x(x_ptr, m, M, K2, gk, ok)
-    return _b_regs16(xa0, xa1, xa2, xa3)
 
 
 @triton.jit
@@ -176,6 +161,21 @@ def _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, 
     else:
         xb0, xb1, xb2, xb3 = xa0, xa1, xa2, xa3
     return wl, wh, sl, sh, vl, vh, ql, qh, xa0, xa1, xa2, xa3, xb0, xb1, xb2, xb3
+
+
+@triton.jit
+def _pass_math(cur, NB: tl.constexpr, TILES: tl.constexpr, t0, u0, t1, u1):
+    """One pass's decode and MMAs on the values _pass_loads returned (tile 0 into t0 / u0, tile 1
+    into t1 / u1)."""
+    BA = _b_regs16(cur[8], cur[9], cur[10], cur[11])
+    if NB == 2:
+        BB = _b_regs16(cur[12], cur[13], cur[14], cur[15])
+    else:
+        BB = BA
+    t0, u0 = _tile_math(cur[0], cur[1], cur[2], cur[3], BA, BB, NB, t0, u0)
+    if TILES == 2:
+        t1, u1 = _tile_math(cur[4], cur[5], cur[6], cur[7], BA, BB, NB, t1, u1)
+    return t0, u0, t1, u1
 
 
 @triton.jit
@@ -220,27 +220,14 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
             gn = (((p + 1) * SPLIT + pid_k) * W + warp) * 4 + tq    # the next pass's group
             nxt = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, M, K2, gn, gn < KG,
                               NB, TILES)
-            BA = _b_regs16(cur[8], cur[9], cur[10], cur[11])
-            if NB == 2:
-                BB = _b_regs16(cur[12], cur[13], cur[14], cur[15])
-            else:
-                BB = BA
-            t0, u0 = _tile_math(cur[0], cur[1], cur[2], cur[3], BA, BB, NB, t0, u0)
-            if TILES == 2:
-                t1, u1 = _tile_math(cur[4], cur[5], cur[6], cur[7], BA, BB, NB, t1, u1)
+            t0, u0, t1, u1 = _pass_math(cur, NB, TILES, t0, u0, t1, u1)
             cur = nxt
     else:
         for p in range(passes):
             gk = ((p * SPLIT + pid_k) * W + warp) * 4 + tq    # this lane's group of 32 elements
-            ok = gk < KG
-            BA = _x_b_regs(x_ptr, gid, M, K2, gk, ok)
-            if NB == 2:
-                BB = _x_b_regs(x_ptr, gid + 8, M, K2, gk, ok)
-            else:
-                BB = BA
-            t0, u0 = _tile_pass(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok, BA, BB, NB, t0, u0)
-            if TILES == 2:
-                t1, u1 = _tile_pass(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok, BA, BB, NB, t1, u1)
+            cur = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, M, K2, gk, gk < KG,
+                              NB, TILES)
+            t0, u0, t1, u1 = _pass_math(cur, NB, TILES, t0, u0, t1, u1)
     # D fragment of lane l: (row l // 4, columns 2 (l % 4) + 0, 1) and row + 8; after the sum over
     # warps, lane j of the [32] result holds them
     j = tl.arange(0, 32)
@@ -388,24 +375,22 @@ def _nvfp4_diag_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stri
     t1 = t0
     u1 = t0
     passes = tl.cdiv(KG, L)
+    # the skinny kernel's pass, with one column block (NB 1) whose "activation row 0" is x itself
+    # at each lane's own group
     if PREFETCH:
-        cur = _diag_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, K2, i, i < KG, TILES)
+        cur = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, 0, 1, K2, i, i < KG, 1, TILES)
         for p in range(passes):
             gn = (p + 1) * L + i
-            nxt = _diag_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, K2, gn, gn < KG, TILES)
-            BA = _b_regs16(cur[8], cur[9], cur[10], cur[11])
-            t0, u0 = _tile_math(cur[0], cur[1], cur[2], cur[3], BA, BA, 1, t0, u0)
-            if TILES == 2:
-                t1, u1 = _tile_math(cur[4], cur[5], cur[6], cur[7], BA, BA, 1, t1, u1)
+            nxt = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, 0, 1, K2, gn, gn < KG, 1,
+                              TILES)
+            t0, u0, t1, u1 = _pass_math(cur, 1, TILES, t0, u0, t1, u1)
             cur = nxt
     else:
         for p in range(passes):
             gk = p * L + i
-            cur = _diag_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, K2, gk, gk < KG, TILES)
-            BA = _b_regs16(cur[8], cur[9], cur[10], cur[11])
-            t0, u0 = _tile_math(cur[0], cur[1], cur[2], cur[3], BA, BA, 1, t0, u0)
-            if TILES == 2:
-                t1, u1 = _tile_math(cur[4], cur[5], cur[6], cur[7], BA, BA, 1, t1, u1)
+            cur = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, 0, 1, K2, gk, gk < KG, 1,
+                              TILES)
+            t0, u0, t1, u1 = _pass_math(cur, 1, TILES, t0, u0, t1, u1)
     gs = g * 65536.0    # the decode leaves 2^-16 (nvfp4_gemm.WORD_SCALE_SHIFT)
     tl.store(y_ptr + n0, tl.sum(_diag_take(t0[0] + u0[0], t0[1] + u0[1], i), axis=0) * gs)
     tl.store(y_ptr + n0 + 1, tl.sum(_diag_take(t0[2] + u0[2], t0[3] + u0[3], i), axis=0) * gs, mask=n0 + 1 < N)
@@ -414,25 +399,6 @@ def _nvfp4_diag_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stri
                  mask=n0 + 2 < N)
         tl.store(y_ptr + n0 + 3, tl.sum(_diag_take(t1[2] + u1[2], t1[3] + u1[3], i), axis=0) * gs,
                  mask=n0 + 3 < N)
-
-
-@triton.jit
-def _diag_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, K2, gk, ok, TILES: tl.constexpr):
-    """One pass's loads of the diagonal GEMV: rows r0 / r1 (and r2 / r3)'s group gk (codes, scale
-    bytes; the first pair again when TILES == 1) and the group's 16 activation words, as the four
-    [L, 4] words _b_regs16 takes."""
-    wl, wh, sl, sh = _tile_load(w_ptr, s_ptr, r0, r1, stride_wn, stride_sn, gk, ok)
-    if TILES == 2:
-        vl, vh, ql, qh = _tile_load(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok)
-    else:
-        vl, vh, ql, qh = wl, wh, sl, sh
-    xo = (gk * 16)[:, None] + tl.arange(0, 4)[None, :]
-    msk = ok[:, None]
-    x0 = tl.load(x_ptr + xo, mask=msk, other=0)
-    x1 = tl.load(x_ptr + xo + 4, mask=msk, other=0)
-    x2 = tl.load(x_ptr + xo + 8, mask=msk, other=0)
-    x3 = tl.load(x_ptr + xo + 12, mask=msk, other=0)
-    return wl, wh, sl, sh, vl, vh, ql, qh, x0, x1, x2, x3
 
 
 # (warps per program, which split K; row pairs per program; prefetch)
