@@ -22,6 +22,13 @@ bench/gpu_tune.py):
   diagonal-MMA GEMV of ``nvfp4_skinny.py``) and 2 <= M <= 16 to the skinny
   kernel of ``nvfp4_skinny.py`` (mma.sync fed from registers) where K % 32 == 0; this kernel
   serves M >= 17 and any config asked for explicitly.
+* ``TMA=1`` (M >= 17 by default) loads the activation tile and the code words with the Hopper
+  tensor-memory accelerator instead of per-thread copies: at M = 128 the activations are most of
+  the bytes each program reads (the whole 128-row x for every 64 weight rows), and TMA moved them
+  with far fewer instructions: 22.8 -> 20.7 us on 8192x2816, 26.6 -> 24.4 us on 2816x8192
+  (bench/gpu_tma_sweep.py, bench/RESULTS.md). Not with ``SWAP``: swapped operands with TMA and a
+  K split computed wrong partial sums on the H100 under Triton 3.6 (the sweep's float64 check
+  caught 1e33-size errors and NaN), so that combination is refused.
 * ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
   by 16 and keeps masked loads 16 bytes wide; ``EVEN_K`` (K % BLOCK_K == 0) drops the K masks.
 """
@@ -116,7 +123,7 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
                         SPLIT_K,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         DECODE: tl.constexpr, SWAP: tl.constexpr, EVEN_K: tl.constexpr,
-                        FIXUP: tl.constexpr):
+                        FIXUP: tl.constexpr, TMA: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -143,7 +150,10 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
             sb = tl.load(sp, mask=nmask, other=0)
         else:
             sb = tl.load(sp, mask=nmask & ((k0 // 16 + offs_ks)[None, :] < KS), other=0)
-        if DECODE == 2:
+        if TMA:
+            wq = w_ptr.load([pid_n * BLOCK_N, k0 // 8])
+            w = decode_words(wq, sb, BLOCK_N, BLOCK_K)
+        elif DECODE == 2:
             wp = w_ptr + offs_n[:, None] * stride_wn + (k0 // 8 + offs_kw)[None, :]
             if EVEN_K:
                 wq = tl.load(wp, mask=nmask, other=0)
@@ -161,11 +171,14 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
             s = sb.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)   # exact: E4M3 fits bf16
             w = tl.reshape(tl.reshape(w, (BLOCK_N, BLOCK_K // 16, 16)) * tl.reshape(s, (BLOCK_N, BLOCK_K // 16, 1)),
                            (BLOCK_N, BLOCK_K))
-        xp = x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :]
-        if EVEN_K:
-            x = tl.load(xp, mask=offs_m[:, None] < M, other=0.0)
+        if TMA:   # x and the code words through TMA: out-of-range rows and columns read as zero
+            x = x_ptr.load([pid_m * BLOCK_M, k0])
+        elif EVEN_K:
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :], mask=offs_m[:, None] < M,
+                        other=0.0)
         else:
-            x = tl.load(xp, mask=(offs_m[:, None] < M) & ((k0 + offs_k)[None, :] < K), other=0.0)
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :],
+                        mask=(offs_m[:, None] < M) & ((k0 + offs_k)[None, :] < K), other=0.0)
         if SWAP:
             acc = tl.dot(w, tl.trans(x), acc)
         else:
@@ -206,9 +219,9 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
         tl.atomic_add(y_ptrs, acc, mask=ymask)
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, DECODE, SWAP); SPLIT_K is a runtime
-# argument (one compiled kernel serves every split)
-Config = tuple[int, int, int, int, int, int, int, int]
+# (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, DECODE, SWAP[, TMA]); SPLIT_K is a
+# runtime argument (one compiled kernel serves every split); TMA left out means 0
+Config = tuple[int, ...]
 
 
 def _config(m: int, n: int, k: int) -> Config:
@@ -235,7 +248,15 @@ def _config(m: int, n: int, k: int) -> Config:
         # tiles of 8192x2816 stay unsplit: split 2 measured 30 vs 22 us)
         while tiles * split < 0.75 * sms and split < max_split and blocks >= 2 * (split + 1):
             split += 1
-    return bm, bn, bk, split, warps, stages, 2, swap
+    if m <= 16:
+        return bm, bn, bk, split, warps, stages, 2, swap
+    return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k))
+
+
+def tma_ok(k: int) -> bool:
+    """Whether TMA can load this K's tiles: every row must start 16-byte aligned, bf16 x rows (2K
+    bytes) and packed code rows (K/2 bytes), on an sm_90+ GPU."""
+    return k % 32 == 0 and torch.cuda.get_device_capability()[0] >= 9
 
 
 def default_kernel(m: int, k: int, n: int) -> str:
@@ -290,7 +311,13 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
         return nvfp4_w4a16_skinny(x.contiguous(), packed, scales, global_scale, poison=poison)
     assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
     assert x.stride(1) == 1 and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
-    bm, bn, bk, split, warps, stages, decode, swap = config or _config(m, n, k)
+    bm, bn, bk, split, warps, stages, decode, swap, *rest = config or _config(m, n, k)
+    tma = rest[0] if rest else 0
+    if tma and (swap or decode != 2 or not tma_ok(k)):
+        raise ValueError(f"config {config}: TMA needs DECODE 2, no SWAP (wrong results seen with it) "
+                         f"and K % 32 == 0 on an sm_90+ GPU (K = {k})")
+    if tma and (x.data_ptr() % 16 or packed.data_ptr() % 16 or x.stride(0) % 8 or packed.stride(0) % 16):
+        tma = 0   # a view TMA cannot describe (unaligned start or rows); the per-thread loads can
     grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
     fixup = split > 1 and SPLIT_K_FIXUP
     if split > 1 and not fixup:  # atomics need a zeroed output, so NaN poisoning only applies to split == 1
@@ -304,10 +331,16 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     else:
         ws = cnt = y
     w = packed.view(torch.int32) if decode == 2 else packed   # DECODE 2 reads whole words
+    strides = (x.stride(0), w.stride(0), scales.stride(0), y.stride(0))
+    if tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        x = TensorDescriptor.from_tensor(x, [bm, bk])
+        w = TensorDescriptor.from_tensor(w, [bn, bk // 8])
     _nvfp4_w4a16_kernel[grid](x, w, scales, y, ws, cnt, m, n, k, k // 2, k // 16, float(global_scale),
-                              x.stride(0), w.stride(0), scales.stride(0), y.stride(0), split,
+                              *strides, split,
                               BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DECODE=decode, SWAP=swap, EVEN_K=k % bk == 0,
-                              FIXUP=fixup, num_warps=warps, num_stages=stages)
+                              FIXUP=fixup, TMA=tma, num_warps=warps, num_stages=stages)
     return y
 
 
