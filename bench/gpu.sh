@@ -15,3 +15,4 @@ python3 bench/gpu_stream_bench.py --json "$OUT/gpu_stream_bench.json" 2>&1 | tee
 python3 bench/gpu_gemv.py --no-sweep --json "$OUT/gpu_gemv.json" 2>&1 | tee "$OUT/gpu_gemv.log"
 python3 bench/gpu_gemv_mma.py --configs "1,1,0;4,1,0;4,2,0" --json "$OUT/gpu_gemv_mma.json" 2>&1 | tee "$OUT/gpu_gemv_mma.log"
 python3 bench/gpu_skinny.py --ms 8,2,16 --small-sweep --json "$OUT/gpu_skinny.json" 2>&1 | tee "$OUT/gpu_skinny.log"
+python3 bench/gpu_tma_sweep.py --configs "128,64,128,1,4,4,2,0,0;128,64,128,1,4,4,2,0,1;128,64,128,3,4,4,2,0,0;128,64,128,3,4,4,2,0,1" --json "$OUT/gpu_tma.json" 2>&1 | tee "$OUT/gpu_tma.log"

@@ -16,7 +16,7 @@ import multiprocessing as mp
 import os
 
 import torch
-from gpu_stream_bench import graph_time_us, shape_args, shape_weights
+from gpu_stream_bench import graph_time_us, parse_configs, parse_shapes, shape_args, shape_weights
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm
 
 
@@ -65,12 +65,12 @@ def main() -> None:
     shape_args(ap)
     ap.add_argument("--ms", default="128")
     ap.add_argument("--top", type=int, default=8)
+    ap.add_argument("--configs", default=None, help="these configs only, e.g. '128,64,256,1,4,3,2,0,1;...'")
     a = ap.parse_args()
     ms = [int(v) for v in a.ms.split(",")]
-    shapes = [(8192, 2816), (2816, 8192)] if a.shapes is None else None
     shapes_arg = a.shapes or "8192x2816,2816x8192"
-    from gpu_stream_bench import parse_shapes
-    precompile([(m, n, k, space(m)) for n, k in (shapes or parse_shapes(shapes_arg)) for m in ms])
+    configs = (lambda m: parse_configs(a.configs)) if a.configs else space
+    precompile([(m, n, k, configs(m)) for n, k in parse_shapes(shapes_arg) for m in ms])
     rows = []
     for n, k, gw, qs, ws in shape_weights(shapes_arg):
         g = gw.global_scale
@@ -80,7 +80,7 @@ def main() -> None:
             t_b = graph_time_us([lambda wi=wi: torch.matmul(x, wi.T) for wi in ws])
             t_d = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemm(x, p, s, g) for p, s in qs])
             res = []
-            for c in space(m):
+            for c in configs(m):
                 try:
                     y = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, g, poison=True, config=c)
                     err = float(((y.double() - ref).norm() / ref.norm()).item())

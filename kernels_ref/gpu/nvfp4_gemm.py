@@ -253,6 +253,20 @@ def _config(m: int, n: int, k: int) -> Config:
     return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k))
 
 
+# Programmatic dependent launch for the M <= 16 kernels (sm_90+): launched with it, a kernel's
+# programs start while the previous kernel's last programs run, put their first weight loads in
+# flight, and wait (griddepcontrol.wait) before touching the activations or the output. That
+# assumes the weights were not written by the kernel just before (true of a deployed checkpoint;
+# set PDL = False when it is not). None: on where the GPU supports it.
+PDL: bool | None = False
+
+
+def pdl_default() -> int:
+    if PDL is None:
+        return int(torch.cuda.get_device_capability()[0] >= 9)
+    return int(PDL)
+
+
 def tma_ok(k: int) -> bool:
     """Whether TMA can load this K's tiles: every row must start 16-byte aligned, bf16 x rows (2K
     bytes) and packed code rows (K/2 bytes), on an sm_90+ GPU."""
