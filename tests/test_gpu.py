@@ -217,7 +217,8 @@ def test_skinny_mma_kernel_matches_float64(m):
 @needs_cuda
 @pytest.mark.parametrize("m", [17, 100, 128])
 def test_mma_kernel_tma_matches_float64(m):
-    """The MMA kernel with TMA loads (the default at M >= 17 on sm_90+), on an odd shape (N = 515:
+    """The MMA kernel with TMA loads (the default at M >= 17 on sm_90+ inside CUDA-graph capture;
+    eager calls keep the per-thread loads), on an odd shape (N = 515:
     a partial 64-row tile that TMA zero-fills; K = 1056 = 8.25 blocks of 128, so the last block
     reads past K) and a 2816x8192 slice, each with and without a K split and against the
     per-thread-load kernel: all outputs written, equal to the float64 product up to fp32 summation,
@@ -231,16 +232,28 @@ def test_mma_kernel_tma_matches_float64(m):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         ref = x.double() @ gw.w.double().T
         kernel, default = K.default_config(m, n, k)
-        assert kernel == "mma" and default[8] == 1, default
+        assert kernel == "mma" and default[8] == 0, default   # eager: no host descriptor encoding
         bm = 64 if m <= 64 else 128
         for cfg in (None, (bm, 64, 128, 1, 4, 4, 2, 0, 1), (bm, 64, 128, 3, 4, 4, 2, 0, 1),
-                    (bm, 64, 128, 2, 4, 3, 2, 0, 1), (bm, 128, 64, 2, 8, 3, 2, 0, 1), (bm, 64, 128, 3, 4, 4, 2, 0, 0)):
+                    (bm, 64, 128, 2, 4, 3, 2, 0, 1), (bm, 128, 64, 2, 8, 3, 2, 0, 1), (bm, 64, 128, 3, 4, 4, 2, 0, 0),
+                    (bm, 64, 128, 1, 4, 4, 2, 0, 2), (bm, 64, 128, 3, 4, 4, 2, 0, 2)):
             for _ in range(2):
                 y = K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
                 assert y.shape == (m, n) and not torch.isnan(y).any(), (n, k, cfg)
                 err = float((y.double() - ref).norm() / ref.norm())
                 # wgmma's fp32 accumulation aligns addends with truncation: 2.5e-6 measured at K = 8192
                 assert err < 1e-5, (n, k, cfg, err)
+        # captured into a CUDA graph the default takes TMA (compiled first: no compiling in a capture)
+        K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, config=default[:8] + (1,))
+        torch.cuda.synchronize()
+        graph, seen = torch.cuda.CUDAGraph(), []
+        with torch.cuda.graph(graph):
+            seen.append(K.default_config(m, n, k)[1])
+            y = K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert seen[0][8] == 1, seen
+        assert not torch.isnan(y).any() and float((y.double() - ref).norm() / ref.norm()) < 1e-5
     assert int(K._COUNTERS[("cuda", x.device.index)].abs().sum()) == 0
     with pytest.raises(ValueError, match="TMA"):
         K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, config=(128, 64, 128, 2, 4, 3, 2, 1, 1))

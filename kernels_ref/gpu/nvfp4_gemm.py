@@ -22,11 +22,13 @@ bench/gpu_tune.py):
   diagonal-MMA GEMV of ``nvfp4_skinny.py``) and 2 <= M <= 16 to the skinny
   kernel of ``nvfp4_skinny.py`` (mma.sync fed from registers) where K % 32 == 0; this kernel
   serves M >= 17 and any config asked for explicitly.
-* ``TMA=1`` (M >= 17 by default) loads the activation tile and the code words with the Hopper
-  tensor-memory accelerator instead of per-thread copies: at M = 128 the activations are most of
-  the bytes each program reads (the whole 128-row x for every 64 weight rows), and TMA moved them
-  with far fewer instructions: 22.8 -> 20.7 us on 8192x2816, 26.6 -> 24.4 us on 2816x8192
-  (bench/gpu_tma_sweep.py, bench/RESULTS.md). Not with ``SWAP``: swapped operands with TMA and a
+* ``TMA=1`` loads the activation tile and the code words with the Hopper tensor-memory
+  accelerator instead of per-thread copies: at M = 128 the activations are most of the bytes each
+  program reads (the whole 128-row x for every 64 weight rows), and TMA moves them with far fewer
+  instructions: 22.5 -> 20.5 us on 8192x2816, 26.7 -> 24.5 us on 2816x8192 (bench/gpu_tma_sweep.py,
+  bench/RESULTS.md). The default at M >= 17 on sm_90+ while a CUDA graph is being captured (as
+  engines launch); eager calls keep the per-thread loads, because Triton encodes host descriptors
+  at every launch (bench/gpu_launch_overhead.py). Not with ``SWAP``: swapped operands with TMA and a
   K split computed wrong partial sums on the H100 under Triton 3.6 (the sweep's float64 check
   caught 1e33-size errors and NaN), so that combination is refused.
 * ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
@@ -35,6 +37,7 @@ bench/gpu_tune.py):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,7 +229,7 @@ Config = tuple[int, ...]
 
 def _config(m: int, n: int, k: int) -> Config:
     """Default tiles, from bench/gpu_tune.py on an H100 (Gemma-4-26B shapes, bench/RESULTS.md)."""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sms, _ = _device_info(torch.cuda.current_device())
     if m <= 16:
         bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
         # the widest K block that divides K: no K masks (2112 and 704 take 64)
@@ -250,7 +253,10 @@ def _config(m: int, n: int, k: int) -> Config:
             split += 1
     if m <= 16:
         return bm, bn, bk, split, warps, stages, 2, swap
-    return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k))
+    # TMA only where the launch is being captured into a CUDA graph: eagerly, Triton encodes the
+    # two descriptors on the host at every launch (+40-90 us per call on the H100 machine's CPU,
+    # against 2 us of GPU time saved; bench/gpu_launch_overhead.py), while a graph pays that once
+    return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k) and torch.cuda.is_current_stream_capturing())
 
 
 # Programmatic dependent launch for the M <= 16 kernels (sm_90+): launched with it, a kernel's
@@ -263,14 +269,22 @@ PDL: bool | None = False
 
 def pdl_default() -> int:
     if PDL is None:
-        return int(torch.cuda.get_device_capability()[0] >= 9)
+        return int(_device_info(torch.cuda.current_device())[1] >= 9)
     return int(PDL)
 
 
 def tma_ok(k: int) -> bool:
     """Whether TMA can load this K's tiles: every row must start 16-byte aligned, bf16 x rows (2K
     bytes) and packed code rows (K/2 bytes), on an sm_90+ GPU."""
-    return k % 32 == 0 and torch.cuda.get_device_capability()[0] >= 9
+    return k % 32 == 0 and _device_info(torch.cuda.current_device())[1] >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def _device_info(device: int) -> tuple[int, int]:
+    """(SM count, compute-capability major), asked once per device: the query costs more host
+    time than the rest of a launch's Python (bench/gpu_launch_overhead.py)."""
+    p = torch.cuda.get_device_properties(device)
+    return p.multi_processor_count, p.major
 
 
 def default_kernel(m: int, k: int, n: int) -> str:
