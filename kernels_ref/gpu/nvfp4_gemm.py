@@ -254,23 +254,22 @@ def _config(m: int, n: int, k: int) -> Config:
     if m <= 16:
         return bm, bn, bk, split, warps, stages, 2, swap
     # TMA only where the launch is being captured into a CUDA graph: eagerly, Triton encodes the
-    # two descriptors on the host at every launch (+40-90 us per call on the H100 machine's CPU,
+    # two descriptors on the host at every launch (+10-90 us per call on the H100 machine's CPU,
     # against 2 us of GPU time saved; bench/gpu_launch_overhead.py), while a graph pays that once
     return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k) and torch.cuda.is_current_stream_capturing())
 
 
-# Programmatic dependent launch for the M <= 16 kernels (sm_90+): launched with it, a kernel's
-# programs start while the previous kernel's last programs run, put their first weight loads in
-# flight, and wait (griddepcontrol.wait) before touching the activations or the output. That
-# assumes the weights were not written by the kernel just before (true of a deployed checkpoint;
-# set PDL = False when it is not). None: on where the GPU supports it.
-PDL: bool | None = False
+# Programmatic dependent launch for the skinny and diagonal kernels (sm_90+): launched with it, a
+# kernel's programs start while the previous kernel's last programs run, put their first weight
+# loads in flight, and wait (griddepcontrol.wait) before touching the activations or the output.
+# That assumes the weights were not written by the kernel just before: true of a deployed
+# checkpoint, not of every caller, so it is off unless asked for (True: on where the GPU supports
+# it). Measured in bench/RESULTS.md: M = 16 gains up to 1.2 us, the one-warp diagonal GEMV loses.
+PDL = False
 
 
 def pdl_default() -> int:
-    if PDL is None:
-        return int(_device_info(torch.cuda.current_device())[1] >= 9)
-    return int(PDL)
+    return int(bool(PDL) and _device_info(torch.cuda.current_device())[1] >= 9)
 
 
 def tma_ok(k: int) -> bool:
