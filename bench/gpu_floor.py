@@ -100,7 +100,7 @@ def sweep(row: dict, m: int, n: int, k: int, gw, qs) -> None:
         res.append((t, cfg))
     res.sort()
     row[f"sweep_M{m}"] = res[:8]
-    print(f"  M={m} MMA-kernel sweep ({len(res)} configs, graph timing), default {default_config(m, n, k)}: "
+    print(f"  M={m} MMA-kernel sweep ({len(res)} configs, graph timing), default {default_config(m, n, k, in_graph=True)}: "
           f"{row[f'triton_M{m}_us']:.1f} us; best:")
     for t, cfg in res[:5]:
         print(f"    {t:6.1f} us = {row[f'bf16_M{m}_us'] / t:4.2f}x bf16  {cfg}")

@@ -95,7 +95,7 @@ def main() -> None:
                 res.append((t, c))
             res.sort()
             best_by_tma = {tma: next((r for r in res if r[1][8] == tma), None) for tma in (0, 1)}
-            print(f"{n}x{k} M={m}: bf16 {t_b:.1f} us, default {default_config(m, n, k)} (TMA in the graph) {t_d:.1f} us "
+            print(f"{n}x{k} M={m}: bf16 {t_b:.1f} us, default {default_config(m, n, k, in_graph=True)} {t_d:.1f} us "
                   f"= {t_b / t_d:.2f}x; {len(res)} configs")
             for t, c in res[:a.top]:
                 print(f"    {t:6.1f} us = {t_b / t:4.2f}x  {c}")

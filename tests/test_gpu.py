@@ -233,6 +233,7 @@ def test_mma_kernel_tma_matches_float64(m):
         ref = x.double() @ gw.w.double().T
         kernel, default = K.default_config(m, n, k)
         assert kernel == "mma" and default[8] == 0, default   # eager: no host descriptor encoding
+        assert K.default_config(m, n, k, in_graph=True)[1] == default[:8] + (1,)
         bm = 64 if m <= 64 else 128
         for cfg in (None, (bm, 64, 128, 1, 4, 4, 2, 0, 1), (bm, 64, 128, 3, 4, 4, 2, 0, 1),
                     (bm, 64, 128, 2, 4, 3, 2, 0, 1), (bm, 128, 64, 2, 8, 3, 2, 0, 1), (bm, 64, 128, 3, 4, 4, 2, 0, 0),

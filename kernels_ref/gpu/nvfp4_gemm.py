@@ -227,8 +227,9 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
 Config = tuple[int, ...]
 
 
-def _config(m: int, n: int, k: int) -> Config:
-    """Default tiles, from bench/gpu_tune.py on an H100 (Gemma-4-26B shapes, bench/RESULTS.md)."""
+def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
+    """Default tiles, from bench/gpu_tune.py on an H100 (Gemma-4-26B shapes, bench/RESULTS.md).
+    IN_GRAPH: whether the call is captured into a CUDA graph (None: whether it is now)."""
     sms, _ = _device_info(torch.cuda.current_device())
     if m <= 16:
         bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
@@ -256,7 +257,9 @@ def _config(m: int, n: int, k: int) -> Config:
     # TMA only where the launch is being captured into a CUDA graph: eagerly, Triton encodes the
     # two descriptors on the host at every launch (+10-90 us per call on the H100 machine's CPU,
     # against 2 us of GPU time saved; bench/gpu_launch_overhead.py), while a graph pays that once
-    return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k) and torch.cuda.is_current_stream_capturing())
+    if in_graph is None:
+        in_graph = torch.cuda.is_current_stream_capturing()
+    return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k) and in_graph)
 
 
 # Programmatic dependent launch for the skinny and diagonal kernels (sm_90+): launched with it, a
@@ -299,8 +302,9 @@ def default_kernel(m: int, k: int, n: int) -> str:
     return "mma"
 
 
-def default_config(m: int, n: int, k: int) -> tuple[str, tuple]:
-    """The kernel and config a call without ``config`` runs: for reports and benches."""
+def default_config(m: int, n: int, k: int, in_graph: bool | None = None) -> tuple[str, tuple]:
+    """The kernel and config a call without ``config`` runs: for reports and benches (IN_GRAPH:
+    as captured into a CUDA graph, or not; None: as a call made here and now)."""
     kernel = default_kernel(m, k, n)
     if kernel == "gemv":
         from .nvfp4_gemv import gemv_config
@@ -314,7 +318,7 @@ def default_config(m: int, n: int, k: int) -> tuple[str, tuple]:
         from .nvfp4_skinny import skinny_config
 
         return kernel, skinny_config(m, n, k)
-    return kernel, _config(m, n, k)
+    return kernel, _config(m, n, k, in_graph)
 
 
 def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
