@@ -12,6 +12,7 @@ python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -s 2>&1 | tee "$OUT/g
 python3 -m nvfp4tools verify "$(python3 -c 'from nvfp4tools.synth import synthesize; import tempfile; d=tempfile.mkdtemp(); synthesize(d+"/t"); print(d+"/t")')" --backend all 2>&1 | tee "$OUT/verify_all.log"
 python3 bench/gpu_bench.py --json "$OUT/gpu_bench.json" 2>&1 | tee "$OUT/gpu_bench.log"
 python3 bench/gpu_stream_bench.py --json "$OUT/gpu_stream_bench.json" 2>&1 | tee "$OUT/gpu_stream_bench.log"
+python3 bench/gpu_bench_cli.py --json-dir "$OUT" 2>&1 | tee "$OUT/gpu_bench_cli.log"
 python3 bench/gpu_gemv.py --no-sweep --json "$OUT/gpu_gemv.json" 2>&1 | tee "$OUT/gpu_gemv.log"
 python3 bench/gpu_gemv_mma.py --configs "1,1,0;4,1,0;4,2,0" --json "$OUT/gpu_gemv_mma.json" 2>&1 | tee "$OUT/gpu_gemv_mma.log"
 python3 bench/gpu_skinny.py --ms 8,2,16 --small-sweep --json "$OUT/gpu_skinny.json" 2>&1 | tee "$OUT/gpu_skinny.log"

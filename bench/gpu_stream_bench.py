@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import triton
 
+from nvfp4tools.gpubench import L2_MULTIPLE_BYTES, graph_time_us  # noqa: F401  (the kernel benches import both from here)
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm, random_weight
 
 SHAPES = [(8192, 2816), (2816, 8192), (2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (2816, 704)]
 MS = (1, 16, 128)
-L2_MULTIPLE_BYTES = 256 * 2**20
 
 
 @triton.jit
@@ -61,31 +61,6 @@ def rotating_copies(gw) -> tuple[list, list]:
     qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(-(-L2_MULTIPLE_BYTES // gw.nbytes))]
     ws = [w.clone() for _ in range(-(-L2_MULTIPLE_BYTES // (w.numel() * 2)))]
     return qs, ws
-
-
-def graph_time_us(calls, replays: int = 20) -> float:
-    """Median per-call time of CALLS replayed from one CUDA graph."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for c in calls:  # warm up (compiles, allocator pools) outside the capture
-            c()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(calls))
-    return float(np.median(times))
 
 
 def main() -> None:

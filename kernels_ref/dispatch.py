@@ -31,6 +31,18 @@ class LayerCase:
 
 
 @dataclass
+class DeviceCase:
+    """One layer already on the GPU, as ``bench`` times it (torch tensors; typed loosely so that
+    this module stays importable without torch)."""
+
+    x: object                          # bf16 activations [M, K]
+    packed: object                     # uint8 [N, K/2], element 2i in the low nibble of byte i
+    scales: object                     # uint8 E4M3 [N, K/16]
+    global_scale: float                # multiplier
+    input_scale: float | None = None   # multiplier (W4A4 backends need it)
+
+
+@dataclass
 class Backend:
     name: str
     description: str
@@ -39,6 +51,11 @@ class Backend:
     run: Callable[[LayerCase], np.ndarray]
     tolerance_source: str = ""
     activations: str = "w4a16"   # "w4a4": compared with a reference over NVFP4-quantized activations
+    # bench: DeviceCase -> a call that runs the GEMM on the device and nothing else (inputs
+    # prepared outside it, no host transfer, no synchronisation: it is replayed from a CUDA graph).
+    # Raises ValueError where this layer cannot run (say why). None: bench does not time it.
+    timer: Callable[[DeviceCase], Callable[[], object]] | None = None
+    timer_missing: str = "bench does not time this backend"
 
 
 _BACKENDS: dict[str, Backend] = {}

@@ -79,6 +79,84 @@ def test_bench_without_cuda_says_why(run_cli, synth_dir):
 
 
 @needs_cuda
+def test_bench_timers_compute_the_backend_result():
+    """What bench times is each backend's GEMM: every timer's output matches the float64 reference
+    within that backend's tolerance (an odd shape: masked tails in every kernel)."""
+    import torch
+
+    from nvfp4tools.kernels_ref.dispatch import DeviceCase, resolve
+    from nvfp4tools.kernels_ref.gemm import quantize_activations_nvfp4
+    from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import random_weight
+
+    gw = random_weight(515, 1056, np.random.default_rng(3))
+    w = gw.w.double().cpu().numpy()
+    timed = [b for b in resolve("all") if b.timer is not None]
+    assert {"torch", "triton", "triton-w4a4"} <= {b.name for b in timed}
+    for m in (1, 9, 40):
+        x = torch.randn(m, 1056, device="cuda").to(torch.bfloat16)
+        xs = x.float().cpu().numpy()
+        inp = float(np.abs(xs).max() / 2688)
+        for b in timed:
+            y = b.timer(DeviceCase(x, gw.packed, gw.scales, gw.global_scale, inp))()
+            y = y.double().cpu().numpy()
+            xr = quantize_activations_nvfp4(xs, inp) if b.activations == "w4a4" else xs
+            ref = xr.astype(np.float64) @ w.T
+            err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+            assert np.isfinite(y).all() and err <= b.tolerance_rel, (b.name, m, err)
+    with pytest.raises(ValueError, match="input scale"):
+        next(b for b in timed if b.name == "triton-w4a4").timer(DeviceCase(x, gw.packed, gw.scales, 1.0, None))
+
+
+@needs_cuda
+@pytest.mark.parametrize("timing", ["graph", "single"])
+def test_bench_command_times_every_backend(run_cli, synth_dir, timing):
+    import json
+    import math
+
+    path = synth_dir(fmt="modelopt", recipe="all-linear")
+    r = run_cli("bench", path, "--ms", "1,16", "--max-shapes", "2", "--timing", timing, "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    _validate_bench_schema(rep)
+    assert rep["timing"] == timing and {"torch", "triton"} <= set(rep["backends"])
+    assert "scaled_mm" in rep["not_timed"] and rep["not_timed"]["scaled_mm"]
+    assert len(rep["rows"]) == 4 and {x["M"] for x in rep["rows"]} == {1, 16}
+    for x in rep["rows"]:
+        assert math.isfinite(x["cublas_bf16_us"]) and x["cublas_bf16_us"] > 0
+        assert x["triton_us"] == x["backends"]["triton"]["us"] > 0
+        assert set(x["backends"]) | set(x["skipped"]) == set(rep["backends"])
+    t = run_cli("bench", path, "--ms", "1", "--max-shapes", "1", "--timing", timing)
+    assert t.exit_code == 0 and "triton us (vs bf16)" in t.stdout and "not timed: scaled_mm" in t.stdout
+
+
+def _validate_bench_schema(rep) -> None:
+    import json
+    import os
+
+    jsonschema = pytest.importorskip("jsonschema")
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "schema", "bench.json")) as fh:
+        jsonschema.validate(rep, json.load(fh))
+
+
+def test_bench_table_renders_backends_and_reasons():
+    from nvfp4tools.cli.bench import render_table
+
+    row = {"tensor": "l.0.q_proj", "N": 64, "K": 128, "M": 1, "cublas_bf16_us": 10.0, "triton_us": 4.0, "speedup_vs_bf16": 2.5,
+           "triton_weight_GBps": 1.2, "kernel": "gemv", "config": [], "weight_copies": [1, 1],
+           "backends": {"triton": {"us": 4.0, "speedup_vs_bf16": 2.5, "weight_GBps": 1.2},
+                        "torch": {"us": 40.0, "speedup_vs_bf16": 0.25, "weight_GBps": 0.1}},
+           "skipped": {"triton-w4a4": "no static input scale on this layer (W4A4 needs one)"}}
+    rep = {"schema": "nvfp4tools/bench/v1", "tool_version": "0", "source": "/c", "device": "GPU", "timing": "graph",
+           "roofline_speedup_limit": 3.556, "backends": ["triton", "triton-w4a4", "torch"],
+           "not_timed": {"vllm": "vllm is not installed"}, "rows": [row]}
+    _validate_bench_schema(rep)
+    out = render_table(rep)
+    assert "4.0 (2.50x)" in out and "40.0 (0.25x)" in out and "CUDA-graph replay" in out
+    assert "triton-w4a4 skipped on some shapes: no static input scale" in out
+    assert "not timed: vllm: vllm is not installed" in out
+
+
+@needs_cuda
 def test_triton_activation_fakequant_is_bit_exact():
     """The GPU W4A4 activation quantizer gives ModelOpt's codes and block scales exactly, ties included."""
     import torch

@@ -19,7 +19,7 @@ vLLM's NVFP4 GEMM tests use atol/rtol 1e-1, its Marlin FP4 test a mean relative 
 from __future__ import annotations
 
 import numpy as np
-from nvfp4tools.kernels_ref.dispatch import Backend, LayerCase, register
+from nvfp4tools.kernels_ref.dispatch import Backend, DeviceCase, LayerCase, register
 
 
 def _cuda_reason() -> str | None:
@@ -164,22 +164,63 @@ def _import_reason(mod: str, what: str) -> str | None:
     return "its NVFP4 GEMM entry point is not wired up in this nvfp4tools version"
 
 
+# -- bench: the same backends as device-only calls (see Backend.timer) ------------------------------
+
+def _time_torch(dc: DeviceCase):
+    """What the ``torch`` backend does per call: dequantize the packed weight with torch ops (a
+    16-entry table, block scales, global), then a float32 matmul with TF32 off."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    lut = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6],
+                       dtype=torch.float32, device=dc.packed.device)
+    x = dc.x.float()
+    packed, scales, g = dc.packed, dc.scales, dc.global_scale
+    n = packed.shape[0]
+
+    def call():
+        codes = torch.stack((packed & 0xF, packed >> 4), dim=-1).view(n, -1).long()
+        sb = scales.view(torch.float8_e4m3fn).float()
+        w = (lut[codes].view(n, -1, 16) * sb.unsqueeze(-1)).view(n, -1) * g
+        return torch.matmul(x, w.T)
+    return call
+
+
+def _time_triton(dc: DeviceCase):
+    from .nvfp4_gemm import nvfp4_w4a16_gemm
+
+    return lambda: nvfp4_w4a16_gemm(dc.x, dc.packed, dc.scales, dc.global_scale)
+
+
+def _time_triton_w4a4(dc: DeviceCase):
+    from .nvfp4_gemm import nvfp4_w4a4_gemm
+
+    if dc.input_scale is None:
+        raise ValueError("no static input scale on this layer (W4A4 needs one)")
+    x = dc.x.float().contiguous()
+    return lambda: nvfp4_w4a4_gemm(x, dc.packed, dc.scales, dc.global_scale, dc.input_scale)
+
+
 def _never(case: LayerCase) -> np.ndarray:  # pragma: no cover
     raise RuntimeError("unavailable backend called")
 
 
 register(Backend("torch", "torch ops: GPU dequantization, float32 matmul (TF32 off)", 1e-5, _cuda_reason, _run_torch,
-                 "float32 accumulation on the GPU"))
+                 "float32 accumulation on the GPU", timer=_time_torch))
 register(Backend("triton", "nvfp4tools' fused Triton NVFP4 W4A16 kernels: row 0 GEMV, rows 1-7 skinny mma.sync, "
                            "rest MMA GEMM (fp32 accumulate)", 5e-3,
-                 _triton_reason, _run_triton, "bf16 activations (2^-9 relative), exact bf16 weights, fp32 epilogue"))
+                 _triton_reason, _run_triton, "bf16 activations (2^-9 relative), exact bf16 weights, fp32 epilogue",
+                 timer=_time_triton))
 register(Backend("triton-w4a4", "W4A4 emulation: activations fake-quantized to NVFP4 on the GPU (ModelOpt-exact "
                  "rounding), then the Triton kernel; both globals in the epilogue", 1e-4, _triton_reason,
                  _run_triton_w4a4, "quantized activations and weights are exact in bf16: only fp32 accumulation "
-                 "order differs from the reference over the same NVFP4 activations", activations="w4a4"))
+                 "order differs from the reference over the same NVFP4 activations", activations="w4a4",
+                 timer=_time_triton_w4a4))
 register(Backend("scaled_mm", "torch._scaled_mm with FP4 operands and 128x4-swizzled block scales", 1e-2,
                  _scaled_mm_reason, _run_scaled_mm, "against the reference over the same NVFP4 activations",
-                 activations="w4a4"))
+                 activations="w4a4",
+                 timer_missing="bench does not time scaled_mm yet: no GPU with FP4 tensor cores was at hand to "
+                               "check a timing path on"))
 register(Backend("vllm", "vLLM's NVFP4 CUTLASS / Marlin FP4 GEMM", 4e-2,
                  lambda: _import_reason("vllm", "pip install vllm on a CUDA machine"), _never,
                  "vLLM test_marlin_gemm: mean relative error < 0.04"))
