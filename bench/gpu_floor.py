@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
-from gpu_stream_bench import L2_MULTIPLE_BYTES, graph_time_us
+from gpu_stream_bench import copies_for, graph_time_us
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
     default_config,
     nvfp4_w4a16_gemm,
@@ -45,7 +45,7 @@ def _read(p, out, n_words, BLOCK: tl.constexpr):
 def read_floor_us(nbytes: int, sms: int) -> tuple[float, tuple]:
     """Best READ time over the sweep for NBYTES (copies beyond L2), and its (programs, BLOCK, warps)."""
     words = nbytes // 4
-    copies = -(-L2_MULTIPLE_BYTES // nbytes)
+    copies = copies_for(nbytes)
     bufs = [torch.randint(-2**31, 2**31 - 1, (words,), dtype=torch.int32, device="cuda") for _ in range(copies)]
     out = torch.empty(64 * sms, dtype=torch.int32, device="cuda")
     best = (float("inf"), ())
@@ -123,8 +123,8 @@ def main() -> None:
         t_rq, cfg_rq = read_floor_us(qbytes, sms)
         t_rb, cfg_rb = read_floor_us(bbytes, sms)
         w = gw.w.to(torch.bfloat16)
-        ws = [w.clone() for _ in range(-(-L2_MULTIPLE_BYTES // bbytes))]
-        qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(-(-L2_MULTIPLE_BYTES // qbytes))]
+        ws = [w.clone() for _ in range(copies_for(bbytes))]
+        qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(copies_for(qbytes))]
         row = {"N": n, "K": k, "read_nvfp4_us": t_rq, "read_nvfp4_cfg": cfg_rq, "read_bf16_us": t_rb,
                "read_bf16_cfg": cfg_rb}
         for m in (1, 16, 128):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import triton
 
-from nvfp4tools.gpubench import L2_MULTIPLE_BYTES, graph_time_us  # noqa: F401  (the kernel benches import both from here)
+from nvfp4tools.gpubench import copies_for, graph_time_us  # noqa: F401  (the kernel benches import both from here)
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm, random_weight
 
 SHAPES = [(8192, 2816), (2816, 8192), (2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (2816, 704)]
@@ -58,8 +58,8 @@ def rotating_copies(gw) -> tuple[list, list]:
     """Enough copies of a GpuWeight's NVFP4 parts and of its bf16 dequantization to exceed the L2
     cache several times over: ([(packed, scales), ...], [w_bf16, ...])."""
     w = gw.w.to(torch.bfloat16)
-    qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(-(-L2_MULTIPLE_BYTES // gw.nbytes))]
-    ws = [w.clone() for _ in range(-(-L2_MULTIPLE_BYTES // (w.numel() * 2)))]
+    qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(copies_for(gw.nbytes))]
+    ws = [w.clone() for _ in range(copies_for(w.numel() * 2))]
     return qs, ws
 
 
@@ -81,7 +81,7 @@ def main() -> None:
         packed, scales, g = gw.packed, gw.scales, gw.global_scale
         w = gw.w.to(torch.bfloat16)
         qbytes, bbytes = gw.nbytes, w.numel() * 2
-        nq, nb = -(-L2_MULTIPLE_BYTES // qbytes), -(-L2_MULTIPLE_BYTES // bbytes)
+        nq, nb = copies_for(qbytes), copies_for(bbytes)
         qs = [(packed.clone(), scales.clone()) for _ in range(nq)]
         ws = [w.clone() for _ in range(nb)]
         for m in MS:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, UsageError
 from .model import Checkpoint
 
 ROOFLINE = 2 / 0.5625
@@ -74,8 +74,9 @@ def copies_for(nbytes: int) -> int:
 
 def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: int = 16,
               backends: list | None = None, timing: str = "graph") -> dict[str, Any]:
-    """Time BACKENDS (default: every available one with a timer) on the checkpoint's NVFP4 linear
-    shapes. Backends that cannot be timed are listed in ``not_timed`` with the reason."""
+    """Time BACKENDS (default: every available one; ``ref``, the CPU reference, never) on the
+    checkpoint's NVFP4 linear shapes. Backends that cannot be timed are listed in ``not_timed``
+    with the reason."""
     from nvfp4tools.kernels_ref import dispatch
     from nvfp4tools.kernels_ref.gpu.backends import _triton_reason
 
@@ -89,8 +90,10 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
     from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, upload
     from nvfp4tools.tensors import canonical_nvfp4
 
-    if backends is None:
-        backends = [b for b in dispatch.resolve("all") if b.name != "ref"]
+    backends = [b for b in (dispatch.resolve("all") if backends is None else backends) if b.name != "ref"]
+    if not backends:
+        raise UsageError("no GPU backend to time (ref is the CPU reference)",
+                         hint="--backend all, or a list such as triton,torch")
     not_timed = {b.name: b.timer_missing for b in backends if b.timer is None}
     timed = [b for b in backends if b.timer is not None]
     for s in dispatch.status():

@@ -48,7 +48,7 @@ def bench_cmd(path: str, backend: str, ms: tuple[int, ...], timing: str, max_sha
     from nvfp4tools.gpubench import run_bench
     from nvfp4tools.kernels_ref.dispatch import resolve
 
-    backends = None if backend == "all" else [b for b in resolve(backend) if b.name != "ref"]
+    backends = None if backend == "all" else resolve(backend)
     ckpt = formats.read(path)
     emit(run_bench(ckpt, ms=ms, max_shapes=max_shapes, backends=backends, timing=timing), fmt, render_table)
 
