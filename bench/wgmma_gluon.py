@@ -30,7 +30,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _tile_counters, _word_decode_ptx
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _word_decode_ptx, split_k_workspace
 
 _DECODE_PAIRS = gl.constexpr(_word_decode_ptx("pairs"))
 
@@ -251,11 +251,7 @@ def nvfp4_w4a16_wgmma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tenso
     assert m <= npad and k % 128 == 0
     y = torch.empty((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, bn), split)
-    if split > 1:
-        ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-        cnt = _tile_counters(grid[0], x.device)
-    else:
-        ws = cnt = y
+    ws, cnt = split_k_workspace(y, split, grid[0])
     w = packed.view(torch.int32)
     s = scales.view(torch.int16)
     npass = triton.cdiv(k // 128, split)

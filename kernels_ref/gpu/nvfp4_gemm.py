@@ -356,11 +356,7 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     else:
         y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
             torch.empty((m, n), dtype=torch.float32, device=x.device)
-    if fixup:
-        ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device)  # caching allocator: no launch
-        cnt = _tile_counters(grid[0] * grid[1], x.device)
-    else:
-        ws = cnt = y
+    ws, cnt = split_k_workspace(y, split, grid[0] * grid[1]) if fixup else (y, y)
     w = packed.view(torch.int32) if decode == 2 else packed   # DECODE 2 reads whole words
     strides = (x.stride(0), w.stride(0), scales.stride(0), y.stride(0))
     if tma:
@@ -390,6 +386,16 @@ def _tile_counters(n_tiles: int, device: torch.device) -> torch.Tensor:
     if c is None or c.numel() < n_tiles:
         c = _COUNTERS[key] = torch.zeros(max(n_tiles, 1 << 14), dtype=torch.int32, device=device)
     return c
+
+
+def split_k_workspace(y: torch.Tensor, split: int, n_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fix-up's partial-sum workspace [split, M, N] (fp32, uninitialised: the caching
+    allocator, no launch) and arrival counters for n_tiles output tiles; (y, y) when split == 1
+    (the kernels take the pointers but never touch them)."""
+    if split == 1:
+        return y, y
+    ws = torch.empty((split, *y.shape), dtype=torch.float32, device=y.device)
+    return ws, _tile_counters(n_tiles, y.device)
 
 
 def pack_for_kernel(codes: np.ndarray, scale_bytes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

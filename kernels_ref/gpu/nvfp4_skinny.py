@@ -324,7 +324,7 @@ def skinny_config(m: int, n: int, k: int) -> SkinnyConfig:
 def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
                       poison: bool = False, config: SkinnyConfig | None = None) -> torch.Tensor:
     """x bf16 [M, K] (M <= 16); packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [M, N]."""
-    from .nvfp4_gemm import _tile_counters
+    from .nvfp4_gemm import split_k_workspace
 
     m, k = x.shape
     n = packed.shape[0]
@@ -337,11 +337,7 @@ def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tens
     y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
         torch.empty((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, 16 * tiles), split)
-    if split > 1:
-        ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-        cnt = _tile_counters(grid[0], x.device)
-    else:
-        ws = cnt = y
+    ws, cnt = split_k_workspace(y, split, grid[0])
     w = packed.view(torch.int32)
     _nvfp4_skinny_kernel[grid](x.view(torch.int32), w, scales, y, ws, cnt, m, n, k, float(global_scale),
                               w.stride(0), scales.stride(0), NB=1 if m <= 8 else 2, W=warps, TILES=tiles,
