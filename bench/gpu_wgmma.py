@@ -1,8 +1,9 @@
-"""The experimental Gluon warpgroup-MMA kernel (bench/wgmma_gluon.py, not part of the package) against cuBLAS bf16 and the
-default Triton path (nvfp4_w4a16_gemm: the skinny mma.sync kernel at these M), engine-like timing,
-each config checked against float64 first.
+"""The experimental Gluon warpgroup-MMA kernel (bench/wgmma_gluon.py, not part of the package)
+against cuBLAS bf16 and the default Triton path (nvfp4_w4a16_gemm: the skinny mma.sync kernel at
+these M), engine-like timing, each config checked against float64 first. Session 9 in
+bench/RESULTS.md.
 
-    python bench/gpu_wgmma.py [--shapes 8192x2816,2816x8192] [--ms 16,8] [--configs '4,16,1,1;...']
+    python bench/gpu_wgmma.py [--shapes 8192x2816,2816x8192] [--ms 16,8] [--configs '6,16,1,1,64;...']
 """
 
 from __future__ import annotations

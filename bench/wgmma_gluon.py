@@ -80,11 +80,7 @@ def _a_tile(wt, st, AL: gl.constexpr):
     q3 = _word_pairs(w3, shi)
     q = gl.join(gl.join(q0, q1), gl.join(q2, q3))          # [R, 4(tq), 2(p%2), 2(p//2), 2(j%2), 2(j//2)]
     q = gl.permute(q, (0, 5, 4, 3, 2, 1))                    # [R, j//2, j%2, p//2, p%2, tq]
-    q = gl.reshape(q, (R, 64))
-    lo = q.to(gl.int16).to(gl.bfloat16, bitcast=True)
-    hi = (q >> 16).to(gl.int16).to(gl.bfloat16, bitcast=True)
-    a = gl.reshape(gl.join(lo, hi), (R, 128))
-    return gl.convert_layout(a, AL)
+    return _pairs_to_a(gl.reshape(q, (R, 64)), AL)
 
 
 @gluon.jit
@@ -111,6 +107,7 @@ def _a_halves(wt, st, AL: gl.constexpr):
 
 @gluon.jit
 def _a_half2(h):
+    """The second half's pairs [R, 32] from what _a_halves returned for it."""
     w2, w3, sc = h
     R: gl.constexpr = w2.shape[0]
     q = gl.join(_word_pairs(w2, sc), _word_pairs(w3, sc))
