@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
-from gpu_stream_bench import copies_for, graph_time_us
+from gpu_stream_bench import copies_for, graph_time_us, rotating_copies
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import (
     default_config,
     nvfp4_w4a16_gemm,
@@ -122,9 +122,7 @@ def main() -> None:
         qbytes, bbytes = gw.nbytes, n * k * 2
         t_rq, cfg_rq = read_floor_us(qbytes, sms)
         t_rb, cfg_rb = read_floor_us(bbytes, sms)
-        w = gw.w.to(torch.bfloat16)
-        ws = [w.clone() for _ in range(copies_for(bbytes))]
-        qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(copies_for(qbytes))]
+        qs, ws = rotating_copies(gw)
         row = {"N": n, "K": k, "read_nvfp4_us": t_rq, "read_nvfp4_cfg": cfg_rq, "read_bf16_us": t_rb,
                "read_bf16_cfg": cfg_rb}
         for m in (1, 16, 128):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import triton
 
-from nvfp4tools.gpubench import copies_for, graph_time_us  # noqa: F401  (the kernel benches import both from here)
+from nvfp4tools.gpubench import copies_for, graph_time_us, rotating_copies  # noqa: F401  (the kernel benches import them from here)
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm, random_weight
 
 SHAPES = [(8192, 2816), (2816, 8192), (2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (2816, 704)]
@@ -54,15 +54,6 @@ def shape_weights(shapes_arg: str | None):
         yield n, k, gw, qs, ws
 
 
-def rotating_copies(gw) -> tuple[list, list]:
-    """Enough copies of a GpuWeight's NVFP4 parts and of its bf16 dequantization to exceed the L2
-    cache several times over: ([(packed, scales), ...], [w_bf16, ...])."""
-    w = gw.w.to(torch.bfloat16)
-    qs = [(gw.packed.clone(), gw.scales.clone()) for _ in range(copies_for(gw.nbytes))]
-    ws = [w.clone() for _ in range(copies_for(w.numel() * 2))]
-    return qs, ws
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default=None)
@@ -78,12 +69,9 @@ def main() -> None:
     rows = []
     for n, k in SHAPES:
         gw = random_weight(n, k, rng)
-        packed, scales, g = gw.packed, gw.scales, gw.global_scale
-        w = gw.w.to(torch.bfloat16)
-        qbytes, bbytes = gw.nbytes, w.numel() * 2
-        nq, nb = copies_for(qbytes), copies_for(bbytes)
-        qs = [(packed.clone(), scales.clone()) for _ in range(nq)]
-        ws = [w.clone() for _ in range(nb)]
+        g = gw.global_scale
+        qs, ws = rotating_copies(gw)
+        qbytes, bbytes, nq, nb = gw.nbytes, n * k * 2, len(qs), len(ws)
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             cfg = default_config(m, n, k, in_graph=True)   # as the graph replays it

@@ -72,6 +72,19 @@ def copies_for(nbytes: int) -> int:
     return max(1, min(MAX_COPIES, -(-L2_MULTIPLE_BYTES // max(nbytes, 1))))
 
 
+def rotating_copies(gw, rotate: bool = True) -> tuple[list, list]:
+    """A GpuWeight's NVFP4 parts and its bf16 dequantization, each as the list of copies the graph
+    timing rotates through (copies_for; the first is the weight itself): ([(packed, scales), ...],
+    [w_bf16, ...]). ROTATE False: the weight alone, once each (single-call timing)."""
+    import torch
+
+    wb = gw.w.to(torch.bfloat16)
+    nq = copies_for(gw.nbytes) if rotate else 1
+    nb = copies_for(wb.numel() * 2) if rotate else 1
+    qs = [(gw.packed, gw.scales)] + [(gw.packed.clone(), gw.scales.clone()) for _ in range(nq - 1)]
+    return qs, [wb] + [wb.clone() for _ in range(nb - 1)]
+
+
 def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: int = 16,
               backends: list | None = None, timing: str = "graph") -> dict[str, Any]:
     """Time BACKENDS (default: every available one; ``ref``, the CPU reference, never) on the
@@ -110,11 +123,7 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
         c = canonical_nvfp4(ckpt, t)
         gw = upload(c.codes, c.scale_bytes, float(c.global_scale.reshape(-1)[0]))
         inp = None if c.input_scale is None else float(c.input_scale.reshape(-1)[0])
-        wb = gw.w.to(torch.bfloat16)
-        nq = copies_for(gw.nbytes) if in_graph else 1
-        nb = copies_for(wb.numel() * 2) if in_graph else 1
-        qs = [(gw.packed, gw.scales)] + [(gw.packed.clone(), gw.scales.clone()) for _ in range(nq - 1)]
-        ws = [wb] + [wb.clone() for _ in range(nb - 1)]
+        qs, ws = rotating_copies(gw, rotate=in_graph)
         for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             t_bf16 = _time([lambda wi=wi: x @ wi.T for wi in ws], timing)
@@ -134,8 +143,8 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
             rows.append({"tensor": t.name, "N": n, "K": k, "M": m, "cublas_bf16_us": t_bf16,
                          "triton_us": tri and tri["us"], "speedup_vs_bf16": tri and tri["speedup_vs_bf16"],
                          "triton_weight_GBps": tri and tri["weight_GBps"], "kernel": kernel, "config": list(config),
-                         "weight_copies": [nq, nb], "backends": per, "skipped": skipped})
-        del qs, ws, wb, gw
+                         "weight_copies": [len(qs), len(ws)], "backends": per, "skipped": skipped})
+        del qs, ws, gw
         torch.cuda.empty_cache()
     return {"schema": "nvfp4tools/bench/v1", "tool_version": __version__, "source": ckpt.source,
             "device": torch.cuda.get_device_name(0), "timing": timing, "roofline_speedup_limit": round(ROOFLINE, 3),
