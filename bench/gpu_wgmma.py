@@ -3,7 +3,7 @@ against cuBLAS bf16 and the default Triton path (nvfp4_w4a16_gemm: the skinny mm
 these M), engine-like timing, each config checked against float64 first. Session 9 in
 bench/RESULTS.md.
 
-    python bench/gpu_wgmma.py [--shapes 8192x2816,2816x8192] [--ms 16,8] [--configs '6,16,1,1,64;...']
+    python bench/gpu_wgmma.py [--shapes 8192x2816,2816x8192] [--ms 16,8] [--configs '6,16,1,1,64;6,16,1,1,64,1;...']
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from gpu_stream_bench import graph_time_us, parse_configs, shape_args, shape_wei
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import nvfp4_w4a16_gemm
 from wgmma_gluon import nvfp4_w4a16_wgmma
 
-# (K split, NPAD, async halves, prefetch passes, rows per program)
+# (K split, NPAD, async halves, prefetch passes, rows per program[, 1 = cp.async every pass up front])
 SWEEP = [(s, 16, 1, 1, bn) for s in (4, 6, 8, 11, 16) for bn in (64, 128)]
 
 
@@ -23,7 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     shape_args(ap)
     ap.add_argument("--ms", default="16,8")
-    ap.add_argument("--configs", default=None, help="(split, npad, async, prefetch, rows) e.g. '6,16,1,1,64;11,16,1,1,128'")
+    ap.add_argument("--configs", default=None, help="(split, npad, async, prefetch, rows[, cp.async all passes]) e.g. '6,16,1,1,64;11,16,1,1,64,1'")
     a = ap.parse_args()
     print(f"device: {torch.cuda.get_device_name(0)}")
     for n, k, gw, qs, ws in shape_weights(a.shapes):

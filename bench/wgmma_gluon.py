@@ -14,6 +14,12 @@ error 1e-7 against float64) but its best is 11.5-12.0 us at M = 16 on 8192x2816 
 14.1 on 2816x8192 (skinny 14.4), and at M = 1 it still takes 10.1 / 10.7 us: the M-independent part
 (streaming and decoding the weights, the split-K meeting) is what costs, not the activations.
 
+Session 10 added config entry 6, ``CP``: every pass's weights copied to shared memory by cp.async
+at the start of the program (one commit group per pass, ``_copy_all``), so that all of a program's
+weight bytes are in flight at once instead of PF passes ahead in registers. The question: is the
+M-independent part a latency chain (too few bytes in flight)? Answer: no. Correct, but slower in
+every config: best 13.9 / 15.4 us at M = 16 against 12.2 / 14.1 for the register path (same run).
+
 Layout (the skinny kernel's K-order trick): wgmma's A fragment gives lane l the rows ``l // 4`` and
 ``l // 4 + 8`` of its warp's 16 and, per k16 step, the K pairs ``2 (l % 4)`` and ``2 (l % 4) + 8``.
 K order inside a product is free as long as A and B agree, so lane l instead takes one physical
@@ -28,11 +34,13 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _word_decode_ptx, split_k_workspace
 
 _DECODE_PAIRS = gl.constexpr(_word_decode_ptx("pairs"))
+_PLAIN = gl.constexpr(gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0]))
 
 
 @gluon.jit
@@ -156,9 +164,51 @@ def _loads(w_ptr, s_ptr, rw, cw, rs, cs, stride_wn, stride_sn, kp, KP):
 
 
 @gluon.jit
+def _copy_all(w_ptr, s_ptr, n0, N, stride_wn, stride_sn, kp0, KP, NPASS: gl.constexpr, NP2: gl.constexpr,
+              BN: gl.constexpr, NW: gl.constexpr):
+    """Issue cp.async copies of passes kp0 .. kp0 + NPASS - 1 (codes [BN, 16] int32, scale pairs
+    [BN, 2] int32 words; zero-filled past the last pass KP), one commit group per pass."""
+    CL: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 4], threads_per_warp=[8, 4], warps_per_cta=[NW, 1],
+                                        order=[1, 0])
+    # the scale pairs are copied as int32 words (two pairs each): a row of K / 32 int16 need not
+    # start on a 4-byte boundary that the compiler can prove, and cp.async moves 4 bytes at least
+    TL: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 1], threads_per_warp=[16, 2], warps_per_cta=[NW, 1],
+                                        order=[1, 0])
+    w_smem = gl.allocate_shared_memory(gl.int32, [NP2, BN, 16], _PLAIN)
+    s_smem = gl.allocate_shared_memory(gl.int32, [NP2, BN, 2], _PLAIN)
+    rw = gl.minimum(n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, CL)), N - 1)[:, None]
+    cw = gl.arange(0, 16, layout=gl.SliceLayout(0, CL))[None, :]
+    rs = gl.minimum(n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, TL)), N - 1)[:, None]
+    cs = gl.arange(0, 2, layout=gl.SliceLayout(0, TL))[None, :]
+    for i in gl.static_range(NPASS):
+        kp = kp0 + i
+        ok = kp < KP
+        async_copy.async_copy_global_to_shared(w_smem.index(i), w_ptr + rw * stride_wn + kp * 16 + cw,
+                                               mask=(cw >= 0) & ok, cache_modifier=".cg")
+        async_copy.async_copy_global_to_shared(s_smem.index(i), s_ptr + rs * (stride_sn // 2) + kp * 2 + cs,
+                                               mask=(cs >= 0) & ok)
+        async_copy.commit_group()
+    return w_smem, s_smem
+
+
+@gluon.jit
+def _pass_mma(wt, st, bt, acc, AL: gl.constexpr, ASYNC: gl.constexpr):
+    """One pass: decode the [BN, 128] weight tile and accumulate its wgmma against bt [NPAD, 128]."""
+    if ASYNC:
+        a0, h1 = _a_halves(wt, st, AL)
+        acc = warpgroup_mma(a0, bt.slice(0, 64, dim=1).permute((1, 0)), acc, is_async=True)
+        a1 = _pairs_to_a(_a_half2(h1), AL)
+        acc = warpgroup_mma(a1, bt.slice(64, 64, dim=1).permute((1, 0)), acc, is_async=True)
+        acc, a0, a1 = warpgroup_mma_wait(0, deps=[acc, a0, a1])
+    else:
+        acc = warpgroup_mma(_a_tile(wt, st, AL), bt.permute((1, 0)), acc)
+    return acc
+
+
+@gluon.jit
 def _nvfp4_wgmma_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g, stride_wn, stride_sn,
                         NPAD: gl.constexpr, NPASS: gl.constexpr, NP2: gl.constexpr, SPLIT: gl.constexpr,
-                        ASYNC: gl.constexpr, PF: gl.constexpr, BN: gl.constexpr):
+                        ASYNC: gl.constexpr, PF: gl.constexpr, BN: gl.constexpr, CP: gl.constexpr = 0):
     """x bf16 [M, K], w int32 [N, K/8], s int16 [N, K/32] (scale byte pairs) -> y fp32 [M, N].
 
     Program (pid_n, pid_k): rows pid_n BN .. + BN - 1 (BN / 16 warps, a warpgroup per 64 rows),
@@ -186,39 +236,41 @@ def _nvfp4_wgmma_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g,
     rs = gl.minimum(n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, SL)), N - 1)[:, None]
     cs = gl.arange(0, 4, layout=gl.SliceLayout(0, SL))[None, :]
     KP = K // 128
-    # the first passes' weights are in flight while the activations are staged
-    wt, st = _loads(w_ptr, s_ptr, rw, cw, rs, cs, stride_wn, stride_sn, kp0, KP)
-    if PF == 2:
-        wt2, st2 = _loads(w_ptr, s_ptr, rw, cw, rs, cs, stride_wn, stride_sn, kp0 + 1, KP)
+    if CP:
+        # every pass's weights in flight at once: one cp.async group per pass into shared memory
+        s32 = s_ptr.to(gl.pointer_type(gl.int32), bitcast=True)
+        w_smem, s_smem = _copy_all(w_ptr, s32, n0, N, stride_wn, stride_sn, kp0, KP, NPASS, NP2, BN, NW)
+    else:
+        # the first passes' weights are in flight while the activations are staged
+        wt, st = _loads(w_ptr, s_ptr, rw, cw, rs, cs, stride_wn, stride_sn, kp0, KP)
+        if PF == 2:
+            wt2, st2 = _loads(w_ptr, s_ptr, rw, cw, rs, cs, stride_wn, stride_sn, kp0 + 1, KP)
     b_smem = gl.allocate_shared_memory(gl.bfloat16, [NP2, NPAD, 128], BS)
     _stage_x(x_ptr, b_smem, M, K, kp0, NPAD, NP2, NW)
     fence_async_shared()
     gl.thread_barrier()
 
     acc = gl.zeros([BN, NPAD], gl.float32, MMA)
-    for i in range(NPASS):
-        # the loads PF passes ahead are issued before this pass's decode
-        wn, sn = _loads(w_ptr, s_ptr, rw, cw, rs, cs, stride_wn, stride_sn, gl.minimum(kp0 + i + PF, KP), KP)
-        if ASYNC:
-            # two halves: the second half's decode runs while the first half's wgmma does; the
-            # wait names both A halves so that their registers stay untouched until it
-            a0, h1 = _a_halves(wt, st, AL)
-            bt = b_smem.index(i)
-            acc = warpgroup_mma(a0, bt.slice(0, 64, dim=1).permute((1, 0)), acc, is_async=True)
-            a1 = _pairs_to_a(_a_half2(h1), AL)
-            acc = warpgroup_mma(a1, bt.slice(64, 64, dim=1).permute((1, 0)), acc, is_async=True)
-            acc, a0, a1 = warpgroup_mma_wait(0, deps=[acc, a0, a1])
-        else:
-            a = _a_tile(wt, st, AL)
-            acc = warpgroup_mma(a, b_smem.index(i).permute((1, 0)), acc)
-        if PF == 2:
-            wt = wt2
-            st = st2
-            wt2 = wn
-            st2 = sn
-        else:
-            wt = wn
-            st = sn
+    if CP:
+        for i in gl.static_range(NPASS):
+            async_copy.wait_group(NPASS - 1 - i)
+            gl.thread_barrier()      # each pass was copied by other lanes than the ones that read it
+            wt = w_smem.index(i).load(WL)
+            st = s_smem.index(i)._reinterpret(gl.int16, [BN, 4], _PLAIN).load(SL).to(gl.int32)
+            acc = _pass_mma(wt, st, b_smem.index(i), acc, AL, ASYNC)
+    else:
+        for i in range(NPASS):
+            # the loads PF passes ahead are issued before this pass's decode
+            wn, sn = _loads(w_ptr, s_ptr, rw, cw, rs, cs, stride_wn, stride_sn, gl.minimum(kp0 + i + PF, KP), KP)
+            acc = _pass_mma(wt, st, b_smem.index(i), acc, AL, ASYNC)
+            if PF == 2:
+                wt = wt2
+                st = st2
+                wt2 = wn
+                st2 = sn
+            else:
+                wt = wn
+                st = sn
     r = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))[:, None]
     m = gl.arange(0, NPAD, layout=gl.SliceLayout(0, MMA))[None, :]
     o = m * N + r
@@ -240,9 +292,11 @@ def _nvfp4_wgmma_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g,
 
 def nvfp4_w4a16_wgmma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
                       config: tuple = (1, 16, 0, 1, 64)) -> torch.Tensor:
-    """config: (K split, NPAD 8 or 16, async wgmma halves, loads PF passes ahead, rows per program)."""
+    """config: (K split, NPAD 8 or 16, async wgmma halves, loads PF passes ahead, rows per program,
+    1 = every pass's weights copied to shared memory up front by cp.async (PF then unused))."""
     split, npad, asyn, pf, *rest = config
     bn = rest[0] if rest else 64
+    cp = rest[1] if len(rest) > 1 else 0
     m, k = x.shape
     n = packed.shape[0]
     assert m <= npad and k % 128 == 0
@@ -254,5 +308,5 @@ def nvfp4_w4a16_wgmma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tenso
     npass = triton.cdiv(k // 128, split)
     _nvfp4_wgmma_kernel[grid](x, w, s, y, ws, cnt, m, n, k, float(global_scale), w.stride(0), s.stride(0),
                               NPAD=npad, NPASS=npass, NP2=triton.next_power_of_2(npass), SPLIT=split, ASYNC=asyn,
-                              PF=pf, BN=bn, num_warps=bn // 16)
+                              PF=pf, BN=bn, CP=cp, num_warps=bn // 16)
     return y
