@@ -4,6 +4,8 @@ stray file behind."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import struct
 
@@ -222,3 +224,61 @@ def test_early_copy_in_many_requests_equals_the_ordinary_write(sharded, tmp_path
     assert claims == [True, True]
     convert(sharded, plain, "compressed-tensors", max_shard_bytes=10**12)
     assert _tensors(early) == _tensors(plain)
+
+
+def test_request_schedule_shrinks_towards_the_end():
+    """Full requests while more than two are left, then about half of what is left per request,
+    each a multiple of 64 KiB (every request starts aligned on both sides), never above the
+    request size, and the last one at most twice the tail size: what waits for the copy to pass
+    it (patches, verification) waits for a small request at the end, not for a 1 GiB one."""
+    req, align, tail = 2**30, early_copy.ALIGN, early_copy._TAIL_REQUEST
+    for total in (3_129_382_596 - 1_500_000, 2**31 + 5, 2 * 2**30, 2**30 + 1, 100 * 2**20, 3 * tail, 12_345):
+        sizes = _sizes(total, req)
+        assert sum(sizes) == total and all(0 < n <= req for n in sizes)
+        assert all(n % align == 0 for n in sizes[:-1]), sizes
+        assert sizes[-1] <= 2 * tail or len(sizes) == 1 and total <= 2 * tail, sizes
+        assert all(a >= b for a, b in itertools.pairwise(sizes[:-1])), sizes   # never growing, but the last
+    mib = [round(n / 2**20) for n in _sizes(3_129_382_596 - 1_500_000, req)]   # the bench checkpoint
+    assert mib == [1024, 979, 490, 245, 122, 61, 61], mib
+    assert _sizes(20_000, 8192) == [8192, 8192, 3616]      # the small-request test below
+
+
+def _sizes(total: int, req: int) -> list[int]:
+    out = []
+    while total:
+        out.append(early_copy._request_size(total, req))
+        total -= out[-1]
+    return out
+
+
+def test_early_copy_with_a_shrinking_tail_equals_the_ordinary_write(sharded, tmp_path, monkeypatch):
+    """The shrinking last requests (scaled down: 256 KiB requests, 64 KiB tail) give the same
+    output byte for byte."""
+    monkeypatch.setattr(early_copy, "_REQUEST", 4 * early_copy.ALIGN)
+    monkeypatch.setattr(early_copy, "_TAIL_REQUEST", early_copy.ALIGN)
+    calls: list[int] = []
+    orig = early_copy.copy_once
+    monkeypatch.setattr(early_copy, "copy_once", lambda fi, fo, n, *a: calls.append(n) or orig(fi, fo, n, *a))
+    claims = _claims(monkeypatch)
+    early, plain = str(tmp_path / "early"), str(tmp_path / "plain")
+    convert(sharded, early, "compressed-tensors")
+    assert claims == [True, True]
+    assert {2 * early_copy.ALIGN, 3 * early_copy.ALIGN} & set(calls), calls   # halved requests were made
+    convert(sharded, plain, "compressed-tensors", max_shard_bytes=10**12)
+    assert _tensors(early) == _tensors(plain)
+
+
+def test_touching_byte_patches_are_written_together_in_order():
+    """Adjacent byte patches go out in one write; a later patch of the same bytes still wins,
+    range copies are never merged, and nothing past the limit is written."""
+    s = early_copy._Shard("x", "/src", 0, 1000, 0)
+    writes: list = []
+    s.apply = lambda pos, data: writes.append((pos, bytes(data) if not isinstance(data, tuple) else data))
+    seq = iter(range(100))
+    for pos, data in ((100, b"AAAA"), (104, b"BBBB"), (104, b"bbbb"), (108, ("copy", 4)), (200, b"CC"),
+                      (202, b"DD"), (300, b"EE")):
+        heapq.heappush(s.patches, (pos, next(seq), data))
+        s.pending_bytes += len(data) if isinstance(data, bytes) else 0
+    early_copy.EarlyCopy._drain(s, 204)
+    assert writes == [(100, b"AAAABBBB"), (104, b"bbbb"), (108, ("copy", 4)), (200, b"CCDD")]
+    assert [p[0] for p in s.patches] == [300] and s.pending_bytes == 2
