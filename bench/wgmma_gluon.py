@@ -195,6 +195,8 @@ def _copy_all(w_ptr, s_ptr, n0, N, stride_wn, stride_sn, kp0, KP, NPASS: gl.cons
 def _pass_mma(wt, st, bt, acc, AL: gl.constexpr, ASYNC: gl.constexpr):
     """One pass: decode the [BN, 128] weight tile and accumulate its wgmma against bt [NPAD, 128]."""
     if ASYNC:
+        # two halves: the second half's decode runs while the first half's wgmma does; the wait
+        # names both A halves so that their registers stay untouched until it
         a0, h1 = _a_halves(wt, st, AL)
         acc = warpgroup_mma(a0, bt.slice(0, 64, dim=1).permute((1, 0)), acc, is_async=True)
         a1 = _pairs_to_a(_a_half2(h1), AL)
