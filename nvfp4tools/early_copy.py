@@ -61,8 +61,8 @@ _TAIL_REQUEST = 32 * 2**20
 
 def _request_size(remaining: int, request: int) -> int:
     """Bytes for the next copy request with REMAINING bytes to go: REQUEST while more than two
-    requests' worth is left, then about half of what is left (a multiple of ALIGN, so that every request starts
-    64 KiB-aligned on both sides), down to _TAIL_REQUEST."""
+    requests' worth is left, then about half of what is left (a multiple of ALIGN, so that every
+    request starts 64 KiB-aligned on both sides), down to _TAIL_REQUEST."""
     half = (remaining // 2) // ALIGN * ALIGN
     if remaining > 2 * request or half < _TAIL_REQUEST:
         return min(request, remaining)
