@@ -12,8 +12,9 @@ Cases, in a shuffled order each round, `sync` after removing the previous output
   header parse and model build every conversion starts with), waits for the copy and exits: the
   least work a conversion can do beside its copy.
 
-The difference between the last two copy times is what the main thread's work (header parses,
-plan, patches, verification) costs the kernel's copy on this machine. bench/RESULTS.md, convert.
+The copy thread's time beside the work against alone and beside a read is what the main thread's
+work (header parses, plan, patches, verification) costs the kernel's copy on this machine.
+bench/RESULTS.md, convert.
 
     python bench/convert_overlap.py [--runs 5] [--dir /tmp/nvfp4tools-bench-3g] [--python PATH]
 
@@ -23,6 +24,7 @@ plan, patches, verification) costs the kernel's copy on this machine. bench/RESU
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import random
@@ -51,6 +53,8 @@ def timed_begin(cls, *a, **k):
                 s.done.wait()
         if mode == "read":
             report()
+            import shutil
+            shutil.rmtree(early.tmp)   # (os._exit skips the command's own clean-up)
             os._exit(0)   # (not the rest of the conversion)
     return early
 
@@ -91,6 +95,8 @@ def main() -> None:
         rng.shuffle(order)
         for name in order:
             shutil.rmtree(out, ignore_errors=True)
+            for left in glob.glob(os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".nvfp4tools-tmp-*")):
+                shutil.rmtree(left, ignore_errors=True)   # a killed run's temporary folder
             os.sync()
             t0 = time.perf_counter()
             # (cwd /: `python -c` in a checkout would import the source tree, not the wheel)
