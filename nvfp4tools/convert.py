@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator
 
 from ._lazy import LazyModule
 from .early_copy import EarlyCopy, begin_early_copy, check_destination, temp_dir_for
+from ._teardown import keeping, leave
 from .errors import FormatError, Nvfp4ToolsError, UnsupportedError, UsageError
 from .filecopy import copy_once
 from .formats._st_writer import nbytes_of
@@ -299,10 +300,12 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         sizes = [j.nbytes for j in self.jobs]
+        counts = collections.Counter((j.action, j.exact) for j in self.jobs)
         return {"schema": "nvfp4tools/convert-plan/v1", "source": self.src.source, "from": self.src.format,
                 "to": self.to, "lossless": self.lossless, "n_jobs": len(self.jobs),
                 "n_output_tensors": sum(len(j.outs) for j in self.jobs),
                 "output_tensor_bytes": sum(sizes), "notes": self.notes,
+                "actions": [{"action": a, "exact": e, "tensors": n} for (a, e), n in sorted(counts.items())],
                 "tensors": [{"sources": j.sources[:3] + ([f"... +{len(j.sources) - 3}"] if len(j.sources) > 3 else []),
                              "outputs": [o.key for o in j.outs][:6], "action": j.action,
                              "exact": j.exact, "bytes": n, "note": j.note} for j, n in zip(self.jobs, sizes)]}
@@ -1123,6 +1126,7 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
             offsets[o.key] = off
             off += n
         blob = json.dumps(header, separators=(",", ":")).encode()
+        leave(header)   # (~40,000 objects: freed by the command line's exit, not on its critical path)
         blob += b" " * ((-len(blob)) % 8)
         claimed = early.claim(fname, len(blob), off) if early is not None else None
         if claimed is not None:
@@ -1214,8 +1218,9 @@ def write_safetensors_plan(p: Plan, out_dir: str, max_shard_bytes: int | None,
             fh.truncate(base + off)   # (after an early copy: the size the in-copy re-read assumed)
         files.append(fname)
         total += off
-        for k in seen:
-            weight_map[k] = fname
+        if i < len(shards) - 1:   # (the last shard's names go straight into the index above)
+            for k in seen:
+                weight_map[k] = fname
     prog.close()
     if early is not None:
         for name in set(early.shards) - set(files):  # copied for a shard the plan does not write
@@ -1583,9 +1588,10 @@ def _raw_f64(c: Canon) -> np.ndarray:
 
 
 def _close_caches() -> None:
-    _SIZES.clear()
-    _VALUES.clear()
-    _MULTS.clear()
+    for cache in (_SIZES, _VALUES, _MULTS):
+        if cache and keeping():
+            leave(cache.copy())   # (thousands of values: the command line's exit drops them)
+        cache.clear()
     for fd in _FDS.values():
         os.close(fd)
     _FDS.clear()
@@ -1696,6 +1702,7 @@ def _convert(src_path: str, dst: str, to: str, *, experts: str | None, allow_los
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
+        leave(src, p, side)   # ~100,000 objects: the command line's exit drops them at once
         _close_caches()
     report["destination"] = dst
     return report

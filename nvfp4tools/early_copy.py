@@ -55,8 +55,10 @@ _REQUEST = 2**30
 # The last requests shrink geometrically down to this: whatever waits for the copy to pass it
 # (the patches of rewritten globals, the verification that follows the copy) waits at most for
 # one request, so with a 1 GiB last request a third to a half of that work ran after the copy
-# had finished (about 0.1 s on the 2.9 GiB bench; see _request_size).
-_TAIL_REQUEST = 32 * 2**20
+# had finished (about 0.1 s on the 2.9 GiB bench; see _request_size). 32 MiB left a last
+# request of 61 MiB there, whose tensors were verified 2-30 ms after the copy; 8 MiB leaves
+# 15 MiB and 1-3 ms, for two more requests (bench/RESULTS.md, convert, Session 12).
+_TAIL_REQUEST = 8 * 2**20
 
 
 def _request_size(remaining: int, request: int) -> int:
@@ -393,9 +395,10 @@ def begin_early_copy(src_path: str, dst: str, to: str, *, experts: str | None = 
         check_destination(src_path, dst, force)
     except UsageError:
         return None  # convert() reports it
-    import shutil
     tmp = temp_dir_for(dst)
-    shutil.rmtree(tmp, ignore_errors=True)
+    if os.path.lexists(tmp):   # (a killed run's leftover; shutil costs 3 ms of import otherwise)
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
     return EarlyCopy.begin(src_path, tmp, to, experts=experts, quantize=quantize, max_shard_bytes=max_shard_bytes)
 
 

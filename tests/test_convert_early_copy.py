@@ -202,9 +202,9 @@ def test_lossless_nvfp4_convert_never_imports_numpy(sharded, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom nvfp4tools.cli import main\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "print('numpy' in sys.modules)\n")
+    # (main() ends the process itself, with os._exit after the atexit handlers: the check is one)
+    code = ("import atexit, sys\nfrom nvfp4tools.cli import main\n"
+            "atexit.register(lambda: print('numpy' in sys.modules))\nmain()\n")
     for to, src in (("compressed-tensors", sharded), ("modelopt", str(tmp_path / "ct"))):
         dst = str(tmp_path / ("ct" if to == "compressed-tensors" else "mo"))
         r = subprocess.run([sys.executable, "-c", code, "convert", src, dst, "--to", to, "--format", "json"],
@@ -239,7 +239,7 @@ def test_request_schedule_shrinks_towards_the_end():
         assert sizes[-1] <= 2 * tail or len(sizes) == 1 and total <= 2 * tail, sizes
         assert all(a >= b for a, b in itertools.pairwise(sizes[:-1])), sizes   # never growing, but the last
     mib = [round(n / 2**20) for n in _sizes(3_129_382_596 - 1_500_000, req)]   # the bench checkpoint
-    assert mib == [1024, 979, 490, 245, 122, 61, 61], mib
+    assert mib == [1024, 979, 490, 245, 122, 61, 31, 15, 15], mib
     assert _sizes(20_000, 8192) == [8192, 8192, 3616]      # the small-request test below
 
 

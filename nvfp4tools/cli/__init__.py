@@ -18,7 +18,17 @@ def main(argv: list[str] | None = None) -> None:
         from nvfp4tools.early_copy import prestart
         prestart(args[1:])
     from nvfp4tools.cli._root import run
-    run(argv)
+    if argv is not None:   # called from Python: return or raise SystemExit, as click does
+        run(argv)
+        return
+    from nvfp4tools import _teardown
+    _teardown.KEPT = []
+    try:
+        run(argv)
+        code: object = 0
+    except SystemExit as e:
+        code = e.code
+    _teardown.exit_now(code)
 
 
 def __getattr__(name: str) -> Any:  # `from nvfp4tools.cli import cli` (tests, embedding)

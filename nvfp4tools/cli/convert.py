@@ -8,6 +8,8 @@ from typing import Any
 import click
 from tabulate import tabulate
 
+from nvfp4tools._teardown import leave
+
 from ._output import emit, format_option, human_bytes, pause_collector
 
 
@@ -64,15 +66,13 @@ def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: b
             raise FormatError(f"writing {dst}: {e.strerror}", hint="free disk space and run again") from None
         raise
     emit(report, fmt, render_table)
+    leave(report)   # (a dict per job: dropped by the command line's exit, not one by one)
 
 
 def render_table(r: dict[str, Any]) -> str:
     lines = [f"{r['source']} ({r['from']}) -> {r['to']}: {r['n_output_tensors']} tensors, "
              f"{human_bytes(r['output_tensor_bytes'])}, {'lossless' if r['lossless'] else 'LOSSY'}"]
-    actions: dict[tuple[str, bool], int] = {}
-    for t in r["tensors"]:
-        actions[(t["action"], t["exact"])] = actions.get((t["action"], t["exact"]), 0) + 1
-    lines.append(tabulate([[a, "exact" if e else "lossy", n] for (a, e), n in sorted(actions.items())],
+    lines.append(tabulate([[a["action"], "exact" if a["exact"] else "lossy", a["tensors"]] for a in r["actions"]],
                           headers=["action", "", "tensors"], tablefmt="simple"))
     for n in r.get("notes", []):
         lines.append(f"note: {n}")

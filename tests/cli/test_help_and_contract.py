@@ -68,6 +68,28 @@ def test_python_dash_m(synth_dir):
     assert r.returncode == 0 and "nvfp4tools" in r.stdout
 
 
+def test_entry_point_exit_keeps_output_and_codes(synth_dir, tmp_path):
+    """The command line ends with os._exit after the atexit handlers (nvfp4tools/_teardown.py):
+    its whole output still arrives, and the exit codes are sys.exit's."""
+    import json
+
+    p = synth_dir(fmt="modelopt", recipe="all-linear")
+    r = subprocess.run([sys.executable, "-m", "nvfp4tools", "inspect", p, "--format", "json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["format"] == "modelopt"
+    r = subprocess.run([sys.executable, "-m", "nvfp4tools", "inspect", str(tmp_path / "missing")],
+                       capture_output=True, text=True)
+    assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = subprocess.run([sys.executable, "-m", "nvfp4tools", "inspect"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_exit_code_is_sys_exits():
+    from nvfp4tools._teardown import exit_code
+
+    assert [exit_code(c) for c in (None, 0, 3, True, 256 + 2)] == [0, 0, 3, 1, 2]
+
+
 def test_internal_error_is_one_line(run_cli, monkeypatch):
     import nvfp4tools.formats as F
 
