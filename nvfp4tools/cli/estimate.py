@@ -7,6 +7,8 @@ from typing import Any
 import click
 from tabulate import tabulate
 
+from nvfp4tools._teardown import leave
+
 from ._output import emit, format_option, pause_collector, human_bytes
 
 GiB = 2**30
@@ -60,6 +62,7 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
                  cudagraph_bytes=int(cudagraph_gib * GiB))
     pause_collector()
     ckpt = formats.read(path)
+    leave(ckpt)   # (freed by the command line's exit, not one object at a time)
     if gpu_name == "all":
         rows = []
         for g in all_gpus():
