@@ -606,6 +606,20 @@ def _mult_bytes(vals, o, to: str, name: str) -> bytes:
     return f32s_bytes(vals)
 
 
+_SCALARS: dict[tuple, list[tuple[str, bytes]]] = {}   # (root, tensor, output keys) -> scalar_chunks, per conversion
+
+
+def scalar_chunks(src: Checkpoint, t: TensorInfo, outs, to: str, exact: dict[str, float]) -> list[tuple[str, bytes]]:
+    """_scalar_chunks, once per tensor and conversion: the verification compares the file with
+    the bytes the writer wrote (the same function of the same source values; what the output's
+    scalars mean is checked on its own, through scalar_mults of the re-read output)."""
+    k = (src.root, t.name, tuple(o.key for o in outs))
+    out = _SCALARS.get(k)
+    if out is None:
+        out = _SCALARS[k] = list(_scalar_chunks(src, t, outs, to, exact))
+    return out
+
+
 def _scalar_chunks(src: Checkpoint, t: TensorInfo, outs, to: str, exact: dict[str, float]) -> Iterator[tuple[str, bytes]]:
     """The per-tensor scalars of an NVFP4 tensor whose codes and scales are copied (global and
     input multipliers in the target's convention, k/v scales), in plain Python: thousands of
@@ -691,7 +705,7 @@ def _job_chunks(src: Checkpoint, job: Job, to: str, exact: dict[str, float]) -> 
         for o, part in direct.items():
             yield from _copy_part(src, part, o.key)
         if small:
-            for k, b in _scalar_chunks(src, t, small, to, exact):
+            for k, b in scalar_chunks(src, t, small, to, exact):
                 yield k, 0, b
         return
     c = canon_of(src, t, exact)
@@ -1393,7 +1407,7 @@ def verify_output(p: Plan, out_path: str, mode: str = "sampled", out: Checkpoint
                         what = "global" if role == "global_scale" else "input"
                         raise FormatError(f"verification: {what} scale of '{name}' differs (a bug: please report)")
                 keys = {q.key: q for q in t_out.parts}
-                for key, want in _scalar_chunks(p.src, t_src, small, p.to, src_exact):
+                for key, want in scalar_chunks(p.src, t_src, small, p.to, src_exact):
                     q = keys.get(key)
                     got = None if q is None else part_bytes(out, q)
                     if got != want:
@@ -1588,7 +1602,7 @@ def _raw_f64(c: Canon) -> np.ndarray:
 
 
 def _close_caches() -> None:
-    for cache in (_SIZES, _VALUES, _MULTS):
+    for cache in (_SIZES, _VALUES, _MULTS, _SCALARS):
         if cache and keeping():
             leave(cache.copy())   # (thousands of values: the command line's exit drops them)
         cache.clear()

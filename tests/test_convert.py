@@ -392,6 +392,27 @@ def test_verification_rereads_the_output_scales(synth_dir, tmp_path, run_cli):
         verify_output(p, out)
 
 
+def test_a_writer_bug_in_the_globals_fails_the_conversion(synth_dir, tmp_path, monkeypatch):
+    """The verification compares the output's scalar bytes with the ones the writer meant to
+    write, and on its own what they mean: a global the writer gets wrong (here 2x) is caught
+    through the re-read output, and nothing is left at DST."""
+    import nvfp4tools.convert as cv
+    from nvfp4tools.errors import FormatError
+
+    orig = cv._scalar_chunks
+
+    def doubled(src, t, outs, to, exact):
+        for key, b in orig(src, t, outs, to, exact):
+            yield key, (b[:3] + bytes([b[3] ^ 0x01]) if key.endswith("weight_global_scale") else b)
+
+    monkeypatch.setattr(cv, "_scalar_chunks", doubled)
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    out = str(tmp_path / "ct")
+    with pytest.raises(FormatError, match="global scale .* differs"):
+        cv.convert(src, out, "compressed-tensors")
+    assert os.listdir(tmp_path) == []
+
+
 def test_sampled_windows_cover_edges_and_every_64_mib():
     from nvfp4tools.convert import _WINDOW, _WINDOW_EVERY, _windows
 
