@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:   # called from Python: return or raise SystemExit, as click does
         run(argv)
         return
+    # the installed command (or python -m): once the output is flushed and the atexit handlers
+    # have run, os._exit, without freeing what the command left behind (nvfp4tools/_teardown.py)
     from nvfp4tools import _teardown
     _teardown.KEPT = []
     try:
