@@ -13,8 +13,10 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
+import tempfile
 import time
+
+from _installed import installed_command
 
 CT_CODE = r"""
 import json, sys
@@ -37,14 +39,29 @@ def config_3g() -> dict:
     return cfg
 
 
-def run(cmd: list[str]) -> tuple[float, int]:
-    """(wall seconds, peak RSS bytes of the child)."""
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to others, all CPUs (/proc/stat; 0 where there is none)."""
+    try:
+        with open("/proc/stat") as fh:
+            f = fh.readline().split()
+        return int(f[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def run(cmd: list[str]) -> tuple[float, int, float, float]:
+    """(wall seconds, peak RSS bytes, CPU seconds of the child, seconds stolen by the hypervisor
+    meanwhile). A command with more CPU than `cp -r` (the converter's Python beside its copy)
+    loses more to a busy host than `cp -r` does; the last two columns tell such runs apart."""
+    st0 = steal_seconds()
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M"] + cmd, capture_output=True, text=True)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S"] + cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    stolen = steal_seconds() - st0
     if p.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed: {p.stderr[-1500:]}")
-    return wall, int(p.stderr.strip().splitlines()[-1]) * 1024
+    rss, user, system = p.stderr.strip().splitlines()[-1].split()
+    return wall, int(rss) * 1024, float(user) + float(system), stolen
 
 
 def main() -> None:
@@ -54,27 +71,31 @@ def main() -> None:
     ap.add_argument("--ct-python", default=None, help="a Python with compressed-tensors installed")
     ap.add_argument("--settle", type=float, default=0.0, help="seconds to wait after sync before each run")
     ap.add_argument("--exe", default=None,
-                    help="the nvfp4tools command to time (default: this Python's, which in a checkout is the "
-                         "editable install, whose import hook adds ~25 ms at startup; a wheel installed in a "
-                         "scratch venv is what users run)")
+                    help="the nvfp4tools command to time (default: this checkout laid out as a wheel installs it, "
+                         "with pip's console script, in a throw-away venv: bench/_installed.py)")
     a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        bench(a, a.exe or installed_command(work))
+
+
+def bench(a: argparse.Namespace, exe: str) -> None:
     src = a.dir
     if not os.path.isfile(os.path.join(src, "model.safetensors")):
         from nvfp4tools.synth import synthesize
         t0 = time.perf_counter()
         synthesize(src, fmt="modelopt", recipe="all-linear", config=config_3g(), preset="custom")
         print(f"generated {src} in {time.perf_counter() - t0:.0f} s")
-    # byte-compile the package as `pip install` does (this machine sets PYTHONDONTWRITEBYTECODE=1,
-    # so an editable checkout would otherwise recompile ~0.1 s of source in every timed run)
+    # byte-compile the package as `pip install` does, for an --exe that runs this checkout (this
+    # machine sets PYTHONDONTWRITEBYTECODE=1, so an editable checkout would otherwise recompile
+    # ~0.1 s of source in every timed run)
     import compileall
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for sub in ("nvfp4tools", "formats", "kernels_ref"):
         compileall.compile_dir(os.path.join(repo, sub), quiet=1)
     size = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
-    exe = a.exe or os.path.join(os.path.dirname(sys.executable), "nvfp4tools")
     out = src + "-out"
-    res: dict[str, list[tuple[float, int]]] = {"cp -r": [], "nvfp4tools": [], "nvfp4tools --verify full": [],
-                                               "compressed-tensors": []}
+    res: dict[str, list[tuple[float, int, float, float]]] = {
+        "cp -r": [], "nvfp4tools": [], "nvfp4tools --verify full": [], "compressed-tensors": []}
     for _ in range(a.runs):
         for name, cmd in (("cp -r", ["cp", "-r", src, out]),
                           ("nvfp4tools", [exe, "convert", src, out, "--to", "compressed-tensors"]),
@@ -88,16 +109,17 @@ def main() -> None:
             time.sleep(a.settle)  # nor the file system's background work after deleting it
             res[name].append(run(cmd))
     shutil.rmtree(out, ignore_errors=True)
-    print(f"checkpoint: {src}, {size / 2**30:.2f} GiB, one shard")
-    base = statistics.median(w for w, _ in res["cp -r"])
-    base_min = min(w for w, _ in res["cp -r"])
+    print(f"checkpoint: {src}, {size / 2**30:.2f} GiB, one shard; command: {exe}")
+    base = statistics.median(r[0] for r in res["cp -r"])
+    base_min = min(r[0] for r in res["cp -r"])
     for name, rs in res.items():
         if rs:
-            w = statistics.median(x for x, _ in rs)
-            lo = min(x for x, _ in rs)
-            m = max(r for _, r in rs)
+            w = statistics.median(r[0] for r in rs)
+            lo = min(r[0] for r in rs)
+            m = max(r[1] for r in rs)
             print(f"{name:<26} median {w:6.2f} s ({w / base:4.2f}x cp -r)  min {lo:6.2f} s ({lo / base_min:4.2f}x)"
-                  f"   peak RSS {m / 2**20:6.0f} MiB   runs: {' '.join(f'{x:.2f}' for x, _ in rs)}")
+                  f"   peak RSS {m / 2**20:6.0f} MiB   runs: {' '.join(f'{r[0]:.2f}' for r in rs)}"
+                  f"   cpu: {' '.join(f'{r[2]:.2f}' for r in rs)}   stolen: {' '.join(f'{r[3]:.2f}' for r in rs)}")
 
 
 if __name__ == "__main__":

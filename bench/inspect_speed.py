@@ -18,15 +18,14 @@ Two ways of running nvfp4tools are timed:
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
+
+from _installed import installed_python
 
 BARE = r"""
 import json, struct, sys, os
@@ -39,27 +38,6 @@ for f in sorted(os.listdir(d)):
             n += len(json.loads(fh.read(k)))
 print(n)
 """
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def installed_python(work: str) -> str:
-    """A venv holding the package as a wheel lays it out, plus this venv's dependencies."""
-    pkg = os.path.join(work, "pkg")
-    shutil.copytree(os.path.join(REPO, "nvfp4tools"), os.path.join(pkg, "nvfp4tools"))
-    for sub in ("formats", "kernels_ref"):  # [tool.setuptools.package-dir]
-        shutil.copytree(os.path.join(REPO, sub), os.path.join(pkg, "nvfp4tools", sub))
-    compileall.compile_dir(pkg, quiet=1)  # pip byte-compiles on install
-    venv = os.path.join(work, "venv")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
-    py = os.path.join(venv, "bin", "python")
-    site = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    with open(os.path.join(site, "nvfp4tools-bench.pth"), "w") as fh:
-        # plain directory lines: added to sys.path, but .pth files inside them are not run,
-        # so the editable finder of this checkout stays out
-        fh.write(pkg + "\n" + sysconfig.get_paths()["purelib"] + "\n")
-    return py
 
 
 def main() -> None:
