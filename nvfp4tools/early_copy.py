@@ -46,29 +46,28 @@ _BYTES = (bytes, bytearray, memoryview)   # patches written as they are (not ran
 HEADROOM_PER_ENTRY = 16
 HEADROOM_BYTES = 64 * 1024
 ALIGN = 64 * 2**10         # the copy starts at this alignment on both sides (see header_room)
-# One copy_file_range call: how often progress shows and patches land, how soon a cancel acts.
-# Not smaller: the 2.9 GiB bench conversion took 1.99-2.72 s in 128 MiB requests, 1.17-1.59 s
-# (median 1.21) in 1 GiB ones, 1.25-1.93 s in 2 GiB ones (cp -r: 1.07-1.14 s; bench/RESULTS.md). Why is not
-# established; the slow runs lose their time in the copy's last requests, once the kernel
-# starts writing the dirty pages back.
-_REQUEST = 2**30
-# The last requests shrink geometrically down to this: whatever waits for the copy to pass it
-# (the patches of rewritten globals, the verification that follows the copy) waits at most for
-# one request, so with a 1 GiB last request a third to a half of that work ran after the copy
-# had finished (about 0.1 s on the 2.9 GiB bench; see _request_size). 32 MiB left a last
-# request of 61 MiB there, whose tensors were verified 2-30 ms after the copy; 8 MiB leaves
-# 15 MiB and 1-3 ms, for two more requests (bench/RESULTS.md, convert, Session 12).
-_TAIL_REQUEST = 8 * 2**20
+# One copy_file_range call: as large as the kernel takes (Linux's MAX_RW_COUNT, 2 GiB - 4 KiB,
+# rounded down to ALIGN so that every request starts aligned on both sides), then one small last
+# request. The number of requests is what matters: on the 2.9 GiB bench, once the kernel writes the
+# dirty pages back (past ~2.3 GB copied), every further request ran at 0.5-0.75 GB/s instead of
+# 2-3 GB/s, so a tail of many small requests took the copy from 1.16-1.47 s (median 1.22, two
+# requests and a last one of 64 MiB) to 1.24-1.76 s (median 1.44, 1 GiB requests halving down to
+# 8 MiB), six alternating rounds of the bare copy (bench/RESULTS.md, convert, Session 13). Why the
+# kernel does that is not established.
+_REQUEST = (0x7FFFF000 // ALIGN) * ALIGN
+# What waits for the copy to pass its bytes (the patches of rewritten globals, the verification
+# that follows the copy) waits at most for the request under way: the last one is small, so that
+# nearly all of that work is done when the copy ends (with one 0.9 GiB last request, a third of it
+# ran after the copy, about 0.1 s on the bench), and its own tensors take 1-3 ms after it.
+_LAST_REQUEST = 64 * 2**20
 
 
 def _request_size(remaining: int, request: int) -> int:
-    """Bytes for the next copy request with REMAINING bytes to go: REQUEST while more than two
-    requests' worth is left, then about half of what is left (a multiple of ALIGN, so that every
-    request starts 64 KiB-aligned on both sides), down to _TAIL_REQUEST."""
-    half = (remaining // 2) // ALIGN * ALIGN
-    if remaining > 2 * request or half < _TAIL_REQUEST:
-        return min(request, remaining)
-    return min(half, request)
+    """Bytes for the next copy request with REMAINING bytes to go: REQUEST, or what is left but
+    the last _LAST_REQUEST bytes and the odd end (a multiple of ALIGN, so that the last request
+    starts aligned too), then the rest in one."""
+    head = (remaining - _LAST_REQUEST) // ALIGN * ALIGN
+    return min(request, head) if head > 0 else remaining
 
 
 class _Shard:
