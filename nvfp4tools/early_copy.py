@@ -53,7 +53,9 @@ ALIGN = 64 * 2**10         # the copy starts at this alignment on both sides (se
 # 2-3 GB/s, so a tail of many small requests took the copy from 1.16-1.47 s (median 1.22, two
 # requests and a last one of 64 MiB) to 1.24-1.76 s (median 1.44, 1 GiB requests halving down to
 # 8 MiB), six alternating rounds of the bare copy (bench/RESULTS.md, convert, Session 13). Why the
-# kernel does that is not established.
+# kernel does that is not established. (Session 6 had measured plain 2 GiB requests no better than
+# 1 GiB ones in the converter, 1.25-1.93 s against 1.17-1.59 s, six rounds each right after cp -r,
+# the slot Session 13 found slow for whatever runs in it.)
 _REQUEST = (0x7FFFF000 // ALIGN) * ALIGN
 # What waits for the copy to pass its bytes (the patches of rewritten globals, the verification
 # that follows the copy) waits at most for the request under way: the last one is small, so that
