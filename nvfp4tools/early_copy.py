@@ -60,8 +60,11 @@ _REQUEST = (0x7FFFF000 // ALIGN) * ALIGN
 # What waits for the copy to pass its bytes (the patches of rewritten globals, the verification
 # that follows the copy) waits at most for the request under way: the last one is small, so that
 # nearly all of that work is done when the copy ends (with one 0.9 GiB last request, a third of it
-# ran after the copy, about 0.1 s on the bench), and its own tensors take 1-3 ms after it.
-_LAST_REQUEST = 64 * 2**20
+# ran after the copy, about 0.1 s on the bench). Not smaller: the tensors of the request before it
+# are verified while it runs, and behind a 64 MiB last request the fastest copies (1.28-1.31 s)
+# were renamed 46-53 ms after the copy ended, behind 128 MiB 21 ms (bench/convert_tail.py; slower
+# copies 2-8 ms and 10-13 ms).
+_LAST_REQUEST = 128 * 2**20
 
 
 def _request_size(remaining: int, request: int) -> int:

@@ -233,9 +233,9 @@ def test_early_copy_in_many_requests_equals_the_ordinary_write(sharded, tmp_path
 
 def test_request_schedule_is_full_requests_then_one_small_last():
     """As large a request as the kernel takes (2 GiB - 64 KiB, a multiple of 64 KiB), then the rest
-    but the last 64 MiB, then those: every request but the last a multiple of 64 KiB (each starts
+    but the last 128 MiB, then those: every request but the last a multiple of 64 KiB (each starts
     aligned on both sides), and the last one small, so that what waits for the copy to pass it
-    (patches, verification) waits for 64 MiB at the end, not for a 0.9 GiB request; few requests,
+    (patches, verification) waits for 128 MiB at the end, not for a 0.9 GiB request; few requests,
     because the kernel ran every request after writeback began at a third of the speed."""
     req, align, last = early_copy._REQUEST, early_copy.ALIGN, early_copy._LAST_REQUEST
     assert req % align == 0 and 0x7FFFF000 - align < req <= 0x7FFFF000
@@ -247,7 +247,7 @@ def test_request_schedule_is_full_requests_then_one_small_last():
         assert last <= sizes[-1] < last + align or len(sizes) == 1 and total < last + align, sizes
         assert all(n == req for n in sizes[:-2]), sizes
     mib = [round(n / 2**20) for n in _sizes(3_129_382_596 - 1_500_000, req)]   # the bench checkpoint
-    assert mib == [2048, 871, 64], mib
+    assert mib == [2048, 807, 128], mib
 
 
 def _sizes(total: int, req: int) -> list[int]:
