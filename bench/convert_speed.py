@@ -67,13 +67,18 @@ def run(cmd: list[str]) -> tuple[float, int, float, float]:
     return wall, int(rss) * 1024, float(user) + float(system), stolen
 
 
-def _after_cp_load(after_cp: collections.Counter, prev: str | None, order) -> tuple:
-    """How unevenly the slot right after cp -r would be shared if this round ran in ORDER (the
-    most times one command got it, then all the counts; min() keeps the first such order)."""
+def _after_cp(after_cp: collections.Counter, prev: str | None, order) -> collections.Counter:
+    """AFTER_CP (times each command ran right after cp -r) once a round in ORDER has run after PREV."""
     counts = after_cp.copy()
     for i, (name, _) in enumerate(order):
         if (order[i - 1][0] if i else prev) == "cp -r":
             counts[name] += 1
+    return counts
+
+
+def _unevenness(counts: collections.Counter) -> tuple:
+    """The most times one command got the slot after cp -r, then all the counts (min() over the
+    orders keeps the first of the most even ones)."""
     return max(counts.values(), default=0), sorted(counts.values(), reverse=True)
 
 
@@ -122,10 +127,8 @@ def bench(a: argparse.Namespace, exe: str) -> None:
         # 1.30-1.37 s right after its own output was deleted (8 of 8 pairs, bench/RESULTS.md,
         # convert, Session 13), and the fixed order this bench had gave that slot to nvfp4tools
         # every round
-        order = min(itertools.permutations(contenders), key=lambda o: _after_cp_load(after_cp, prev, o))
-        for i, (name, _) in enumerate(order):
-            if (order[i - 1][0] if i else prev) == "cp -r":
-                after_cp[name] += 1
+        order = min(itertools.permutations(contenders), key=lambda o: _unevenness(_after_cp(after_cp, prev, o)))
+        after_cp = _after_cp(after_cp, prev, order)
         prev = order[-1][0]
         print("round:", ", ".join(name for name, _ in order), flush=True)
         for name, cmd in order:

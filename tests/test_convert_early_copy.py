@@ -212,13 +212,13 @@ def test_lossless_nvfp4_convert_never_imports_numpy(sharded, tmp_path):
         assert r.stdout.rstrip().endswith("False"), f"{to}: numpy was imported"
 
 
-def test_early_copy_in_many_requests_equals_the_ordinary_write(sharded, tmp_path, monkeypatch):
-    """The copy in small requests (8 KiB here, aligned to 4 KiB, the last at least 4 KiB; 2 GiB,
-    64 KiB and 64 MiB in production): patches land between requests as the copy passes them,
-    verification follows it, and the output is byte for byte what the ordinary write makes."""
-    monkeypatch.setattr(early_copy, "ALIGN", 4096)
-    monkeypatch.setattr(early_copy, "_REQUEST", 8192)
-    monkeypatch.setattr(early_copy, "_LAST_REQUEST", 4096)
+def _convert_in_requests(monkeypatch, sharded: str, tmp_path, align: int, request: int, last: int) -> list[int]:
+    """Convert SHARDED with the early copy scaled down (ALIGN, REQUEST, LAST bytes), check that
+    both shards were claimed and that the output is byte for byte what the ordinary write makes;
+    return the sizes of the copy requests made."""
+    monkeypatch.setattr(early_copy, "ALIGN", align)
+    monkeypatch.setattr(early_copy, "_REQUEST", request)
+    monkeypatch.setattr(early_copy, "_LAST_REQUEST", last)
     calls: list[int] = []
     orig = early_copy.copy_once
     monkeypatch.setattr(early_copy, "copy_once", lambda fi, fo, n, *a: calls.append(n) or orig(fi, fo, n, *a))
@@ -226,9 +226,17 @@ def test_early_copy_in_many_requests_equals_the_ordinary_write(sharded, tmp_path
     early, plain = str(tmp_path / "early"), str(tmp_path / "plain")
     convert(sharded, early, "compressed-tensors")
     assert claims == [True, True]
-    assert calls.count(8192) > 10, calls
     convert(sharded, plain, "compressed-tensors", max_shard_bytes=10**12)
     assert _tensors(early) == _tensors(plain)
+    return calls
+
+
+def test_early_copy_in_many_requests_equals_the_ordinary_write(sharded, tmp_path, monkeypatch):
+    """The copy in small requests (8 KiB here, aligned to 4 KiB, the last at least 4 KiB; 2 GiB,
+    64 KiB and 128 MiB in production): patches land between requests as the copy passes them,
+    verification follows it, and the output is byte for byte what the ordinary write makes."""
+    calls = _convert_in_requests(monkeypatch, sharded, tmp_path, 4096, 8192, 4096)
+    assert calls.count(8192) > 10, calls
 
 
 def test_request_schedule_is_full_requests_then_one_small_last():
@@ -261,19 +269,10 @@ def _sizes(total: int, req: int) -> list[int]:
 def test_early_copy_with_a_small_last_request_equals_the_ordinary_write(sharded, tmp_path, monkeypatch):
     """Full requests and a small last one (scaled down: 256 KiB requests, 64 KiB last) give the
     same output byte for byte."""
-    monkeypatch.setattr(early_copy, "_REQUEST", 4 * early_copy.ALIGN)
-    monkeypatch.setattr(early_copy, "_LAST_REQUEST", early_copy.ALIGN)
-    calls: list[int] = []
-    orig = early_copy.copy_once
-    monkeypatch.setattr(early_copy, "copy_once", lambda fi, fo, n, *a: calls.append(n) or orig(fi, fo, n, *a))
-    claims = _claims(monkeypatch)
-    early, plain = str(tmp_path / "early"), str(tmp_path / "plain")
-    convert(sharded, early, "compressed-tensors")
-    assert claims == [True, True]
-    assert any(early_copy.ALIGN <= n < 2 * early_copy.ALIGN for n in calls), calls   # a last request
-    assert any(n == 4 * early_copy.ALIGN for n in calls), calls                       # and full ones
-    convert(sharded, plain, "compressed-tensors", max_shard_bytes=10**12)
-    assert _tensors(early) == _tensors(plain)
+    align = early_copy.ALIGN
+    calls = _convert_in_requests(monkeypatch, sharded, tmp_path, align, 4 * align, align)
+    assert any(align <= n < 2 * align for n in calls), calls   # a last request
+    assert any(n == 4 * align for n in calls), calls           # and full ones
 
 
 def test_touching_byte_patches_are_written_together_in_order():
