@@ -28,6 +28,7 @@ import glob
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,11 +36,20 @@ import sys
 import time
 
 CHILD = r"""
-import atexit, json, os, sys
+import atexit, json, os, resource, sys
 from nvfp4tools import early_copy as ec
 mode = sys.argv[1]
 shards = []
+copy_cpu = []
 begin = ec.EarlyCopy.begin.__func__
+run = ec.EarlyCopy._run
+
+def timed_run(self):
+    try:
+        run(self)
+    finally:   # the copy thread's own CPU time (user + system), before it exits
+        r = resource.getrusage(resource.RUSAGE_THREAD)
+        copy_cpu.append((r.ru_utime, r.ru_stime))
 
 def timed_begin(cls, *a, **k):
     early = begin(cls, *a, **k)
@@ -60,8 +70,12 @@ def timed_begin(cls, *a, **k):
 
 def report():
     print("COPY_S " + json.dumps(sum(s.seconds for s in shards)), file=sys.stderr, flush=True)
+    r = resource.getrusage(resource.RUSAGE_THREAD)   # (atexit runs on the main thread)
+    print("COPY_CPU " + json.dumps([sum(u for u, _ in copy_cpu), sum(s for _, s in copy_cpu),
+                                    r.ru_utime, r.ru_stime]), file=sys.stderr, flush=True)
 
 ec.EarlyCopy.begin = classmethod(timed_begin)
+ec.EarlyCopy._run = timed_run
 atexit.register(report)
 sys.argv = ["nvfp4tools", "convert", sys.argv[2], sys.argv[3], "--to", "compressed-tensors"]
 from nvfp4tools.cli import main
@@ -89,6 +103,8 @@ def main() -> None:
     }
     wall: dict[str, list[float]] = {k: [] for k in cases}
     copy: dict[str, list[float]] = {k: [] for k in cases}
+    copy_cpu: dict[str, list[float]] = {k: [] for k in cases}
+    cpu: dict[str, list[float]] = {k: [] for k in cases}
     rng = random.Random(a.seed)
     for _ in range(a.runs):
         order = list(cases)
@@ -98,22 +114,30 @@ def main() -> None:
             for left in glob.glob(os.path.join(os.path.dirname(out), "." + os.path.basename(out) + ".nvfp4tools-tmp-*")):
                 shutil.rmtree(left, ignore_errors=True)   # a killed run's temporary folder
             os.sync()
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             # (cwd /: `python -c` in a checkout would import the source tree, not the wheel)
             p = subprocess.run(cases[name], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/")
             wall[name].append(time.perf_counter() - t0)
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
             if p.returncode != 0:
                 raise SystemExit(f"{name} failed: {p.stderr[-1500:]}")
             for line in p.stderr.splitlines():
                 if line.startswith("COPY_S "):
                     copy[name].append(json.loads(line[7:]))
+                elif line.startswith("COPY_CPU "):
+                    copy_cpu[name].append(json.loads(line[9:]))
     shutil.rmtree(out, ignore_errors=True)
     for name in cases:
         w = wall[name]
         line = f"{name:<20} wall median {statistics.median(w):5.2f} s  min {min(w):5.2f}"
         if copy[name]:
             line += f"   copy thread median {statistics.median(copy[name]):5.2f} s  min {min(copy[name]):5.2f}"
-        print(line + f"   runs {' '.join(f'{x:.2f}' for x in w)}")
+            cc = copy_cpu[name]
+            line += (f"  its cpu user+sys {statistics.median(c[0] for c in cc):4.2f}+{statistics.median(c[1] for c in cc):4.2f} s"
+                     f"  main thread {statistics.median(c[2] for c in cc):4.2f}+{statistics.median(c[3] for c in cc):4.2f} s")
+        print(line + f"   process cpu median {statistics.median(cpu[name]):5.2f} s   runs {' '.join(f'{x:.2f}' for x in w)}")
 
 
 if __name__ == "__main__":
