@@ -49,9 +49,11 @@ def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: b
     """
     pause_collector()
     from nvfp4tools.early_copy import take_prestarted
-    from nvfp4tools.gpus import parse_size
 
-    max_bytes = None if max_shard_size is None else parse_size(max_shard_size)
+    max_bytes = None
+    if max_shard_size is not None:   # (nvfp4tools.gpus brings subprocess and shutil: not otherwise)
+        from nvfp4tools.gpus import parse_size
+        max_bytes = parse_size(max_shard_size)
     try:
         # the entry point (nvfp4tools.cli.main) started the bulk copy before click and numpy were
         # imported, where the arguments allow it; otherwise convert() starts it if it can
