@@ -13,7 +13,9 @@ Cases, in a shuffled order each round, `sync` after removing the previous output
   least work a conversion can do beside its copy.
 
 The copy thread's time beside the work against alone and beside a read is what the main thread's
-work (header parses, plan, patches, verification) costs the kernel's copy on this machine.
+work (header parses, plan, patches, verification) costs the kernel's copy on this machine. Every
+case also reports its process CPU; the children report the copy thread's and the main thread's own
+CPU (user + system): a copy that takes longer beside the work without more CPU was waiting.
 bench/RESULTS.md, convert.
 
     python bench/convert_overlap.py [--runs 5] [--dir /tmp/nvfp4tools-bench-3g] [--python PATH]
@@ -103,7 +105,7 @@ def main() -> None:
     }
     wall: dict[str, list[float]] = {k: [] for k in cases}
     copy: dict[str, list[float]] = {k: [] for k in cases}
-    copy_cpu: dict[str, list[float]] = {k: [] for k in cases}
+    copy_cpu: dict[str, list[list[float]]] = {k: [] for k in cases}   # copy user, sys, main user, sys
     cpu: dict[str, list[float]] = {k: [] for k in cases}
     rng = random.Random(a.seed)
     for _ in range(a.runs):
