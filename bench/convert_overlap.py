@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from _warm import warm
+
 CHILD = r"""
 import atexit, json, os, resource, sys
 from nvfp4tools import early_copy as ec
@@ -96,6 +98,7 @@ def main() -> None:
     if not os.path.isfile(os.path.join(src, "model.safetensors")):
         raise SystemExit(f"{src}: no checkpoint; run bench/convert_speed.py once to make it")
     exe = os.path.join(os.path.dirname(a.python), "nvfp4tools")
+    print(warm(src), flush=True)
     cases = {
         "cp -r": ["cp", "-r", src, out],
         "command": [exe, "convert", src, out, "--to", "compressed-tensors"],

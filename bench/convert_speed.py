@@ -20,6 +20,7 @@ import tempfile
 import time
 
 from _installed import installed_command
+from _warm import warm
 
 CT_CODE = r"""
 import json, sys
@@ -65,15 +66,6 @@ def run(cmd: list[str]) -> tuple[float, int, float, float]:
         raise SystemExit(f"{cmd[0]} failed: {p.stderr[-1500:]}")
     rss, user, system = p.stderr.strip().splitlines()[-1].split()
     return wall, int(rss) * 1024, float(user) + float(system), stolen
-
-
-def _read_all(path: str) -> int:
-    buf = memoryview(bytearray(64 * 2**20))   # (one buffer: fresh 64 MiB reads fault in new pages each time)
-    n = 0
-    with open(path, "rb", buffering=0) as fh:
-        while k := fh.readinto(buf):
-            n += k
-    return n
 
 
 def _after_cp(after_cp: collections.Counter, prev: str | None, order) -> collections.Counter:
@@ -128,12 +120,7 @@ def bench(a: argparse.Namespace, exe: str) -> None:
         ("nvfp4tools", [exe, "convert", src, out, "--to", "compressed-tensors"]),
         ("nvfp4tools --verify full", [exe, "convert", src, out, "--to", "compressed-tensors", "--verify", "full"]),
         ("compressed-tensors", [a.ct_python, "-c", CT_CODE, src, out] if a.ct_python else None)) if cmd is not None]
-    # page cache warm, as the target is stated: read the source once before the first round (this
-    # VM's DAMON pages out file cache left alone for a minute, so a bench started after a pause
-    # timed its first run, 6.33 s, against a source partly back on disk)
-    t0 = time.perf_counter()
-    warm_bytes = sum(_read_all(os.path.join(src, f)) for f in sorted(os.listdir(src)))
-    print(f"warmed the page cache: {warm_bytes / 2**30:.2f} GiB read in {time.perf_counter() - t0:.2f} s", flush=True)
+    print(warm(src), flush=True)   # page cache warm, as the target is stated (bench/_warm.py)
     after_cp: collections.Counter[str] = collections.Counter()
     prev = None
     for _ in range(a.runs):

@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import tempfile
 
+from _warm import warm
+
 _TS = re.compile(r"^(\d+)\s+(\d+):(\d+):(\d+\.\d+)\s+(.*)$")
 
 
@@ -53,6 +55,7 @@ def main() -> None:
         raise SystemExit("strace is needed")
     out = os.path.join(os.path.dirname(os.path.abspath(a.dir)), ".nvfp4tools-bench-tail-out")
     cols = ["start", "copy", "to rename", "to exit_group", "to gone", "total"]
+    print(warm(a.dir), flush=True)
     print("ms per phase: " + "  ".join(f"{c:>13}" for c in cols))
     with tempfile.TemporaryDirectory() as tmp:
         log = os.path.join(tmp, "strace.txt")
