@@ -88,17 +88,11 @@ def _check_entry(rel: str, name: str, entry: Any, data_len: int) -> None:
                           f"{bits // 8} bytes, data_offsets give {end - begin}")
 
 
-# real path -> the size to validate a file against instead of its current one: set by convert
-# while its early copy is still filling the file (nvfp4tools/early_copy.py), whose header is
-# re-read and checked before the copy ends; the actual size is checked once the copy is done
-EXPECTED_SIZES: dict[str, int] = {}
-
-
 def parse_header(root: str, rel: str) -> ParsedFile:
     """Parse and validate one safetensors file's header. Raises FormatError naming the problem."""
     path = os.path.join(root, rel)
     try:
-        size = (EXPECTED_SIZES.get(os.path.realpath(path)) if EXPECTED_SIZES else None) or os.path.getsize(path)
+        size = os.path.getsize(path)
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
@@ -166,76 +160,9 @@ def parse_header(root: str, rel: str) -> ParsedFile:
     return ParsedFile(rel, size, tensors, {str(k): str(v) for k, v in meta.items()})
 
 
-# Headers of a big MoE checkpoint (~50,000 entries, ~12 MB of JSON in 4+ shards) are parsed on
-# two cores: a forked child parses the second half of the shards while this process parses the
-# first, and sends back plain tuples with marshal (our own data from our own child: nothing
-# foreign is ever deserialised). Linux only (fork without exec elsewhere is unsafe), only from a
-# single-threaded process (a fork copies no other thread, and a lock one of them held would stay
-# held in the child), and only when there is enough header to pay for the fork.
-PARALLEL_MIN_HEADER_BYTES = 4 * 2**20
-
-
 def parse_headers(root: str, files: list[str]) -> list[ParsedFile]:
     """parse_header for every file, in order; errors are those of the first bad file."""
-    if len(files) < 2 or not _parallel_ok(root, files):
-        return [parse_header(root, rel) for rel in files]
-    half = (len(files) + 1) // 2
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: parse the second half, send it, exit without running any cleanup
-        code = 0
-        try:
-            os.close(r)
-            try:
-                out = [(pf.file, pf.size, [tuple(t) for t in pf.tensors.values()], pf.metadata)
-                       for pf in (parse_header(root, rel) for rel in files[half:])]
-                payload = marshal.dumps(("ok", out))
-            except Nvfp4ToolsError as e:
-                payload = marshal.dumps(("error", type(e).__name__, e.message, e.hint))
-            with os.fdopen(w, "wb") as fh:
-                fh.write(payload)
-        except BaseException:  # noqa: BLE001  (the parent re-parses when the child says nothing)
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as pipe:
-        try:
-            first = [parse_header(root, rel) for rel in files[:half]]
-            payload = pipe.read()
-        except BaseException:  # an error in this half comes first, as in order; the child is not needed
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise
-    _, status = os.waitpid(pid, 0)
-    try:
-        msg = marshal.loads(payload) if status == 0 else None
-    except (EOFError, ValueError, TypeError):
-        msg = None
-    if not msg:  # the child failed in a way it could not report: do its half here
-        return first + [parse_header(root, rel) for rel in files[half:]]
-    if msg[0] == "error":
-        cls = UnsupportedError if msg[1] == "UnsupportedError" else FormatError
-        raise cls(msg[2], hint=msg[3])
-    new = tuple.__new__
-    for rel, size, rows, meta in msg[1]:
-        first.append(ParsedFile(rel, size, {row[0]: new(RawTensor, row) for row in rows}, meta))
-    return first
-
-
-def _parallel_ok(root: str, files: list[str]) -> bool:
-    if not sys.platform.startswith("linux") or not hasattr(os, "fork") or threading.active_count() != 1:
-        return False
-    head = 0
-    for rel in files:
-        try:
-            with open(os.path.join(root, rel), "rb") as fh:
-                b = fh.read(8)
-        except OSError:
-            return False  # parse_header reports it
-        if len(b) == 8:
-            head += int.from_bytes(b, "little")
-    return head >= PARALLEL_MIN_HEADER_BYTES
+    return [parse_header(root, rel) for rel in files]
 
 
 @dataclass

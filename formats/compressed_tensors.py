@@ -128,5 +128,11 @@ def read(path: str) -> Checkpoint:
     )
 
 
+def _writer():
+    from .ct_writer import CTWriter
+    return CTWriter()
+
+
 SPEC = register(FormatSpec("compressed-tensors", sniff, read,
-                           "compressed-tensors (vLLM / llm-compressor) safetensors"))
+                           "compressed-tensors (vLLM / llm-compressor) safetensors",
+                               writer=_writer))

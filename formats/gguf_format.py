@@ -278,4 +278,10 @@ def arch_from_gguf(kv: dict[str, Any], lengths: dict[str, int], arch: str,
     )
 
 
-SPEC = register(FormatSpec("gguf", sniff, read, "GGUF (llama.cpp), single file or split"))
+def _writer():
+    from .gguf_writer import GGUFWriter
+    return GGUFWriter()
+
+
+SPEC = register(FormatSpec("gguf", sniff, read, "GGUF (llama.cpp), single file or split",
+                               writer=_writer))

@@ -1,66 +1,64 @@
-"""Writing GGUF from canonical tensors (llama.cpp's layout), through the gguf package's writer.
+"""Writing GGUF (llama.cpp's layout) through the gguf package's header writer and nvfp4tools'
+one encoder.
 
 Tensor names come from gguf-py's tensor-name map for the architecture (``get_tensor_name_map``,
-``language_model.`` stripped as llama.cpp's converter does). NVFP4 weights are re-nibbled into
-64-element ``block_nvfp4`` blocks with the E4M3 scale bytes kept; the per-tensor global goes to
-an F32 ``<t>.scale`` sidecar and the input scale to ``<t>.input_scale`` (never folded into block
-scales); per-expert weights are stacked ``[E, out, in]`` with ``[E]`` sidecars. A scale of exactly 1.0
-is omitted (llama.cpp's converter also drops values within 1e-6 of 1.0, which is lossy: we don't).
-Gemma 4: ``router.per_expert_scale`` is multiplied into the down projection's scale, as llama.cpp's
-converter does; the original values are stored under ``nvfp4tools.restore.*`` keys so a conversion
-back restores them bit for bit. int4 group-symmetric weights with group 32 (or a multiple, by
-repeating the scale) become Q4_0. 1-D tensors are written F32, other unquantized tensors as stored.
+``language_model.`` stripped as llama.cpp's converter does); what llama.cpp's converter does per
+architecture (Q/K permutation, generated ``rope_freqs``, Gemma 4's per-expert-scale fold) is data in
+:mod:`.gguf_arch`. NVFP4 weights are re-nibbled into 64-element ``block_nvfp4`` blocks with the
+E4M3 scale bytes kept; the per-tensor global goes to an F32 ``<t>.scale`` sidecar and the input
+scale to ``<t>.input_scale`` (conversion/base.py ``_repack_nvfp4``); a global of exactly 1.0 is
+omitted (the reader's default). Per-expert weights are stacked ``[E, out, in]`` with ``[E]``
+sidecars; a fused ``gate_up_proj`` is split into ``ffn_gate_exps`` and ``ffn_up_exps``. int4
+group-symmetric weights with group 32 (or a multiple, by repeating the scale) become Q4_0. 1-D
+tensors and MoE routers are written F32, other unquantized tensors as stored.
+
+Everything a conversion back to safetensors needs is recorded under ``nvfp4tools.*`` keys: the
+source names and dtypes, config.json, and the values a fold changed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from nvfp4tools.convert.canon import View, is_int4_sym
+from nvfp4tools.convert.options import Options
+from nvfp4tools.convert.plan import Action, Kind, Plan, RowSlice
 from nvfp4tools.errors import UnsupportedError, UsageError
-from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
 from nvfp4tools.model import Checkpoint, TensorInfo
 
-ARCHES = {"gemma4": "GEMMA4", "gemma4_text": "GEMMA4", "llama": "LLAMA", "mistral": "LLAMA", "mixtral": "LLAMA",
-          "qwen2": "QWEN2", "qwen3": "QWEN3", "qwen2_moe": "QWEN2MOE", "qwen3_moe": "QWEN3MOE"}
+from .gguf_arch import ARCHES, REFUSED, GGUFArch, llama3_rope_factors
+from .layouts import Out
+
+QUANTIZE_ROLES = ("attention", "mlp", "experts", "shared_expert")
+ALIGN = 32   # gguf-py GGUF_DEFAULT_ALIGNMENT
+DROPPED_ROLES = {"vision": "vision tower (llama.cpp keeps it in a separate mmproj file)",
+                 "projector": "multimodal projector (llama.cpp keeps it in a separate mmproj file)"}
 
 
-@dataclass(frozen=True)
-class GOut:
-    key: str
-    gtype: str                 # "NVFP4", "Q4_0", "F32", "BF16", "F16"
-    shape: tuple[int, ...]     # row-major logical shape
-    what: str                  # "nvfp4" | "q4_0" | "raw" | "scale" | "input_scale"
-    nbytes: int
-    dtype: str = ""            # for raw: source dtype
-
-
-def _nb(gtype: str, shape: tuple[int, ...]) -> int:
-    n = int(np.prod(shape)) if shape else 1
-    return {"NVFP4": n // 64 * 36, "Q4_0": n // 32 * 18, "F32": 4 * n, "BF16": 2 * n, "F16": 2 * n}[gtype]
-
-
-def _gguf_arch(src: Checkpoint) -> tuple[Any, str]:
+def gguf_arch(src: Checkpoint) -> tuple[GGUFArch, Any, str]:
     import gguf
 
     mt = (src.arch.model_type if src.arch else "") or ""
-    key = ARCHES.get(mt)
-    if key is None:
-        raise UnsupportedError(f"{src.source}: writing GGUF for architecture {mt!r} is not supported",
-                               hint=f"supported: {', '.join(sorted(set(ARCHES)))}")
-    arch = getattr(gguf.MODEL_ARCH, key)
-    return arch, gguf.MODEL_ARCH_NAMES[arch]
+    spec = ARCHES.get(mt)
+    if spec is None:
+        why = REFUSED.get(mt)
+        raise UnsupportedError(
+            f"{src.source}: writing GGUF for architecture {mt or '(unknown)'!r} is not supported"
+            + (f": {why}" if why else ""),
+            hint=f"GGUF output supports {', '.join(sorted(ARCHES))}; convert to modelopt or compressed-tensors instead")
+    arch = getattr(gguf.MODEL_ARCH, spec.gguf_arch)
+    return spec, arch, gguf.MODEL_ARCH_NAMES[arch]
 
 
 def _name(tmap, hf: str) -> str | None:
     n = hf.replace("model.language_model.", "model.").replace("language_model.model.", "model.")
     if n.endswith(".router.scale"):
         return n.replace("model.layers.", "blk.").replace(".router.scale", ".ffn_gate_inp.scale")
-    if n.endswith(".router.per_expert_scale"):
+    if n.endswith(".router.per_expert_scale"):   # not folded (Q4_0 down experts): llama.cpp's own tensor
         return n.replace("model.layers.", "blk.").replace(".router.per_expert_scale", ".ffn_down_exps.scale")
     suffix = ".weight" if n.endswith(".weight") else (".bias" if n.endswith(".bias") else "")
     base = n[: -len(suffix)] if suffix else n
@@ -68,108 +66,231 @@ def _name(tmap, hf: str) -> str | None:
     return None if g is None else g + (suffix or ".weight")
 
 
-def plan_gguf(src: Checkpoint, allow_lossy: bool = False, quantize: str | None = None):
-    import gguf
+def _exps_name(tmap, prefix: str, proj: str, layer: int | None) -> str:
+    g = _name(tmap, f"{prefix}.experts.{proj}_proj.weight")
+    if g is None or "_exps" not in g:
+        g = f"blk.{layer}.ffn_{proj}_exps.weight"
+    return g
 
-    from nvfp4tools.convert import Job, Plan
 
-    if src.format == "gguf":
-        raise UsageError("the source is already GGUF", hint="convert to modelopt or compressed-tensors instead")
-    if quantize is not None and (quantize != "q4_0" or not allow_lossy):
-        raise UsageError("--to gguf quantizes with --allow-lossy --quantize q4_0" if quantize == "q4_0" or quantize is None
-                         else f"--to gguf takes --quantize q4_0, not {quantize}")
-    arch, arch_name = _gguf_arch(src)
-    tmap = gguf.get_tensor_name_map(arch, src.arch.n_layers)
-    p = Plan(src, "gguf", [])
-    p.notes.append(f"architecture {arch_name}")
-    tensors = list(src.tensors.values())
-    # stack per-expert tensors: (layer prefix, proj) -> members
-    groups: dict[tuple[str, str], list[TensorInfo]] = {}
-    for t in tensors:
-        if t.role == "experts" and t.expert is not None and t.proj in ("gate", "up", "down"):
-            groups.setdefault((t.name.split(f".experts.{t.expert}.")[0], t.proj), []).append(t)
-    # llama.cpp folds router.per_expert_scale into an NVFP4 down projection's scale; requantized to
-    # Q4_0 (--quantize q4_0) the down projection keeps no scale, so the tensor is written instead
-    nvfp4_down_layers = set() if (allow_lossy and quantize == "q4_0") else \
-        {k[0] for k, v in groups.items() if k[1] == "down" and v[0].scheme.name == "nvfp4"}
-    done: set[tuple[str, str]] = set()
-    for t in tensors:
-        if t.role in ("vision", "projector"):
-            continue  # llama.cpp puts the vision tower in a separate mmproj file
-        if t.name.endswith("router.per_expert_scale") and t.name.split(".router.")[0] in nvfp4_down_layers:
-            continue  # folded into the down projection's scale (see the module docstring)
-        if t.role == "experts" and t.expert is not None and t.proj in ("gate", "up", "down"):
-            k = (t.name.split(f".experts.{t.expert}.")[0], t.proj)
-            if k in done:
+class GGUFWriter:
+    name = "gguf"
+    suffix = ".gguf"
+
+    # -- planning ------------------------------------------------------------------------------
+    def plan(self, src: Checkpoint, opts: Options, view: View) -> Plan:
+        import gguf
+
+        if src.format == "gguf":
+            raise UsageError("the source is already GGUF", hint="convert to modelopt or compressed-tensors instead")
+        if opts.quantize is not None and opts.quantize != "q4_0":
+            raise UsageError(f"--to gguf takes --quantize q4_0, not {opts.quantize}")
+        if opts.experts is not None:
+            raise UsageError("--experts applies to safetensors outputs; GGUF always stacks experts")
+        spec, arch, arch_name = gguf_arch(src)
+        tmap = gguf.get_tensor_name_map(arch, src.arch.n_layers)
+        p = Plan(src, "gguf", [])
+        p.notes.append(f"architecture {arch_name} ({spec.source})")
+        tensors = list(src.tensors.values())
+        lossy_q4 = opts.allow_lossy and opts.quantize == "q4_0"
+        if not any(t.scheme.quantized for t in tensors) and not lossy_q4:
+            p.notes.append("no quantized tensor in the source: the GGUF holds its weights as stored")
+        groups: dict[tuple[str, str], list[TensorInfo]] = {}
+        for t in tensors:
+            if t.role == "experts" and t.expert is not None and t.proj in ("gate", "up", "down"):
+                groups.setdefault((t.name.split(f".experts.{t.expert}.")[0], t.proj), []).append(t)
+        fold_layers = set()
+        if spec.fold_per_expert_scale and not lossy_q4:
+            fold_layers = {k[0] for k, v in groups.items() if k[1] == "down" and v[0].scheme.name == "nvfp4"}
+        done: set[tuple[str, str]] = set()
+        for t in tensors:
+            if t.role in DROPPED_ROLES:
+                p.dropped.append(t.name)
                 continue
-            done.add(k)
-            members = sorted(groups[k], key=lambda x: x.expert)
-            gname = _name(tmap, f"{k[0]}.experts.{t.proj}_proj.weight") or \
-                f"blk.{t.layer}.ffn_{t.proj}_exps.weight"
-            if gname.startswith("blk.") and "_exps" not in gname:
-                gname = f"blk.{t.layer}.ffn_{t.proj}_exps.weight"
-            shape = (len(members),) + tuple(members[0].shape)
-            p.jobs.append(_job(members, gname, shape, t.scheme.name, allow_lossy,
-                               fold=k[0] + ".router.per_expert_scale" if (t.proj == "down" and k[0] in nvfp4_down_layers) else None,
-                               quantize=quantize))
-            continue
-        gname = _name(tmap, t.name)
-        if gname is None:
-            raise UnsupportedError(f"{src.source}: no GGUF name for tensor '{t.name}' (architecture {arch_name})",
-                                   hint="llama.cpp's converter may know it; nvfp4tools uses gguf-py's name tables")
-        p.jobs.append(_job([t], gname, tuple(t.shape), t.scheme.name, allow_lossy, quantize=quantize))
-    if src.arch and src.arch.model_type.startswith("gemma4"):
-        rope = _gemma4_rope_freqs(src)
+            if t.name.endswith("router.per_expert_scale") and t.name.split(".router.")[0] in fold_layers:
+                continue   # folded into the down experts' scale (recorded for the way back)
+            if t.role == "experts" and t.expert is not None and t.proj in ("gate", "up", "down"):
+                k = (t.name.split(f".experts.{t.expert}.")[0], t.proj)
+                if k in done:
+                    continue
+                done.add(k)
+                members = sorted(groups[k], key=lambda x: x.expert)
+                if [m.expert for m in members] != list(range(len(members))):
+                    raise UnsupportedError(f"{k[0]}: experts {[m.expert for m in members]} of {t.proj}_proj are not "
+                                           "0..E-1; they cannot be stacked")
+                gname = _exps_name(tmap, k[0], t.proj, t.layer)
+                shape = (len(members),) + tuple(members[0].shape)
+                fold = k[0] + ".router.per_expert_scale" if (t.proj == "down" and k[0] in fold_layers) else None
+                p.actions.append(self._action(view, members, gname, shape, opts, Kind.STACK, fold=fold))
+                continue
+            if t.role == "experts" and len(t.shape) == 3 and t.proj == "gate_up" and spec.split_gate_up:
+                half = t.shape[1] // 2
+                prefix = t.name.rsplit(".experts.", 1)[0]
+                for i, proj in enumerate(("gate", "up")):
+                    gname = _exps_name(tmap, prefix, proj, t.layer)
+                    p.actions.append(self._action(view, [t], gname, (t.shape[0], half, t.shape[2]), opts, Kind.SPLIT,
+                                                  rows=RowSlice(None, i * half, (i + 1) * half)))
+                continue
+            gname = _name(tmap, t.name)
+            if t.role == "experts" and len(t.shape) == 3 and t.proj == "down":
+                gname = _exps_name(tmap, t.name.rsplit(".experts.", 1)[0], "down", t.layer)
+            if gname is None:
+                raise UnsupportedError(f"{src.source}: no GGUF name for tensor '{t.name}' (architecture {arch_name})",
+                                       hint="nvfp4tools names GGUF tensors with gguf-py's tables; this tensor has none")
+            heads = None
+            if spec.permute_qk and t.role == "attention" and t.proj in ("q", "k"):
+                heads = src.arch.n_heads if t.proj == "q" else src.arch.layers[t.layer or 0].n_kv_heads
+            p.actions.append(self._action(view, [t], gname, tuple(t.shape), opts, Kind.COPY, permute=heads))
+        rope = self._rope_freqs(src, spec)
         if rope is not None:
-            p.jobs.append(Job([], [GOut("rope_freqs.weight", "F32", (len(rope),), "const", 4 * len(rope))], True,
-                              "generate", note=json.dumps(rope)))
-    return p
+            p.actions.append(Action(Kind.GENERATE, (), (Out("rope_freqs.weight", "F32", (len(rope),), "raw"),), True,
+                                    "rope_freqs.weight", const=np.asarray(rope, "<f4").tobytes(),
+                                    note="llama.cpp's RoPE frequency factors"))
+        if p.dropped:
+            kinds = sorted({DROPPED_ROLES[src.tensors[n].role] for n in p.dropped})
+            p.notes.append(f"not written: {len(p.dropped)} tensors of the {'; '.join(kinds)}")
+        self._drop_unit_globals(p, view)
+        return p
 
+    def _action(self, view: View, members: list[TensorInfo], gname: str, shape: tuple[int, ...], opts: Options,
+                kind: Kind, fold: str | None = None, rows: RowSlice | None = None, permute: int | None = None) -> Action:
+        t = members[0]
+        names = tuple(m.name for m in members)
+        base = gname[: -len(".weight")] if gname.endswith(".weight") else gname
+        exact_int4 = is_int4_sym(t) and (t.scheme.name == "q4_0" or
+                                         (t.shape[-1] // t.part("block_scale").stored_shape[-1]) % 32 == 0)
+        requant = opts.allow_lossy and t.role in QUANTIZE_ROLES and len(shape) >= 2 and shape[-1] % 32 == 0 \
+            and gname.endswith(".weight") and kind != Kind.SPLIT and (
+                (opts.quantize == "q4_0" and (not t.scheme.quantized or t.scheme.name == "nvfp4"))
+                or (t.scheme.quantized and t.scheme.name != "nvfp4" and not exact_int4))
+        if requant:
+            return Action(Kind.QUANTIZE, names, (Out(gname, "Q4_0", shape, "q4_0_blocks"),), False, gname,
+                          stack="one" if kind == Kind.STACK else None, quantize_to="q4_0", permute_heads=permute,
+                          note=f"from {t.scheme.name}")
+        stack = "one" if kind == Kind.STACK else None
+        if t.scheme.name == "nvfp4":
+            if shape[-1] % 64:
+                raise UnsupportedError(f"{t.name}: in_features {shape[-1]} is not a multiple of 64 (GGUF NVFP4 block)",
+                                       hint="keep this checkpoint in safetensors (modelopt or compressed-tensors)")
+            gshape = (shape[0],) if len(shape) == 3 else (1,)
+            outs = [Out(gname, "NVFP4", shape, "nvfp4_blocks"), Out(base + ".scale", "F32", gshape, "global")]
+            if t.part("input_scale") is not None:
+                outs.append(Out(base + ".input_scale", "F32", gshape, "input"))
+            k = kind if kind != Kind.COPY else Kind.RENIBBLE
+            return Action(k, names, tuple(outs), True, gname, rows=rows, stack=stack, fold=fold,
+                          permute_heads=permute)
+        if is_int4_sym(t):
+            if not exact_int4:
+                raise UnsupportedError(f"{t.name}: int4 group is not a multiple of 32; Q4_0 cannot hold it exactly",
+                                       hint="pass --allow-lossy to requantize to Q4_0")
+            return Action(kind if kind != Kind.COPY else Kind.REPACK, names, (Out(gname, "Q4_0", shape, "q4_0_blocks"),),
+                          True, gname, rows=rows, stack=stack, permute_heads=permute)
+        if t.scheme.quantized:
+            raise UnsupportedError(f"{t.name}: {t.scheme.name} has no exact GGUF form",
+                                   hint="lossless paths to GGUF: NVFP4, int4 symmetric group 32/64/128 (Q4_0); "
+                                        "--allow-lossy --quantize q4_0 requantizes")
+        d = t.part("data").stored_dtype
+        # llama.cpp keeps 1-D tensors and MoE routers (ffn_gate_inp) in F32
+        f32 = len(shape) == 1 or d == "F32" or gname.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight"))
+        gtype = "F32" if f32 else ("F16" if d == "F16" else "BF16")
+        return Action(kind if kind != Kind.COPY or gtype != d else Kind.COPY, names, (Out(gname, gtype, shape, "raw"),),
+                      True, gname, rows=rows, stack=stack, permute_heads=permute)
 
-def _job(members: list[TensorInfo], gname: str, shape: tuple[int, ...], scheme: str, allow_lossy: bool,
-         fold: str | None = None, quantize: str | None = None):
-    from nvfp4tools.convert import QUANTIZE_ROLES, Job
+    @staticmethod
+    def _rope_freqs(src: Checkpoint, spec: GGUFArch) -> list[float] | None:
+        from nvfp4tools.arch import text_config
 
-    t = members[0]
-    base = gname[: -len(".weight")]
-    # int4 symmetric without g_idx maps onto Q4_0 exactly when its group is a multiple of 32
-    int4_sym = (t.scheme.element == "int4" and t.scheme.symmetric and t.part("zero_point") is None
-                and t.part("g_idx") is None and t.part("block_scale") is not None)
-    group = t.shape[-1] // t.part("block_scale").stored_shape[-1] if int4_sym else 0
-    exact_int4 = int4_sym and group % 32 == 0
-    requant = t.role in QUANTIZE_ROLES and len(shape) >= 2 and shape[-1] % 32 == 0 and allow_lossy and (
-        # --quantize q4_0: every linear ends up Q4_0 (unquantized ones, and NVFP4 ones too, for
-        # llama.cpp builds without NVFP4); int4 that Q4_0 cannot hold exactly only needs --allow-lossy
-        (quantize == "q4_0" and (not t.scheme.quantized or t.scheme.name == "nvfp4"))
-        or (t.scheme.element == "int4" and not exact_int4))
-    if requant:
-        # dequantized source -> ggml's reference Q4_0 quantizer (bit-exact with gguf-py's, which mirrors
-        # quantize_row_q4_0_ref); per-tensor error goes to the report
-        return Job([m.name for m in members], [GOut(gname, "Q4_0", shape, "q4_0", _nb("Q4_0", shape))], False,
-                   "quantize->q4_0", note=f"from {t.scheme.name}")
-    if scheme == "nvfp4":
-        if shape[-1] % 64:
-            raise UnsupportedError(f"{t.name}: in_features {shape[-1]} is not a multiple of 64 (GGUF NVFP4 block)")
-        lead = shape[:-2]
-        gshape = (lead[0],) if lead else (1,)
-        outs = [GOut(gname, "NVFP4", shape, "nvfp4", _nb("NVFP4", shape)),
-                GOut(base + ".scale", "F32", gshape, "scale", 4 * gshape[0])]
-        if t.part("input_scale") is not None:
-            outs.append(GOut(base + ".input_scale", "F32", gshape, "input_scale", 4 * gshape[0]))
-        return Job([m.name for m in members], outs, True, "renibble" + ("+fold" if fold else ""), note=fold or "")
-    if int4_sym:
-        if not exact_int4:
-            raise UnsupportedError(f"{t.name}: int4 group {group} is not a multiple of 32; Q4_0 cannot hold it exactly")
-        return Job([m.name for m in members], [GOut(gname, "Q4_0", shape, "q4_0", _nb("Q4_0", shape))], True,
-                   "int4->q4_0", note=f"group {group}")
-    if t.scheme.quantized:
-        raise UnsupportedError(f"{t.name}: {t.scheme.name} has no exact GGUF form",
-                               hint="lossless paths to GGUF: NVFP4, int4 symmetric group 32/64/128 (Q4_0)")
-    d = t.part("data").stored_dtype
-    # llama.cpp keeps 1-D tensors and MoE routers (ffn_gate_inp) in F32
-    f32 = len(shape) == 1 or d == "F32" or gname.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight"))
-    gtype = "F32" if f32 else ("F16" if d == "F16" else "BF16")
-    return Job([m.name for m in members], [GOut(gname, gtype, shape, "raw", _nb(gtype, shape), d)], True, "copy")
+        cfg = text_config(src.config)
+        if spec.rope_freqs == "gemma4_proportional":
+            return _gemma4_rope_freqs(src)
+        if spec.rope_freqs == "llama3":
+            rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+            rp = dict(rp.get("full_attention", rp))
+            rp.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+            head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+            return llama3_rope_factors(rp, int(head_dim))
+        return None
+
+    @staticmethod
+    def _drop_unit_globals(p: Plan, view: View) -> None:
+        """Omit ``.scale`` sidecars holding exactly 1.0 (the reader's default for a missing one)."""
+        from nvfp4tools.convert.encode import scalar_mults
+
+        for a in p.actions:
+            if not a.exact or not any(o.what == "global" for o in a.outs) or a.fold:
+                continue
+            vals = scalar_mults(a, view, "global_scale")
+            if vals and all(np.float32(v) == np.float32(1.0) for v in vals):
+                a.outs = tuple(o for o in a.outs if o.what != "global")
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(self, p: Plan, view: View, tmp: str, opts: Options, lossy: list, progress) -> list[str]:
+        import gguf
+        from gguf import GGMLQuantizationType as T
+
+        from nvfp4tools.convert.stream import write_actions
+
+        src = p.src
+        spec, _, arch_name = gguf_arch(src)
+        outs = [o for a in p.actions for o in a.outs]
+        kinds = {o.dtype for o in outs}
+        ftype = gguf.LlamaFileType.MOSTLY_NVFP4 if "NVFP4" in kinds else (
+            gguf.LlamaFileType.MOSTLY_Q4_0 if "Q4_0" in kinds else gguf.LlamaFileType.MOSTLY_BF16)
+        w = gguf.GGUFWriter(tmp, arch_name)
+        _metadata(w, src, arch_name, int(ftype))
+        _tokenizer(w, src, arch_name)
+        if src.config:
+            w.add_string("nvfp4tools.config_json", json.dumps(src.config))
+        # the safetensors name(s) and stored dtype behind every GGUF tensor, so a conversion back restores them
+        records = []
+        for a in p.actions:
+            o = a.outs[0]
+            if not a.sources or a.kind == Kind.SPLIT or o.what not in ("nvfp4_blocks", "q4_0_blocks", "raw"):
+                continue
+            t0 = src.tensors[a.sources[0]]
+            dt = t0.part("data").stored_dtype if o.what == "raw" else (
+                (t0.part("block_scale").stored_dtype if t0.part("block_scale") is not None else "F16")
+                if o.what == "q4_0_blocks" else "")
+            records.append(f"{o.key}={','.join(a.sources)}" + (f"|{dt}" if dt else ""))
+        w.add_array("nvfp4tools.hf_names", records)
+        for k, v in self._restore_records(p, view).items():
+            w.add_array(k, [float(x) for x in v])
+        ttype = {"NVFP4": T.NVFP4, "Q4_0": T.Q4_0, "F32": T.F32, "BF16": T.BF16, "F16": T.F16}
+        np_dt = {"F32": np.float32, "BF16": np.uint16, "F16": np.float16}
+        for o in outs:
+            if o.dtype in ("NVFP4", "Q4_0"):
+                bshape = o.shape[:-1] + (o.nbytes // max(1, o.rows),)
+                w.add_tensor_info(o.key, bshape, np.dtype(np.uint8), o.nbytes, raw_dtype=ttype[o.dtype])
+            else:
+                w.add_tensor_info(o.key, o.shape, np.dtype(np_dt[o.dtype]), o.nbytes, raw_dtype=ttype[o.dtype])
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        w.close()
+        start = -(-os.path.getsize(tmp) // ALIGN) * ALIGN
+        offsets: dict[str, int] = {}
+        off = 0
+        for o in outs:
+            offsets[o.key] = off
+            off += -(-o.nbytes // ALIGN) * ALIGN
+        with open(tmp, "r+b") as fh:
+            fh.truncate(start + off)
+        write_actions(tmp, start, offsets, p.actions, view, lossy, progress)
+        return [os.path.basename(tmp)]
+
+    @staticmethod
+    def _restore_records(p: Plan, view: View) -> dict[str, np.ndarray]:
+        """Original per_expert_scale and down weight_scale_2 values of folded Gemma 4 layers."""
+        out: dict[str, np.ndarray] = {}
+        for a in p.actions:
+            if a.fold is None:
+                continue
+            pes = view.canon(p.src.tensors[a.fold])
+            from nvfp4tools.convert.encode import _as_f32
+            out[f"nvfp4tools.restore.{a.fold}"] = np.asarray(_as_f32(pes.array, pes.dtype), np.float32).reshape(-1)
+            g = [view.mults(p.src.tensors[n], "global_scale")[0] for n in a.sources]
+            out[f"nvfp4tools.restore.{a.out_name}.scale"] = np.array(g, np.float32)
+        return out
 
 
 def _gemma4_rope_freqs(src: Checkpoint) -> list[float] | None:
@@ -201,8 +322,11 @@ def _metadata(w, src: Checkpoint, arch_name: str, ftype: int) -> None:
     w.add_uint32(p + "block_count", a.n_layers)
     w.add_uint32(p + "context_length", a.max_position_embeddings or 4096)
     w.add_uint32(p + "embedding_length", a.hidden_size)
-    if a.intermediate_size:
-        w.add_uint32(p + "feed_forward_length", a.intermediate_size)
+    # Mixtral's config has no dense MLP but llama.cpp requires the key: its intermediate_size is the
+    # experts' width, which llama.cpp's converter writes here (conversion/base.py set_gguf_parameters)
+    ffn = a.intermediate_size or cfg.get("intermediate_size")
+    if ffn:
+        w.add_uint32(p + "feed_forward_length", int(ffn))
     w.add_uint32(p + "attention.head_count", a.n_heads)
     kvs = [l.n_kv_heads for l in a.layers]
     if len(set(kvs)) == 1:
@@ -228,6 +352,9 @@ def _metadata(w, src: Checkpoint, arch_name: str, ftype: int) -> None:
     if "sliding_attention" in rp:
         w.add_float32(p + "rope.freq_base_swa", float(rp["sliding_attention"].get("rope_theta", 10000.0)))
     w.add_string("general.type", "model")
+    if arch_name == "llama":   # conversion/llama.py LlamaModel.set_gguf_parameters
+        w.add_uint32(p + "vocab_size", a.vocab_size)
+        w.add_uint32(p + "rope.dimension_count", full[0].head_dim_k)
     if arch_name == "gemma4":
         w.add_uint32(p + "embedding_length_per_layer_input", int(cfg.get("hidden_size_per_layer_input") or 0))
         w.add_uint32(p + "attention.shared_kv_layers", int(cfg.get("num_kv_shared_layers") or 0))
@@ -303,210 +430,3 @@ def _tokenizer(w, src: Checkpoint, arch_name: str) -> None:
         w.add_bool("tokenizer.ggml.add_bos_token", bool(tc.get("add_bos_token", True)))
 
 
-def write_gguf_plan(p, out_dir: str, basename: str) -> list[str]:
-    import gguf
-    from gguf import GGMLQuantizationType as T
-
-    from nvfp4tools.convert import _Progress, _exact_meta
-
-    src = p.src
-    arch, arch_name = _gguf_arch(src)
-    outs = [(j, o) for j in p.jobs for o in j.outs]
-    # drop sidecars that would hold exactly 1.0 (decided from the small scale tensors, before writing)
-    ones = _unit_sidecars(src, p)
-    outs = [(j, o) for j, o in outs if o.key not in ones]
-    kinds = {o.gtype for _, o in outs}
-    ftype = gguf.LlamaFileType.MOSTLY_NVFP4 if "NVFP4" in kinds else (
-        gguf.LlamaFileType.MOSTLY_Q4_0 if "Q4_0" in kinds else gguf.LlamaFileType.MOSTLY_BF16)
-    name = basename if basename.endswith(".gguf") else basename + ".gguf"
-    path = os.path.join(out_dir, name)
-    w = gguf.GGUFWriter(path, arch_name)
-    _metadata(w, src, arch_name, int(ftype))
-    _tokenizer(w, src, arch_name)
-    if src.config:
-        w.add_string("nvfp4tools.config_json", json.dumps(src.config))
-    # the safetensors name(s) and stored dtype behind every GGUF tensor, so a conversion back restores them
-    w.add_array("nvfp4tools.hf_names", [
-        f"{o.key}={','.join(j.sources)}" + (f"|{src.tensors[j.sources[0]].part('data').stored_dtype}" if o.what == "raw"
-                                             else f"|{_scale_dtype(src.tensors[j.sources[0]])}" if o.what == "q4_0" else "")
-        for j, o in outs if o.what in ("nvfp4", "q4_0", "raw")])
-    restore = _fold_restore(src, p)
-    for k, v in restore.items():
-        w.add_array(k, [float(x) for x in v])
-    ttype = {"NVFP4": T.NVFP4, "Q4_0": T.Q4_0, "F32": T.F32, "BF16": T.BF16, "F16": T.F16}
-    for _, o in outs:
-        if o.gtype in ("NVFP4", "Q4_0"):
-            per = 36 if o.gtype == "NVFP4" else 18
-            blk = 64 if o.gtype == "NVFP4" else 32
-            bshape = o.shape[:-1] + (o.shape[-1] // blk * per,)
-            w.add_tensor_info(o.key, bshape, np.dtype(np.uint8), o.nbytes, raw_dtype=ttype[o.gtype])
-        else:
-            np_dt = {"F32": np.float32, "BF16": np.uint16, "F16": np.float16}[o.gtype]
-            w.add_tensor_info(o.key, o.shape, np.dtype(np_dt), o.nbytes, raw_dtype=ttype[o.gtype])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    w.close()
-    align = 32
-    exact = _exact_meta(src)
-    prog = _Progress(sum(o.nbytes for _, o in outs))
-    with open(path, "r+b") as fh:
-        fh.seek(0, os.SEEK_END)
-        start = -(-fh.tell() // align) * align
-        off = 0
-        offsets = {}
-        for _, o in outs:
-            offsets[o.key] = start + off
-            off += -(-o.nbytes // align) * align
-        for j in p.jobs:
-            keys = {o.key for o in j.outs if o.key not in ones}
-            for key, data in _gguf_job_bytes(src, j, exact, restore):
-                if key in keys:
-                    fh.seek(offsets[key])
-                    fh.write(data)
-                    prog.add(len(data))
-        fh.truncate(start + off)
-    prog.close()
-    return [name]
-
-
-def _unit_sidecars(src: Checkpoint, p) -> set[str]:
-    from nvfp4tools.io import PartReader
-    from nvfp4tools.model import canonical_scale
-
-    ones: set[str] = set()
-    with PartReader(src.root) as r:
-        for j in p.jobs:
-            if not j.action.startswith("renibble") or j.note:
-                continue  # folded down scales are never trivially 1
-            for role, what in (("global_scale", "scale"), ("input_scale", "input_scale")):
-                vals = []
-                for n in j.sources:
-                    part = src.tensors[n].part(role)
-                    if part is None:
-                        break
-                    vals += [canonical_scale(v, part) for v in r.values(part)]
-                if vals and all(np.float32(v) == np.float32(1.0) for v in vals):
-                    ones.update(o.key for o in j.outs if o.what == what)
-    return ones
-
-
-def _fold_restore(src: Checkpoint, p) -> dict[str, np.ndarray]:
-    """Original per_expert_scale and down weight_scale_2 values of folded Gemma 4 layers."""
-    from nvfp4tools.tensors import load_part
-
-    out: dict[str, np.ndarray] = {}
-    for j in p.jobs:
-        if j.action == "renibble+fold":
-            pes = src.tensors[j.note]
-            out[f"nvfp4tools.restore.{j.note}"] = np.asarray(load_part(src.root, pes.part("data")), np.float32).reshape(-1)
-            # the down projections' own weight_scale_2, so the fold can be undone bit for bit
-            from nvfp4tools.model import canonical_scale
-            from nvfp4tools.io import PartReader
-            with PartReader(src.root) as r:
-                g = [canonical_scale(r.values(src.tensors[n].part("global_scale"))[0], src.tensors[n].part("global_scale"))
-                     for n in j.sources]
-            out[f"nvfp4tools.restore.{j.outs[0].key}.scale"] = np.array(g, np.float32)
-    return out
-
-
-def _gguf_job_bytes(src: Checkpoint, j, exact, restore):
-    from nvfp4tools.convert import canon_of
-    from nvfp4tools.kernels_ref.ggml_quants import nvfp4_to_gguf_blocks
-
-    if j.action == "generate":
-        yield j.outs[0].key, np.asarray(json.loads(j.note), "<f4").tobytes()
-        return
-    if j.action == "quantize->q4_0":
-        from nvfp4tools.convert import LOSSY_REPORT
-        from nvfp4tools.kernels_ref.ggml_quants import dequantize_q4_0, quantize_q4_0
-        from nvfp4tools.tensors import dequantize
-        blobs = []
-        for n in j.sources:
-            w = dequantize(src, src.tensors[n]).astype(np.float32)
-            q = quantize_q4_0(w)
-            back = dequantize_q4_0(q).reshape(w.shape)
-            blobs.append(q.tobytes())
-            err = back.astype(np.float64) - w
-            sig, noise = float(np.sum(w.astype(np.float64) ** 2)), float(np.sum(err ** 2))
-            LOSSY_REPORT.append({"tensor": n, "from": src.tensors[n].scheme.name, "to": "q4_0",
-                                 "max_abs_err": float(np.max(np.abs(err))) if err.size else 0.0,
-                                 "rel_rms_err": (noise / sig) ** 0.5 if sig else 0.0,
-                                 "sqnr_db": 10 * np.log10(sig / noise) if noise and sig else None})
-        yield j.outs[0].key, b"".join(blobs)
-        return
-    canons = [canon_of(src, src.tensors[n], exact) for n in j.sources] if len(j.sources) == 1 else None
-    if canons is None:  # stacked experts, one at a time
-        blobs, gl, inp = [], [], []
-        key = j.outs[0].key
-        for n in j.sources:
-            c = canon_of(src, src.tensors[n], exact)
-            if c.kind == "nvfp4":
-                blobs.append(nvfp4_to_gguf_blocks(c.codes, c.scale_bytes).tobytes())
-                gl.append(np.float32(c.global_mult))
-                if c.input_mult is not None:
-                    inp.append(np.float32(c.input_mult))
-            elif c.kind == "int4":
-                blobs.append(_q4_0_bytes(c))
-            else:
-                blobs.append(np.ascontiguousarray(c.array).tobytes())
-        yield key, b"".join(blobs)
-        if gl:
-            g = np.array(gl, np.float32)
-            if j.note:  # Gemma 4: fold router.per_expert_scale into the down scale (fp32 product)
-                g = (g * restore[f"nvfp4tools.restore.{j.note}"].astype(np.float32)).astype(np.float32)
-            yield next(o.key for o in j.outs if o.what == "scale"), g.astype("<f4").tobytes()
-        if inp:
-            yield next(o.key for o in j.outs if o.what == "input_scale"), np.array(inp, "<f4").tobytes()
-        return
-    c = canons[0]
-    o = j.outs[0]
-    if c.kind == "nvfp4":
-        yield o.key, nvfp4_to_gguf_blocks(c.codes, c.scale_bytes).tobytes()
-        yield o.key[: -len(".weight")] + ".scale", np.asarray(c.global_mult, "<f4").reshape(-1).tobytes()
-        if c.input_mult is not None:
-            yield o.key[: -len(".weight")] + ".input_scale", np.asarray(c.input_mult, "<f4").reshape(-1).tobytes()
-    elif c.kind == "int4":
-        yield o.key, _q4_0_bytes(c)
-    else:
-        a = c.array
-        if o.gtype == "F32":
-            if c.dtype == "BF16":
-                a = bf16_bits_to_f32(a)
-            elif c.dtype == "F16":
-                a = np.asarray(a).view(np.float16).astype(np.float32)
-            a = np.asarray(a, np.float32)
-        yield o.key, np.ascontiguousarray(a).tobytes()
-
-
-def _q4_0_bytes(c) -> bytes:
-    """int4 group-symmetric -> Q4_0 blocks: nibble = q + 8, d = the group scale in fp16 (repeated for
-    groups of 64/128). bf16 scales convert exactly while representable in fp16; otherwise refused."""
-    from nvfp4tools.kernels_ref.ggml_quants import q4_0_join
-
-    rep = c.group // 32
-    d = np.asarray(c.group_scales)
-    if c.dtype == "BF16":
-        f = bf16_bits_to_f32(d)
-        with np.errstate(over="ignore"):
-            h = f.astype(np.float16)
-        if not np.array_equal(h.astype(np.float32), f):
-            bad = f[h.astype(np.float32) != f][0]
-            raise UnsupportedError(f"{c.name}: bf16 group scale {float(bad)!r} is not representable in fp16 (Q4_0's d)",
-                                   hint="this tensor cannot become Q4_0 exactly")
-        d16 = h
-    elif c.dtype == "F16":
-        d16 = d.view(np.float16)
-    else:
-        f = np.asarray(d, np.float32)
-        d16 = f.astype(np.float16)
-        if not np.array_equal(d16.astype(np.float32), f):
-            raise UnsupportedError(f"{c.name}: {c.dtype} group scales are not representable in fp16 (Q4_0's d)")
-    d16 = np.repeat(d16, rep, axis=-1)
-    codes = (np.asarray(c.q).astype(np.int16) + 8).astype(np.uint8)
-    return q4_0_join(codes, d16).tobytes()
-
-
-def _scale_dtype(t: TensorInfo) -> str:
-    bs = t.part("block_scale")
-    return bs.stored_dtype if bs is not None else "F16"   # quantized here: Q4_0's own fp16 scales

@@ -1,19 +1,65 @@
-"""How each safetensors-based format names and stores a canonical tensor (the writers' half of
-the readers' suffix tables). Pure functions of (canonical name, kind, shape): the convert planner
-computes every output's key, dtype and shape before any byte is read.
+"""How each format names and stores a canonical tensor: the writers' half of the readers' suffix
+tables. Pure functions of (canonical name, shape): the planner knows every output's key, dtype,
+shape and byte count before any byte is read.
+
+An :class:`Out` says *what* it holds (``what``) and, for per-tensor scales, in which convention
+(multiplier or divisor, see :mod:`nvfp4tools.convert.scales`); the one encoder
+(:mod:`nvfp4tools.convert.encode`) turns canonical tensors into those bytes, so no writer
+encodes anything itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._ggml_types import GGML_TYPES
+from ._safetensors import DTYPE_BITS
+
+_GGML_BLOCKS = {name: (elems, nbytes) for name, elems, nbytes in GGML_TYPES.values()}
+
+# what an output part holds
+#   codes        HF-order packed E2M1 nibbles (U8 [.., out, in/2])
+#   scales       E4M3 block-scale bytes
+#   nvfp4_blocks ggml block_nvfp4 (codes and block scales together)
+#   q4_0_blocks  ggml block_q4_0
+#   int4, int4_scales, shape   compressed-tensors pack-quantized parts
+#   global, input              per-tensor multipliers (``convention`` says how they are stored)
+#   kv:<name>                  k/v-cache scales riding on an attention projection
+#   raw                        any other tensor, cast to ``dtype`` exactly or refused
+WHATS = ("codes", "scales", "nvfp4_blocks", "q4_0_blocks", "int4", "int4_scales", "shape", "global", "input",
+         "raw")
+SCALAR_WHATS = ("global", "input", "shape")   # written once per action, never per row block
+
 
 @dataclass(frozen=True)
 class Out:
     key: str
-    dtype: str
-    shape: tuple[int, ...]
-    what: str            # "codes" | "scales" | "global" | "input" | "raw" | "int4" | "int4_scales" | "shape" | "kv:k_scale"
+    dtype: str                 # safetensors dtype, or the ggml type name for GGUF outputs
+    shape: tuple[int, ...]     # logical, row-major (for block types: in elements, not bytes)
+    what: str
+    convention: str = "multiplier"   # for global/input: "multiplier" or "divisor"
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        blk = _GGML_BLOCKS.get(self.dtype)
+        if blk is not None and self.dtype not in DTYPE_BITS:
+            return n // blk[0] * blk[1]
+        return n * DTYPE_BITS[self.dtype] // 8
+
+    @property
+    def rows(self) -> int:
+        """Rows across every leading dimension (experts included): the unit of row blocks."""
+        n = 1
+        for d in self.shape[:-1]:
+            n *= d
+        return n
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.what in SCALAR_WHATS or self.what.startswith("kv:")
 
 
 def _base(name: str) -> tuple[str, str]:
@@ -24,20 +70,18 @@ def _base(name: str) -> tuple[str, str]:
 
 
 def _nvfp4_outs(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[str, ...], *, codes: str,
-                global_: str, input_: str, kv_on_attention: bool) -> list[Out]:
-    """The stored parts of one NVFP4 tensor; the two safetensors layouts differ only in the names.
-
-    Per-tensor scalars are 0-d ([E] for stacked experts) in both: ModelOpt writes 0-d, and
-    compressed-tensors' own ModelOpt converter keeps them (llm-compressor writes [1]; both load),
-    so our output is byte-identical to it. A fused 3-D parameter keeps its bare name for the codes.
-    """
+                global_: str, input_: str, convention: str, kv_on_attention: bool) -> list[Out]:
+    """The stored parts of one NVFP4 tensor; the two safetensors layouts differ in names and the
+    scale convention. Per-tensor scalars are 0-d ([E] for stacked experts) in both: ModelOpt
+    writes 0-d, and compressed-tensors' own ModelOpt converter keeps them, so our output is
+    byte-identical to it. A fused 3-D parameter keeps its bare name for the codes."""
     p, sep = _base(name)
     gshape = shape[:-2]
     outs = [Out(f"{p}{sep}{codes}" if sep == "." else p, "U8", shape[:-1] + (shape[-1] // 2,), "codes"),
             Out(f"{p}{sep}weight_scale", "F8_E4M3", shape[:-1] + (shape[-1] // 16,), "scales"),
-            Out(f"{p}{sep}{global_}", "F32", gshape, "global")]
+            Out(f"{p}{sep}{global_}", "F32", gshape, "global", convention)]
     if has_input:
-        outs.append(Out(f"{p}{sep}{input_}", "F32", gshape, "input"))
+        outs.append(Out(f"{p}{sep}{input_}", "F32", gshape, "input", convention))
     owner = p.rsplit(".", 1)[0] if kv_on_attention else p
     for k in kv:
         outs.append(Out(f"{owner}.{k}", "F32", (), f"kv:{k}"))
@@ -45,23 +89,33 @@ def _nvfp4_outs(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[st
 
 
 class ModelOptLayout:
+    """ModelOpt's ``export_hf_checkpoint`` names (modelopt/torch/export/unified_export_hf.py)."""
+
     name = "modelopt"
+    int4 = None   # ModelOpt's safetensors export has no int4 group layout nvfp4tools writes
 
     @staticmethod
     def nvfp4(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[str, ...] = ()) -> list[Out]:
         # ModelOpt keeps k/v cache scales on k_proj / v_proj
         return _nvfp4_outs(name, shape, has_input, kv, codes="weight", global_="weight_scale_2",
-                           input_="input_scale", kv_on_attention=False)
+                           input_="input_scale", convention="multiplier", kv_on_attention=False)
+
+    @staticmethod
+    def out_name(key: str) -> str:
+        return key
 
 
 class CTLayout:
+    """compressed-tensors' names (compressed_tensors/compressors: nvfp4-pack-quantized and
+    pack-quantized)."""
+
     name = "compressed-tensors"
 
     @staticmethod
     def nvfp4(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[str, ...] = ()) -> list[Out]:
         # compressed-tensors keeps k/v cache scales on the attention module
         return _nvfp4_outs(name, shape, has_input, kv, codes="weight_packed", global_="weight_global_scale",
-                           input_="input_global_scale", kv_on_attention=True)
+                           input_="input_global_scale", convention="divisor", kv_on_attention=True)
 
     @staticmethod
     def int4(name: str, shape: tuple[int, ...], group: int, scale_dtype: str) -> list[Out]:
@@ -70,8 +124,10 @@ class CTLayout:
                 Out(f"{p}{sep}weight_scale", scale_dtype, shape[:-1] + (shape[-1] // group,), "int4_scales"),
                 Out(f"{p}{sep}weight_shape", "I64", (len(shape),), "shape")]
 
-
-LAYOUTS = {"modelopt": ModelOptLayout, "compressed-tensors": CTLayout}
+    @staticmethod
+    def out_name(key: str) -> str:
+        """The canonical name the compressed-tensors reader gives the tensor stored under KEY."""
+        return key[: -len(".weight_packed")] + ".weight" if key.endswith(".weight_packed") else key
 
 
 def f32_bytes(a) -> bytes:

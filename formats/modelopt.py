@@ -118,4 +118,10 @@ def read(path: str) -> Checkpoint:
     )
 
 
-SPEC = register(FormatSpec("modelopt", sniff, read, "NVIDIA ModelOpt HF export (hf_quant_config.json)"))
+def _writer():
+    from .modelopt_writer import ModelOptWriter
+    return ModelOptWriter()
+
+
+SPEC = register(FormatSpec("modelopt", sniff, read, "NVIDIA ModelOpt HF export (hf_quant_config.json)",
+                               writer=_writer))

@@ -18,6 +18,13 @@ ROLES = (
 # Roles made of Linear weights a quantizer is expected to touch.
 LINEAR_ROLES = ("attention", "mlp", "experts", "shared_expert")
 
+# Projections an engine fuses into one GEMM (QKV, gate+up, DeepSeek's MLA down-projections), which
+# ModelOpt's export gives one shared weight global scale (the max amax over the group; Model-Optimizer
+# modelopt/torch/export/quant_utils.py ``preprocess_linear_fusion`` and layer_utils.py, whose
+# fusion groups include q_a_proj + kv_a_proj_with_mqa): requantizing must do the same, or a fused
+# layer's block scales are off by the ratio of the globals.
+FUSED_SIBLINGS = (("q", "k", "v"), ("gate", "up"), ("q_a", "kv_a"))
+
 _LAYER_RE = re.compile(r"^(?P<stack>.*?)\.(?:layers|h|blocks|block|decoder_layers)\.(?P<idx>\d+)\.(?P<rest>.*)$")
 _EXPERT_RE = re.compile(r"\.experts\.(\d+)\.")
 

@@ -133,7 +133,7 @@ def test_refusals(synth_dir, tmp_path, run_cli):
     assert run_cli("convert", src, str(out), "--to", "compressed-tensors", "--force").exit_code == 0
     w4 = synth_dir(fmt="compressed-tensors-w4a16", recipe="all-linear")
     r = run_cli("convert", w4, str(tmp_path / "x"), "--to", "modelopt")
-    assert r.exit_code == 3 and "cannot convert int4-g32-sym" in r.stderr and "lossless paths" in r.stderr
+    assert r.exit_code == 3 and "int4-g32-sym tensors have no exact modelopt form" in r.stderr and "lossless paths" in r.stderr
 
 
 def test_dry_run_writes_nothing(synth_dir, tmp_path, run_cli):
@@ -142,7 +142,12 @@ def test_dry_run_writes_nothing(synth_dir, tmp_path, run_cli):
                 "--dry-run", "--format", "json")
     assert r.exit_code == 0 and not out.exists()
     plan = json.loads(r.stdout)
-    assert plan["lossless"] and plan["n_output_tensors"] == 849
+    assert plan["lossless"] and plan["n_output_parts"] == 849
+    # one tensor count: the plan's is the number of tensors the written output reads back as
+    r = run_cli("convert", synth_dir(fmt="modelopt", recipe="all-linear"), str(out), "--to", "compressed-tensors",
+                "--format", "json")
+    rep = json.loads(r.stdout)
+    assert rep["n_output_tensors"] == plan["n_output_tensors"] == len(formats.read(str(out)).tensors)
 
 
 def test_sharding_and_index(synth_dir, tmp_path, run_cli):
@@ -343,18 +348,30 @@ def test_q4_0_equals_gguf_py_quantizing_llama_cpp_bf16(llama_cpp_ggufs, oracles,
     assert n > 50
 
 
+def _verify(src: str, out: str, to: str, mode: str = "sampled") -> int:
+    """Verify an output again, as convert did after writing it."""
+    from nvfp4tools.convert import Options, make_plan
+    from nvfp4tools.convert.canon import View
+    from nvfp4tools.convert.check import verify_output
+
+    ck = formats.read(src)
+    view = View(ck)
+    try:
+        return verify_output(make_plan(ck, Options(to), view), view, formats.read(out, to), mode)
+    finally:
+        view.close()
+
+
 @pytest.mark.parametrize("mode", ["sampled", "full"])
 def test_verification_catches_a_corrupted_copy(synth_dir, tmp_path, run_cli, mode):
     """A byte changed in a copied part after writing fails verification in both modes."""
-    from nvfp4tools.convert import plan, verify_output
     from nvfp4tools.errors import FormatError
 
     src = synth_dir(fmt="modelopt", recipe="all-linear")
     out = str(tmp_path / "ct")
     r = run_cli("convert", src, out, "--to", "compressed-tensors", "--verify", mode, "--format", "json")
     assert r.exit_code == 0 and json.loads(r.stdout)["verification"] == mode
-    p = plan(formats.read(src), "compressed-tensors")
-    assert verify_output(p, out, mode) > 0
+    assert _verify(src, out, "compressed-tensors", mode) > 0
     t = formats.read(out).tensors[f"{L0}.self_attn.q_proj.weight"].part("data")
     with open(os.path.join(out, t.file), "r+b") as fh:
         fh.seek(t.offset + t.nbytes - 1)
@@ -362,91 +379,64 @@ def test_verification_catches_a_corrupted_copy(synth_dir, tmp_path, run_cli, mod
         fh.seek(t.offset + t.nbytes - 1)
         fh.write(bytes([b[0] ^ 0x10]))
     with pytest.raises(FormatError, match="differ"):
-        verify_output(p, out, mode)
+        _verify(src, out, "compressed-tensors", mode)
 
 
 def test_verification_rereads_the_output_scales(synth_dir, tmp_path, run_cli):
-    """The source's scales are read once per conversion; the output's are read each time it is
-    verified: a global changed after a passing verification fails the next one, whether it changes
-    the multiplier the output means or only the bytes it stores."""
-    from nvfp4tools.convert import plan, verify_output
+    """A global changed after a passing verification fails the next one, whether it changes the
+    multiplier the output means or only the bytes it stores."""
     from nvfp4tools.errors import FormatError
 
     src = synth_dir(fmt="modelopt", recipe="all-linear")
     out = str(tmp_path / "ct")
     assert run_cli("convert", src, out, "--to", "compressed-tensors").exit_code == 0
-    p = plan(formats.read(src), "compressed-tensors")
-    assert verify_output(p, out) > 0
+    assert _verify(src, out, "compressed-tensors") > 0
     g = formats.read(out).tensors[f"{L0}.self_attn.q_proj.weight"].part("global_scale")
     with open(os.path.join(out, g.file), "r+b") as fh:
         fh.seek(g.offset)
         b = fh.read(4)
         fh.seek(g.offset)
         fh.write(bytes([b[0] ^ 0x01]) + b[1:])   # 1 ulp: its reciprocal may round to the same multiplier
-    with pytest.raises(FormatError, match="weight_global_scale' holds"):
-        verify_output(p, out)
+    with pytest.raises(FormatError, match="weight_global_scale' holds other bytes|global scale .* differs"):
+        _verify(src, out, "compressed-tensors")
     with open(os.path.join(out, g.file), "r+b") as fh:
         fh.seek(g.offset)
         fh.write(b[:3] + bytes([b[3] ^ 0x01]))    # 2x: the multiplier differs too
     with pytest.raises(FormatError, match="global scale .* differs"):
-        verify_output(p, out)
+        _verify(src, out, "compressed-tensors")
 
 
 def test_a_writer_bug_in_the_globals_fails_the_conversion(synth_dir, tmp_path, monkeypatch):
-    """The verification compares the output's scalar bytes with the ones the writer meant to
-    write, and on its own what they mean: a global the writer gets wrong (here 2x) is caught
-    through the re-read output, and nothing is left at DST."""
-    import nvfp4tools.convert as cv
+    """The verification checks what the output's scalars mean through the re-read output, apart
+    from the writer: a global the writer gets wrong (here 2x) fails, and nothing is left at DST."""
+    import nvfp4tools.convert.encode as enc
+    from nvfp4tools.convert import convert
     from nvfp4tools.errors import FormatError
 
-    orig = cv._scalar_chunks
+    orig = enc.scalar_bytes
 
-    def doubled(src, t, outs, to, exact):
-        for key, b in orig(src, t, outs, to, exact):
-            yield key, (b[:3] + bytes([b[3] ^ 0x01]) if key.endswith("weight_global_scale") else b)
+    def doubled(a, view, o, logical):
+        b = orig(a, view, o, logical)
+        return b[:3] + bytes([b[3] ^ 0x01]) if o.key.endswith("weight_global_scale") else b
 
-    monkeypatch.setattr(cv, "_scalar_chunks", doubled)
+    monkeypatch.setattr(enc, "scalar_bytes", doubled)
     src = synth_dir(fmt="modelopt", recipe="all-linear")
-    out = str(tmp_path / "ct")
     with pytest.raises(FormatError, match="global scale .* differs"):
-        cv.convert(src, out, "compressed-tensors")
+        convert(src, str(tmp_path / "ct"), "compressed-tensors")
     assert os.listdir(tmp_path) == []
 
 
 def test_sampled_windows_cover_edges_and_every_64_mib():
-    from nvfp4tools.convert import _WINDOW, _WINDOW_EVERY, _windows
+    from nvfp4tools.convert.check import WINDOW, WINDOW_EVERY, _windows
 
-    assert _windows(1000) == [(0, 1000)]                       # small parts: every byte
-    n = 3 * _WINDOW_EVERY + 10 * _WINDOW
-    w = _windows(n)
-    assert (0, _WINDOW) in w and (n - _WINDOW, _WINDOW) in w     # both edges
-    assert sorted(o for o, _ in w)[1:-1] == [_WINDOW_EVERY, 2 * _WINDOW_EVERY, 3 * _WINDOW_EVERY]
+    assert _windows(1000, True) == [(0, 1000)]                       # small parts: every byte
+    n = 3 * WINDOW_EVERY + 10 * WINDOW
+    w = _windows(n, True)
+    assert (0, WINDOW) in w and (n - WINDOW, WINDOW) in w     # both edges
+    assert sorted(o for o, _ in w)[1:-1] == [WINDOW_EVERY, 2 * WINDOW_EVERY, 3 * WINDOW_EVERY]
     assert all(0 <= o and o + ln <= n for o, ln in w)
-
-
-def test_sampled_windows_read_together_compare_only_their_own_bytes(tmp_path):
-    """Neighbouring windows are read with one pread per side; bytes between them (a converted
-    global) may differ, a byte inside a window may not, and the error names its tensor."""
-    from nvfp4tools.convert import _Windows
-    from nvfp4tools.errors import FormatError
-
-    a, b = tmp_path / "a", tmp_path / "b"
-    data = bytes(range(256)) * 64
-    a.write_bytes(data)
-    b.write_bytes(data[:4096] + b"\xff\xff\xff\xff" + data[4100:])   # 4 bytes between the windows
-    fa, fb = os.open(a, os.O_RDONLY), os.open(b, os.O_RDONLY)
-    try:
-        w = _Windows()
-        w.add(fa, 0, fb, 0, 4096, "first")
-        w.add(fa, 4100, fb, 4100, 4096, "second")
-        w.flush()
-        w.add(fa, 4094, fb, 4094, 4, "straddles")
-        w.add(fa, 0, fb, 0, 16, "head")
-        with pytest.raises(FormatError, match="'straddles' differ"):
-            w.flush()
-    finally:
-        os.close(fa)
-        os.close(fb)
+    full = _windows(n, False)
+    assert sum(ln for _, ln in full) == n
 
 
 def test_nvfp4_to_q4_0_gguf_is_lossy_and_reported(synth_dir, tmp_path, run_cli):
@@ -485,43 +475,26 @@ def test_gguf_q4_0_to_modelopt_says_how(synth_dir, tmp_path, run_cli):
     assert not os.path.exists(tmp_path / "mo")
 
 
-def test_copy_runs_apply_gap_writes_after_the_copies_that_cover_them(tmp_path):
-    """Coalesced copies ride over the 4-byte gaps that converted scalars fill; when a long run is
-    handed to the writer early (MAX_RUN), the gap writes inside it must follow it and the ones
-    past its end must wait for the run that may still cover them."""
-    from nvfp4tools import convert as C
+def test_stream_merges_adjacent_copies_and_keeps_write_order(tmp_path):
+    """Kernel copies that continue each other become one request; writes land after the copies
+    submitted before them, whatever the merging."""
+    from nvfp4tools.convert.encode import CopyFrom
+    from nvfp4tools.convert.stream import Stream
 
     data = bytes(range(256)) * 4
     src = tmp_path / "src.bin"
     src.write_bytes(data)
-
-    class Recorder:
-        def __init__(self) -> None:
-            self.ops: list[tuple[int, object]] = []
-
-        def submit(self, pos, d) -> None:
-            self.ops.append((pos, d))
-
-    def apply(ops) -> bytes:
-        out = bytearray(len(data))
-        for pos, d in ops:
-            b = data[d.offset:d.offset + d.nbytes] if isinstance(d, C.CopyFrom) else d
-            out[pos:pos + len(b)] = b
-        return bytes(out)
-
-    for max_run in (10_000, 100, 1):
-        w = Recorder()
-        runs = C._CopyRuns(w)
-        runs.MAX_RUN = max_run
-        want = bytearray(data)
-        pos = 0
-        for size in (96, 150, 7, 300, 60):  # copied part, then a 4-byte converted scalar
-            runs.add(pos, C.CopyFrom(str(src), pos, size))
-            runs.add(pos + size, b"\xaa\xbb\xcc\xdd")
-            want[pos + size:pos + size + 4] = b"\xaa\xbb\xcc\xdd"
-            pos += size + 4
-        runs.add(pos, C.CopyFrom(str(src), pos, len(data) - pos))
-        runs.flush()
-        assert apply(w.ops) == bytes(want), max_run
-        if max_run == 10_000:
-            assert sum(isinstance(d, C.CopyFrom) for _, d in w.ops) == 1  # one coalesced copy
+    dst = tmp_path / "dst.bin"
+    dst.write_bytes(b"\0" * len(data))
+    fd = os.open(dst, os.O_WRONLY)
+    s = Stream(fd)
+    s.put(0, CopyFrom(str(src), 0, 100))
+    s.put(100, CopyFrom(str(src), 100, 200))     # continues: merged
+    assert s.run is not None and s.run[3] == 300
+    s.put(10, b"\xaa\xbb")                       # after the copy that covers it
+    s.put(300, CopyFrom(str(src), 300, len(data) - 300))
+    s.close()
+    os.close(fd)
+    want = bytearray(data)
+    want[10:12] = b"\xaa\xbb"
+    assert dst.read_bytes() == bytes(want)

@@ -8,9 +8,7 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from nvfp4tools._teardown import leave
-
-from ._output import emit, format_option, human_bytes, pause_collector
+from ._output import emit, format_option, human_bytes
 
 
 @click.command("convert")
@@ -47,48 +45,47 @@ def convert_cmd(src: str, dst: str, to: str, experts: str | None, allow_lossy: b
       nvfp4tools convert ./gemma-4-NVFP4 ./gemma-4-NVFP4-ct --to compressed-tensors
       nvfp4tools convert ./ckpt-ct ./ckpt.gguf --to gguf --dry-run
     """
-    pause_collector()
-    from nvfp4tools.early_copy import take_prestarted
-
     max_bytes = None
-    if max_shard_size is not None:   # (nvfp4tools.gpus brings subprocess and shutil: not otherwise)
+    if max_shard_size is not None:
         from nvfp4tools.gpus import parse_size
         max_bytes = parse_size(max_shard_size)
     try:
-        # the entry point (nvfp4tools.cli.main) started the bulk copy before click and numpy were
-        # imported, where the arguments allow it; otherwise convert() starts it if it can
-        early = take_prestarted(src, dst, to, force=force, experts=experts, quantize=quantize,
-                                max_shard_bytes=max_bytes, dry_run=dry_run)
         from nvfp4tools.convert import convert
         report = convert(src, dst, to, experts=experts, allow_lossy=allow_lossy, dry_run=dry_run, force=force,
-                         max_shard_bytes=max_bytes, quantize=quantize, verify=verify, early=early)
+                         max_shard_bytes=max_bytes, quantize=quantize, verify=verify)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             from nvfp4tools.errors import FormatError
             raise FormatError(f"writing {dst}: {e.strerror}", hint="free disk space and run again") from None
         raise
     emit(report, fmt, render_table)
-    leave(report)   # (a dict per job: dropped by the command line's exit, not one by one)
 
 
 def render_table(r: dict[str, Any]) -> str:
     lines = [f"{r['source']} ({r['from']}) -> {r['to']}: {r['n_output_tensors']} tensors, "
-             f"{human_bytes(r['output_tensor_bytes'])}, {'lossless' if r['lossless'] else 'LOSSY'}"]
-    lines.append(tabulate([[a["action"], "exact" if a["exact"] else "lossy", a["tensors"]] for a in r["actions"]],
+             f"{human_bytes(r['output_tensor_bytes'])}, {'lossless' if r['lossless'] else 'LOSSY (requantized)'}"]
+    lines.append(tabulate([[a["action"], "exact" if a["exact"] else "requantized", a["tensors"]] for a in r["actions"]],
                           headers=["action", "", "tensors"], tablefmt="simple"))
     for n in r.get("notes", []):
         lines.append(f"note: {n}")
     if r.get("lossy"):
         rows = sorted(r["lossy"], key=lambda x: (x["sqnr_db"] is None, x["sqnr_db"] or 0))[:8]
-        lines.append("lossy tensors (worst first; all in nvfp4tools_conversion_report.json):")
-        lines.append(tabulate([[x["tensor"], x["to"], f"{x['max_abs_err']:.3g}", f"{x['rel_rms_err']:.3g}",
+        where = f" (all in {r['report_file']})" if r.get("report_file") else " (all in --format json)"
+        lines.append(f"requantized tensors, worst first{where}:")
+        lines.append(tabulate([[x["tensor"], x["to"], "-" if x["max_abs_err"] is None else f"{x['max_abs_err']:.3g}",
+                                "-" if x["rel_rms_err"] is None else f"{x['rel_rms_err']:.3g}",
                                 "-" if x["sqnr_db"] is None else f"{x['sqnr_db']:.2f}"] for x in rows],
                               headers=["tensor", "to", "max abs", "rel RMS", "SQNR dB"], tablefmt="simple"))
     if "destination" in r:
-        how = "(byte-copied parts sampled: --verify full checks every byte)" \
-            if r.get("verification") == "sampled" else "(every byte)"
-        lines.append(f"wrote {r['destination']}: {', '.join(r['files'])}; verified {r['verified_tensors']} tensors "
-                     f"bit for bit against the source {how}")
+        how = "byte-copied parts sampled; --verify full checks every byte" \
+            if r.get("verification") == "sampled" else "every byte"
+        exact = r["verified_tensors"]
+        if r["lossless"]:
+            lines.append(f"wrote {r['destination']}: {', '.join(r['files'])}; {exact} tensors verified bit for bit "
+                         f"against the source ({how})")
+        else:
+            lines.append(f"wrote {r['destination']}: {', '.join(r['files'])}; {len(r.get('lossy', []))} tensors "
+                         f"requantized (errors above), the other {exact} verified bit for bit ({how})")
     else:
         lines.append("dry run: nothing written")
     return "\n".join(lines)

@@ -7,9 +7,8 @@ from typing import Any
 import click
 from tabulate import tabulate
 
-from nvfp4tools._teardown import leave
 
-from ._output import emit, format_option, pause_collector, human_bytes
+from ._output import emit, format_option, human_bytes
 
 GiB = 2**30
 
@@ -60,9 +59,7 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
                  max_seqs=max_seqs, tp=tp, text_only=text_only, max_batched_tokens=max_batched_tokens,
                  weights_bytes_override=int(weights_gib * GiB) if weights_gib is not None else None,
                  cudagraph_bytes=int(cudagraph_gib * GiB))
-    pause_collector()
     ckpt = formats.read(path)
-    leave(ckpt)   # (freed by the command line's exit, not one object at a time)
     if gpu_name == "all":
         rows = []
         for g in all_gpus():

@@ -1,0 +1,420 @@
+"""The safetensors side of writing: what ModelOpt and compressed-tensors targets share (planning
+tensor by tensor over a naming layout, sharding, headers, the index, side files). Each format's
+own module supplies its layout and its config files (``modelopt.ModelOptWriter``,
+``compressed_tensors.CTWriter``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from nvfp4tools.convert.canon import View, is_int4_sym
+from nvfp4tools.convert.options import Options
+from nvfp4tools.convert.plan import Action, Kind, Plan, RowSlice
+from nvfp4tools.convert import scales
+from nvfp4tools.errors import FormatError, UnsupportedError, UsageError
+from nvfp4tools.model import Checkpoint, TensorInfo
+from nvfp4tools.roles import FUSED_SIBLINGS, LINEAR_ROLES
+
+from .layouts import Out
+
+QUANTIZE_ROLES = ("attention", "mlp", "experts", "shared_expert")
+DEFAULT_SHARD_BYTES = 5 * 10**9       # GGUF sources: one file, cut into shards of this size
+# files a checkpoint folder carries besides its weights and configs, copied when they are regular
+# files inside the source folder (never through a link leaving it)
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+              "chat_template.json", "chat_template.jinja", "generation_config.json", "preprocessor_config.json",
+              "processor_config.json", "added_tokens.json", "vocab.json", "merges.txt")
+_UNQUANTIZED_OK = {"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}
+
+
+def _expert_group(t: TensorInfo) -> tuple[str, str] | None:
+    if t.role != "experts" or t.expert is None or t.proj not in ("gate", "up", "down"):
+        return None
+    return t.name.split(f".experts.{t.expert}.")[0], ("down" if t.proj == "down" else "gate_up")
+
+
+def siblings(src: Checkpoint, t: TensorInfo) -> tuple[str, ...]:
+    """The other projections of T's module that engines fuse with it (one shared global)."""
+    for group in FUSED_SIBLINGS:
+        if t.proj in group and t.name.endswith(".weight"):
+            parent = t.name.rsplit(".", 2)[0]
+            return tuple(n for n, o in src.tensors.items() if o is not t and o.proj in group and o.layer == t.layer
+                         and n.endswith(".weight") and n.rsplit(".", 2)[0] == parent and len(o.shape) == 2)
+    return ()
+
+
+class SafetensorsTarget:
+    """A writer for a safetensors checkpoint folder; subclasses give ``name``, ``layout`` and
+    :meth:`configs`."""
+
+    name = ""
+    layout: Any = None
+    suffix: str | None = None          # writes a folder
+    quantize_choices: tuple[str, ...] = ("nvfp4", "int4")
+
+    # -- planning ------------------------------------------------------------------------------
+    def lossless(self, t: TensorInfo) -> bool:
+        """Whether quantized tensor T has an exact form in this layout."""
+        if t.scheme.name == "nvfp4":
+            return True
+        return self.layout.int4 is not None and is_int4_sym(t)
+
+    def plan(self, src: Checkpoint, opts: Options, view: View) -> Plan:
+        if opts.quantize is not None and opts.quantize not in self.quantize_choices:
+            raise UsageError(f"--quantize {opts.quantize}: --to {self.name} takes "
+                             f"{' or '.join(self.quantize_choices)}")
+        p = Plan(src, self.name, [])
+        if src.format == "gguf":
+            return self._plan_from_gguf(src, p, opts)
+        tensors = list(src.tensors.values())
+        unsupported = sorted({t.scheme.name for t in tensors if t.scheme.quantized and not self.lossless(t)})
+        if unsupported and not opts.allow_lossy:
+            raise UnsupportedError(
+                f"{src.source}: {', '.join(unsupported)} tensors have no exact {self.name} form",
+                hint=f"lossless paths to {self.name}: NVFP4" + ("; int4 group-symmetric, Q4_0" if self.layout.int4
+                                                                else "") + "; pass --allow-lossy to requantize")
+        if not any(t.scheme.quantized for t in tensors) and opts.quantize is None:
+            raise UnsupportedError(
+                f"{src.source}: no quantized tensor in this {src.format} checkpoint; a {self.name} checkpoint "
+                "of unquantized weights would claim a quantization it does not have",
+                hint=f"quantize with --allow-lossy --quantize {self.quantize_choices[0]}, or keep the source as it is")
+        groups: dict[tuple[str, str], list[TensorInfo]] = {}
+        if opts.experts == "fused":
+            for t in tensors:
+                k = _expert_group(t)
+                if k:
+                    groups.setdefault(k, []).append(t)
+        done: set[tuple[str, str]] = set()
+        target_q = opts.quantize or self.quantize_choices[0]
+        for t in tensors:
+            if self._lossy(t, opts):
+                p.actions.append(self._quantize(src, t, target_q))
+                continue
+            k = _expert_group(t) if opts.experts == "fused" else None
+            if k is not None:
+                if k not in done:
+                    done.add(k)
+                    p.actions.append(self._fuse(src, view, k, groups[k]))
+                continue
+            if opts.experts == "per-expert" and t.role == "experts" and len(t.shape) == 3 \
+                    and t.proj in ("gate_up", "down"):
+                p.actions.extend(self._split(t))
+                continue
+            p.actions.append(self._single(t))
+        self._record_originals(p, view)
+        return p
+
+    def _lossy(self, t: TensorInfo, opts: Options) -> bool:
+        if not opts.allow_lossy or not t.name.endswith((".weight", "_proj")) or \
+                not (len(t.shape) == 2 or (len(t.shape) == 3 and t.role == "experts")):
+            return False   # biases, norms, 2-D expert biases are never quantized
+        if t.scheme.quantized:
+            return not self.lossless(t)
+        return opts.quantize is not None and t.role in QUANTIZE_ROLES
+
+    def _quantize(self, src: Checkpoint, t: TensorInfo, to: str) -> Action:
+        k = t.shape[-1]
+        if to == "nvfp4":
+            if k % 16:
+                raise UnsupportedError(f"{t.name}: in_features {k} is not a multiple of 16 (NVFP4 block)")
+            outs = self.layout.nvfp4(t.name, t.shape, False)
+        else:
+            if k % 32:
+                raise UnsupportedError(f"{t.name}: in_features {k} is not a multiple of 32 (int4 group)")
+            if len(t.shape) != 2:
+                raise UnsupportedError(f"{t.name}: int4 quantization of stacked experts is not supported",
+                                       hint="use --quantize nvfp4, or --experts per-expert")
+            outs = self.layout.int4(t.name, t.shape, 32, "BF16")
+        return Action(Kind.QUANTIZE, (t.name,), tuple(outs), False, self.layout.out_name(outs[0].key),
+                      quantize_to=to, share_global_with=siblings(src, t) if to == "nvfp4" else (),
+                      note=f"from {t.scheme.name}")
+
+    def _single(self, t: TensorInfo) -> Action:
+        if t.scheme.name == "nvfp4":
+            kv = tuple(sorted(p.key.rsplit(".", 1)[-1] for p in t.parts if p.role == "kv_scale"))
+            outs = self.layout.nvfp4(t.name, t.shape, t.part("input_scale") is not None, kv)
+            kind = Kind.RENIBBLE if t.part("data").stored_dtype == "NVFP4" else Kind.COPY
+            return Action(kind, (t.name,), tuple(outs), True, self.layout.out_name(outs[0].key))
+        if is_int4_sym(t):
+            if t.scheme.name == "q4_0":
+                outs = self.layout.int4(t.name, t.shape, 32, "F16")
+                return Action(Kind.REPACK, (t.name,), tuple(outs), True, self.layout.out_name(outs[0].key))
+            bs = t.part("block_scale")
+            outs = self.layout.int4(t.name, t.shape, t.shape[-1] // bs.stored_shape[-1], bs.stored_dtype)
+            return Action(Kind.COPY, (t.name,), tuple(outs), True, self.layout.out_name(outs[0].key))
+        d = t.part("data").stored_dtype
+        out = Out(t.name, d if d in _UNQUANTIZED_OK else "F32", tuple(t.shape), "raw")
+        return Action(Kind.COPY if out.dtype == d else Kind.CAST, (t.name,), (out,), True, t.name)
+
+    def _fuse(self, src: Checkpoint, view: View, key: tuple[str, str], members: list[TensorInfo]) -> Action:
+        prefix, kind = key
+        n_e = max(t.expert for t in members) + 1
+        by = {(t.expert, t.proj): t for t in members}
+        projs = ("gate", "up") if kind == "gate_up" else ("down",)
+        order = []
+        for e in range(n_e):
+            for proj in projs:
+                if (e, proj) not in by:
+                    raise FormatError(f"{src.source}: expert {e} of '{prefix}' has no {proj}_proj; cannot fuse",
+                                      hint="keep --experts per-expert")
+                order.append(by[(e, proj)])
+        first = order[0]
+        if any(m.scheme != first.scheme or m.shape[-1] != first.shape[-1] for m in order):
+            raise UnsupportedError(f"{prefix}: experts differ in scheme or width; they cannot be stacked",
+                                   hint="keep --experts per-expert")
+        shape = (n_e, sum(by[(0, p)].shape[0] for p in projs), first.shape[1])
+        name = f"{prefix}.experts.{'gate_up_proj' if kind == 'gate_up' else 'down_proj'}"
+        if first.scheme.name == "nvfp4":
+            if kind == "gate_up":   # one global per expert in a fused tensor: gate's and up's must agree
+                for e in range(n_e):
+                    g, u = view.mults(by[(e, "gate")], "global_scale"), view.mults(by[(e, "up")], "global_scale")
+                    if g != u:
+                        raise UnsupportedError(
+                            f"{by[(e, 'gate')].name}: gate and up of expert {e} have different global scales "
+                            f"({g} vs {u}); one fused gate_up_proj holds one global per expert",
+                            hint="keep --experts per-expert")
+            outs = self.layout.nvfp4(name, shape, first.part("input_scale") is not None)
+        elif not first.scheme.quantized:
+            outs = [Out(name, first.part("data").stored_dtype, shape, "raw")]
+        else:
+            raise UnsupportedError(f"{prefix}: fusing {first.scheme.name} experts is not supported",
+                                   hint="keep --experts per-expert")
+        return Action(Kind.STACK, tuple(t.name for t in order), tuple(outs), True,
+                      self.layout.out_name(outs[0].key), stack="gate_up" if kind == "gate_up" else "one")
+
+    def _split(self, t: TensorInfo) -> list[Action]:
+        n_e, rows, cols = t.shape
+        prefix = t.name.rsplit(".experts.", 1)[0]
+        projs = ("gate", "up") if t.proj == "gate_up" else ("down",)
+        per = rows // len(projs)
+        out = []
+        for e in range(n_e):
+            for i, proj in enumerate(projs):
+                name = f"{prefix}.experts.{e}.{proj}_proj.weight"
+                if t.scheme.name == "nvfp4":
+                    outs = self.layout.nvfp4(name, (per, cols), t.part("input_scale") is not None)
+                elif not t.scheme.quantized:
+                    outs = [Out(name, t.part("data").stored_dtype, (per, cols), "raw")]
+                else:
+                    raise UnsupportedError(f"{t.name}: splitting {t.scheme.name} experts is not supported")
+                out.append(Action(Kind.SPLIT, (t.name,), tuple(outs), True, self.layout.out_name(outs[0].key),
+                                  rows=RowSlice(e, i * per, (i + 1) * per), note=f"expert {e} {proj}"))
+        return out
+
+    def _record_originals(self, p: Plan, view: View) -> None:
+        """Original fp32 multipliers whose reciprocal does not round-trip (scales.reciprocal_exact)."""
+        for a in p.actions:
+            for o in a.outs:
+                if o.convention != "divisor" or not a.exact or a.kind == Kind.STACK:
+                    continue
+                from nvfp4tools.convert.encode import scalar_mults
+                vals = scalar_mults(a, view, "global_scale" if o.what == "global" else "input_scale")
+                if vals is not None and len(vals) == 1 and not scales.round_trips(vals[0]):
+                    p.exact_meta[o.key] = scales.F32.pack(vals[0]).hex()
+
+    def _plan_from_gguf(self, src: Checkpoint, p: Plan, opts: Options) -> Plan:
+        """GGUF -> safetensors from the ``nvfp4tools.hf_names`` record an nvfp4tools-written GGUF
+        carries (names, stored dtypes, expert splits, undone folds)."""
+        names = src.metadata.get("nvfp4tools.hf_names")
+        if not isinstance(names, list) or not src.config:
+            raise UnsupportedError(
+                f"{src.source}: this GGUF carries no record of its safetensors names and config.json",
+                hint="nvfp4tools converts GGUF files it wrote itself back to safetensors; for other GGUF files "
+                     "convert the original safetensors checkpoint instead")
+        hf: dict[str, list[str]] = {}
+        for entry in names:
+            g, _, rest = str(entry).partition("=")
+            hf[g] = rest.split(",") if rest else []
+        if any(t.scheme.name == "q4_0" for t in src.tensors.values()) and self.layout.int4 is None:
+            raise UnsupportedError(f"{src.source}: Q4_0 has no exact {self.name} form",
+                                   hint="convert to compressed-tensors first (Q4_0 -> pack-quantized W4A16 is exact), "
+                                        f"then --to {self.name} --allow-lossy")
+        for t in src.tensors.values():
+            if t.name not in hf:
+                continue
+            targets = hf[t.name]
+            want_all = targets[-1].partition("|")[2]
+            restore = src.metadata.get(f"nvfp4tools.restore.{t.name}.scale")
+            for e, entry in enumerate(targets):
+                name, _, want = entry.partition("|")
+                want = want or want_all
+                stacked = len(targets) > 1
+                shape = tuple(t.shape[1:]) if stacked else tuple(t.shape)
+                if t.scheme.name == "nvfp4":
+                    outs = self.layout.nvfp4(name, shape, t.part("input_scale") is not None)
+                elif t.scheme.name == "q4_0":
+                    outs = self.layout.int4(name, shape, 32, want or "F16")
+                elif not t.scheme.quantized:
+                    outs = [Out(name, want or t.part("data").stored_dtype, shape, "raw")]
+                else:
+                    raise UnsupportedError(f"{t.name}: {t.scheme.name} has no exact {self.name} form")
+                kind = Kind.SPLIT if stacked else (Kind.RENIBBLE if t.scheme.name == "nvfp4" else
+                                                   Kind.REPACK if t.scheme.name == "q4_0" else Kind.CAST)
+                p.actions.append(Action(
+                    kind, (t.name,), tuple(outs), True, self.layout.out_name(outs[0].key),
+                    rows=RowSlice(e, 0, t.shape[1]) if stacked else None,
+                    global_override=(float(restore[e]),) if restore and stacked else None))
+        import numpy as np
+        for k, v in src.metadata.items():
+            if k.startswith("nvfp4tools.restore.") and k.endswith(".router.per_expert_scale"):
+                name = k[len("nvfp4tools.restore."):]
+                arr = np.asarray(v, np.float32)
+                bits = (arr.view(np.uint32) >> 16).astype("<u2")   # recorded from bf16: exact
+                p.actions.append(Action(Kind.RESTORE, (), (Out(name, "BF16", (arr.size,), "raw"),), True, name,
+                                        const=bits.tobytes()))
+        return p
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(self, p: Plan, view: View, tmp: str, opts: Options, lossy: list, progress) -> list[str]:
+        from nvfp4tools.convert.stream import write_actions
+
+        from ._st_writer import write_index
+
+        os.makedirs(tmp)
+        shards = self._shards(p, opts.max_shard_bytes)
+        files, weight_map, total = [], {}, 0
+        for i, actions in enumerate(shards):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            outs = [o for a in actions for o in a.outs]
+            header: dict[str, Any] = {}
+            meta = {"format": "pt", "converted_by": "nvfp4tools"}
+            keys = {o.key for o in outs}
+            if len(keys) != len(outs):
+                dup = next(o.key for o in outs if sum(1 for x in outs if x.key == o.key) > 1)
+                raise FormatError(f"two source tensors map to output '{dup}'",
+                                  hint="the source holds the same tensor twice under two names")
+            mine = {k: v for k, v in p.exact_meta.items() if k in keys}
+            if mine:
+                meta[scales.EXACT_META_KEY] = json.dumps(mine, sort_keys=True)
+            header["__metadata__"] = meta
+            off = 0
+            offsets: dict[str, int] = {}
+            for o in outs:
+                header[o.key] = {"dtype": o.dtype, "shape": list(o.shape), "data_offsets": [off, off + o.nbytes]}
+                offsets[o.key] = off
+                off += o.nbytes
+            blob = json.dumps(header, separators=(",", ":")).encode()
+            blob += b" " * ((-len(blob)) % 8)
+            path = os.path.join(tmp, fname)
+            with open(path, "wb") as fh:
+                fh.write(len(blob).to_bytes(8, "little"))
+                fh.write(blob)
+                fh.truncate(8 + len(blob) + off)
+            write_actions(path, 8 + len(blob), offsets, actions, view, lossy, progress)
+            files.append(fname)
+            total += off
+            for k in keys:
+                weight_map[k] = fname
+        if len(shards) > 1:
+            write_index(tmp, weight_map, total)
+        self.configs(p, tmp)
+        copy_side_files(p.src.root, tmp)
+        return files
+
+    def _shards(self, p: Plan, max_bytes: int | None) -> list[list[Action]]:
+        src = p.src
+        if max_bytes is None and src.format == "gguf":
+            max_bytes = DEFAULT_SHARD_BYTES
+        if max_bytes is None:   # as the source is sharded: an action goes with its first source's file
+            by_file: dict[str, list[Action]] = {}
+            loose: list[Action] = []
+            for a in p.actions:
+                t = src.tensors.get(a.sources[0]) if a.sources else None
+                (by_file.setdefault(t.parts[0].file, []) if t is not None and t.parts else loose).append(a)
+            out = [by_file[f] for f in sorted(by_file)] or [[]]
+            out[0].extend(loose)
+            return out
+        shards: list[list[Action]] = [[]]
+        acc = 0
+        for a in p.actions:
+            if shards[-1] and acc + a.nbytes > max_bytes:
+                shards.append([])
+                acc = 0
+            shards[-1].append(a)
+            acc += a.nbytes
+        return shards
+
+    def configs(self, p: Plan, out_dir: str) -> None:   # pragma: no cover - every target overrides
+        raise NotImplementedError
+
+    # -- shared by the config writers ------------------------------------------------------------
+    @staticmethod
+    def base_config(p: Plan) -> dict[str, Any]:
+        src = p.src
+        cfg = json.loads(json.dumps(src.config)) if src.config else {}
+        if not cfg and src.format == "gguf":
+            embedded = src.metadata.get("nvfp4tools.config_json")
+            if isinstance(embedded, str):
+                cfg = json.loads(embedded)
+        return cfg
+
+    @staticmethod
+    def summary(p: Plan) -> dict[str, Any]:
+        """What the output holds: quantized kinds, W4A4 or weight-only, int4 groups, kv scales."""
+        whats = {o.what for a in p.actions for o in a.outs}
+        groups = sorted({o.shape[-1] and a.outs[0].shape[-1] * 8 // o.shape[-1]
+                         for a in p.actions for o in a.outs if o.what == "int4_scales"})
+        return {"nvfp4": "codes" in whats, "int4": "int4" in whats, "w4a4": "input" in whats,
+                "groups": [g for g in groups if g], "kv": any(w.startswith("kv:") for w in whats)}
+
+    @staticmethod
+    def exclusions(p: Plan, regex_ok: bool) -> list[str]:
+        """The output's exclude list: the source's own patterns when every quantized tensor kept
+        its scheme (REGEX_OK: the target's matcher takes ``re:`` patterns), else the explicit
+        module names of the unquantized linears (valid for every matcher)."""
+        src = p.src
+        kept = src.format != "gguf" and all(a.kind != Kind.QUANTIZE for a in p.actions)
+        pats = list(src.exclude_patterns)
+        if kept and (regex_ok or not any(x.startswith("re:") for x in pats)):
+            return pats
+        names = SafetensorsTarget.unquantized_linears(p)
+        if kept:
+            return sorted({x for x in pats if not x.startswith("re:")} | set(names))
+        return names
+
+    @staticmethod
+    def unquantized_linears(p: Plan) -> list[str]:
+        """Modules of the output's unquantized linear layers (what exclude_modules / ignore name)."""
+        quantized = {a.out_name for a in p.actions if any(o.what in ("codes", "int4") for o in a.outs)}
+        mods = set()
+        for a in p.actions:
+            if a.out_name in quantized or not a.sources:
+                continue
+            t = p.src.tensors.get(a.sources[0])
+            if t is not None and len(t.shape) >= 2 and t.role in LINEAR_ROLES + ("router", "lm_head", "vision",
+                                                                                 "projector"):
+                name = a.out_name or t.name
+                mods.add(name[: -len(".weight")] if name.endswith(".weight") else name)
+        return sorted(mods)
+
+
+def copy_side_files(src_root: str, out_dir: str) -> list[str]:
+    """Tokenizer, chat template and generation files: regular files inside the source folder only
+    (a link that leaves it, a FIFO or a device is skipped, never followed or read)."""
+    import shutil
+    import stat
+
+    root = os.path.realpath(src_root)
+    copied = []
+    for n in sorted(os.listdir(src_root)):
+        if n in ("config.json", "hf_quant_config.json") or n.endswith((".safetensors", ".gguf", ".index.json", ".bin",
+                                                                      ".pt", ".pth")):
+            continue
+        if not (n in SIDE_FILES or n.endswith((".jinja", ".model"))
+                or n.startswith(("tokenizer", "special_tokens", "generation", "chat_template"))):
+            continue
+        full = os.path.join(src_root, n)
+        real = os.path.realpath(full)
+        if not real.startswith(root + os.sep):
+            continue
+        try:
+            if not stat.S_ISREG(os.stat(real).st_mode):
+                continue
+        except OSError:
+            continue
+        shutil.copyfile(real, os.path.join(out_dir, n))
+        copied.append(n)
+    return copied

@@ -1,0 +1,76 @@
+"""What llama.cpp's converter does per architecture, as data: the GGUF architecture each Hugging
+Face ``model_type`` becomes and the tensor transforms applied on the way. Each row cites the
+converter code it mirrors (llama.cpp ``convert_hf_to_gguf.py`` and its ``conversion/`` package, as
+vendored in llama-cpp-python 0.3.36); tests pin the bytes against llama.cpp's own output.
+
+Architectures not listed are refused by name: writing a GGUF llama.cpp loads but computes wrongly
+is worse than writing none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class GGUFArch:
+    gguf_arch: str                 # gguf.MODEL_ARCH member name
+    permute_qk: bool = False       # Q/K rows into ggml's RoPE pair order (conversion/llama.py LlamaModel.permute)
+    rope_freqs: str | None = None  # "llama3" (llama.py generate_extra_tensors) | "gemma4_proportional" (gemma.py)
+    fold_per_expert_scale: bool = False   # router.per_expert_scale into the down experts' scale (gemma.py)
+    split_gate_up: bool = True     # a fused experts.gate_up_proj -> ffn_gate_exps + ffn_up_exps (conversion/qwen.py);
+                                   # Gemma 4 keeps ffn_gate_up_exps (conversion/gemma.py)
+    source: str = ""
+
+
+ARCHES: dict[str, GGUFArch] = {
+    "gemma4": GGUFArch("GEMMA4", rope_freqs="gemma4_proportional", fold_per_expert_scale=True,
+                       split_gate_up=False, source="conversion/gemma.py Gemma4Model"),
+    "gemma4_text": GGUFArch("GEMMA4", rope_freqs="gemma4_proportional", fold_per_expert_scale=True,
+                            split_gate_up=False, source="conversion/gemma.py Gemma4Model"),
+    "llama": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3", source="conversion/llama.py LlamaModel"),
+    "mistral": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3", source="conversion/llama.py LlamaModel"),
+    "mixtral": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3",
+                        source="conversion/llama.py LlamaModel (block_sparse_moe experts stacked w1/w2/w3)"),
+    "qwen2": GGUFArch("QWEN2", source="conversion/qwen.py Qwen2Model"),
+    "qwen3": GGUFArch("QWEN3", source="conversion/qwen.py Qwen3Model"),
+    "qwen2_moe": GGUFArch("QWEN2MOE", source="conversion/qwen.py Qwen2MoeModel"),
+    "qwen3_moe": GGUFArch("QWEN3MOE", source="conversion/qwen.py Qwen3MoeModel"),
+}
+
+# known to llama.cpp, not (yet) written by nvfp4tools, with the reason the user sees
+REFUSED: dict[str, str] = {
+    "deepseek_v3": "llama.cpp splits MLA's kv_b_proj into transposed attn_k_b / attn_v_b (conversion/deepseek.py); "
+                   "a transposed NVFP4 or int4 tensor has no exact form",
+    "gpt_oss": "llama.cpp writes gpt-oss experts as MXFP4 with its own layout (conversion/gpt_oss.py)",
+    "phi3": "llama.cpp's Phi-3 conversion (conversion/phi.py) is not mirrored here yet",
+}
+
+
+def llama3_rope_factors(rope: dict, head_dim: int) -> list[float] | None:
+    """llama.cpp's ``rope_freqs`` for Llama 3 RoPE scaling (conversion/llama.py
+    ``LlamaModel.generate_extra_tensors``), in float32 as torch computes it there."""
+    import math
+
+    import numpy as np
+
+    if str(rope.get("rope_type", "")).lower() != "llama3":
+        return None
+    base = np.float32(rope.get("rope_theta", 10000.0))
+    freqs = np.float32(1.0) / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    factor = rope.get("factor", 8.0)
+    low = rope.get("low_freq_factor", 1.0)
+    high = rope.get("high_freq_factor", 4.0)
+    old = rope.get("original_max_position_embeddings", 8192)
+    low_wl, high_wl = old / low, old / high
+    out = []
+    for f in freqs.astype(np.float32):
+        wl = np.float32(2 * math.pi) / f
+        if wl < high_wl:
+            out.append(1.0)
+        elif wl > low_wl:
+            out.append(float(factor))
+        else:
+            smooth = (np.float32(old) / wl - np.float32(low)) / np.float32(high - low)
+            out.append(float(np.float32(1) / ((np.float32(1) - smooth) / np.float32(factor) + smooth)))
+    return out

@@ -1,0 +1,114 @@
+"""``convert``: read a checkpoint's headers, let the target format's writer plan it (typed actions,
+:mod:`.plan`), stream every action's bytes through the one encoder (:mod:`.encode`) into a hidden
+temporary output, check the output against the source (:mod:`.check`), and publish it atomically
+(:mod:`.publish`). No step here knows which format is which: formats register their writers
+(``FormatSpec.writer``).
+
+Everything a conversion holds (open files, cached scalars, the requantization report) lives in
+objects it creates, so conversions in one process never share state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+from nvfp4tools.errors import UsageError
+
+from .canon import View
+from .options import Options
+from .plan import Action, Kind, Plan, RowSlice
+
+__all__ = ["Action", "Kind", "Options", "Plan", "RowSlice", "convert", "make_plan", "targets"]
+
+REPORT_FILE = "nvfp4tools_conversion_report.json"
+
+
+def targets() -> list[str]:
+    """Formats nvfp4tools can write."""
+    from nvfp4tools import formats
+    return [n for n in formats.names() if formats.get(n).writer is not None]
+
+
+def _writer(to: str):
+    from nvfp4tools import formats
+
+    try:
+        spec = formats.get(to)
+    except Exception:
+        spec = None
+    if spec is None or spec.writer is None:
+        raise UsageError(f"unknown target format {to!r}", hint=f"targets: {', '.join(targets())}")
+    return spec.writer()
+
+
+def make_plan(src, opts: Options, view: View | None = None) -> Plan:
+    """The target writer's plan for SRC (reads only headers and per-tensor scalars)."""
+    if opts.quantize is not None and not opts.allow_lossy:
+        raise UsageError("--quantize requantizes weights: pass --allow-lossy as well")
+    own = view is None
+    view = view or View(src)
+    try:
+        return _writer(opts.to).plan(src, opts, view)
+    finally:
+        if own:
+            view.close()
+
+
+def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, allow_lossy: bool = False,
+            dry_run: bool = False, force: bool = False, max_shard_bytes: int | None = None,
+            quantize: str | None = None, verify: str = "sampled") -> dict[str, Any]:
+    """Convert SRC_PATH into DST (see the module doc); returns the report."""
+    from nvfp4tools import formats
+
+    from . import check, publish
+    from .stream import Progress
+
+    opts = Options(to, experts, allow_lossy, quantize, max_shard_bytes, verify)
+    writer = _writer(to)
+    publish.check_destination(src_path, dst, force, suffix=writer.suffix, existing=not dry_run)
+    src = formats.read(src_path)
+    view = View(src)
+    try:
+        if quantize is not None and not allow_lossy:
+            raise UsageError("--quantize requantizes weights: pass --allow-lossy as well")
+        p = writer.plan(src, opts, view)
+        report = p.as_dict()
+        if dry_run:
+            return report
+        publish.remove_stale(dst)
+        tmp = publish.temp_path_for(dst)
+        lossy: list[dict[str, Any]] = []
+        progress = Progress(sum(a.nbytes for a in p.actions))
+        try:
+            files = writer.write(p, view, tmp, opts, lossy, progress)
+            progress.close()
+            folder = writer.suffix is None
+            out = formats.read(tmp, to)
+            report["verified_tensors"] = check.verify_output(p, view, out, verify)
+            report["verification"] = verify
+            if lossy:
+                report["lossy"] = lossy
+                if folder:
+                    report["report_file"] = REPORT_FILE
+                    with open(os.path.join(tmp, REPORT_FILE), "w") as fh:
+                        json.dump({"schema": "nvfp4tools/conversion-report/v1", "source": src.source, "to": to,
+                                   "tensors": lossy}, fh, indent=1, allow_nan=False)
+            if folder:
+                report["copied"] = sorted(set(os.listdir(tmp)) - set(files) - {REPORT_FILE, "config.json",
+                                                                                "hf_quant_config.json",
+                                                                                "model.safetensors.index.json"})
+            publish.publish(tmp, dst)
+        except BaseException:
+            if os.path.isdir(tmp) and not os.path.islink(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif os.path.lexists(tmp):
+                os.remove(tmp)
+            raise
+        report["destination"] = dst
+        report["files"] = [os.path.basename(dst)] if writer.suffix else files
+        return report
+    finally:
+        view.close()

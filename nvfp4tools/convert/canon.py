@@ -1,0 +1,201 @@
+"""Canonical quantized tensors: the one in-memory form every reader's tensor is decoded into and
+every writer's bytes are encoded from.
+
+* ``nvfp4``: HF-order E2M1 codes (uint8 ``[.., rows, in]``), E4M3 block-scale bytes (never
+  re-rounded), float32 global multipliers (one, or one per expert), input multipliers likewise;
+* ``int4``: int8 values in [-8, 7], group scales as stored (16-bit floats kept as their bits),
+  the group size (compressed-tensors pack-quantized; GGUF Q4_0 = group 32 with an fp16 scale,
+  ``q = nibble - 8``: ggml ``dequantize_row_q4_0``);
+* ``raw``: any other tensor's stored array (16-bit floats as their bits, so bytes copy exactly).
+
+A :class:`View` reads one checkpoint for one conversion: it owns its open files and caches, so
+two conversions in one process never share state. Reads can be limited to a block of rows (of one
+expert), which bounds memory whatever the tensor size.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from nvfp4tools.errors import FormatError, UnsupportedError
+from nvfp4tools.io import PartReader, decode_values
+from nvfp4tools.model import Checkpoint, TensorInfo, TensorPart
+
+from . import scales
+
+# safetensors dtype -> numpy dtype of the stored bits (16-bit and 8-bit floats kept as bits)
+BITS_DTYPE = {"BF16": np.uint16, "F16": np.uint16, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8,
+              "F32": np.float32, "F64": np.float64, "U8": np.uint8, "I8": np.int8, "I16": np.int16,
+              "U16": np.uint16, "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64,
+              "BOOL": np.bool_}
+
+
+@dataclass
+class Canon:
+    name: str
+    kind: str                                  # "nvfp4" | "int4" | "raw"
+    shape: tuple[int, ...]                     # of this block of rows
+    codes: np.ndarray | None = None            # nvfp4
+    scale_bytes: np.ndarray | None = None
+    global_mult: list[float] = field(default_factory=list)   # per expert covered (or one)
+    input_mult: list[float] | None = None
+    q: np.ndarray | None = None                # int4
+    group_scales: np.ndarray | None = None
+    group: int = 0
+    scale_dtype: str = ""
+    array: np.ndarray | None = None            # raw: stored bits
+    dtype: str = ""                            # raw: stored safetensors dtype (or ggml F32/F16/BF16)
+
+    def rows_permuted(self, perm: np.ndarray) -> "Canon":
+        """The same tensor with its rows (axis -2) in the order PERM."""
+        def take(a):
+            if a is None:
+                return None
+            return np.ascontiguousarray(a[perm] if a.ndim == 1 else a[..., perm, :])
+        return replace(self, codes=take(self.codes), scale_bytes=take(self.scale_bytes), q=take(self.q),
+                       group_scales=take(self.group_scales), array=take(self.array))
+
+
+def is_int4_sym(t: TensorInfo) -> bool:
+    """int4 group-symmetric without activation order: what pack-quantized and Q4_0 share exactly."""
+    if t.scheme.name == "q4_0":
+        return True
+    d = t.part("data")
+    return (t.scheme.element == "int4" and t.scheme.symmetric and d is not None and d.stored_dtype == "I32"
+            and t.part("zero_point") is None and t.part("g_idx") is None and t.part("block_scale") is not None)
+
+
+class View:
+    """One checkpoint, read for one conversion (its files, the small scalars, recorded originals)."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self.reader = PartReader(ckpt.root)
+        self.exact = scales.exact_meta(ckpt)
+        self._values: dict[tuple[str, int], list[float]] = {}
+
+    def close(self) -> None:
+        self.reader.close()
+
+    # -- small parts ---------------------------------------------------------------------------
+    def values(self, part: TensorPart) -> list[float]:
+        k = (part.file, part.offset)
+        v = self._values.get(k)
+        if v is None:
+            v = self._values[k] = decode_values(part, self.reader.read(part))
+        return v
+
+    def mults(self, t: TensorInfo, role: str) -> list[float] | None:
+        """A tensor's global ("global_scale") or input ("input_scale") multipliers, float32."""
+        part = t.part(role)  # type: ignore[arg-type]
+        if part is None:
+            return None
+        return scales.multipliers(part, self.values(part), self.exact)
+
+    # -- arrays ----------------------------------------------------------------------------------
+    def _memmap(self, part: TensorPart, dtype) -> np.ndarray:
+        path = os.path.join(self.ckpt.root, part.file)
+        item = np.dtype(dtype).itemsize
+        try:
+            size = os.path.getsize(path)
+        except OSError as e:
+            raise FormatError(f"{part.file}: cannot open: {e.strerror}") from None
+        if part.offset + part.nbytes > size:
+            raise FormatError(f"{part.file}: tensor '{part.key}' needs bytes {part.offset}..{part.offset + part.nbytes} "
+                              f"but the file has {size}", hint="the file is truncated; download it again")
+        if part.nbytes == 0:
+            return np.zeros(0, dtype)
+        return np.memmap(path, dtype, "r", part.offset, (part.nbytes // item,))
+
+    def stored(self, part: TensorPart, rows: tuple[int, int] | None = None, expert: int | None = None,
+               lead: int = 0) -> np.ndarray:
+        """A part's stored array (bits kept), optionally only rows START:STOP (of EXPERT).
+        LEAD: leading expert count of a stacked part (0: none)."""
+        dt = BITS_DTYPE.get(part.stored_dtype, np.uint8)
+        a = self._memmap(part, dt)
+        if part.stored_dtype in BITS_DTYPE:
+            a = a.reshape(part.stored_shape)
+        else:   # a ggml block type: [.., rows, bytes per row]
+            shape = part.stored_shape
+            nrows = 1
+            for d in shape[:-1]:
+                nrows *= d
+            a = a.reshape(shape[:-1] + (part.nbytes // max(nrows, 1),)) if nrows else a
+        if expert is not None:
+            a = a[expert]
+        if rows is not None:
+            a = a[..., rows[0]:rows[1], :] if a.ndim >= 2 else a[rows[0]:rows[1]]
+        return np.array(a)   # a copy: the block of rows, not the file
+
+    def canon(self, t: TensorInfo, expert: int | None = None, rows: tuple[int, int] | None = None) -> Canon:
+        """Tensor T (or expert EXPERT of a stacked T, or rows START:STOP of it) in canonical form."""
+        data = t.part("data")
+        if data is None:
+            raise FormatError(f"{t.name}: no data part")
+        lead = t.shape[0] if len(t.shape) == 3 else 0
+        full_rows = t.shape[-2] if len(t.shape) >= 2 else 1
+        r = rows if rows is not None and rows != (0, full_rows) else None
+        out_shape = (() if expert is not None or not lead else (lead,)) + \
+            (((r[1] - r[0]) if r else full_rows, t.shape[-1]) if len(t.shape) >= 2 else tuple(t.shape))
+        if t.scheme.name == "nvfp4":
+            return self._nvfp4(t, data, expert, r, lead, out_shape)
+        if t.scheme.name == "q4_0":
+            from nvfp4tools.kernels_ref.ggml_quants import q4_0_split
+            blocks = self.stored(data, r, expert)
+            codes, d = q4_0_split(blocks.reshape(blocks.shape[:-1] + (-1,)))
+            return Canon(t.name, "int4", out_shape, q=(codes.astype(np.int8) - 8).reshape(out_shape),
+                         group_scales=np.ascontiguousarray(d.view(np.uint16)).reshape(out_shape[:-1] + (-1,)),
+                         group=32, scale_dtype="F16")
+        if is_int4_sym(t):
+            from nvfp4tools.kernels_ref.int4 import unpack_int32_to_int4
+            bs = t.part("block_scale")
+            q = unpack_int32_to_int4(self.stored(data, r, expert), t.shape[-1])
+            return Canon(t.name, "int4", out_shape, q=q.reshape(out_shape), group_scales=self.stored(bs, r, expert),
+                         group=t.shape[-1] // bs.stored_shape[-1], scale_dtype=bs.stored_dtype)
+        if not t.scheme.quantized:
+            a = self.stored(data, r, expert)
+            return Canon(t.name, "raw", out_shape, array=a.reshape(out_shape) if a.size else a,
+                         dtype=data.stored_dtype)
+        raise UnsupportedError(f"{t.name}: {t.scheme.name} tensors have no canonical form here",
+                               hint="lossless conversion covers NVFP4, int4 group-symmetric and Q4_0")
+
+    def _nvfp4(self, t: TensorInfo, data: TensorPart, expert, r, lead, out_shape) -> Canon:
+        from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
+
+        if data.stored_dtype == "NVFP4":
+            from nvfp4tools.kernels_ref.ggml_quants import gguf_blocks_to_nvfp4
+            blocks = self.stored(data, r, expert)
+            codes, sb = gguf_blocks_to_nvfp4(blocks.reshape(blocks.shape[:-1] + (-1,)))
+        else:
+            bs = t.part("block_scale")
+            if bs is None or t.part("global_scale") is None:
+                raise UnsupportedError(f"{t.name}: NVFP4 tensor lacks its block or global scale; cannot decode")
+            codes = unpack_nibbles_hf(self.stored(data, r, expert))
+            sb = self.stored(bs, r, expert).astype(np.uint8, copy=False)
+        n_e = 1 if (expert is not None or not lead) else lead
+        g = self.mults(t, "global_scale")
+        if g is None:   # a GGUF NVFP4 tensor without a '.scale' sidecar: the global is 1.0
+            g = [1.0] * n_e
+        inp = self.mults(t, "input_scale")
+        if expert is not None:
+            g = [g[expert] if len(g) > 1 else g[0]]
+            inp = None if inp is None else [inp[expert] if len(inp) > 1 else inp[0]]
+        return Canon(t.name, "nvfp4", out_shape, codes=codes.reshape(out_shape),
+                     scale_bytes=sb.reshape(out_shape[:-1] + (-1,)), global_mult=list(g), input_mult=inp)
+
+
+def llama_permutation(rows: int, n_head: int) -> np.ndarray:
+    """Row order of llama.cpp's Q/K permutation (convert_hf_to_gguf.py, ``LlamaModel.permute``:
+    ``w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)``): HF's
+    rotate-half RoPE pairs rows i and i + d/2 of a head, ggml's normal RoPE pairs 2i and 2i + 1."""
+    idx = np.arange(rows)
+    return idx.reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(rows)
+
+
+def unpermute(perm: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(perm.size)
+    return inv

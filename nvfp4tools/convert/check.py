@@ -1,0 +1,148 @@
+"""Checking a written output against its source, format-neutrally.
+
+Every exact action's output tensor is re-read through the target's own reader and compared with
+the source as the action transformed it: NVFP4 codes and block-scale bytes, int4 values and group
+scales (as values), raw tensors by value, and the per-tensor multipliers bit for bit, plus the
+stored bytes of every converted scalar (a divisor 1 ulp off whose reciprocal rounds back to the
+same multiplier would pass the first check alone).
+
+Parts copied byte for byte are compared by ranges: ``sampled`` compares the first and last 4 KiB
+and one 4 KiB window per 64 MiB (the errors a range copy can make move whole ranges, so they
+show at the edges); ``full`` compares every byte. Everything transformed is compared in full, one
+row block at a time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from nvfp4tools.errors import FormatError
+from nvfp4tools.model import Checkpoint, TensorInfo
+
+from .canon import Canon, View
+from .encode import direct_parts, pieces, read_piece, scalar_bytes, scalar_mults, logical_shape, _as_f32
+from .plan import Kind, Plan
+
+WINDOW = 4 * 2**10
+WINDOW_EVERY = 64 * 2**20
+CHUNK = 16 * 2**20
+
+
+def _bug(msg: str) -> FormatError:
+    return FormatError(f"verification: {msg} (a bug: please report it with the command line)")
+
+
+def _windows(nbytes: int, sampled: bool) -> list[tuple[int, int]]:
+    if not sampled:
+        return [(off, min(CHUNK, nbytes - off)) for off in range(0, nbytes, CHUNK)]
+    if nbytes <= 2 * WINDOW:
+        return [(0, nbytes)]
+    wins = [(0, WINDOW), (nbytes - WINDOW, WINDOW)]
+    wins += [(off, WINDOW) for off in range(WINDOW_EVERY, nbytes - WINDOW, WINDOW_EVERY)]
+    return wins
+
+
+def _same_bytes(src: Checkpoint, out: Checkpoint, part, q, key: str, sampled: bool) -> None:
+    if (q.nbytes, q.stored_dtype) != (part.nbytes, part.stored_dtype) and q.nbytes != part.nbytes:
+        raise _bug(f"'{key}' is {q.stored_dtype} ({q.nbytes} bytes) in the output, {part.stored_dtype} "
+                   f"({part.nbytes} bytes) in the source")
+    fa = os.open(os.path.join(src.root, part.file), os.O_RDONLY)
+    fb = os.open(os.path.join(out.root, q.file), os.O_RDONLY)
+    try:
+        for off, n in _windows(part.nbytes, sampled):
+            if os.pread(fa, n, part.offset + off) != os.pread(fb, n, q.offset + off):
+                raise _bug(f"bytes of '{key}' differ from the source")
+    finally:
+        os.close(fa)
+        os.close(fb)
+
+
+def _bits32(vals) -> np.ndarray:
+    return np.asarray(vals, np.float32).reshape(-1).view(np.uint32)
+
+
+def _values(c: Canon) -> np.ndarray:
+    return np.asarray(_as_f32(c.array, c.dtype) if c.dtype in ("BF16", "F16", "F32") else c.array,
+                      np.float64).reshape(-1)
+
+
+def _same(a: Canon, b: Canon) -> bool:
+    if a.kind == "nvfp4":
+        return b.kind == "nvfp4" and np.array_equal(a.codes, b.codes) and np.array_equal(a.scale_bytes, b.scale_bytes)
+    if a.kind == "int4":
+        if b.kind != "int4" or not np.array_equal(a.q, b.q):
+            return False
+        sa = np.repeat(_as_f32(a.group_scales, a.scale_dtype), a.group, axis=-1)
+        sb = np.repeat(_as_f32(b.group_scales, b.scale_dtype), b.group, axis=-1)
+        return np.array_equal(sa, sb)
+    if b.kind != "raw":
+        return False
+    va, vb = _values(a), _values(b)
+    return va.shape == vb.shape and np.array_equal(va, vb, equal_nan=True)
+
+
+def _out_rows(t_out: TensorInfo, out_row: int, n: int) -> tuple[int | None, tuple[int, int] | None]:
+    """(expert, rows) of output tensor T_OUT holding N rows from flattened row OUT_ROW."""
+    if len(t_out.shape) < 2:
+        return None, None
+    r = t_out.shape[-2]
+    if len(t_out.shape) == 3:
+        e, start = divmod(out_row, r)
+        return e, (start, start + n)
+    return None, (out_row, out_row + n)
+
+
+def verify_output(p: Plan, src_view: View, out: Checkpoint, mode: str = "sampled") -> int:
+    """Compare OUT, the written output, with the source; returns how many tensors were checked."""
+    out_view = View(out)
+    sampled = mode == "sampled"
+    checked = 0
+    try:
+        for a in p.actions:
+            if a.kind == Kind.GENERATE or not a.exact:
+                continue
+            t_out = out.tensors.get(a.out_name or "")
+            if t_out is None:
+                raise _bug(f"'{a.out_name}' is missing from the output")
+            keys = {q.key: q for q in t_out.parts}
+            direct = direct_parts(a, src_view) if a.sources else None
+            rowed = [o for o in a.outs if not o.is_scalar and (direct is None or o not in direct)]
+            for o, part in (direct or {}).items():
+                q = keys.get(o.key)
+                if q is None:
+                    raise _bug(f"'{o.key}' is missing from the output")
+                _same_bytes(p.src, out, part, q, o.key, sampled)
+            if a.kind == Kind.RESTORE:
+                q = keys.get(a.outs[0].key)
+                if q is None or out_view.reader.read(q) != a.const:
+                    raise _bug(f"restored '{a.outs[0].key}' differs from its record")
+                checked += 1
+                continue
+            if rowed:
+                for pc in pieces(a, src_view):
+                    c = read_piece(a, src_view, pc)
+                    n = c.shape[-2] if len(c.shape) >= 2 else 0
+                    e, rows = _out_rows(t_out, pc.out_row, n)
+                    if not _same(c, out_view.canon(t_out, e, rows)):
+                        raise _bug(f"'{pc.tensor}' differs between source and output (rows {pc.rows}, "
+                                   f"expert {pc.expert})")
+            want = scalar_mults(a, src_view, "global_scale") if any(o.what == "global" for o in a.outs) or \
+                t_out.scheme.name == "nvfp4" else None
+            if want is not None:
+                got = out_view.mults(t_out, "global_scale") or [1.0] * max(1, len(want))
+                if not np.array_equal(_bits32(want), _bits32(got if len(got) == len(want) else got * len(want))):
+                    raise _bug(f"global scale of '{a.out_name}' differs")
+            logical = logical_shape(a, src_view)
+            for o in a.outs:
+                if o.is_scalar:
+                    q = keys.get(o.key)
+                    if q is None:
+                        raise _bug(f"'{o.key}' is missing from the output")
+                    if out_view.reader.read(q) != scalar_bytes(a, src_view, o, logical):
+                        raise _bug(f"'{o.key}' holds other bytes than the source's values give")
+            checked += 1
+    finally:
+        out_view.close()
+    return checked

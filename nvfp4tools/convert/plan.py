@@ -1,0 +1,99 @@
+"""The conversion plan: typed actions, each mapping source tensors to output parts.
+
+A plan is built by the target format's writer (``FormatSpec.writer``), before any tensor byte is
+read; the streaming, the verification and the report all read the same fields. Nothing in a plan
+is text to be parsed back: ``note`` is for people only.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from nvfp4tools.formats.layouts import Out
+from nvfp4tools.model import Checkpoint
+
+
+class Kind(str, Enum):
+    COPY = "copy"                  # same bytes (a per-tensor scalar may change convention)
+    RENIBBLE = "renibble"          # NVFP4 codes and scale bytes into another block layout
+    REPACK = "repack"              # int4 group-symmetric <-> Q4_0 (same values, other packing)
+    CAST = "cast"                  # an unquantized tensor into a wider or equal dtype, exactly
+    STACK = "stack"                # per-expert tensors into one [E, ...] tensor
+    SPLIT = "split"                # rows of a stacked or fused tensor into their own tensor
+    GENERATE = "generate"          # a tensor the target needs and the source lacks (rope_freqs)
+    RESTORE = "restore"            # bytes recorded by an earlier conversion (an undone fold)
+    QUANTIZE = "quantize"          # lossy: requantized with the reference quantizers
+
+
+@dataclass(frozen=True)
+class RowSlice:
+    """Rows ``start:stop`` of expert ``expert`` of a 3-D source (``expert`` None: of every
+    expert, or of a 2-D source)."""
+
+    expert: int | None
+    start: int
+    stop: int
+
+
+@dataclass
+class Action:
+    kind: Kind
+    sources: tuple[str, ...]       # source tensor names, in the order their bytes are used
+    outs: tuple[Out, ...]
+    exact: bool
+    out_name: str | None = None    # the tensor's name in the output as its reader names it
+    rows: RowSlice | None = None   # SPLIT: the source rows this action writes
+    stack: str | None = None       # STACK: "gate_up" (two members per expert) or "one"
+    fold: str | None = None        # a per-expert scale tensor multiplied into the global (GGUF Gemma 4)
+    permute_heads: int | None = None   # llama.cpp's Q/K row permutation over this many heads
+    quantize_to: str | None = None     # QUANTIZE: "nvfp4" | "int4" | "q4_0"
+    share_global_with: tuple[str, ...] = ()   # QUANTIZE to NVFP4: one global over these siblings
+    global_override: tuple[float, ...] | None = None   # restored original multipliers
+    const: bytes | None = None     # GENERATE / RESTORE: the output's bytes
+    note: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return sum(o.nbytes for o in self.outs)
+
+    @property
+    def label(self) -> str:
+        if self.kind == Kind.QUANTIZE:
+            return f"quantize->{self.quantize_to}"
+        return self.kind.value + ("+permute" if self.permute_heads else "") + ("+fold" if self.fold else "")
+
+
+@dataclass
+class Plan:
+    src: Checkpoint
+    to: str
+    actions: list[Action]
+    exact_meta: dict[str, str] = field(default_factory=dict)   # output key -> original fp32 bits (hex)
+    notes: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)   # source tensors the target does not carry
+    metadata: dict[str, Any] = field(default_factory=dict)  # writer's own (GGUF keys, restore records)
+
+    @property
+    def lossless(self) -> bool:
+        return all(a.exact for a in self.actions)
+
+    @property
+    def n_output_tensors(self) -> int:
+        """Tensors in the output as a reader counts them: one per action (its scales included)."""
+        return len(self.actions)
+
+    def as_dict(self) -> dict[str, Any]:
+        counts = collections.Counter((a.label, a.exact) for a in self.actions)
+        return {"schema": "nvfp4tools/convert-plan/v2", "source": self.src.source, "from": self.src.format,
+                "to": self.to, "lossless": self.lossless, "n_output_tensors": self.n_output_tensors,
+                "n_output_parts": sum(len(a.outs) for a in self.actions),
+                "output_tensor_bytes": sum(a.nbytes for a in self.actions), "notes": list(self.notes),
+                "dropped": list(self.dropped),
+                "actions": [{"action": a, "exact": e, "tensors": n} for (a, e), n in sorted(counts.items())],
+                "tensors": [{"sources": list(a.sources[:3]) + ([f"... +{len(a.sources) - 3}"] if len(a.sources) > 3
+                                                               else []),
+                             "outputs": [o.key for o in a.outs][:6], "action": a.label, "exact": a.exact,
+                             "bytes": a.nbytes, "note": a.note} for a in self.actions]}

@@ -1,0 +1,102 @@
+"""Where an output is written and how it appears: a hidden temporary sibling of the destination,
+renamed into place only once it is complete and verified, and every report it promises written.
+
+The temporary name carries the process id (``.NAME.nvfp4tools-tmp-PID``). A run that was killed
+leaves one behind; the next conversion to the same destination removes those whose process is
+gone (never one a live conversion is writing).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+from nvfp4tools.errors import UsageError
+
+_TMP = re.compile(r"^\.(?P<name>.+)\.nvfp4tools-tmp-(?P<pid>\d+)$")
+
+
+def temp_path_for(dst: str) -> str:
+    dst_real = os.path.realpath(dst)
+    parent = os.path.dirname(dst_real) or "."
+    return os.path.join(parent, f".{os.path.basename(dst_real)}.nvfp4tools-tmp-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(dst: str) -> list[str]:
+    """Remove temporary siblings of DST left by conversions whose process is gone."""
+    dst_real = os.path.realpath(dst)
+    parent = os.path.dirname(dst_real) or "."
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for n in names:
+        m = _TMP.match(n)
+        if m is None or m.group("name") != os.path.basename(dst_real):
+            continue
+        pid = int(m.group("pid"))
+        if pid != os.getpid() and _alive(pid):
+            continue
+        full = os.path.join(parent, n)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            try:
+                os.remove(full)
+            except OSError:
+                pass
+        removed.append(full)
+    return removed
+
+
+def check_destination(src_path: str, dst: str, force: bool, *, suffix: str | None, existing: bool = True) -> None:
+    """Refuse DST when it is the source or inside it, lacks the target's file suffix, or (EXISTING)
+    exists without FORCE."""
+    src_real = os.path.realpath(src_path)
+    dst_real = os.path.realpath(dst)
+    if src_real == dst_real or dst_real.startswith(src_real.rstrip(os.sep) + os.sep):
+        raise UsageError(f"destination {dst} is the source or inside it", hint="choose a new path")
+    if suffix is not None and not dst.endswith(suffix):
+        raise UsageError(f"destination {dst} does not end in {suffix}",
+                         hint=f"name the output file, e.g. {dst.rstrip(os.sep)}{suffix}")
+    if suffix is None and dst.endswith(".gguf"):
+        raise UsageError(f"destination {dst} ends in .gguf but the target writes a folder",
+                         hint="name a folder, or pass --to gguf")
+    parent = os.path.dirname(dst_real) or "."
+    if not os.path.isdir(parent):
+        raise UsageError(f"destination {dst}: folder {parent} does not exist", hint="create it first")
+    if existing and os.path.lexists(dst) and not force:
+        raise UsageError(f"{dst} already exists", hint="pass --force to replace it, or choose a new path")
+
+
+def publish(tmp: str, dst: str) -> None:
+    """Move the finished TMP (a folder, or a folder holding the one output file) to DST atomically;
+    a replaced DST is removed only after the new one is in place."""
+    dst_real = os.path.realpath(dst)
+    old = None
+    if os.path.lexists(dst_real):
+        old = tmp + ".old"
+        os.rename(dst_real, old)
+    try:
+        os.rename(tmp, dst_real)
+    except BaseException:
+        if old is not None:
+            os.rename(old, dst_real)
+        raise
+    if old is not None:
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.remove(old)

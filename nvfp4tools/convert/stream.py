@@ -1,0 +1,179 @@
+"""Writing a file's tensor bytes: one background thread applies positioned writes and kernel
+copies while the main thread decodes and encodes the next pieces.
+
+``copy_file_range`` and ``pwrite`` release the GIL, so the Python work of a conversion overlaps
+the copy. Payloads waiting in the queue are bounded (:attr:`Stream.MAX_PENDING`), so memory stays
+flat whatever the model size; adjacent kernel copies are merged into one request.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+from nvfp4tools.filecopy import copy_once
+
+from .encode import CopyFrom
+
+COPY_REQUEST = 0x7FFFF000   # Linux's MAX_RW_COUNT: the most one copy_file_range call moves
+
+
+class Stream:
+    """Positioned writes and range copies into one open output file, in submission order."""
+
+    MAX_PENDING = 128 * 2**20
+    MERGE_GAP = 0            # copies merge only when they continue each other in both files
+
+    def __init__(self, dst_fd: int) -> None:
+        self.dst = dst_fd
+        self.src_fds: dict[str, int] = {}
+        self.ops: collections.deque[tuple[int, Any, int]] = collections.deque()
+        self.cv = threading.Condition()
+        self.pending = 0
+        self.error: BaseException | None = None
+        self.closing = False
+        self.run: list[Any] | None = None    # [path, src offset, dst pos, nbytes]: a copy being merged
+        self.thread = threading.Thread(target=self._loop, name="nvfp4tools-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, pos: int, data: Any) -> None:
+        if isinstance(data, CopyFrom):
+            r = self.run
+            if r is not None and r[0] == data.path and r[1] + r[3] == data.offset and r[2] + r[3] == pos:
+                r[3] += data.nbytes
+                return
+            self._flush_run()
+            self.run = [data.path, data.offset, pos, data.nbytes]
+            return
+        self._flush_run()
+        self._submit(pos, data)
+
+    def _flush_run(self) -> None:
+        if self.run is not None:
+            path, off, pos, n = self.run
+            self.run = None
+            self._submit(pos, CopyFrom(path, off, n))
+
+    def _submit(self, pos: int, data: Any) -> None:
+        size = 0 if isinstance(data, CopyFrom) else len(data)
+        with self.cv:
+            while self.pending and self.pending + size > self.MAX_PENDING and self.error is None:
+                self.cv.wait()
+            if self.error is not None:
+                raise self.error
+            self.ops.append((pos, data, size))
+            self.pending += size
+            self.cv.notify_all()
+
+    def _apply(self, pos: int, data: Any) -> None:
+        if not isinstance(data, CopyFrom):
+            view = memoryview(data).cast("B")
+            done = 0
+            while done < len(view):
+                done += os.pwrite(self.dst, view[done:], pos + done)
+            return
+        src = self.src_fds.get(data.path)
+        if src is None:
+            src = self.src_fds[data.path] = os.open(data.path, os.O_RDONLY)
+        done = 0
+        while done < data.nbytes:
+            done += copy_once(src, self.dst, min(COPY_REQUEST, data.nbytes - done), data.offset + done, pos + done,
+                              data.path)
+
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                while not self.ops and not self.closing:
+                    self.cv.wait()
+                if not self.ops:
+                    return
+                pos, data, size = self.ops.popleft()
+            try:
+                if self.error is None:
+                    self._apply(pos, data)
+            except BaseException as e:  # noqa: BLE001  (re-raised in the main thread)
+                with self.cv:
+                    self.error = e
+            with self.cv:
+                self.pending -= size
+                self.cv.notify_all()
+
+    def close(self, abort: bool = False) -> None:
+        """Wait until every operation is applied (ABORT: drop the rest) and re-raise the thread's error."""
+        if not abort:
+            try:
+                self._flush_run()
+            except BaseException:
+                abort = True
+                raise
+            finally:
+                if abort:
+                    self.close(abort=True)
+        with self.cv:
+            if abort:
+                self.ops.clear()
+                self.pending = 0
+            self.closing = True
+            self.cv.notify_all()
+        self.thread.join()
+        for fd in self.src_fds.values():
+            os.close(fd)
+        self.src_fds.clear()
+        if self.error is not None and not abort:
+            raise self.error
+
+
+class Progress:
+    """A progress line on a terminal's stderr (nothing otherwise)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.t0 = total, 0, time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.shown = 0.0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if now - self.shown < 0.1 and self.done < self.total:
+            return
+        self.shown = now
+        el = now - self.t0
+        rate = self.done / el if el > 0 else 0
+        eta = (self.total - self.done) / rate if rate else 0
+        pct = 100 * self.done / self.total if self.total else 100
+        sys.stderr.write(f"\rconverting {pct:5.1f}%  {self.done / 2**20:,.0f}/{self.total / 2**20:,.0f} MiB  "
+                         f"{rate / 2**20:,.0f} MiB/s  ETA {eta:4.0f}s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def write_actions(path: str, base: int, offsets: dict[str, int], actions, view, lossy: list,
+                  progress: Progress, skip: frozenset[str] = frozenset()) -> None:
+    """Stream ACTIONS' bytes into the file at PATH (already holding its header): output part KEY
+    starts at BASE + OFFSETS[KEY]. Parts named in SKIP are not written."""
+    from .encode import chunks
+
+    fd = os.open(path, os.O_WRONLY)
+    stream = Stream(fd)
+    try:
+        for a in actions:
+            for o, rel, data in chunks(a, view, lossy):
+                if o.key in skip:
+                    continue
+                stream.put(base + offsets[o.key] + rel, data)
+                progress.add(len(data))
+        stream.close()
+    except BaseException:
+        stream.close(abort=True)
+        raise
+    finally:
+        os.close(fd)
