@@ -19,7 +19,7 @@ $(VENV)/.core: pyproject.toml
 	$(PIP) install -e .
 	touch $@
 
-$(VENV)/.test: $(VENV)/.core
+$(VENV)/.test: $(VENV)/.core $(VENV)/.llama-cpp
 	$(PIP) install "$(TORCH_PIN)"
 	$(PIP) install -e ".[test,oracles]" "$(TORCH_PIN)"
 	$(MAKE) $(LLAMA_CPP)/convert_hf_to_gguf.py
@@ -36,6 +36,18 @@ $(LLAMA_CPP)/convert_hf_to_gguf.py:
 		'*/vendor/llama.cpp/convert_hf_to_gguf.py' '*/vendor/llama.cpp/conversion/*' '*/vendor/llama.cpp/gguf-py/*'
 	cp -r .cache/sdist/llama_cpp_python-*/vendor/llama.cpp/. $(LLAMA_CPP)/
 	rm -rf .cache/sdist
+
+# llama.cpp itself, to run GGUF files in the tests (tests/oracles/families.py: llama_logits):
+# llama-cpp-python compiled from its sdist, CPU only, about 4 minutes on 2 cores. The flags keep
+# the build to the libraries the Python package loads (no mtmd/llava, tools, tests, examples) and
+# portable (no -march=native: AVX2/FMA/F16C, as ggml's defaults without GGML_NATIVE). Plus
+# sentencepiece, which llama.cpp's converter imports for the Llama-family vocabularies.
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF -DGGML_OPENMP=OFF
+$(VENV)/.llama-cpp: $(VENV)/.core
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PIP) install "$(LLAMA_CPP_PY)" "sentencepiece>=0.1.98,<0.3.0"
+	touch $@
 
 setup: $(VENV)/.core
 setup-test: $(VENV)/.test

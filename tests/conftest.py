@@ -82,3 +82,28 @@ def run_cli():
         return runner.invoke(cli, list(args), catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def family_oracle(tmp_path_factory):
+    """Factory: family_oracle(family, kind) -> path of a real upstream checkpoint of a decoder family.
+
+    FAMILY in families.FAMILIES (llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, deepseek_v3, gpt_oss,
+    phi3); KIND in families.KINDS: "bf16" (transformers), "modelopt_nvfp4" (nvidia-modelopt export) or
+    "bf16.gguf" (llama.cpp's own converter). Built lazily, shared by the session. Skips when the oracle
+    modules or (for GGUF) the llama.cpp converter are missing; a (family, kind) the upstream tool cannot
+    make raises families.UpstreamLimitation."""
+    missing = missing_oracles()
+    if missing:
+        pytest.skip(f"interop oracles not installed ({', '.join(missing)}): pip install -e '.[oracles]'")
+    import families  # tests/oracles/families.py
+
+    base = tmp_path_factory.mktemp("families")
+
+    def get(family: str, kind: str) -> str:
+        if kind.endswith(".gguf") and not os.path.isfile(os.path.join(families.LLAMA_CPP, "convert_hf_to_gguf.py")):
+            pytest.skip(f"llama.cpp converter not found in {families.LLAMA_CPP} (make setup-test fetches it from "
+                        "the llama-cpp-python sdist; or set NVFP4TOOLS_LLAMA_CPP)")
+        return families.build(family, kind, str(base))
+
+    return get
