@@ -193,7 +193,7 @@ class GGUFWriter:
         # llama.cpp keeps 1-D tensors and MoE routers (ffn_gate_inp) in F32
         f32 = len(shape) == 1 or d == "F32" or gname.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight"))
         gtype = "F32" if f32 else ("F16" if d == "F16" else "BF16")
-        return Action(kind if kind != Kind.COPY or gtype != d else Kind.COPY, names, (Out(gname, gtype, shape, "raw"),),
+        return Action(Kind.CAST if kind == Kind.COPY and gtype != d else kind, names, (Out(gname, gtype, shape, "raw"),),
                       True, gname, rows=rows, stack=stack, permute_heads=permute)
 
     @staticmethod
@@ -286,8 +286,8 @@ class GGUFWriter:
             if a.fold is None:
                 continue
             pes = view.canon(p.src.tensors[a.fold])
-            from nvfp4tools.convert.encode import _as_f32
-            out[f"nvfp4tools.restore.{a.fold}"] = np.asarray(_as_f32(pes.array, pes.dtype), np.float32).reshape(-1)
+            from nvfp4tools.convert.encode import as_f32
+            out[f"nvfp4tools.restore.{a.fold}"] = np.asarray(as_f32(pes.array, pes.dtype), np.float32).reshape(-1)
             g = [view.mults(p.src.tensors[n], "global_scale")[0] for n in a.sources]
             out[f"nvfp4tools.restore.{a.out_name}.scale"] = np.array(g, np.float32)
         return out

@@ -26,8 +26,6 @@ _GGML_BLOCKS = {name: (elems, nbytes) for name, elems, nbytes in GGML_TYPES.valu
 #   global, input              per-tensor multipliers (``convention`` says how they are stored)
 #   kv:<name>                  k/v-cache scales riding on an attention projection
 #   raw                        any other tensor, cast to ``dtype`` exactly or refused
-WHATS = ("codes", "scales", "nvfp4_blocks", "q4_0_blocks", "int4", "int4_scales", "shape", "global", "input",
-         "raw")
 SCALAR_WHATS = ("global", "input", "shape")   # written once per action, never per row block
 
 
@@ -128,9 +126,3 @@ class CTLayout:
     def out_name(key: str) -> str:
         """The canonical name the compressed-tensors reader gives the tensor stored under KEY."""
         return key[: -len(".weight_packed")] + ".weight" if key.endswith(".weight_packed") else key
-
-
-def f32_bytes(a) -> bytes:
-    import numpy as np  # (here: planning a conversion needs no numpy)
-
-    return np.ascontiguousarray(np.asarray(a, dtype="<f4")).tobytes()

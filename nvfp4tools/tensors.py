@@ -13,13 +13,14 @@ import numpy as np
 from .errors import FormatError, UnsupportedError
 from .model import Checkpoint, TensorInfo, TensorPart
 
-_NP = {"U8": np.uint8, "I8": np.int8, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8,
+# safetensors dtype -> numpy dtype of its values (8-bit floats as their bytes; BF16 has none)
+NP_DTYPES = {"U8": np.uint8, "I8": np.int8, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8,
        "I16": np.int16, "U16": np.uint16, "F16": np.float16, "I32": np.int32, "U32": np.uint32,
        "F32": np.float32, "I64": np.int64, "U64": np.uint64, "F64": np.float64, "BOOL": np.bool_}
 
 
-def load_part(root: str, part: TensorPart) -> np.ndarray:
-    """The stored array of a part, read-only memory-mapped (bf16 widened to float32)."""
+def map_part(root: str, part: TensorPart, dtype) -> np.ndarray:
+    """A part's bytes as a flat read-only memory map of DTYPE, after checking the file holds them."""
     path = os.path.join(root, part.file)
     try:
         size = os.path.getsize(path)
@@ -27,18 +28,25 @@ def load_part(root: str, part: TensorPart) -> np.ndarray:
         raise FormatError(f"{part.file}: cannot open: {e.strerror}") from None
     if part.offset + part.nbytes > size:
         raise FormatError(f"{part.file}: tensor '{part.key}' needs bytes {part.offset}..{part.offset + part.nbytes} "
-                          f"but the file has {size}", hint="the file is truncated")
+                          f"but the file has {size}", hint="the file is truncated; download it again")
     if part.nbytes == 0:
+        return np.zeros(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=part.offset,
+                     shape=(part.nbytes // np.dtype(dtype).itemsize,))
+
+
+def load_part(root: str, part: TensorPart) -> np.ndarray:
+    """The stored array of a part, read-only memory-mapped (bf16 widened to float32)."""
+    if part.nbytes == 0:
+        map_part(root, part, np.uint8)   # (the file is still checked)
         return np.zeros(part.stored_shape, dtype=np.float32)
     if part.stored_dtype == "BF16":
-        raw = np.memmap(path, dtype=np.uint16, mode="r", offset=part.offset, shape=(part.nbytes // 2,))
         from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
-        return bf16_bits_to_f32(raw).reshape(part.stored_shape)
-    dt = _NP.get(part.stored_dtype)
+        return bf16_bits_to_f32(map_part(root, part, np.uint16)).reshape(part.stored_shape)
+    dt = NP_DTYPES.get(part.stored_dtype)
     if dt is None:  # GGUF block types are handled by their reader
-        return np.memmap(path, dtype=np.uint8, mode="r", offset=part.offset, shape=(part.nbytes,))
-    n = part.nbytes // np.dtype(dt).itemsize
-    return np.memmap(path, dtype=dt, mode="r", offset=part.offset, shape=(n,)).reshape(part.stored_shape)
+        return map_part(root, part, np.uint8)
+    return map_part(root, part, dt).reshape(part.stored_shape)
 
 
 @dataclass

@@ -26,26 +26,11 @@ import numpy as np
 
 from ._version import __version__
 from .errors import UsageError
+from .errstats import rel_err as _rel, sqnr_db as _sqnr_db
 from .model import Checkpoint, TensorInfo
 
 SCHEMA = "nvfp4tools/verify/v1"
 PATH_TOLERANCE = 1e-6
-
-
-def _rel(a: np.ndarray, b: np.ndarray) -> float:
-    den = float(np.linalg.norm(b))
-    num = float(np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
-    if not math.isfinite(num):
-        return float("inf")
-    return num / den if den else (0.0 if num == 0 else float("inf"))
-
-
-def _sqnr_db(ref: np.ndarray, q: np.ndarray) -> float:
-    sig = float(np.sum(np.asarray(ref, np.float64) ** 2))
-    noise = float(np.sum((np.asarray(ref, np.float64) - np.asarray(q, np.float64)) ** 2))
-    if noise == 0:
-        return float("inf")
-    return 10 * math.log10(sig / noise) if sig else float("-inf")
 
 
 def _e2m1_arith(codes: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import os
 import shutil
 from typing import Any
 
-from nvfp4tools.errors import UsageError
+from nvfp4tools.errors import UnknownFormatError, UsageError
 
 from .canon import View
 from .options import Options
@@ -37,7 +37,7 @@ def _writer(to: str):
 
     try:
         spec = formats.get(to)
-    except Exception:
+    except UnknownFormatError:
         spec = None
     if spec is None or spec.writer is None:
         raise UsageError(f"unknown target format {to!r}", hint=f"targets: {', '.join(targets())}")
@@ -51,7 +51,7 @@ def make_plan(src, opts: Options, view: View | None = None) -> Plan:
     own = view is None
     view = view or View(src)
     try:
-        return _writer(opts.to).plan(src, opts, view)
+        return _writer(opts.to).plan(src, opts, view)   # (a writer per call: writers hold no state)
     finally:
         if own:
             view.close()
@@ -72,9 +72,7 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
     src = formats.read(src_path)
     view = View(src)
     try:
-        if quantize is not None and not allow_lossy:
-            raise UsageError("--quantize requantizes weights: pass --allow-lossy as well")
-        p = writer.plan(src, opts, view)
+        p = make_plan(src, opts, view)
         report = p.as_dict()
         if dry_run:
             return report

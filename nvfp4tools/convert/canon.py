@@ -15,7 +15,6 @@ expert), which bounds memory whatever the tensor size.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -23,14 +22,13 @@ import numpy as np
 from nvfp4tools.errors import FormatError, UnsupportedError
 from nvfp4tools.io import PartReader, decode_values
 from nvfp4tools.model import Checkpoint, TensorInfo, TensorPart
+from nvfp4tools.tensors import NP_DTYPES, map_part
 
 from . import scales
 
-# safetensors dtype -> numpy dtype of the stored bits (16-bit and 8-bit floats kept as bits)
-BITS_DTYPE = {"BF16": np.uint16, "F16": np.uint16, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8,
-              "F32": np.float32, "F64": np.float64, "U8": np.uint8, "I8": np.int8, "I16": np.int16,
-              "U16": np.uint16, "I32": np.int32, "U32": np.uint32, "I64": np.int64, "U64": np.uint64,
-              "BOOL": np.bool_}
+# safetensors dtype -> numpy dtype of the stored bits: the value table, with 16-bit floats as their
+# bits so that they copy exactly
+BITS_DTYPE = {**NP_DTYPES, "BF16": np.uint16, "F16": np.uint16}
 
 
 @dataclass
@@ -96,26 +94,12 @@ class View:
         return scales.multipliers(part, self.values(part), self.exact)
 
     # -- arrays ----------------------------------------------------------------------------------
-    def _memmap(self, part: TensorPart, dtype) -> np.ndarray:
-        path = os.path.join(self.ckpt.root, part.file)
-        item = np.dtype(dtype).itemsize
-        try:
-            size = os.path.getsize(path)
-        except OSError as e:
-            raise FormatError(f"{part.file}: cannot open: {e.strerror}") from None
-        if part.offset + part.nbytes > size:
-            raise FormatError(f"{part.file}: tensor '{part.key}' needs bytes {part.offset}..{part.offset + part.nbytes} "
-                              f"but the file has {size}", hint="the file is truncated; download it again")
-        if part.nbytes == 0:
-            return np.zeros(0, dtype)
-        return np.memmap(path, dtype, "r", part.offset, (part.nbytes // item,))
-
     def stored(self, part: TensorPart, rows: tuple[int, int] | None = None, expert: int | None = None,
                lead: int = 0) -> np.ndarray:
         """A part's stored array (bits kept), optionally only rows START:STOP (of EXPERT).
         LEAD: leading expert count of a stacked part (0: none)."""
         dt = BITS_DTYPE.get(part.stored_dtype, np.uint8)
-        a = self._memmap(part, dt)
+        a = map_part(self.ckpt.root, part, dt)
         if part.stored_dtype in BITS_DTYPE:
             a = a.reshape(part.stored_shape)
         else:   # a ggml block type: [.., rows, bytes per row]

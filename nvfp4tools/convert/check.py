@@ -22,7 +22,7 @@ from nvfp4tools.errors import FormatError
 from nvfp4tools.model import Checkpoint, TensorInfo
 
 from .canon import Canon, View
-from .encode import direct_parts, pieces, read_piece, scalar_bytes, scalar_mults, logical_shape, _as_f32
+from .encode import direct_parts, pieces, read_piece, scalar_bytes, scalar_mults, logical_shape, as_f32
 from .plan import Kind, Plan
 
 WINDOW = 4 * 2**10
@@ -45,7 +45,7 @@ def _windows(nbytes: int, sampled: bool) -> list[tuple[int, int]]:
 
 
 def _same_bytes(src: Checkpoint, out: Checkpoint, part, q, key: str, sampled: bool) -> None:
-    if (q.nbytes, q.stored_dtype) != (part.nbytes, part.stored_dtype) and q.nbytes != part.nbytes:
+    if q.nbytes != part.nbytes:
         raise _bug(f"'{key}' is {q.stored_dtype} ({q.nbytes} bytes) in the output, {part.stored_dtype} "
                    f"({part.nbytes} bytes) in the source")
     fa = os.open(os.path.join(src.root, part.file), os.O_RDONLY)
@@ -64,7 +64,7 @@ def _bits32(vals) -> np.ndarray:
 
 
 def _values(c: Canon) -> np.ndarray:
-    return np.asarray(_as_f32(c.array, c.dtype) if c.dtype in ("BF16", "F16", "F32") else c.array,
+    return np.asarray(as_f32(c.array, c.dtype) if c.dtype in ("BF16", "F16", "F32") else c.array,
                       np.float64).reshape(-1)
 
 
@@ -74,8 +74,8 @@ def _same(a: Canon, b: Canon) -> bool:
     if a.kind == "int4":
         if b.kind != "int4" or not np.array_equal(a.q, b.q):
             return False
-        sa = np.repeat(_as_f32(a.group_scales, a.scale_dtype), a.group, axis=-1)
-        sb = np.repeat(_as_f32(b.group_scales, b.scale_dtype), b.group, axis=-1)
+        sa = np.repeat(as_f32(a.group_scales, a.scale_dtype), a.group, axis=-1)
+        sb = np.repeat(as_f32(b.group_scales, b.scale_dtype), b.group, axis=-1)
         return np.array_equal(sa, sb)
     if b.kind != "raw":
         return False

@@ -31,7 +31,6 @@ BLOCK_BYTES = 32 * 2**20   # source bytes decoded at once, at most (unless one r
 # output `what` -> the source part holding the same bytes, when the dtypes agree
 _SAME_BYTES = {"codes": "data", "scales": "block_scale", "int4": "data", "int4_scales": "block_scale", "raw": "data",
                "nvfp4_blocks": "data", "q4_0_blocks": "data"}
-_SAME_DTYPE = {"codes": ("U8",), "nvfp4_blocks": ("NVFP4",), "q4_0_blocks": ("Q4_0",)}
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,8 @@ def _f16_bits(x: np.ndarray) -> np.ndarray | None:
     return h.view(np.uint16) if ok else None
 
 
-def _as_f32(bits: np.ndarray, dtype: str) -> np.ndarray:
+def as_f32(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored float bits (BF16/F16 as uint16, or F32) as float32 values."""
     from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
     if dtype == "BF16":
         return bf16_bits_to_f32(bits)
@@ -163,7 +163,7 @@ def _scales_as(s: np.ndarray, have: str, want: str, name: str) -> bytes:
     """Group scales stored as HAVE, in dtype WANT exactly (or refused)."""
     if have == want:
         return np.ascontiguousarray(s).tobytes()
-    f = _as_f32(s, have)
+    f = as_f32(s, have)
     if want == "F32":
         return f.astype("<f4").tobytes()
     if want == "F16":
@@ -199,14 +199,14 @@ def _cast_exact(c: Canon, want: str, name: str) -> bytes:
     if have == want:
         return np.ascontiguousarray(a).tobytes()
     if want == "F32" and have in ("BF16", "F16", "F32"):
-        return _as_f32(a, have).astype("<f4").tobytes()
+        return as_f32(a, have).astype("<f4").tobytes()
     if have == "F32" and want == "BF16":
         from nvfp4tools.kernels_ref.bf16 import f32_to_bf16_bits_exact
         b = f32_to_bf16_bits_exact(np.asarray(a, np.float32))
         if b is not None:
             return b.tobytes()
     if have in ("F32", "BF16") and want == "F16":
-        h = _f16_bits(_as_f32(a, have))
+        h = _f16_bits(as_f32(a, have))
         if h is not None:
             return h.tobytes()
     raise UnsupportedError(f"{name}: {have} values cannot be written as {want} exactly")
@@ -241,9 +241,7 @@ def scalar_mults(a: Action, view: View, role: str) -> list[float] | None:
             vals = list(a.global_override)
         elif a.fold is not None:
             pes = view.canon(tensors[a.fold])
-            from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
-            f = bf16_bits_to_f32(pes.array) if pes.dtype == "BF16" else _as_f32(pes.array, pes.dtype)
-            f = np.asarray(f, np.float32).reshape(-1)
+            f = np.asarray(as_f32(pes.array, pes.dtype), np.float32).reshape(-1)
             vals = [float(np.float32(v) * f[e]) for e, v in enumerate(vals)]
     return vals
 
@@ -294,11 +292,7 @@ def direct_parts(a: Action, view: View) -> dict[Out, object] | None:
         if role is None:
             continue
         part = t.part(role)  # type: ignore[arg-type]
-        if part is None or part.nbytes != o.nbytes:
-            return None
-        if part.stored_dtype != o.dtype and o.dtype not in (_SAME_DTYPE.get(o.what) or ()):
-            return None
-        if o.what in _SAME_DTYPE and part.stored_dtype not in _SAME_DTYPE[o.what]:
+        if part is None or part.nbytes != o.nbytes or part.stored_dtype != o.dtype:
             return None
         out[o] = part
     return out or None

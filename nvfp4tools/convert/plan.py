@@ -74,7 +74,6 @@ class Plan:
     exact_meta: dict[str, str] = field(default_factory=dict)   # output key -> original fp32 bits (hex)
     notes: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)   # source tensors the target does not carry
-    metadata: dict[str, Any] = field(default_factory=dict)  # writer's own (GGUF keys, restore records)
 
     @property
     def lossless(self) -> bool:

@@ -26,7 +26,6 @@ class Stream:
     """Positioned writes and range copies into one open output file, in submission order."""
 
     MAX_PENDING = 128 * 2**20
-    MERGE_GAP = 0            # copies merge only when they continue each other in both files
 
     def __init__(self, dst_fd: int) -> None:
         self.dst = dst_fd
@@ -108,11 +107,11 @@ class Stream:
             try:
                 self._flush_run()
             except BaseException:
-                abort = True
+                self._stop(abort=True)
                 raise
-            finally:
-                if abort:
-                    self.close(abort=True)
+        self._stop(abort)
+
+    def _stop(self, abort: bool) -> None:
         with self.cv:
             if abort:
                 self.ops.clear()

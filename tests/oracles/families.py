@@ -314,38 +314,32 @@ def llama_cpp_convert(src: str, out: str, outtype: str | None = None, pre: str |
         raise RuntimeError(f"convert_hf_to_gguf.py failed on {src}:\n{r.stderr[-3000:]}")
 
 
-def build_bf16_gguf(family: str, cache_dir: str) -> str:
-    """CACHE/<family>/bf16.gguf: llama.cpp's convert_hf_to_gguf.py --outtype bf16 of bf16/."""
-    out = os.path.join(_family_dir(family, cache_dir), "bf16.gguf")
+def _llama_cpp_gguf(family: str, cache_dir: str, name: str, source: str, outtype: str | None) -> str:
+    """CACHE/<family>/NAME: llama.cpp's convert_hf_to_gguf.py of SOURCE (a kind), written to a
+    temporary name and renamed when complete."""
+    out = os.path.join(_family_dir(family, cache_dir), name)
     if os.path.isfile(out):
         return out
-    src = build_bf16(family, cache_dir)
+    src = BUILDERS[source](family, cache_dir)
     tmp = out + ".part"
     try:
-        llama_cpp_convert(src, tmp, "bf16", GGUF_PRE[family])
+        llama_cpp_convert(src, tmp, outtype, GGUF_PRE[family])
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     os.replace(tmp, out)
     return out
+
+
+def build_bf16_gguf(family: str, cache_dir: str) -> str:
+    """CACHE/<family>/bf16.gguf: llama.cpp's convert_hf_to_gguf.py --outtype bf16 of bf16/."""
+    return _llama_cpp_gguf(family, cache_dir, "bf16.gguf", "bf16", "bf16")
 
 
 def build_nvfp4_gguf(family: str, cache_dir: str) -> str:
     """CACHE/<family>/nvfp4.gguf: llama.cpp's convert_hf_to_gguf.py of modelopt_nvfp4/ (NVFP4 tensors)."""
-    out = os.path.join(_family_dir(family, cache_dir), "nvfp4.gguf")
-    if os.path.isfile(out):
-        return out
-    src = build_modelopt_nvfp4(family, cache_dir)
-    tmp = out + ".part"
-    try:
-        llama_cpp_convert(src, tmp, None, GGUF_PRE[family])
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, out)
-    return out
+    return _llama_cpp_gguf(family, cache_dir, "nvfp4.gguf", "modelopt_nvfp4", None)
 
 
 BUILDERS = {"bf16": build_bf16, "modelopt_nvfp4": build_modelopt_nvfp4, "bf16.gguf": build_bf16_gguf,
