@@ -2,7 +2,7 @@
 
 The convert targets are stated for a warm page cache, and the development VM's DAMON pages out
 file cache left alone for a minute: bench/convert_speed.py, started after a pause, timed its
-first run at 6.33 s against a source partly back on disk (bench/RESULTS.md, convert, Session 14).
+first run at 6.33 s against a source partly back on disk (commit 2d4976d).
 """
 
 from __future__ import annotations

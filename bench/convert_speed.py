@@ -126,9 +126,8 @@ def bench(a: argparse.Namespace, exe: str) -> None:
     for _ in range(a.runs):
         # the slot right after cp -r's output was deleted goes to each command in turn: on the
         # development VM a command run there took 1.63-1.89 s where the same build took
-        # 1.30-1.37 s right after its own output was deleted (8 of 8 pairs, bench/RESULTS.md,
-        # convert, Session 13), and the fixed order this bench had gave that slot to nvfp4tools
-        # every round
+        # 1.30-1.37 s right after its own output was deleted (8 of 8 pairs, commit 141afea), so no
+        # command gets that slot every round
         order = min(itertools.permutations(contenders), key=lambda o: _unevenness(_after_cp(after_cp, prev, o)))
         after_cp = _after_cp(after_cp, prev, order)
         prev = order[-1][0]

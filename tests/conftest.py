@@ -50,7 +50,7 @@ def llama_cpp_ggufs(oracles, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
-    """Factory: synth(name, **kwargs) -> path, cached per session."""
+    """Factory: synth(name, **kwargs) -> path, cached for the whole test run."""
     from nvfp4tools.synth import synthesize
 
     cache: dict[tuple, str] = {}
@@ -90,7 +90,7 @@ def family_oracle(tmp_path_factory):
 
     FAMILY in families.FAMILIES (llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, deepseek_v3, gpt_oss,
     phi3); KIND in families.KINDS: "bf16" (transformers), "modelopt_nvfp4" (nvidia-modelopt export) or
-    "bf16.gguf" (llama.cpp's own converter). Built lazily, shared by the session. Skips when the oracle
+    "bf16.gguf" (llama.cpp's own converter). Built lazily, shared by the whole test run. Skips when the oracle
     modules or (for GGUF) the llama.cpp converter are missing; a (family, kind) the upstream tool cannot
     make raises families.UpstreamLimitation."""
     missing = missing_oracles()
