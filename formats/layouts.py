@@ -10,6 +10,7 @@ encodes anything itself.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ._ggml_types import GGML_TYPES
@@ -37,7 +38,7 @@ class Out:
     what: str
     convention: str = "multiplier"   # for global/input: "multiplier" or "divisor"
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         n = 1
         for d in self.shape:

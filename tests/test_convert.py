@@ -498,3 +498,46 @@ def test_stream_merges_adjacent_copies_and_keeps_write_order(tmp_path):
     want = bytearray(data)
     want[10:12] = b"\xaa\xbb"
     assert dst.read_bytes() == bytes(want)
+
+
+def test_stream_rides_over_gaps_and_writes_after_the_copies_that_cover_them(tmp_path):
+    """Copies separated by the 4-byte gaps converted scalars fill are merged; when a long merged
+    copy is handed out early (MAX_RUN), the small writes inside it follow it and the ones past its
+    end wait for the copy that may still cover them."""
+    from nvfp4tools.convert.encode import CopyFrom
+    from nvfp4tools.convert.stream import Stream
+
+    data = bytes(range(256)) * 4
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+
+    class Recorder(Stream):
+        def __init__(self) -> None:
+            self.ops = []
+            self.run, self.small = None, {}
+
+        def _submit(self, pos, d) -> None:
+            self.ops.append((pos, d))
+
+    def apply(ops) -> bytes:
+        out = bytearray(len(data))
+        for pos, d in ops:
+            b = data[d.offset:d.offset + d.nbytes] if isinstance(d, CopyFrom) else d
+            out[pos:pos + len(b)] = b
+        return bytes(out)
+
+    for max_run in (10_000, 100, 1):
+        s = Recorder()
+        s.MAX_RUN = max_run
+        want = bytearray(data)
+        pos = 0
+        for size in (96, 150, 7, 300, 60):  # a copied part, then a 4-byte converted scalar
+            s.put(pos, CopyFrom(str(src), pos, size))
+            s.put(pos + size, b"\xaa\xbb\xcc\xdd")
+            want[pos + size:pos + size + 4] = b"\xaa\xbb\xcc\xdd"
+            pos += size + 4
+        s.put(pos, CopyFrom(str(src), pos, len(data) - pos))
+        s._flush_run()
+        assert apply(s.ops) == bytes(want), max_run
+        if max_run == 10_000:
+            assert sum(isinstance(d, CopyFrom) for _, d in s.ops) == 1  # one merged copy

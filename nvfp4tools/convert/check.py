@@ -14,7 +14,6 @@ row block at a time.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
@@ -44,19 +43,13 @@ def _windows(nbytes: int, sampled: bool) -> list[tuple[int, int]]:
     return wins
 
 
-def _same_bytes(src: Checkpoint, out: Checkpoint, part, q, key: str, sampled: bool) -> None:
+def _same_bytes(src: View, out: View, part, q, key: str, sampled: bool) -> None:
     if q.nbytes != part.nbytes:
         raise _bug(f"'{key}' is {q.stored_dtype} ({q.nbytes} bytes) in the output, {part.stored_dtype} "
                    f"({part.nbytes} bytes) in the source")
-    fa = os.open(os.path.join(src.root, part.file), os.O_RDONLY)
-    fb = os.open(os.path.join(out.root, q.file), os.O_RDONLY)
-    try:
-        for off, n in _windows(part.nbytes, sampled):
-            if os.pread(fa, n, part.offset + off) != os.pread(fb, n, q.offset + off):
-                raise _bug(f"bytes of '{key}' differ from the source")
-    finally:
-        os.close(fa)
-        os.close(fb)
+    for off, n in _windows(part.nbytes, sampled):
+        if src.reader.read(part, n, off) != out.reader.read(q, n, off):
+            raise _bug(f"bytes of '{key}' differ from the source")
 
 
 def _bits32(vals) -> np.ndarray:
@@ -113,7 +106,7 @@ def verify_output(p: Plan, src_view: View, out: Checkpoint, mode: str = "sampled
                 q = keys.get(o.key)
                 if q is None:
                     raise _bug(f"'{o.key}' is missing from the output")
-                _same_bytes(p.src, out, part, q, o.key, sampled)
+                _same_bytes(src_view, out_view, part, q, o.key, sampled)
             if a.kind == Kind.RESTORE:
                 q = keys.get(a.outs[0].key)
                 if q is None or out_view.reader.read(q) != a.const:

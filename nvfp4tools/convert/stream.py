@@ -23,9 +23,21 @@ COPY_REQUEST = 0x7FFFF000   # Linux's MAX_RW_COUNT: the most one copy_file_range
 
 
 class Stream:
-    """Positioned writes and range copies into one open output file, in submission order."""
+    """Positioned writes and range copies into one open output file, in submission order.
+
+    Kernel copies are merged: a copy that continues the previous one in both files extends it, and
+    so does one separated from it by a gap of the same size in both files that pending small writes
+    fill exactly (a converted 4-byte global between two copied tensors): the gap's source bytes ride
+    along in the copy and the small writes, applied after it, overwrite them. A lossless ModelOpt
+    <-> compressed-tensors conversion becomes a few large copies instead of two per tensor. A small
+    write is never applied before a copy that covers its bytes.
+    """
 
     MAX_PENDING = 128 * 2**20
+    GAP = 64                 # source bytes that may ride along inside a merged copy
+    SMALL = 4096             # writes up to this size wait for the copy that may cover them
+    MAX_RUN = 512 * 2**20    # a merged copy this long goes to the writer thread at once, so copying
+                             # starts while later tensors are still being encoded
 
     def __init__(self, dst_fd: int) -> None:
         self.dst = dst_fd
@@ -36,26 +48,56 @@ class Stream:
         self.error: BaseException | None = None
         self.closing = False
         self.run: list[Any] | None = None    # [path, src offset, dst pos, nbytes]: a copy being merged
+        self.small: dict[int, bytes] = {}    # dst pos -> bytes: small writes held until the copy is out
         self.thread = threading.Thread(target=self._loop, name="nvfp4tools-writer", daemon=True)
         self.thread.start()
 
     def put(self, pos: int, data: Any) -> None:
         if isinstance(data, CopyFrom):
             r = self.run
-            if r is not None and r[0] == data.path and r[1] + r[3] == data.offset and r[2] + r[3] == pos:
-                r[3] += data.nbytes
-                return
+            if r is not None and r[0] == data.path:
+                gap = data.offset - (r[1] + r[3])
+                if 0 <= gap <= self.GAP and pos - (r[2] + r[3]) == gap and self._covered(r[2] + r[3], gap):
+                    r[3] += gap + data.nbytes
+                    if r[3] >= self.MAX_RUN:
+                        self._flush_run(partial=True)
+                    return
             self._flush_run()
             self.run = [data.path, data.offset, pos, data.nbytes]
+            if data.nbytes >= self.MAX_RUN:
+                self._flush_run(partial=True)
+            return
+        if (self.run is not None or self.small) and len(data) <= self.SMALL:
+            self.small[pos] = bytes(data)
             return
         self._flush_run()
         self._submit(pos, data)
 
-    def _flush_run(self) -> None:
+    def _covered(self, start: int, n: int) -> bool:
+        q = start
+        while q < start + n:
+            b = self.small.get(q)
+            if b is None:
+                return False
+            q += len(b)
+        return q == start + n
+
+    def _flush_run(self, partial: bool = False) -> None:
+        """Submit the merged copy, then the small writes. PARTIAL keeps back the small writes past
+        the copy's end: a later copy may still ride over their bytes, so they must follow it."""
+        end = None
         if self.run is not None:
             path, off, pos, n = self.run
             self.run = None
             self._submit(pos, CopyFrom(path, off, n))
+            end = pos + n
+        if partial and end is not None:
+            for q in [q for q in self.small if q < end]:
+                self._submit(q, self.small.pop(q))
+            return
+        for q, b in self.small.items():
+            self._submit(q, b)
+        self.small.clear()
 
     def _submit(self, pos: int, data: Any) -> None:
         size = 0 if isinstance(data, CopyFrom) else len(data)
