@@ -1,6 +1,5 @@
 """One step of a file-to-file range copy: in the kernel where it can, read and write where not.
-Shared by the converter's writer and the early copy (stdlib only: the early copy imports it
-before anything heavy)."""
+Used by the converter's writer thread (nvfp4tools/convert/stream.py)."""
 
 from __future__ import annotations
 

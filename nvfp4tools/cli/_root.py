@@ -1,7 +1,5 @@
 """Root command group. Subcommands load lazily so ``--help`` and ``inspect`` stay light, and
-every failure funnels through one place that turns it into a one-line message and an exit code.
-(The entry point, :func:`nvfp4tools.cli.main`, imports this module, and click, only after it has
-started a convert's early copy.)"""
+every failure funnels through one place that turns it into a one-line message and an exit code."""
 
 from __future__ import annotations
 
