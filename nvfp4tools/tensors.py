@@ -15,8 +15,8 @@ from .model import Checkpoint, TensorInfo, TensorPart
 
 # safetensors dtype -> numpy dtype of its values (8-bit floats as their bytes; BF16 has none)
 NP_DTYPES = {"U8": np.uint8, "I8": np.int8, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8,
-       "I16": np.int16, "U16": np.uint16, "F16": np.float16, "I32": np.int32, "U32": np.uint32,
-       "F32": np.float32, "I64": np.int64, "U64": np.uint64, "F64": np.float64, "BOOL": np.bool_}
+             "I16": np.int16, "U16": np.uint16, "F16": np.float16, "I32": np.int32, "U32": np.uint32,
+             "F32": np.float32, "I64": np.int64, "U64": np.uint64, "F64": np.float64, "BOOL": np.bool_}
 
 
 def map_part(root: str, part: TensorPart, dtype) -> np.ndarray:
