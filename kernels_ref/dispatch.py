@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from nvfp4tools.errors import BackendUnavailable
+from nvfp4tools.errors import BackendUnavailable, UsageError
 
 
 @dataclass
@@ -97,7 +97,7 @@ def names() -> list[str]:
 def get(name: str) -> Backend:
     _load_gpu_backends()
     if name not in _BACKENDS:
-        raise BackendUnavailable(f"unknown backend {name!r}", hint=f"known: {', '.join(_BACKENDS)}")
+        raise UsageError(f"unknown backend {name!r}", hint=f"known: {', '.join(_BACKENDS)}, or 'all'")
     b = _BACKENDS[name]
     why = b.available()
     if why:
@@ -107,10 +107,33 @@ def get(name: str) -> Backend:
 
 def resolve(spec: str) -> list[Backend]:
     """'ref', 'ref,torch' or 'all' (every available backend) -> backends; unavailable is an error."""
+    return select(spec)[0]
+
+
+def select(spec: str) -> tuple[list[Backend], list[dict[str, str]]]:
+    """The backends SPEC names that run here, and {"name", "reason"} for each it names that cannot.
+    'all' names every registered backend, so a machine without CUDA reports the GPU backends it did
+    not run instead of checking less in silence; a name given explicitly must run (or it is an error)."""
     _load_gpu_backends()
-    if spec == "all":
-        return [b for b in _BACKENDS.values() if b.available() is None]
-    return [get(n.strip()) for n in spec.split(",") if n.strip()]
+    if spec.strip() == "all":
+        runnable, unavailable = [], []
+        for b in _BACKENDS.values():
+            why = b.available()
+            if why:
+                unavailable.append({"name": b.name, "reason": why})
+            else:
+                runnable.append(b)
+        return runnable, unavailable
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--backend {spec!r} names no backend", hint=f"known: {', '.join(_BACKENDS)}, or 'all'")
+    return [get(n) for n in names], []
+
+
+def require(names: list[str]) -> None:
+    """Raise unless every backend in NAMES is registered (UsageError) and runs here (BackendUnavailable)."""
+    for n in names:
+        get(n)
 
 
 def status() -> list[dict[str, object]]:

@@ -178,29 +178,60 @@ def scale_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
     return findings
 
 
+def _uniform_byte(reader: PartReader, part, chunk: int) -> int | None:
+    """The byte value every byte of PART holds, or None when they differ (stops at the first chunk
+    that differs, so a healthy tensor costs one chunk)."""
+    first: bytes | None = None
+    for off in range(0, part.nbytes, chunk):
+        data = reader.read(part, min(chunk, part.nbytes - off), off)
+        if first is None:
+            first = data[:1]
+        if data.count(first) != len(data):
+            return None
+    return first[0] if first else None
+
+
 def deep_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
-    """Scan every E4M3 block-scale byte: NaN (0x7F/0xFF) and negative (sign bit set, non-zero)."""
+    """Scan every E4M3 block-scale byte (NaN 0x7F/0xFF, negative: sign bit set, non-zero), and
+    find degenerate layers: block scales all zero, or every code byte the same (a zeroed or
+    constant layer computes nothing, whatever the kernel)."""
     nan_items: list[tuple[str, str]] = []
     neg_items: list[tuple[str, str]] = []
+    degenerate: list[tuple[str, str]] = []
     chunk = 1 << 24
     drop_nonneg = bytes(range(0x81))  # translate(None, these) leaves only bytes 0x81..0xFF
     for t in ckpt.tensors.values():
-        bs = t.part("block_scale")
-        if bs is None or bs.stored_dtype != "F8_E4M3":
+        if not t.scheme.quantized:
             continue
-        n_nan = n_neg = 0
-        for off in range(0, bs.nbytes, chunk):
-            data = reader.read(bs, min(chunk, bs.nbytes - off), off)
-            n_nan += data.count(b"\x7f") + data.count(b"\xff")
-            n_neg += len(data.translate(None, drop_nonneg)) - data.count(b"\xff")
-        if n_nan:
-            nan_items.append((t.name, f"{n_nan} NaN block scales"))
-        if n_neg:
-            neg_items.append((t.name, f"{n_neg} negative block scales"))
+        bs = t.part("block_scale")
+        if bs is not None and bs.stored_dtype == "F8_E4M3":
+            n_nan = n_neg = n_zero = 0
+            for off in range(0, bs.nbytes, chunk):
+                data = reader.read(bs, min(chunk, bs.nbytes - off), off)
+                n_nan += data.count(b"\x7f") + data.count(b"\xff")
+                n_neg += len(data.translate(None, drop_nonneg)) - data.count(b"\xff")
+                n_zero += data.count(b"\x00") + data.count(b"\x80")
+            if n_nan:
+                nan_items.append((t.name, f"{n_nan} NaN block scales"))
+            if n_neg:
+                neg_items.append((t.name, f"{n_neg} negative block scales"))
+            if bs.nbytes and n_zero == bs.nbytes:
+                degenerate.append((t.name, "all block scales are zero"))
+                continue
+        elif bs is not None and bs.nbytes and _uniform_byte(reader, bs, chunk) == 0:
+            degenerate.append((t.name, "all block scales are zero"))
+            continue
+        data_part = t.part("data")
+        if data_part is not None and data_part.nbytes > 1:
+            b = _uniform_byte(reader, data_part, chunk)
+            if b is not None:
+                degenerate.append((t.name, f"every code byte is 0x{b:02x}"))
     findings: list[Finding] = []
     _add(findings, "block_scale_nan", "error", nan_items, "tensors have NaN E4M3 block scales")
     _add(findings, "block_scale_negative", "error", neg_items,
          "tensors have negative E4M3 block scales (checkpoints store positive scales; Marlin rejects them)")
+    _add(findings, "degenerate_layer", "error", degenerate,
+         "quantized layers are degenerate (they decode to zeros or to one repeated pattern)")
     return findings
 
 

@@ -29,7 +29,7 @@ from .errors import UsageError
 from .errstats import rel_err as _rel, sqnr_db as _sqnr_db
 from .model import Checkpoint, TensorInfo
 
-SCHEMA = "nvfp4tools/verify/v1"
+SCHEMA = "nvfp4tools/verify/v2"
 PATH_TOLERANCE = 1e-6
 
 
@@ -104,50 +104,51 @@ def well_formed(ckpt: Checkpoint, t: TensorInfo) -> list[str]:
     return problems
 
 
-@dataclass
-class Original:
-    """An unquantized checkpoint to compare against, with fused-expert slicing."""
+def degenerate(w: np.ndarray) -> list[str]:
+    """A layer that decodes to all zeros or to one value everywhere computes nothing useful,
+    whatever the kernel: codes or block scales zeroed by a broken export or a bad merge."""
+    if w.size == 0:
+        return []
+    if not np.any(w):
+        return ["degenerate: every weight decodes to 0 (all-zero codes or block scales)"]
+    lo, hi = float(np.min(w)), float(np.max(w))
+    if lo == hi:
+        return [f"degenerate: every weight decodes to the same value {lo:.6g} (constant codes)"]
+    return []
 
-    ckpt: Checkpoint
-    cache: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def weight(self, t: TensorInfo) -> np.ndarray | None:
-        from nvfp4tools.tensors import dequantize
+@dataclass(frozen=True)
+class Limits:
+    """What ``--against`` holds each layer to: a weight-SQNR floor and an output-error ceiling, by
+    role ("*" for every role). Absent floors come from :func:`~nvfp4tools.sqnr_floors.sqnr_floor_db`."""
 
-        o = self.ckpt.tensors.get(t.name)
-        if o is not None and o.shape == t.shape:
-            return dequantize(self.ckpt, o)
-        if t.expert is not None and t.proj in ("gate", "up", "down"):
-            base = t.name.split(f".experts.{t.expert}.")[0] + ".experts."
-            if t.proj == "down":
-                fused = self.ckpt.tensors.get(base + "down_proj")
-                if fused is not None and fused.shape[1:] == t.shape:
-                    return self._fused(fused)[t.expert]
-            else:
-                fused = self.ckpt.tensors.get(base + "gate_up_proj")
-                if fused is not None and fused.shape[2] == t.shape[1]:
-                    half = fused.shape[1] // 2
-                    w = self._fused(fused)[t.expert]
-                    return w[:half] if t.proj == "gate" else w[half:]
-        return None
+    min_sqnr_db: dict[str, float] = field(default_factory=dict)
+    max_output_rel_err: dict[str, float] = field(default_factory=dict)
 
-    def _fused(self, o: TensorInfo) -> np.ndarray:
-        from nvfp4tools.tensors import dequantize
+    def floor(self, t: TensorInfo) -> float:
+        from .sqnr_floors import sqnr_floor_db
 
-        if o.name not in self.cache:
-            self.cache.clear()
-            self.cache[o.name] = dequantize(self.ckpt, o)
-        return self.cache[o.name]
+        v = self.min_sqnr_db.get(t.role, self.min_sqnr_db.get("*"))
+        return sqnr_floor_db(t.scheme) if v is None else v
+
+    def ceiling(self, t: TensorInfo) -> float | None:
+        return self.max_output_rel_err.get(t.role, self.max_output_rel_err.get("*"))
 
 
 def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, tokens: int = 16, seed: int = 0,
-           against: Checkpoint | None = None, w4a4: bool = True) -> dict[str, Any]:
+           against: Checkpoint | None = None, w4a4: bool = True, limits: Limits | None = None,
+           unavailable: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Verify SAMPLE (or every) quantized linear with BACKENDS; UNAVAILABLE lists backends that were
+    asked for (``--backend all``) but cannot run here, {"name", "reason"}: reported, not run."""
     from nvfp4tools.kernels_ref.dispatch import LayerCase
     from nvfp4tools.kernels_ref.gemm import gemm_reference, quantize_activations_nvfp4
     from nvfp4tools.tensors import canonical_nvfp4, dequantize
 
+    from .matching import Original
+
     if tokens < 1:
         raise UsageError("--tokens must be at least 1")
+    limits = limits or Limits()
     layers = [t for t in ckpt.tensors.values() if t.scheme.quantized and len(t.shape) >= 2]
     if not layers:
         raise UsageError(f"{ckpt.source}: no quantized linear layer to verify")
@@ -156,12 +157,14 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
         idx = sorted(rng.choice(len(layers), size=sample, replace=False))
         layers = [layers[i] for i in idx]
     orig = Original(against) if against is not None else None
+    ran: dict[str, int] = {b.name: 0 for b in backends}
     rows: list[dict[str, Any]] = []
     for t in layers:
         row: dict[str, Any] = {"name": t.name, "role": t.role, "layer": t.layer, "shape": list(t.shape),
                                "scheme": t.scheme.name}
         problems = well_formed(ckpt, t)
         w = dequantize(ckpt, t).reshape(-1, t.shape[-1])
+        problems += degenerate(w)
         k = t.shape[-1]
         x = rng.standard_normal((tokens, k)).astype(np.float32)
         y_ref = gemm_reference(x, w)
@@ -186,6 +189,7 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
                 kw = dict(case_kw, input_scale=case_kw.get("input_scale") or 1.0)
                 ref = gemm_reference(quantize_activations_nvfp4(x, kw["input_scale"]), w)
             y = np.asarray(b.run(LayerCase(t.name, x, w, **kw)), dtype=np.float64)
+            ran[b.name] += 1
             finite = bool(np.all(np.isfinite(y))) and y.shape == ref.shape
             err = _rel(y, ref) if finite else float("inf")
             max_abs = float(np.max(np.abs(y - ref))) if finite else float("inf")
@@ -194,29 +198,73 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
         row["backends"] = results
         if w4a4 and input_scale is not None and math.isfinite(input_scale) and input_scale > 0:
             row["w4a4_rel_err"] = _rel(gemm_reference(quantize_activations_nvfp4(x, input_scale), w), y_ref)
+        against_ok = True
         if orig is not None:
-            wo = orig.weight(t)
+            wo, why = orig.weight(t)
             if wo is None:
                 row["against"] = None
+                row["unmatched"] = why
             else:
-                wo = wo.reshape(-1, k)
-                y_o = gemm_reference(x, wo)
-                row["against"] = {"weight_sqnr_db": _sqnr_db(wo, w), "output_rel_err": _rel(y_ref, y_o)}
+                wo = np.asarray(wo).reshape(-1, k)
+                sqnr = _sqnr_db(wo, w)
+                out_err = _rel(y_ref, gemm_reference(x, wo))
+                floor, ceiling = limits.floor(t), limits.ceiling(t)
+                against_ok = sqnr >= floor and (ceiling is None or out_err <= ceiling)
+                if sqnr < floor:
+                    problems.append(f"weight SQNR {sqnr:.2f} dB against the original is below the floor {floor:g} dB")
+                if ceiling is not None and out_err > ceiling:
+                    problems.append(f"output error {out_err:.3g} against the original is above the ceiling {ceiling:g}")
+                row["against"] = {"weight_sqnr_db": sqnr, "output_rel_err": out_err, "min_weight_sqnr_db": floor,
+                                  "max_output_rel_err": ceiling, "pass": against_ok}
         row["problems"] = problems
-        ok = not problems and all(r["pass"] for r in results) and (
+        ok = not problems and all(r["pass"] for r in results) and against_ok and (
             row["path_rel_err"] is None or row["path_rel_err"] <= PATH_TOLERANCE)
         row["verdict"] = "pass" if ok else "fail"
         rows.append(row)
-    return _report(ckpt, rows, backends, tokens, seed, sample, against)
+    states = [_state(b, ran[b.name]) for b in backends] + [
+        {"name": u["name"], "state": "unavailable", "reason": u["reason"], "n_layers": 0} for u in unavailable or ()]
+    return _report(ckpt, rows, backends, states, tokens, seed, sample, against)
+
+
+def _state(b, n_layers: int) -> dict[str, Any]:
+    if n_layers:
+        return {"name": b.name, "state": "ran", "reason": None, "n_layers": n_layers,
+                "tolerance_rel": b.tolerance_rel, "description": b.description}
+    return {"name": b.name, "state": "not_applicable", "n_layers": 0, "tolerance_rel": b.tolerance_rel,
+            "description": b.description, "reason": "no verified layer has the NVFP4 weights its W4A4 kernel needs"}
 
 
 def _finite(v: float) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
-def _report(ckpt, rows, backends, tokens, seed, sample, against) -> dict[str, Any]:
-    from nvfp4tools.kernels_ref.dispatch import status
+def _against_summary(rows: list[dict[str, Any]], against: Checkpoint) -> dict[str, Any]:
+    from .sqnr_floors import NOT_SOURCE_DB
 
+    matched = [r for r in rows if r.get("against")]
+    unmatched = [{"name": r["name"], "reason": r["unmatched"]} for r in rows if "unmatched" in r]
+    out: dict[str, Any] = {"source": against.source, "n_matched": len(matched), "n_unmatched": len(unmatched),
+                           "unmatched": unmatched, "n_below_limits": sum(not r["against"]["pass"] for r in matched),
+                           "median_weight_sqnr_db": None, "not_source": False, "message": None}
+    if not matched:
+        out["not_source"] = True
+        out["message"] = (f"no quantized layer has a counterpart in {against.source}: it is not this checkpoint's "
+                          f"unquantized original ({unmatched[0]['reason'] if unmatched else 'no layer'})")
+        return out
+    med = float(np.median([r["against"]["weight_sqnr_db"] for r in matched]))
+    out["median_weight_sqnr_db"] = round(med, 3) if math.isfinite(med) else None
+    if med < NOT_SOURCE_DB:
+        out["not_source"] = True
+        out["message"] = (f"median weight SQNR {med:.1f} dB: {against.source} is not this checkpoint's source "
+                          "(quantizing a model's own weights gives 5-20 dB and more; unrelated weights of equal "
+                          "variance give -3 dB)")
+    elif out["n_below_limits"]:
+        out["message"] = (f"{out['n_below_limits']} of {len(matched)} layers are below their SQNR floor or above "
+                          "their output-error ceiling against the original")
+    return out
+
+
+def _report(ckpt, rows, backends, states, tokens, seed, sample, against) -> dict[str, Any]:
     by_role: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_role.setdefault(r["role"], []).append(r)
@@ -225,11 +273,15 @@ def _report(ckpt, rows, backends, tokens, seed, sample, against) -> dict[str, An
         entry: dict[str, Any] = {"role": role, "n_layers": len(rs), "n_failed": sum(r["verdict"] == "fail" for r in rs)}
         ag = [r["against"] for r in rs if r.get("against")]
         if ag:
-            entry["mean_weight_sqnr_db"] = round(sum(a["weight_sqnr_db"] for a in ag) / len(ag), 3)
-            entry["min_weight_sqnr_db"] = round(min(a["weight_sqnr_db"] for a in ag), 3)
+            finite = [a["weight_sqnr_db"] for a in ag if math.isfinite(a["weight_sqnr_db"])]
+            entry["mean_weight_sqnr_db"] = round(sum(finite) / len(finite), 3) if finite else None
+            entry["min_weight_sqnr_db"] = round(min(a["weight_sqnr_db"] for a in ag), 3) if finite else None
             entry["mean_output_rel_err"] = sum(a["output_rel_err"] for a in ag) / len(ag)
+            entry["max_output_rel_err"] = max(a["output_rel_err"] for a in ag)
+            entry["sqnr_floor_db"] = min(a["min_weight_sqnr_db"] for a in ag)
         roles.append(entry)
     worst = sorted((r for r in rows if r.get("against")), key=lambda r: -r["against"]["output_rel_err"])[:10]
+    ag_summary = _against_summary(rows, against) if against is not None else None
     # JSON has no NaN/inf: non-finite errors become null (and the row fails)
     for r in rows:
         for b in r["backends"]:
@@ -238,15 +290,21 @@ def _report(ckpt, rows, backends, tokens, seed, sample, against) -> dict[str, An
             if r.get(key) is not None:
                 r[key] = _finite(r[key])
         if r.get("against"):
-            r["against"] = {k: _finite(v) for k, v in r["against"].items()}
+            r["against"] = {k: (_finite(v) if isinstance(v, float) else v) for k, v in r["against"].items()}
+    for e in roles:
+        for k in ("mean_output_rel_err", "max_output_rel_err"):
+            if k in e:
+                e[k] = _finite(e[k])
+    failed = any(r["verdict"] == "fail" for r in rows) or bool(ag_summary and ag_summary["n_matched"] == 0)
     return {
         "schema": SCHEMA, "tool_version": __version__, "source": ckpt.source, "format": ckpt.format,
         "against": against.source if against is not None else None,
         "settings": {"tokens": tokens, "seed": seed, "sample": sample,
                      "backends": [b.name for b in backends], "path_tolerance": PATH_TOLERANCE},
-        "backends": [s for s in status() if s["name"] in {b.name for b in backends}],
+        "backends": states,
         "summary": {"n_layers": len(rows), "n_failed": sum(r["verdict"] == "fail" for r in rows), "by_role": roles,
-                    "worst": [{"name": r["name"], "role": r["role"], **r["against"]} for r in worst]},
-        "verdict": "fail" if any(r["verdict"] == "fail" for r in rows) else "pass",
+                    "worst": [{"name": r["name"], "role": r["role"], **r["against"]} for r in worst],
+                    "against": ag_summary},
+        "verdict": "fail" if failed else "pass",
         "layers": rows,
     }

@@ -42,3 +42,10 @@ def edit_json(path: str, fn) -> None:
     fn(data)
     with open(path, "w") as fh:
         json.dump(data, fh)
+
+
+def zero_part(ckpt: str, part) -> None:
+    """Overwrite one stored part (a TensorPart) with zero bytes."""
+    with open(os.path.join(ckpt, part.file), "r+b") as fh:
+        fh.seek(part.offset)
+        fh.write(b"\0" * part.nbytes)

@@ -19,7 +19,7 @@ def test_clean_checkpoints_pass(run_cli, synth_dir, fmt):
     r = run_cli("verify", synth_dir(fmt=fmt, recipe="all-linear"), "--format", "json")
     assert r.exit_code == 0, r.stdout[-2000:] + r.stderr
     rep = json.loads(r.stdout)
-    assert rep["schema"] == "nvfp4tools/verify/v1" and rep["verdict"] == "pass"
+    assert rep["schema"] == "nvfp4tools/verify/v2" and rep["verdict"] == "pass"
     assert rep["summary"]["n_layers"] == 185
     row = rep["layers"][0]
     assert row["path_rel_err"] is not None and row["path_rel_err"] <= 1e-6
@@ -68,7 +68,7 @@ def test_truncated_scale_is_unreadable(run_cli, synth_dir, tmp_path):
 def test_unknown_and_unavailable_backends(run_cli, synth_dir):
     p = synth_dir(fmt="modelopt", recipe="all-linear")
     r = run_cli("verify", p, "--backend", "nope")
-    assert r.exit_code == 4 and "unknown backend 'nope'" in r.stderr and "known: ref" in r.stderr
+    assert r.exit_code == 2 and "unknown backend 'nope'" in r.stderr and "known: ref" in r.stderr
 
 
 def test_verify_against_original_synth(run_cli, tmp_path):

@@ -10,7 +10,7 @@ import sys
 import click
 
 from nvfp4tools._version import __version__
-from nvfp4tools.errors import EXIT_INTERNAL, Nvfp4ToolsError
+from nvfp4tools.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, Nvfp4ToolsError
 
 _LAZY = {
     "inspect": "nvfp4tools.cli.inspect:inspect_cmd",
@@ -21,7 +21,16 @@ _LAZY = {
     "verify": "nvfp4tools.cli.verify:verify_cmd",
     "convert": "nvfp4tools.cli.convert:convert_cmd",
     "bench": "nvfp4tools.cli.bench:bench_cmd",
+    "check": "nvfp4tools.cli.check:check_cmd",
 }
+
+
+def _usage_line(e: click.ClickException) -> str:
+    """click's usage errors in one line: what was wrong and where the help is (click prints the
+    usage synopsis and a 'Try --help' line around it; a CI log needs the reason only)."""
+    ctx = getattr(e, "ctx", None)
+    where = ctx.command_path if ctx is not None else "nvfp4tools"
+    return " ".join(f"UsageError: {where}: {e.format_message()} (see '{where} --help')".split())
 
 
 class _Root(click.Group):
@@ -34,6 +43,19 @@ class _Root(click.Group):
             return getattr(importlib.import_module(mod), attr)
         return super().get_command(ctx, name)
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.ClickException as e:  # bad option or value, from click's own parsing
+            click.echo(_usage_line(e), err=True)
+            sys.exit(EXIT_USAGE)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
@@ -44,7 +66,7 @@ class _Root(click.Group):
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            ctx.exit(130)
+            ctx.exit(EXIT_INTERRUPTED)
         except Exception as e:  # a bug: say so in one line; traceback only on request
             if os.environ.get("NVFP4TOOLS_DEBUG"):
                 raise

@@ -13,7 +13,8 @@ from ._output import emit, format_option, human_bytes, human_count
 
 @click.command("inspect")
 @click.argument("path")
-@click.option("--deep", is_flag=True, help="Also scan every E4M3 block scale for NaN/negative bytes (reads more).")
+@click.option("--deep", is_flag=True, help="Also scan every block scale (NaN, negative, all zero) and the codes of "
+              "every quantized layer (degenerate: one repeated byte). Reads the weights.")
 @click.option("--layers", "expand_layers", is_flag=True, help="One row per layer instead of collapsing identical runs.")
 @click.option("--tensors", "with_tensors", is_flag=True, help="List every logical tensor with its stored parts (JSON).")
 @click.option("--input-format", "input_format", default=None, metavar="NAME",

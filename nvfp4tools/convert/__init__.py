@@ -15,7 +15,7 @@ import os
 import shutil
 from typing import Any
 
-from nvfp4tools.errors import UnknownFormatError, UsageError
+from nvfp4tools.errors import UsageError
 
 from .canon import View
 from .options import Options
@@ -35,10 +35,7 @@ def targets() -> list[str]:
 def _writer(to: str):
     from nvfp4tools import formats
 
-    try:
-        spec = formats.get(to)
-    except UnknownFormatError:
-        spec = None
+    spec = formats.get(to) if to.lower().replace("_", "-") in formats.names() else None
     if spec is None or spec.writer is None:
         raise UsageError(f"unknown target format {to!r}", hint=f"targets: {', '.join(targets())}")
     return spec.writer()

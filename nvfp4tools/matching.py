@@ -1,0 +1,151 @@
+"""Each quantized layer's unquantized original, found by canonical role and index, not by name.
+
+Quantizers rename as they go: llm-compressor writes Mixtral's experts as ``experts.E.gate_proj``
+where the original has ``block_sparse_moe.experts.E.w1``; Gemma 4 and Qwen3-MoE originals store
+the experts of a layer fused (``experts.gate_up_proj`` [E, 2I, H]) where ModelOpt writes them one
+by one; gpt-oss originals fuse them transposed and interleaved. Both sides are classified by
+:mod:`nvfp4tools.roles`, so a layer is matched on (stack, layer, role, expert, projection), and
+fused tensors are sliced, stacked or concatenated to the quantized layer's logical shape. A layer
+with no counterpart is reported with the reason, never skipped in silence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from .model import Checkpoint, TensorInfo
+
+# Module-path components that name the language model inside a wrapper (Gemma 4's
+# ``model.language_model``, multimodal ``text_model``): a stack is compared without them, so a
+# text-only original matches a checkpoint of the full multimodal model and vice versa.
+_WRAPPERS = frozenset({"model", "language_model", "text_model"})
+
+# Projections an exporter may store fused, and the separate projections they are made of, in
+# row order (the fused weight is the members concatenated along the output dimension).
+FUSED_MEMBERS = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
+
+
+class ExpertLayout(NamedTuple):
+    """How an original stores a layer's experts fused into 3-D tensors."""
+
+    transposed: bool   # stored [E, in, out] (used as x @ W) instead of [E, out, in]
+    interleaved: bool  # gate_up columns alternate gate, up instead of gate half then up half
+    source: str
+
+
+# model_type -> layout of its fused experts; absent: [E, out, in], gate half first
+# (transformers' Qwen3-MoE / Gemma 4 experts: ``F.linear(x, gate_up_proj[e]).chunk(2)``).
+FUSED_EXPERT_LAYOUTS = {
+    "gpt_oss": ExpertLayout(True, True, "transformers models/gpt_oss/modeling_gpt_oss.py GptOssExperts: "
+                            "gate_up = x @ gate_up_proj[e]; gate, up = gate_up[..., ::2], gate_up[..., 1::2]"),
+}
+_DEFAULT_LAYOUT = ExpertLayout(False, False, "transformers Qwen3-MoE / Gemma 4 experts")
+
+
+def stack_key(stack: str | None) -> str:
+    if not stack:
+        return ""
+    return ".".join(p for p in stack.split(".") if p not in _WRAPPERS)
+
+
+def match_key(t: TensorInfo) -> tuple:
+    return (stack_key(t.stack), t.layer, t.role, t.expert, t.proj)
+
+
+@dataclass
+class Original:
+    """An unquantized checkpoint, indexed for :meth:`weight` lookups (one fused tensor cached)."""
+
+    ckpt: Checkpoint
+    _index: dict[tuple, TensorInfo] = field(default_factory=dict)
+    _cache: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for t in self.ckpt.tensors.values():
+            if len(t.shape) >= 2:
+                self._index.setdefault(match_key(t), t)
+        model_type = self.ckpt.arch.model_type if self.ckpt.arch is not None else ""
+        self.layout = FUSED_EXPERT_LAYOUTS.get(model_type, _DEFAULT_LAYOUT)
+
+    def weight(self, t: TensorInfo) -> tuple[np.ndarray | None, str]:
+        """(the original's float weight in T's logical shape, "") or (None, why not)."""
+        o = self.ckpt.tensors.get(t.name)
+        if o is not None and o.shape == t.shape:
+            return self._load(o), ""
+        key = match_key(t)
+        o = self._index.get(key)
+        if o is not None:
+            if o.shape == t.shape:
+                return self._load(o), ""
+            return None, f"the original's {o.name} has shape {list(o.shape)}, expected {list(t.shape)}"
+        w = self._from_experts(t) if t.role == "experts" else None
+        if w is None and t.proj in FUSED_MEMBERS and not t.n_experts_fused:
+            w = self._concat(t, key)
+        if w is not None:
+            if w.shape != t.shape:
+                return None, f"the original's counterpart has shape {list(w.shape)}, expected {list(t.shape)}"
+            return w, ""
+        where = f"layer {t.layer}" if t.layer is not None else "no layer"
+        ex = f", expert {t.expert}" if t.expert is not None else ""
+        return None, f"no {t.role} tensor ({where}{ex}, projection {t.proj or '-'}) in the original"
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _load(self, o: TensorInfo) -> np.ndarray:
+        from nvfp4tools.tensors import dequantize
+
+        return dequantize(self.ckpt, o)
+
+    def _fused(self, o: TensorInfo) -> np.ndarray:
+        if o.name not in self._cache:
+            self._cache.clear()   # experts are visited layer by layer: one fused tensor at a time
+            self._cache[o.name] = self._load(o)
+        return self._cache[o.name]
+
+    def _from_experts(self, t: TensorInfo) -> np.ndarray | None:
+        s, layer = stack_key(t.stack), t.layer
+        if t.n_experts_fused:
+            # quantized fused [E, ...], original one expert per tensor: stack them
+            per = []
+            for e in range(t.n_experts_fused):
+                o = self._index.get((s, layer, "experts", e, t.proj))
+                if o is None and t.proj in FUSED_MEMBERS:
+                    parts = [self._index.get((s, layer, "experts", e, m)) for m in FUSED_MEMBERS[t.proj]]
+                    if any(p is None for p in parts):
+                        return None
+                    per.append(np.concatenate([self._load(p) for p in parts], axis=0))
+                elif o is None:
+                    return None
+                else:
+                    per.append(self._load(o))
+            return np.stack(per)
+        if t.expert is None:
+            return None
+        if t.proj == "down":
+            o = self._index.get((s, layer, "experts", None, "down"))
+            if o is None:
+                return None
+            w = self._fused(o)[t.expert]
+            return w.T if self.layout.transposed else w
+        if t.proj in ("gate", "up"):
+            o = self._index.get((s, layer, "experts", None, "gate_up"))
+            if o is None:
+                return None
+            w = self._fused(o)[t.expert]
+            if self.layout.transposed:
+                w = w.T
+            if self.layout.interleaved:
+                return w[0::2] if t.proj == "gate" else w[1::2]
+            half = w.shape[0] // 2
+            return w[:half] if t.proj == "gate" else w[half:]
+        return None
+
+    def _concat(self, t: TensorInfo, key: tuple) -> np.ndarray | None:
+        s, layer, role, expert, _ = key
+        parts = [self._index.get((s, layer, role, expert, m)) for m in FUSED_MEMBERS[t.proj]]
+        if any(p is None for p in parts):
+            return None
+        return np.concatenate([self._load(p) for p in parts], axis=0)
