@@ -62,11 +62,18 @@ def get(name: str) -> FormatSpec:
     return _REGISTRY[key]
 
 
-def detect(path: str) -> FormatSpec:
-    """The first registered format, in PRIORITY order, whose sniffer accepts PATH."""
-    from .hub import is_hub_id
+def _check_exists(path: str) -> None:
+    """A path that exists nowhere and is not a Hub id (``org/name[@rev]`` not written like a path)."""
+    from .hub import is_hub_id, local_folder_hint
     if not os.path.exists(path) and not is_hub_id(path):
-        raise UnknownFormatError(f"{path}: no such file or directory")
+        raise UnknownFormatError(f"{path}: no such file or directory", hint=local_folder_hint(path))
+
+
+def detect(path: str) -> FormatSpec:
+    """The first registered format, in PRIORITY order, whose sniffer accepts PATH.
+
+    For a Hub id this asks the Hub (headers only); :func:`read` looks in the local cache first."""
+    _check_exists(path)
     for key in PRIORITY:
         spec = _load(key)
         if spec is not None and spec.sniff(path):
@@ -77,6 +84,13 @@ def detect(path: str) -> FormatSpec:
 
 
 def read(path: str, format: str | None = None) -> Checkpoint:
-    """Read PATH's headers into a :class:`Checkpoint`, detecting the format unless given."""
+    """Read PATH's headers into a :class:`Checkpoint`, detecting the format unless given.
+
+    A Hub id is read from a complete snapshot in the local Hugging Face cache when there is one,
+    else from its remote headers (see :mod:`nvfp4tools.formats.hub`)."""
+    from . import hub
+    if hub.is_hub_id(path):
+        return hub.read(path, format)
+    _check_exists(path)
     spec = get(format) if format else detect(path)
     return spec.read(path)

@@ -1,25 +1,71 @@
-"""Hugging Face Hub ids (``org/name`` or ``org/name@revision``): headers fetched with
-``huggingface_hub`` (``HfApi.get_safetensors_metadata`` reads each shard's header with HTTP Range
-requests; ``hf_hub_download`` fetches config.json / hf_quant_config.json). No tensor bytes are
-downloaded, so per-tensor scale values are not checked remotely (inspect says so).
+"""Hugging Face Hub ids (``org/name`` or ``org/name@revision``).
+
+A Hub id is read from the local Hugging Face cache first: when a cached snapshot of that revision
+holds the checkpoint's weights (every shard its index names, a ``model.safetensors``, or a GGUF
+file), the snapshot folder is read as a local checkpoint (scales included) and the result keeps the
+id as its source, with ``metadata["hub_cache"]`` naming the folder. No network call is made then.
+
+Otherwise the headers are fetched with ``huggingface_hub`` (``HfApi.get_safetensors_metadata``
+reads each shard's header with HTTP Range requests; ``hf_hub_download`` fetches config.json /
+hf_quant_config.json). No tensor bytes are downloaded, so per-tensor scale values are not checked
+remotely (inspect says so). With ``HF_HUB_OFFLINE`` set (read at call time), nothing goes to the
+network: a Hub id the cache cannot serve is a :class:`NetworkError`.
+
+Every failure of the network or of the Hub (no network, DNS, timeout, 401/403, no such repository
+or revision, gated repository) becomes a one-line :class:`NetworkError` naming the id, what happened
+and what to do.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
+import socket
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nvfp4tools.errors import BackendUnavailable, FormatError
+from nvfp4tools.errors import BackendUnavailable, FormatError, NetworkError, Nvfp4ToolsError, UnsupportedError
 
 from ._safetensors import DTYPE_BITS, RawTensor, Source
 
+if TYPE_CHECKING:
+    from nvfp4tools.model import Checkpoint
+
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
+# A path ending like one of these names a file, never a Hub repository.
+_FILE_SUFFIXES = (".safetensors", ".gguf", ".json", ".bin", ".pt")
+_TRUE = ("1", "ON", "YES", "TRUE")  # huggingface_hub.constants.ENV_VARS_TRUE_VALUES
+_DNS_FAILURE = re.compile(r"name resolution|name or service not known|nodename nor servname|getaddrinfo|"
+                          r"no address associated|failed to resolve", re.IGNORECASE)
+_DOWNLOAD = "or download it and pass its folder"
+
+
+def _written_like_path(path: str) -> bool:
+    repo = path.split("@", 1)[0]
+    return (os.path.isabs(path) or path.startswith((".", "~")) or "\\" in path or repo.count("/") > 1
+            or path.endswith("/") or path.lower().endswith(_FILE_SUFFIXES) or repo.lower().endswith(_FILE_SUFFIXES))
+
+
+def looks_local(path: str) -> bool:
+    """PATH is written like a file-system path, or its first component is a local folder (so a missing
+    one is 'no such file or directory', not a Hub id)."""
+    return _written_like_path(path) or os.path.isdir(path.split("/", 1)[0])
 
 
 def is_hub_id(path: str) -> bool:
-    return not os.path.exists(path) and _HUB_ID.match(path) is not None and not path.startswith((".", "/"))
+    """``org/name`` or ``org/name@rev`` that exists nowhere on disk and is not written like a path."""
+    return _HUB_ID.match(path) is not None and not os.path.exists(path) and not looks_local(path)
+
+
+def local_folder_hint(path: str) -> str | None:
+    """For a missing ``org/name`` that is not a Hub id only because ./org is a local folder: say so."""
+    first = path.split("/", 1)[0]
+    if (_HUB_ID.match(path) is None or os.path.exists(path) or _written_like_path(path)
+            or not os.path.isdir(first)):
+        return None
+    return f"./{first} is a local folder, so {path} is not looked up on the Hugging Face Hub"
 
 
 def _split(path: str) -> tuple[str, str | None]:
@@ -28,37 +74,216 @@ def _split(path: str) -> tuple[str, str | None]:
     return m.group("repo"), m.group("rev")
 
 
+def offline_var() -> str | None:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE), whichever is set true in the environment now, else None.
+
+    ``huggingface_hub.constants.HF_HUB_OFFLINE`` is computed once at import; this is read per call."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(var, "").strip().upper() in _TRUE:
+            return var
+    return None
+
+
+def not_cached(path: str, var: str, detail: str = "") -> NetworkError:
+    return NetworkError(f"{path} is not in the local Hugging Face cache ({var} is set){detail}",
+                        hint=f"unset {var} to read its headers from the Hub, {_DOWNLOAD}")
+
+
+def cache_dir() -> str:
+    """The Hugging Face hub cache folder as huggingface_hub derives it, from the environment now:
+    HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else HF_HOME/hub, else $XDG_CACHE_HOME/huggingface/hub."""
+    env = os.environ
+    d = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if not d:
+        home = env.get("HF_HOME") or os.path.join(
+            env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
+        d = os.path.join(home, "hub")
+    return os.path.expandvars(os.path.expanduser(d))
+
+
+def _missing_weights(folder: str) -> list[str]:
+    """What a cached snapshot lacks of the checkpoint's weights ([] when it can be read locally)."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return ["the snapshot folder"]
+    index_names = [n for n in names if n.endswith(".safetensors.index.json")]
+    if index_names:
+        index_name = "model.safetensors.index.json" if "model.safetensors.index.json" in index_names else index_names[0]
+        try:
+            with open(os.path.join(folder, index_name), "rb") as fh:
+                shards = set(json.load(fh)["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return []  # a broken index: the local reader names what is wrong with it
+        if not all(isinstance(s, str) for s in shards):
+            return []
+        return sorted(s for s in shards if not os.path.isfile(os.path.join(folder, s)))
+    if any(n.endswith((".safetensors", ".gguf")) and os.path.isfile(os.path.join(folder, n)) for n in names):
+        return []
+    return ["its weights (no *.safetensors, no *.gguf)"]
+
+
+def cached_snapshot(path: str) -> tuple[str | None, list[str]]:
+    """(snapshot folder of PATH's revision in the local cache, what it lacks of the weights).
+
+    The folder is None when the cache has no snapshot of that revision. Never touches the network."""
+    repo, rev = _split(path)
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None, []
+    try:
+        folder = snapshot_download(repo, revision=rev, cache_dir=cache_dir(), local_files_only=True)
+    except Exception as e:  # LocalEntryNotFoundError, an invalid id, ...
+        folder = getattr(e, "snapshot_path", None)  # IncompleteSnapshotError: a partial snapshot
+        if not isinstance(folder, str):
+            return None, []
+    folder = str(folder)
+    if not os.path.isdir(folder):
+        return None, []
+    return folder, _missing_weights(folder)
+
+
+def read(path: str, format: str | None = None) -> Checkpoint:
+    """Read Hub id PATH: from a complete cached snapshot (a full local read), else its remote headers."""
+    from . import detect, get
+
+    folder, missing = cached_snapshot(path)
+    if folder is not None and not missing:
+        spec = get(format) if format else detect(folder)
+        ckpt = spec.read(folder)
+        return dataclasses.replace(ckpt, source=path, metadata={**ckpt.metadata, "hub_cache": folder})
+    var = offline_var()
+    if var is not None:
+        if folder is None:
+            raise not_cached(path, var)
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise not_cached(path, var, f": the cached snapshot {folder} lacks {shown}")
+    spec = get(format) if format else detect(path)
+    return spec.read(path)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and len(out) < 10 and all(e is not x for x in out):
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def _class_names(e: BaseException) -> set[str]:
+    return {c.__name__ for c in type(e).__mro__}
+
+
+def network_error(path: str, exc: BaseException) -> NetworkError:
+    """One line for what went wrong reading Hub id PATH, from whatever huggingface_hub or its HTTP
+    client raised (classes matched by name, so any huggingface_hub / httpx / requests version works)."""
+    repo, rev = _split(path)
+    chain = _chain(exc)
+
+    def find(*names: str) -> BaseException | None:
+        wanted = set(names)
+        return next((e for e in chain if _class_names(e) & wanted), None)
+
+    if find("OfflineModeIsEnabled"):
+        return not_cached(path, offline_var() or "HF_HUB_OFFLINE")
+    if find("GatedRepoError"):
+        return NetworkError(f"{path}: gated repository, and this account has not been granted access",
+                            hint=f"accept its terms on https://huggingface.co/{repo} and set HF_TOKEN to that "
+                                 "account's token")
+    if find("RevisionNotFoundError"):
+        return NetworkError(f"{path}: no revision '{rev or 'main'}' in {repo} on the Hugging Face Hub",
+                            hint="check the branch, tag or commit after '@'")
+    if find("RepositoryNotFoundError"):
+        return NetworkError(f"{path}: no such repository on the Hugging Face Hub, or it is private",
+                            hint="check the id; for a private repository set HF_TOKEN")
+    if find("HFValidationError"):
+        return NetworkError(f"{path}: not a valid Hugging Face Hub id",
+                            hint="check the id; a local checkpoint must be an existing path")
+    codes = (getattr(getattr(e, "response", None), "status_code", None) for e in chain)
+    status = next((c for c in codes if isinstance(c, int)), None)
+    if status == 401:
+        return NetworkError(f"{path}: the Hugging Face Hub refused the request with HTTP 401, no valid token",
+                            hint="set HF_TOKEN to a valid access token")
+    if status == 403:
+        return NetworkError(f"{path}: the Hugging Face Hub denied access with HTTP 403",
+                            hint=f"set HF_TOKEN to a token with read access to {repo}")
+    if status == 404:
+        return NetworkError(f"{path}: not found on the Hugging Face Hub, HTTP 404",
+                            hint="check the id and the revision")
+    if status == 429:
+        return NetworkError(f"{path}: the Hugging Face Hub is rate-limiting requests, HTTP 429",
+                            hint=f"retry later; set HF_TOKEN for a higher limit; {_DOWNLOAD}")
+    if status is not None and status >= 400:
+        return NetworkError(f"{path}: the Hugging Face Hub answered HTTP {status}",
+                            hint=f"retry later, {_DOWNLOAD}")
+    if find("TimeoutException", "Timeout", "ConnectTimeout", "ReadTimeout", "TimeoutError", "timeout"):
+        return NetworkError(f"{path}: the Hugging Face Hub did not answer in time, a timeout",
+                            hint=f"check your network and retry, {_DOWNLOAD}")
+    if any(isinstance(e, socket.gaierror) or _DNS_FAILURE.search(str(e)) for e in chain):
+        return NetworkError(f"{path}: cannot resolve the Hugging Face Hub's host name, a DNS failure",
+                            hint=f"check your network and DNS, {_DOWNLOAD}")
+    if find("ConnectError", "NetworkError", "TransportError", "ConnectionError", "ProxyError"):
+        return NetworkError(f"{path}: no connection to the Hugging Face Hub",
+                            hint=f"check your network or proxy, {_DOWNLOAD}")
+    if find("LocalEntryNotFoundError"):
+        return NetworkError(f"{path}: the Hugging Face Hub cannot be reached and the local cache does not have it",
+                            hint=f"check your network, {_DOWNLOAD}")
+    first = (str(exc).strip().splitlines() or [""])[0][:200]
+    return NetworkError(f"{path}: reading it from the Hugging Face Hub failed: {type(exc).__name__}: {first}",
+                        hint=f"check the id and your network, {_DOWNLOAD}")
+
+
+def _no_safetensors(path: str, api: Any, repo: str, rev: str | None) -> Nvfp4ToolsError:
+    """The Hub found no safetensors weights: huggingface_hub says so for a missing or private repository
+    too (its file checks swallow those), so ask for the repository itself to tell them apart."""
+    try:
+        api.repo_info(repo, revision=rev)
+    except Exception as e:  # no such repository / revision, gated, no network
+        return network_error(path, e)
+    return UnsupportedError(f"{path}: the Hub repository has no model.safetensors or model.safetensors.index.json",
+                            hint="a Hub id is read from its safetensors headers; for GGUF, download the file "
+                                 "and pass its path")
+
+
 @lru_cache(maxsize=8)
 def fetch(path: str) -> tuple[Source, dict[str, RawTensor], int]:
     """(Source with the JSON side files, raw tensors from the remote headers, total tensor bytes)."""
+    var = offline_var()  # huggingface_hub reads HF_HUB_OFFLINE once, at import; honour it as set now
+    if var is not None:
+        raise not_cached(path, var)
     try:
         from huggingface_hub import HfApi, hf_hub_download
-        from huggingface_hub.utils import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
     except ImportError:
         raise BackendUnavailable("reading a Hub id needs huggingface_hub", hint="pip install huggingface_hub") from None
     repo, rev = _split(path)
     api = HfApi()
     try:
         meta = api.get_safetensors_metadata(repo, revision=rev)
-    except RepositoryNotFoundError:
-        raise FormatError(f"{path}: no such Hub repository (or it is private: set HF_TOKEN)") from None
-    except (HfHubHTTPError, OSError, ValueError) as e:
-        raise FormatError(f"{path}: cannot read safetensors headers from the Hub ({type(e).__name__}: {e})",
-                          hint="check the id and your network; or download the checkpoint and pass its folder") from None
+    except Exception as e:
+        if "NotASafetensorsRepoError" in _class_names(e):
+            raise _no_safetensors(path, api, repo, rev) from e
+        raise network_error(path, e) from e
     root = ""
     side: dict[str, Any] = {}
     for name in ("config.json", "hf_quant_config.json"):
         try:
-            local = hf_hub_download(repo, name, revision=rev)
-            root = os.path.dirname(local)
-            side[name] = local
-        except (EntryNotFoundError, HfHubHTTPError, OSError):
-            continue
-    import json
+            local = hf_hub_download(repo, name, revision=rev, cache_dir=cache_dir())
+        except Exception as e:
+            names = _class_names(e)
+            if "EntryNotFoundError" in names and "LocalEntryNotFoundError" not in names:
+                continue  # the repository has no such file
+            raise network_error(path, e) from e
+        root = os.path.dirname(local)
+        side[name] = local
     src = Source(root, path, sorted(meta.files_metadata))
     for name, local in side.items():
-        with open(local, "rb") as fh:
-            data = json.load(fh)
+        try:
+            with open(local, "rb") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{path}/{name}: cannot read it ({e})") from e
         if name == "config.json":
             src.config = data
         else:

@@ -64,6 +64,12 @@ class UnknownFormatError(Nvfp4ToolsError):
     exit_code = EXIT_INPUT
 
 
+class NetworkError(Nvfp4ToolsError):
+    """A Hub id could not be read: no network, refused, not found, gated, or offline and not cached."""
+
+    exit_code = EXIT_INPUT
+
+
 class BackendUnavailable(Nvfp4ToolsError):
     """A requested backend or optional extra is not usable here; the message says why."""
 

@@ -1,5 +1,6 @@
 """inspect ORG/NAME: headers through huggingface_hub (no network here: the hub calls are faked with
-the answers huggingface_hub would give for a local checkpoint)."""
+the answers huggingface_hub would give for a local checkpoint). The local Hugging Face cache is an
+empty folder under tmp_path, so every read below goes to the (faked) Hub."""
 
 from __future__ import annotations
 
@@ -9,18 +10,20 @@ import os
 import pytest
 
 
-@pytest.fixture
-def fake_hub(monkeypatch, synth_dir):
+def install_fake_hub(monkeypatch, local: str, repo: str = "acme/tiny-nvfp4") -> list[str]:
+    """Fake huggingface_hub's header reads for REPO with the files of the local checkpoint LOCAL.
+
+    Returns the list the fakes append each call to (so a test can tell whether the Hub was asked)."""
     hub = pytest.importorskip("huggingface_hub")
     from huggingface_hub.utils import SafetensorsFileMetadata, SafetensorsRepoMetadata, TensorInfo
 
-    from nvfp4tools.formats import hub as nv_hub
     from nvfp4tools.formats._safetensors import parse_header
 
-    local = synth_dir(fmt="modelopt", recipe="all-linear", shards=2)
+    calls: list[str] = []
 
     def get_safetensors_metadata(self, repo_id, revision=None, **kw):
-        if repo_id != "acme/tiny-nvfp4":
+        calls.append(f"get_safetensors_metadata {repo_id}")
+        if repo_id != repo:
             err = hub.utils.RepositoryNotFoundError.__new__(hub.utils.RepositoryNotFoundError)
             Exception.__init__(err, "404: repository not found")  # built without an HTTP response
             raise err
@@ -36,6 +39,7 @@ def fake_hub(monkeypatch, synth_dir):
         return SafetensorsRepoMetadata(metadata=None, sharded=True, weight_map={}, files_metadata=files)
 
     def hf_hub_download(repo_id, filename, revision=None, **kw):
+        calls.append(f"hf_hub_download {repo_id} {filename}")
         path = os.path.join(local, filename)
         if not os.path.exists(path):
             err = hub.utils.EntryNotFoundError.__new__(hub.utils.EntryNotFoundError)
@@ -45,9 +49,29 @@ def fake_hub(monkeypatch, synth_dir):
 
     monkeypatch.setattr(hub.HfApi, "get_safetensors_metadata", get_safetensors_metadata)
     monkeypatch.setattr(hub, "hf_hub_download", hf_hub_download)
+    return calls
+
+
+@pytest.fixture
+def empty_hf_cache(monkeypatch, tmp_path):
+    """An empty local Hugging Face cache, online, and no fetch result kept from another test."""
+    from nvfp4tools.formats import hub as nv_hub
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
     nv_hub.fetch.cache_clear()
-    yield local
+    yield str(cache)
     nv_hub.fetch.cache_clear()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, synth_dir, empty_hf_cache):
+    local = synth_dir(fmt="modelopt", recipe="all-linear", shards=2)
+    install_fake_hub(monkeypatch, local)
+    return local
 
 
 def test_inspect_hub_id(fake_hub, run_cli):
@@ -59,6 +83,7 @@ def test_inspect_hub_id(fake_hub, run_cli):
     assert remote["summary"]["n_parameters"] == local["summary"]["n_parameters"]
     assert remote["coverage"] == local["coverage"]
     assert "remote_headers_only" in {f["code"] for f in remote["findings"]}
+    assert "hub_cache" not in remote["metadata"]
 
 
 def test_estimate_hub_id(fake_hub, run_cli):
@@ -69,3 +94,4 @@ def test_estimate_hub_id(fake_hub, run_cli):
 def test_unknown_hub_repo(fake_hub, run_cli):
     r = run_cli("inspect", "acme/does-not-exist")
     assert r.exit_code == 3 and "acme/does-not-exist" in r.stderr and "\n" not in r.stderr.strip()
+    assert r.stderr.startswith("NetworkError: ") and "HF_TOKEN" in r.stderr
