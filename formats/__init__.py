@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from nvfp4tools.errors import UnknownFormatError
+from nvfp4tools.errors import UnknownFormatError, UsageError
 from nvfp4tools.model import Checkpoint
 
 from .base import FormatSpec
@@ -58,7 +58,8 @@ def names() -> list[str]:
 def get(name: str) -> FormatSpec:
     key = _key(name)
     if _load(key) is None:
-        raise UnknownFormatError(f"unknown format {name!r}", hint=f"known formats: {', '.join(names())}")
+        # a name the user typed (--input-format, --to): a usage error, not an unreadable input
+        raise UsageError(f"unknown format {name!r}", hint=f"known formats: {', '.join(names())}")
     return _REGISTRY[key]
 
 

@@ -191,13 +191,25 @@ def _load_json(root: str, name: str) -> dict[str, Any] | None:
     return data
 
 
+def _allowed_roots(root: str) -> list[str]:
+    """Where a checkpoint's files may really live: its folder, and for a snapshot in the Hugging Face
+    cache (``models--ORG--NAME/snapshots/REV``, whose files are links into ``../../blobs``) that
+    repository's cache folder."""
+    real_root = os.path.realpath(root)
+    roots = [real_root]
+    snapshots = os.path.dirname(os.path.abspath(root))
+    repo = os.path.dirname(snapshots)
+    if os.path.basename(snapshots) == "snapshots" and os.path.basename(repo).startswith(("models--", "datasets--")):
+        roots.append(os.path.realpath(repo))
+    return roots
+
+
 def _safe_member(root: str, rel: str, index_name: str) -> str:
     """An index may only name files inside the checkpoint folder."""
     if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
         raise FormatError(f"{index_name}: shard name {rel!r} is not a relative file name")
-    real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(root, rel))
-    if os.path.commonpath([real_root, real]) != real_root:
+    if not any(os.path.commonpath([r, real]) == r for r in _allowed_roots(root)):
         raise FormatError(f"{index_name}: shard {rel!r} points outside the checkpoint folder",
                           hint="refusing to read it; fix the index")
     return os.path.normpath(rel)

@@ -11,6 +11,7 @@ Exit codes (documented in docs/exit-codes.md):
   3  input unreadable, malformed or unsupported
   4  environment: a backend or optional extra is missing
   70 internal error (a bug: traceback only with NVFP4TOOLS_DEBUG=1)
+  130 interrupted
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ EXIT_USAGE = 2
 EXIT_INPUT = 3
 EXIT_ENVIRONMENT = 4
 EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
 
 
 class Nvfp4ToolsError(Exception):

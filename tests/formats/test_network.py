@@ -312,8 +312,6 @@ def test_cached_symlinked_single_file(hub_calls, hf_cache, monkeypatch, synth_di
     assert hub_calls == []
 
 
-@pytest.mark.xfail(strict=True, reason="formats/_safetensors._safe_member compares real paths, so an index's "
-                   "shards that link into the cache's blobs/ folder count as 'outside the checkpoint folder'")
 def test_cached_symlinked_shards(hub_calls, hf_cache, monkeypatch, synth_dir, run_cli):
     local = synth_dir(fmt="modelopt", recipe="all-linear", shards=2)
     cache_snapshot(hf_cache, REPO, local, symlinks=True)
