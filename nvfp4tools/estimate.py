@@ -10,14 +10,16 @@ No term is a constant fitted to one published figure; what cannot be explained i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from ._version import __version__
-from .errors import UsageError
+from .errors import FormatError, UsageError
 from .gpus import GPU, context_overhead_bytes
-from .model import ArchInfo, Checkpoint, LayerAttention, TensorInfo
+from .model import ArchInfo, Checkpoint, LayerAttention, TensorInfo, TensorPart
+from .schemes import NVFP4
 
 SCHEMA = "nvfp4tools/estimate/v1"
 GiB = 2**30
@@ -33,6 +35,11 @@ ENGINE_KV_DTYPES = {
 VLLM_BLOCK = 16          # vLLM default block_size (tokens per KV block)
 LLAMA_PAD = 256          # llama.cpp pads cache sizes to 256 cells (GGML_PAD(..., 256))
 CUBLAS_WORKSPACE = 32 * 2**20  # torch's default cuBLAS workspace on sm90+ (CUBLAS_WORKSPACE_CONFIG :4096:8 x 4)
+# Suggestions try tensor-parallel sizes up to one 8-GPU host (NVLink domain of HGX/DGX boards).
+SUGGEST_MAX_TP = 8
+# Tensor roles that are Linear layers an NVFP4 checkpoint quantizes (embedding, norms, routers,
+# vision tower stay in BF16 in every published recipe: ModelOpt exclude_modules, synth.RECIPES).
+LINEAR_ROLES = ("attention", "mlp", "experts", "shared_expert")
 
 
 @dataclass
@@ -60,6 +67,109 @@ class Settings:
     weights_bytes_override: int | None = None
     cudagraph_bytes: int = 0
     ubatch: int = 512
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Reject every value no engine accepts, before any arithmetic runs on it (``estimate``
+        calls it again: the fields are mutable). Limits that depend on the model (``--tp``
+        divisibility, ``--context`` above the model maximum) are checked in :func:`estimate`."""
+        if self.engine not in ENGINE_KV_DTYPES:
+            raise UsageError(f"unknown engine {self.engine!r}", hint=", ".join(ENGINE_KV_DTYPES))
+        if self.kv_dtype != "auto" and self.kv_dtype not in KV_DTYPE_BYTES:
+            raise UsageError(f"unknown --kv-dtype {self.kv_dtype!r}",
+                             hint=f"auto, {', '.join(KV_DTYPE_BYTES)}")
+        _at_least("--context", self.context, 1, "leave --context out for the default, min(model maximum, 8192)")
+        _at_least("--max-seqs", self.max_seqs, 1, "leave it out for the engine default")
+        _at_least("--max-batched-tokens", self.max_batched_tokens, 1, "leave it out for the engine default")
+        _at_least("--tp", self.tp, 1, "--tp 1 is one GPU")
+        _at_least("ubatch", self.ubatch, 1, "llama.cpp's default n_ubatch is 512")
+        for opt, v in (("--mem-fraction", self.mem_fraction), ("--swa-ratio", self.swa_ratio)):
+            # written as a negated range so NaN fails too
+            if v is not None and not (isinstance(v, (int, float)) and 0 < v <= 1):
+                raise UsageError(f"{opt} {v} must be in (0, 1]", hint="a fraction, e.g. 0.9")
+        w = self.weights_bytes_override
+        if w is not None and not (isinstance(w, int) and w > 0):
+            raise UsageError(f"--weights-gib {_gib_text(w)} must be more than 0",
+                             hint="give the weight memory from the engine's load log, in GiB, or leave it out")
+        cg = self.cudagraph_bytes
+        if not (isinstance(cg, int) and cg >= 0):
+            raise UsageError(f"--cudagraph-gib {_gib_text(cg)} must be 0 or more",
+                             hint="give the CUDA-graph memory from the engine's log, in GiB")
+
+
+def _at_least(option: str, value: Any, low: int, hint: str) -> None:
+    """None means "the default"; anything else must be an integer >= LOW (bool is not a count)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UsageError(f"{option} {value} must be an integer of at least {low}", hint=hint)
+
+
+def _gib_text(n: Any) -> str:
+    return f"{n / GiB:g}" if isinstance(n, (int, float)) else repr(n)
+
+
+def gib_to_bytes(option: str, gib: float | None) -> int | None:
+    """A GiB figure given on the command line, as bytes; NaN and infinity have no byte count."""
+    if gib is None:
+        return None
+    if not math.isfinite(gib):
+        raise UsageError(f"{option} {gib} is not a finite number", hint="give a size in GiB, e.g. 17.8")
+    return int(gib * GiB)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor parallelism: the sizes an engine accepts for a model
+
+def tp_refusal(arch: ArchInfo, engine: str, tp: int) -> str | None:
+    """Why ENGINE refuses to shard ARCH over TP GPUs, or None when it accepts.
+
+    vLLM: ``ModelConfig.verify_with_parallel_config`` (vllm/config) raises unless
+    ``num_attention_heads % tensor_parallel_size == 0``; ``QKVParallelLinear.__init__``
+    (vllm/model_executor/layers/linear.py) then splits the KV heads when ``tp < num_kv_heads``
+    (``divide(num_kv_heads, tp)``) and replicates them when ``tp >= num_kv_heads``
+    (``divide(tp, num_kv_heads)``); ``divide`` asserts exact division. SGLang's
+    ``QKVParallelLinear`` (python/sglang/srt/layers/linear.py, adapted from vLLM's) has the same
+    rule. MLA layers (DeepSeek) shard query heads and replicate the one latent, so only the head
+    count constrains them. llama.cpp has no tensor parallelism: ``--split-mode layer`` gives each
+    GPU whole layers, which this estimate does not model.
+    """
+    if tp == 1:
+        return None
+    if engine == "llamacpp":
+        return "llama.cpp has no tensor parallelism (it splits whole layers across GPUs, --split-mode layer)"
+    heads = sorted({arch.n_heads} | {l.n_heads for l in arch.layers if l.kind != "none"})
+    for h in heads:
+        if h % tp:
+            return f"{h} attention heads are not divisible by {tp} ({h} % {tp} = {h % tp})"
+    for kv in sorted({l.n_kv_heads for l in arch.layers if l.kind != "none" and not l.mla_latent_dim}):
+        if tp >= kv and tp % kv:
+            return (f"{kv} KV heads are replicated when TP >= {kv}, which needs TP divisible by {kv} "
+                    f"({tp} % {kv} = {tp % kv})")
+        if tp < kv and kv % tp:
+            return f"{kv} KV heads are split when TP < {kv}, which needs {kv} divisible by TP ({kv} % {tp} = {kv % tp})"
+    return None
+
+
+def valid_tps(arch: ArchInfo, engine: str) -> list[int]:
+    """Every TP size ENGINE accepts for ARCH (at most the head count: TP must divide it)."""
+    return [t for t in range(1, max(1, arch.n_heads) + 1) if tp_refusal(arch, engine, t) is None]
+
+
+def check_tp(arch: ArchInfo, engine: str, tp: int) -> None:
+    why = tp_refusal(arch, engine, tp)
+    if why is None:
+        return
+    if engine == "llamacpp":
+        raise UsageError(f"--tp {tp} with --engine llamacpp: {why}",
+                         hint="use --tp 1; --engine vllm or sglang model tensor parallelism")
+    ok = valid_tps(arch, engine)
+    near = [t for t in (max((t for t in ok if t < tp), default=None), min((t for t in ok if t > tp), default=None))
+            if t is not None]
+    raise UsageError(f"--tp {tp} is not a tensor-parallel size {engine} accepts for this model: {why} "
+                     f"(valid: {', '.join(map(str, ok))})", hint=f"use {' or '.join(f'--tp {t}' for t in near)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,10 +293,12 @@ def _sglang_dead_swizzled_scales(tensors: list[TensorInfo]) -> int:
         rows[key + (e,)] = rows.get(key + (e,), 0) + t.shape[-2]   # gate + up rows make w13
         cols[key] = -(-t.shape[-1] // 16)
         n_exp.setdefault(key, set()).update(range(t.n_experts_fused) if t.n_experts_fused else {e})
+    widest: dict[tuple[Any, ...], int] = {}   # (stack, layer, w13|w2) -> the most rows of any expert
+    for k, v in rows.items():
+        widest[k[:3]] = max(widest.get(k[:3], 0), v)
     total = 0
     for key, c in cols.items():
-        r = max(v for k, v in rows.items() if k[:3] == key)
-        total += len(n_exp[key]) * (-(-r // 128) * 128) * (-(-c // 4) * 4)
+        total += len(n_exp[key]) * (-(-widest[key] // 128) * 128) * (-(-c // 4) * 4)
     return total
 
 
@@ -216,25 +328,27 @@ def _resolve_kv_dtype(ckpt: Checkpoint, s: Settings) -> str:
     return dt
 
 
-def estimate(ckpt: Checkpoint, gpu: GPU, s: Settings) -> Result:
+def estimate(ckpt: Checkpoint, gpu: GPU, s: Settings, *, suggest: bool = True) -> Result:
+    """Size CKPT on GPU under S. ``margin_bytes`` is the memory left over (negative: missing) once
+    the weights, the engine's overheads and the KV cache ONE request needs at the context are
+    placed (``capacity.required_kv_bytes``); it fits when the margin is >= 0. When it does not fit
+    and SUGGEST is set, ``suggestions`` holds the estimate re-run with one change each (those runs
+    compute no suggestions of their own)."""
+    s.check()
     arch = ckpt.arch
     if arch is None:
-        raise UsageError(f"{ckpt.source}: no architecture description (config.json or GGUF metadata) to size the KV cache")
-    if s.engine not in ENGINE_KV_DTYPES:
-        raise UsageError(f"unknown engine {s.engine!r}", hint="vllm, sglang, llamacpp")
-    if s.tp < 1:
-        raise UsageError("--tp must be at least 1")
+        raise FormatError(f"{ckpt.source}: no architecture description to size the KV cache (expected config.json "
+                          "with num_hidden_layers, hidden_size and num_attention_heads, found none)",
+                          hint="estimate needs config.json (or GGUF metadata) beside the weights")
+    if gpu.memory_total_bytes <= 0:
+        raise UsageError(f"GPU memory {gpu.memory_total_bytes} B must be more than 0",
+                         hint="give --vram a size such as 24GiB")
+    check_tp(arch, s.engine, s.tp)
     maxpos = arch.max_position_embeddings
-    context = s.context or min(maxpos or 8192, 8192)
-    if context < 1:
-        raise UsageError(f"--context {context} must be positive")
+    context = s.context if s.context is not None else min(maxpos or 8192, 8192)
     if maxpos and context > maxpos:
         raise UsageError(f"--context {context} is larger than the model's maximum ({maxpos} tokens, "
                          "max_position_embeddings)", hint=f"use --context {maxpos} or less")
-    if s.mem_fraction is not None and not (0 < s.mem_fraction <= 1):
-        raise UsageError(f"--mem-fraction {s.mem_fraction} must be in (0, 1]")
-    if s.swa_ratio is not None and not (0 < s.swa_ratio <= 1):
-        raise UsageError(f"--swa-ratio {s.swa_ratio} must be in (0, 1]")
     kv_dtype = _resolve_kv_dtype(ckpt, s)
     b = KV_DTYPE_BYTES[kv_dtype]
     kv = kv_summary(arch, b, s.tp)
@@ -249,10 +363,14 @@ def estimate(ckpt: Checkpoint, gpu: GPU, s: Settings) -> Result:
         weights_gpu = s.weights_bytes_override
     if s.tp > 1:
         notes.append(f"--tp {s.tp}: weights split evenly across GPUs (replicated norms/routers ignored); KV heads "
-                     "split when there are at least as many heads as GPUs, replicated otherwise")
+                     "split when there are more KV heads than GPUs, replicated otherwise")
 
     engine_fn = {"vllm": _vllm, "sglang": _sglang, "llamacpp": _llamacpp}[s.engine]
-    eng, fits, margin = engine_fn(ckpt, arch, gpu, s, kv_dtype, b, context, weights_gpu, notes)
+    eng, margin = engine_fn(ckpt, arch, gpu, s, kv_dtype, b, context, weights_gpu, notes)
+    # One rule for every engine: it fits when the weights, the overheads and one request's KV all
+    # fit. Floor, so a fractional deficit (SGLang's cell is fractional) never rounds up to 0.
+    fits = margin >= 0
+    margin_bytes = math.floor(margin)
     decode = _decode_ceiling(ckpt, arch, gpu, s, b, context)
 
     report = {
@@ -271,11 +389,90 @@ def estimate(ckpt: Checkpoint, gpu: GPU, s: Settings) -> Result:
         "kv": {"dtype": kv_dtype, "bytes_per_element": _num(b), **kv},
         **eng,
         "fits": fits,
-        "margin_bytes": int(margin),
+        "margin_bytes": margin_bytes,
+        "shortfall_bytes": 0 if fits else -margin_bytes,
+        "suggestions": _suggestions(ckpt, gpu, s, kv_dtype, context) if (suggest and not fits) else [],
         "decode": decode,
         "notes": notes,
     }
     return Result(report, fits)
+
+
+# ---------------------------------------------------------------------------------------------
+# Suggestions: the same estimate with one setting changed
+
+def _suggestions(ckpt: Checkpoint, gpu: GPU, s: Settings, kv_dtype: str, context: int) -> list[dict[str, Any]]:
+    arch = ckpt.arch
+    assert arch is not None  # estimate() refused it otherwise
+
+    def run(change: str, ck: Checkpoint = ckpt, **changed: Any) -> dict[str, Any]:
+        r = estimate(ck, gpu, dataclasses.replace(s, **changed), suggest=False).report
+        return {"change": change, "settings": changed, "fits": r["fits"], "margin_bytes": r["margin_bytes"],
+                "weights_bytes_per_gpu": r["weights"]["bytes_per_gpu"],
+                "kv_pool_tokens": r["capacity"].get("kv_pool_tokens", 0),
+                "max_concurrency": r["capacity"].get("max_concurrency", 0)}
+
+    out: list[dict[str, Any]] = []
+    if "fp8" in ENGINE_KV_DTYPES[s.engine] and not kv_dtype.startswith("fp8"):
+        out.append(run("--kv-dtype fp8", kv_dtype="fp8"))
+
+    def fits_at(c: int) -> bool:
+        return estimate(ckpt, gpu, dataclasses.replace(s, context=c), suggest=False).fits
+
+    # Every engine's one-request KV grows with the context, so "fits" is monotone in it: bisect.
+    if context > 1 and fits_at(1):
+        lo, hi = 1, context  # fits at lo, not at hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits_at(mid) else (lo, mid)
+        out.append(run(f"--context {lo}", context=lo))
+
+    tps = [t for t in valid_tps(arch, s.engine) if s.tp < t <= SUGGEST_MAX_TP]
+    for i, t in enumerate(tps):
+        changed: dict[str, Any] = {"tp": t}
+        if s.weights_bytes_override is not None:
+            # --weights-gib is one GPU's share at --tp s.tp; at TP t each GPU holds s.tp/t of it
+            changed["weights_bytes_override"] = -(-s.weights_bytes_override * s.tp // t)
+        sug = run(f"--tp {t}", **changed)
+        if sug["fits"] or i == len(tps) - 1:  # the smallest that fits, else the largest tried
+            out.append(sug)
+            break
+
+    q = _as_nvfp4(ckpt)
+    if q is not None:
+        if s.weights_bytes_override is None:
+            out.append(run("a 4-bit checkpoint (NVFP4 linears)", q))
+        else:
+            # a logged weight figure: take off what NVFP4 saves per GPU, as predicted
+            now = -(-sum(t.bytes for t in weight_terms(ckpt, gpu, s)) // s.tp)
+            then = -(-sum(t.bytes for t in weight_terms(q, gpu, s)) // s.tp)
+            out.append(run("a 4-bit checkpoint (NVFP4 linears)", q,
+                           weights_bytes_override=max(1, s.weights_bytes_override - (now - then))))
+    return out
+
+
+def _as_nvfp4(ckpt: Checkpoint) -> Checkpoint | None:
+    """CKPT with its unquantized Linear weights stored as NVFP4 (None when there are none): per
+    [.., rows, cols] tensor rows x cols/2 bytes of E2M1 codes, rows x cols/16 E4M3 block scales and
+    a 4-byte fp32 global per matrix (schemes.NVFP4; ModelOpt weight_scale_2). Roles and tensors
+    otherwise unchanged, so every weight term (Marlin padding, K=V duplicate, SGLang's swizzled
+    expert scales) is predicted for it as for a real NVFP4 checkpoint."""
+    tensors: dict[str, TensorInfo] = {}
+    changed = 0
+    for name, t in ckpt.tensors.items():
+        if t.role in LINEAR_ROLES and len(t.shape) >= 2 and not t.scheme.quantized:
+            lead = math.prod(t.shape[:-2])
+            rows, cols = lead * t.shape[-2], t.shape[-1]
+            parts = (
+                TensorPart("data", name, "", 0, rows * -(-cols // 2), "U8", t.shape[:-1] + (-(-cols // 2),)),
+                TensorPart("block_scale", name + "_scale", "", 0, rows * -(-cols // 16), "F8_E4M3",
+                           t.shape[:-1] + (-(-cols // 16),)),
+                TensorPart("global_scale", name + "_scale_2", "", 0, 4 * lead, "F32", t.shape[:-2]),
+            )
+            t = dataclasses.replace(t, scheme=NVFP4, parts=parts)
+            changed += 1
+        tensors[name] = t
+    return dataclasses.replace(ckpt, tensors=tensors) if changed else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,9 +540,8 @@ def _vllm(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
     ]
     kv_pool = requested - weights - act_fwd - sampler - CUBLAS_WORKSPACE - s.cudagraph_bytes
     groups = _vllm_groups(arch, b, s.tp)
-    fits = kv_pool > 0 and bool(groups)
-    cap: dict[str, Any] = {"kv_pool_bytes": max(0, int(kv_pool))}
-    margin = kv_pool
+    cap: dict[str, Any] = {"kv_pool_bytes": max(0, int(kv_pool)), "required_kv_bytes": 0}
+    margin = kv_pool  # nothing to cache (no attention layer): only the pool's sign matters
     if groups:
         page = groups[0]["page_bytes"]
         gsize = max(len(g["layers"]) for g in groups)
@@ -366,9 +562,13 @@ def _vllm(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
 
         need = per_request_blocks(context)
         concurrency = num_blocks / need if need else 0.0
-        fits = fits and concurrency >= 1.0
-        margin = (num_blocks - need) * bytes_per_block
+        # vLLM refuses to start unless one request of max_model_len fits in the pool
+        # (kv_cache_utils.check_enough_kv_cache_memory); counted against the signed pool, so
+        # weights over the budget show in full. need * bytes_per_block is a whole number of
+        # blocks, so margin >= 0 exactly when num_blocks >= need.
+        margin = kv_pool - need * bytes_per_block
         cap.update({
+            "required_kv_bytes": need * bytes_per_block,
             "num_blocks": num_blocks, "bytes_per_block": bytes_per_block, "n_kv_cache_groups": len(groups),
             "groups": [{"kind": g["kind"], "window": g["window"], "block_size": g["block_size"],
                         "n_layers": len(g["layers"])} for g in groups],
@@ -381,7 +581,7 @@ def _vllm(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
                      "(kv_pool_tokens); the 0.19-era line users compare against is num_blocks // groups x block "
                      "(kv_pool_tokens_legacy), which charges every layer at full length")
     return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap,
-             "settings": {"mem_fraction": util, "max_batched_tokens": mbt, "max_seqs": max_seqs}}, fits, margin)
+             "settings": {"mem_fraction": util, "max_batched_tokens": mbt, "max_seqs": max_seqs}}, margin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,8 +615,6 @@ def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
                      "usage' figure from your log as --weights-gib")
     cap: dict[str, Any] = {"kv_pool_bytes": max(0, kv_pool)}
     r = None
-    fits = kv_pool > 0
-    margin = kv_pool
     if swa and full:
         r = s.swa_ratio if s.swa_ratio is not None else 0.8
         cell = full_tok + r * swa_tok
@@ -429,22 +627,28 @@ def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
         if not ok_swa:
             notes.append(f"SWA pool ({swa_tokens} tokens) is not larger than the window ({window}) + page: "
                          "SGLang refuses to start (validate_swa_pool_size); raise --swa-ratio")
-        fits = fits and ok_swa and full_tokens >= context
+        # The least full-pool size that starts and serves one request: the request's context,
+        # and a SWA pool (int(full x r) tokens) above window + 1 page.
+        need_full = max(context, math.ceil((window + 2) / r))
+        while int(need_full * r) < window + 2:   # float rounding of the ceil above
+            need_full += 1
+        required = need_full * cell
         cap.update({"cell_bytes": _num(cell), "swa_ratio": r, "full_pool_tokens": full_tokens,
-                    "swa_pool_tokens": swa_tokens, "kv_pool_tokens": full_tokens, "max_concurrency": round(conc, 3)})
-        margin = (full_tokens - context) * cell
+                    "swa_pool_tokens": swa_tokens, "kv_pool_tokens": full_tokens, "max_concurrency": round(conc, 3),
+                    "required_kv_bytes": math.ceil(required)})
+        margin = kv_pool - required
         terms.append(Term("kv_pool", max(0, kv_pool), f"cell = full {_num(full_tok)} B + {r} x sliding "
                           f"{_num(swa_tok)} B per token; full tokens = pool // cell, SWA tokens = full x ratio",
                           "sglang HybridSWAPoolConfigurator"))
     else:
         cell = full_tok + swa_tok
         tokens = int(max(0, kv_pool) // cell) if cell else 0
-        fits = fits and tokens >= context
+        required = context * cell   # one request's context in the token pool
         cap.update({"cell_bytes": _num(cell), "kv_pool_tokens": tokens,
-                    "max_concurrency": round(tokens / context, 3)})
-        margin = (tokens - context) * cell
+                    "max_concurrency": round(tokens / context, 3), "required_kv_bytes": math.ceil(required)})
+        margin = kv_pool - required
     return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap,
-             "settings": {"mem_fraction": mfs, "swa_ratio": r}}, fits, margin)
+             "settings": {"mem_fraction": mfs, "swa_ratio": r}}, margin)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,15 +687,16 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
         Term("compute_buffer", compute, f"n_ubatch {ub} x (fp32 logits over the vocabulary + a few fp32 hidden-size "
              "activations)", "llama.cpp ggml-backend graph allocation (estimate)"),
     ]
-    used = weights + kv_total + compute
-    margin = budget - used
-    fits = margin >= 0
+    # llama.cpp allocates the whole cache (n_ctx cells for -np sequences) at start, so that is
+    # what must fit, not one request's share of it
+    margin = budget - (weights + kv_total + compute)
     cap = {"n_ctx": n_ctx, "n_seq": n_seq, "swa_cells": swa_cells, "kv_bytes": kv_total,
-           "kv_pool_bytes": kv_total, "kv_pool_tokens": n_ctx, "max_concurrency": n_seq}
+           "kv_pool_bytes": kv_total, "kv_pool_tokens": n_ctx, "max_concurrency": n_seq,
+           "required_kv_bytes": kv_total}
     if kv_dtype in ("q8_0", "q4_0"):
         notes.append("quantized V cache in llama.cpp needs flash attention (-fa)")
     return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap,
-             "settings": {"n_seq": n_seq, "ubatch": ub}}, fits, margin)
+             "settings": {"n_seq": n_seq, "ubatch": ub}}, margin)
 
 
 # ---------------------------------------------------------------------------------------------

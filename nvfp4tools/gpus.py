@@ -70,16 +70,31 @@ def get_gpu(name: str) -> GPU:
                      hint=f"known: {', '.join(g.key for g in all_gpus())}, or 'auto', or pass --vram")
 
 
-def parse_size(text: str) -> int:
-    """'24GiB', '24 GB', '25769803776' -> bytes (GB = 1e9, GiB = 2^30)."""
+# Size units: decimal (GB = 1e9, as drive and model-card makers write) and binary (GiB = 2^30,
+# as drivers and torch report memory).
+SIZE_UNITS = {"B": 1, "KB": 10**3, "KIB": 2**10, "KI": 2**10, "MB": 10**6, "MIB": 2**20, "MI": 2**20,
+              "GB": 10**9, "GIB": 2**30, "GI": 2**30, "TB": 10**12, "TIB": 2**40, "TI": 2**40}
+# One-letter units: decimal, as `--max-shard-size 5G` has always read; refused where a unit is required
+# (24G could be meant as GB or as GiB, 7% apart).
+_SHORT_UNITS = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(text: str, *, option: str = "", require_unit: bool = False) -> int:
+    """'24GiB', '24 GB', '25769803776' -> bytes (GB = 1e9, GiB = 2^30).
+
+    With REQUIRE_UNIT a bare number or a one-letter unit is refused: ``--vram 24`` would
+    otherwise be 24 bytes, and ``24G`` is ambiguous between GB and GiB."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*", text, re.I)
     if not m:
-        raise UsageError(f"cannot read size {text!r}", hint="examples: 24GiB, 80GB, 25769803776")
+        raise UsageError(f"{option} {text!r} is not a size".lstrip(), hint="examples: 24GiB, 80GB, 512MiB")
     val = float(m.group(1))
-    unit = (m.group(2) or "B").upper()
-    mult = {"B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20, "G": 1e9, "GB": 1e9,
-            "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}[unit]
-    return int(val * mult)
+    unit = (m.group(2) or "").upper()
+    if require_unit and unit not in SIZE_UNITS:
+        guess = f"{m.group(1)}B" if val >= 2**20 else f"{m.group(1)}GiB"   # a byte count, or a GPU's GiB
+        what = f"an ambiguous unit {m.group(2)!r}" if unit else "no unit"
+        raise UsageError(f"{option} {text!r} has {what} (expected GB, GiB, MB, MiB, TB, TiB or B)".lstrip(),
+                         hint=f"did you mean {guess}?")
+    return int(val * (SIZE_UNITS.get(unit) or _SHORT_UNITS.get(unit) or 1))
 
 
 def custom_gpu(vram_bytes: int, like: GPU | None = None) -> GPU:

@@ -17,7 +17,8 @@ GiB = 2**30
 @click.argument("path")
 @click.option("--gpu", "gpu_name", default="rtx4090", show_default=True,
               help="GPU key from `nvfp4tools gpus`, 'auto' (local GPU via nvidia-smi), or 'all'.")
-@click.option("--vram", default=None, metavar="SIZE", help="Custom GPU memory (e.g. 24GiB); overrides the table's.")
+@click.option("--vram", default=None, metavar="SIZE",
+              help="Custom GPU memory with its unit (24GiB, 80GB, 512MiB); overrides the table's.")
 @click.option("--engine", type=click.Choice(["vllm", "sglang", "llamacpp"]), default="vllm", show_default=True)
 @click.option("--context", type=int, default=None, help="Tokens per sequence (vLLM max-model-len, llama.cpp n_ctx). "
               "Default: min(model maximum, 8192).")
@@ -28,7 +29,10 @@ GiB = 2**30
 @click.option("--swa-ratio", type=float, default=None, help="SGLang --swa-full-tokens-ratio (default 0.8).")
 @click.option("--max-seqs", type=int, default=None, help="vLLM max_num_seqs / llama.cpp -np parallel sequences.")
 @click.option("--max-batched-tokens", type=int, default=None, help="vLLM max_num_batched_tokens (default 2048, 8192 on 70+ GiB GPUs).")
-@click.option("--tp", type=click.IntRange(1, 64), default=1, show_default=True, help="Tensor-parallel GPUs.")
+# Plain types: the library checks the values (the `check` gate calls it directly) and says what
+# is wrong in one line; click's own range errors print a usage block.
+@click.option("--tp", type=int, default=1, show_default=True,
+              help="Tensor-parallel GPUs: a size the engine accepts for the model's head counts.")
 @click.option("--text-only", is_flag=True, help="The engine does not load the vision tower.")
 @click.option("--weights-gib", type=float, default=None,
               help="Use this weight VRAM (e.g. from the engine's load log) instead of the prediction.")
@@ -52,20 +56,25 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
       nvfp4tools estimate ./ckpt --gpu all --format json
     """
     from nvfp4tools import formats
-    from nvfp4tools.estimate import Settings, estimate
+    from nvfp4tools.errors import UsageError
+    from nvfp4tools.estimate import Settings, estimate, gib_to_bytes
     from nvfp4tools.gpus import all_gpus, custom_gpu, detect_local, get_gpu, parse_size
 
     s = Settings(engine=engine, context=context, kv_dtype=kv_dtype, mem_fraction=mem_fraction, swa_ratio=swa_ratio,
                  max_seqs=max_seqs, tp=tp, text_only=text_only, max_batched_tokens=max_batched_tokens,
-                 weights_bytes_override=int(weights_gib * GiB) if weights_gib is not None else None,
-                 cudagraph_bytes=int(cudagraph_gib * GiB))
+                 weights_bytes_override=gib_to_bytes("--weights-gib", weights_gib),
+                 cudagraph_bytes=gib_to_bytes("--cudagraph-gib", cudagraph_gib) or 0)
+    vram_bytes = parse_size(vram, option="--vram", require_unit=True) if vram is not None else None
+    if vram_bytes is not None and vram_bytes <= 0:
+        raise UsageError(f"--vram {vram!r} must be more than 0 bytes", hint="give the GPU's memory, e.g. 24GiB")
     ckpt = formats.read(path)
     if gpu_name == "all":
         rows = []
         for g in all_gpus():
-            r = estimate(ckpt, custom_gpu(parse_size(vram), g) if vram else g, s).report
+            # one row per GPU: no what-if suggestions (a dozen re-runs each)
+            r = estimate(ckpt, custom_gpu(vram_bytes, g) if vram_bytes is not None else g, s, suggest=False).report
             rows.append({"gpu": g.key, "memory_total_bytes": r["gpu"]["memory_total_bytes"], "fp4": g.fp4,
-                         "fits": r["fits"], "margin_bytes": r["margin_bytes"],
+                         "fits": r["fits"], "margin_bytes": r["margin_bytes"], "shortfall_bytes": r["shortfall_bytes"],
                          "weights_bytes": r["weights"]["bytes_per_gpu"],
                          "kv_pool_bytes": r["capacity"].get("kv_pool_bytes", 0),
                          "kv_pool_tokens": r["capacity"].get("kv_pool_tokens", 0),
@@ -77,8 +86,8 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
         emit(report, fmt, _render_all)
         ctx.exit(0 if any(x["fits"] for x in rows) else 1)
     gpu = detect_local() if gpu_name == "auto" else get_gpu(gpu_name)
-    if vram:
-        gpu = custom_gpu(parse_size(vram), gpu)
+    if vram_bytes is not None:
+        gpu = custom_gpu(vram_bytes, gpu)
     res = estimate(ckpt, gpu, s)
     emit(res.report, fmt, lambda r: render_table(r, explain))
     ctx.exit(0 if res.fits else 1)
@@ -110,9 +119,17 @@ def render_table(r: dict[str, Any], explain: bool = False) -> str:
         rows.append(["vLLM 0.19-era 'GPU KV cache size'", f"{c['kv_pool_tokens_legacy']:,} tokens"])
     rows.append([f"max concurrency at {st['context']}", f"{c.get('max_concurrency', 0)}x"])
     rows.append(["fits", ("yes" if r["fits"] else "NO") + f" (margin {_gib(r['margin_bytes'])})"])
+    rows.append(["KV the engine must hold", human_bytes(c.get("required_kv_bytes", 0))])
     rows.append(["decode ceiling (batch 1)", f"{r['decode']['tokens_per_s_ceiling']} tokens/s "
                  f"({human_bytes(r['decode']['bytes_per_token_per_gpu'])} read per token)"])
     lines.append(tabulate(rows, tablefmt="plain"))
+    if not r["fits"]:
+        lines += ["", f"does not fit: short by {_gib(r['shortfall_bytes'])}"]
+        for x in r.get("suggestions", []):
+            outcome = (f"fits, margin {_gib(x['margin_bytes'])}" if x["fits"]
+                       else f"still short by {_gib(-x['margin_bytes'])}")
+            lines.append(f"  {x['change']}: {outcome} (weights {_gib(x['weights_bytes_per_gpu'])}/GPU, "
+                         f"{x['kv_pool_tokens']:,} KV tokens, {x['max_concurrency']}x)")
     if explain:
         lines.append("")
         width = max(len(t["name"]) for t in r["weights"]["terms"] + r["memory"]["terms"])
@@ -127,10 +144,11 @@ def render_table(r: dict[str, Any], explain: bool = False) -> str:
 
 
 def _render_all(r: dict[str, Any]) -> str:
-    rows = [[x["gpu"], _gib(x["memory_total_bytes"]), x["fp4"], "yes" if x["fits"] else "no", _gib(x["weights_bytes"]),
-             f"{x['kv_pool_tokens']:,}", f"{x['max_concurrency']}x", x["decode_tokens_per_s_ceiling"]]
+    rows = [[x["gpu"], _gib(x["memory_total_bytes"]), x["fp4"], "yes" if x["fits"] else "no", _gib(x["margin_bytes"]),
+             _gib(x["weights_bytes"]), f"{x['kv_pool_tokens']:,}", f"{x['max_concurrency']}x",
+             x["decode_tokens_per_s_ceiling"]]
             for x in r["rows"]]
-    return tabulate(rows, headers=["gpu", "memory", "fp4", "fits", "weights", "KV tokens", "concurrency",
+    return tabulate(rows, headers=["gpu", "memory", "fp4", "fits", "margin", "weights", "KV tokens", "concurrency",
                                    "decode tok/s ceiling"], tablefmt="simple")
 
 
