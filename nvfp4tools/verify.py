@@ -165,6 +165,7 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
         problems = well_formed(ckpt, t)
         w = dequantize(ckpt, t).reshape(-1, t.shape[-1])
         problems += degenerate(w)
+        intrinsic = list(problems)   # the stored numbers themselves are wrong (not a comparison)
         k = t.shape[-1]
         x = rng.standard_normal((tokens, k)).astype(np.float32)
         y_ref = gemm_reference(x, w)
@@ -217,9 +218,13 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
                 row["against"] = {"weight_sqnr_db": sqnr, "output_rel_err": out_err, "min_weight_sqnr_db": floor,
                                   "max_output_rel_err": ceiling, "pass": against_ok}
         row["problems"] = problems
-        ok = not problems and all(r["pass"] for r in results) and against_ok and (
-            row["path_rel_err"] is None or row["path_rel_err"] <= PATH_TOLERANCE)
-        row["verdict"] = "pass" if ok else "fail"
+        failed = [name for name, bad in (
+            ("well_formed", bool(intrinsic)),
+            ("path", row["path_rel_err"] is not None and not row["path_rel_err"] <= PATH_TOLERANCE),
+            ("backend", not all(r["pass"] for r in results)),
+            ("against", not against_ok)) if bad]
+        row["failed_checks"] = failed
+        row["verdict"] = "fail" if failed else "pass"
         rows.append(row)
     states = [_state(b, ran[b.name]) for b in backends] + [
         {"name": u["name"], "state": "unavailable", "reason": u["reason"], "n_layers": 0} for u in unavailable or ()]
