@@ -85,7 +85,8 @@ def cli() -> None:
       nvfp4tools inspect ./gemma-4-26B-A4B-it-NVFP4
       nvfp4tools demo
 
-    Exit codes: 0 ok, 1 findings/does not fit, 2 usage, 3 unreadable input, 4 environment, 70 bug.
+    Exit codes: 0 ok, 1 a verdict (error finding, failed layer or requirement, does not fit), 2 usage,
+    3 unreadable input, 4 environment, 70 bug (docs/exit-codes.md).
     """
 
 
