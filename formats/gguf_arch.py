@@ -36,6 +36,9 @@ ARCHES: dict[str, GGUFArch] = {
     "qwen3": GGUFArch("QWEN3", source="conversion/qwen.py Qwen3Model"),
     "qwen2_moe": GGUFArch("QWEN2MOE", source="conversion/qwen.py Qwen2MoeModel"),
     "qwen3_moe": GGUFArch("QWEN3MOE", source="conversion/qwen.py Qwen3MoeModel"),
+    # qkv_proj -> attn_qkv and gate_up_proj -> ffn_up ([2 n_ff, n_embd], gate half first) unchanged:
+    # Phi3MiniModel has no modify_tensors; llama.cpp's loader splits them (llama-model.cpp LLM_ARCH_PHI3)
+    "phi3": GGUFArch("PHI3", source="conversion/phi.py Phi3MiniModel"),
 }
 
 # known to llama.cpp, not (yet) written by nvfp4tools, with the reason the user sees
@@ -43,7 +46,6 @@ REFUSED: dict[str, str] = {
     "deepseek_v3": "llama.cpp splits MLA's kv_b_proj into transposed attn_k_b / attn_v_b (conversion/deepseek.py); "
                    "a transposed NVFP4 or int4 tensor has no exact form",
     "gpt_oss": "llama.cpp writes gpt-oss experts as MXFP4 with its own layout (conversion/gpt_oss.py)",
-    "phi3": "llama.cpp's Phi-3 conversion (conversion/phi.py) is not mirrored here yet",
 }
 
 

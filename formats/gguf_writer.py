@@ -54,6 +54,20 @@ def gguf_arch(src: Checkpoint) -> tuple[GGUFArch, Any, str]:
     return spec, arch, gguf.MODEL_ARCH_NAMES[arch]
 
 
+def _refuse_unmirrored_rope(src: Checkpoint) -> None:
+    """LongRoPE (Phi-3 128k: long/short factor lists) becomes rope_factors_long/short tensors and an
+    attn_factor key in llama.cpp (conversion/phi.py generate_extra_tensors); not mirrored here, so
+    refused rather than written with the factors missing."""
+    from nvfp4tools.arch import text_config
+
+    cfg = text_config(src.config)
+    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if isinstance(rp, dict) and ("long_factor" in rp or "short_factor" in rp):
+        raise UnsupportedError(f"{src.source}: LongRoPE scaling (long_factor/short_factor in rope_parameters) is not "
+                               "written to GGUF by nvfp4tools yet",
+                               hint="convert to modelopt or compressed-tensors, or use llama.cpp's own converter")
+
+
 def _name(tmap, hf: str) -> str | None:
     n = hf.replace("model.language_model.", "model.").replace("language_model.model.", "model.")
     if n.endswith(".router.scale"):
@@ -88,6 +102,7 @@ class GGUFWriter:
         if opts.experts is not None:
             raise UsageError("--experts applies to safetensors outputs; GGUF always stacks experts")
         spec, arch, arch_name = gguf_arch(src)
+        _refuse_unmirrored_rope(src)
         tmap = gguf.get_tensor_name_map(arch, src.arch.n_layers)
         p = Plan(src, "gguf", [])
         p.notes.append(f"architecture {arch_name} ({spec.source})")
@@ -352,19 +367,9 @@ def _metadata(w, src: Checkpoint, arch_name: str, ftype: int) -> None:
     if "sliding_attention" in rp:
         w.add_float32(p + "rope.freq_base_swa", float(rp["sliding_attention"].get("rope_theta", 10000.0)))
     w.add_string("general.type", "model")
-    if arch_name == "llama":   # conversion/llama.py LlamaModel.set_gguf_parameters
-        w.add_uint32(p + "vocab_size", a.vocab_size)
-        w.add_uint32(p + "rope.dimension_count", full[0].head_dim_k)
-    if arch_name == "gemma4":
-        w.add_uint32(p + "embedding_length_per_layer_input", int(cfg.get("hidden_size_per_layer_input") or 0))
-        w.add_uint32(p + "attention.shared_kv_layers", int(cfg.get("num_kv_shared_layers") or 0))
-        # full layers: proportional RoPE over the whole head (rope_freqs masks the unrotated pairs)
-        w.add_uint32(p + "rope.dimension_count", full[0].head_dim_k)
-        if swa:
-            part = float(((rp.get("sliding_attention") or {}).get("partial_rotary_factor")) or 1.0)
-            w.add_uint32(p + "rope.dimension_count_swa", int(swa[0].head_dim_k * part))
-        if cfg.get("final_logit_softcapping"):
-            w.add_float32(p + "final_logit_softcapping", float(cfg["final_logit_softcapping"]))
+    extra = _ARCH_KEYS.get(arch_name)
+    if extra is not None:
+        extra(w, p, src, cfg)
     if a.n_experts:
         w.add_uint32(p + "expert_count", a.n_experts)
         w.add_uint32(p + "expert_used_count", a.n_experts_active or 0)
@@ -373,6 +378,50 @@ def _metadata(w, src: Checkpoint, arch_name: str, ftype: int) -> None:
     w.add_uint32("general.file_type", ftype)
     w.add_uint32("general.quantization_version", gguf.GGML_QUANT_VERSION)
     w.add_string("general.name", os.path.basename(os.path.abspath(src.source)))
+
+
+def _llama_keys(w, p: str, src: Checkpoint, cfg: dict) -> None:
+    """conversion/llama.py LlamaModel.set_gguf_parameters."""
+    w.add_uint32(p + "vocab_size", src.arch.vocab_size)
+    w.add_uint32(p + "rope.dimension_count", _full_layers(src)[0].head_dim_k)
+
+
+def _gemma4_keys(w, p: str, src: Checkpoint, cfg: dict) -> None:
+    """conversion/gemma.py Gemma4Model.set_gguf_parameters."""
+    rp = cfg.get("rope_parameters") or {}
+    full = _full_layers(src)
+    swa = [l for l in src.arch.layers if l.kind == "sliding"]
+    w.add_uint32(p + "embedding_length_per_layer_input", int(cfg.get("hidden_size_per_layer_input") or 0))
+    w.add_uint32(p + "attention.shared_kv_layers", int(cfg.get("num_kv_shared_layers") or 0))
+    # full layers: proportional RoPE over the whole head (rope_freqs masks the unrotated pairs)
+    w.add_uint32(p + "rope.dimension_count", full[0].head_dim_k)
+    if swa:
+        part = float(((rp.get("sliding_attention") or {}).get("partial_rotary_factor")) or 1.0)
+        w.add_uint32(p + "rope.dimension_count_swa", int(swa[0].head_dim_k * part))
+    if cfg.get("final_logit_softcapping"):
+        w.add_float32(p + "final_logit_softcapping", float(cfg["final_logit_softcapping"]))
+
+
+def _phi3_keys(w, p: str, src: Checkpoint, cfg: dict) -> None:
+    """conversion/phi.py Phi3MiniModel.set_gguf_parameters: RoPE over partial_rotary_factor of the
+    head, the original context length, and a sliding window of 0 when there is none (the loader
+    needs the key)."""
+    a = src.arch
+    part = float(cfg.get("partial_rotary_factor") or 1.0)
+    w.add_uint32(p + "rope.dimension_count", int(part * a.hidden_size) // a.n_heads)
+    orig = cfg.get("original_max_position_embeddings") or a.max_position_embeddings
+    if orig:
+        w.add_uint32(p + "rope.scaling.original_context_length", int(orig))
+    if not any(l.kind == "sliding" for l in a.layers):
+        w.add_uint32(p + "attention.sliding_window", int(cfg.get("sliding_window") or 0))
+
+
+def _full_layers(src: Checkpoint) -> list:
+    return [l for l in src.arch.layers if l.kind == "full"] or list(src.arch.layers)
+
+
+# GGUF architecture -> the keys its llama.cpp conversion adds to the common ones
+_ARCH_KEYS = {"llama": _llama_keys, "gemma4": _gemma4_keys, "phi3": _phi3_keys}
 
 
 def _tokenizer(w, src: Checkpoint, arch_name: str) -> None:
