@@ -2,10 +2,14 @@
 
 Values from ggml (``ggml.h`` ``enum ggml_type`` and ``ggml.c`` ``type_traits``), mirrored by
 gguf-py ``constants.GGML_QUANT_SIZES``; a test checks this table against the installed gguf package.
+:data:`BLOCK_SCALES` says where each block keeps its scales (``ggml-common.h`` structs); a test
+checks it against the dequantizers (zeroing those fields zeroes the block).
 Ids 4 and 5 (Q4_2, Q4_3) and 31-33, 36-38 were removed from ggml and are rejected.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 # id: (name, block_size elements, bytes per block)   (block layout written as its arithmetic)
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -56,3 +60,44 @@ FILE_TYPES = {
     29: "MOSTLY_IQ2_M", 30: "MOSTLY_IQ4_XS", 31: "MOSTLY_IQ1_M", 32: "MOSTLY_BF16", 36: "MOSTLY_TQ1_0",
     37: "MOSTLY_TQ2_0", 38: "MOSTLY_MXFP4_MOE", 39: "MOSTLY_NVFP4", 40: "MOSTLY_Q1_0", 1024: "GUESSED",
 }
+
+
+class ScaleField(NamedTuple):
+    """Scales stored inside each block of a ggml type (``ggml-common.h`` block structs)."""
+
+    offset: int   # byte offset inside the block
+    count: int    # consecutive scales of KIND
+    kind: str     # "f16"; "e8m0" (MXFP4: 2^(e-127)); "ue4m3" (NVFP4: unsigned E4M3, 0x7F decodes as 0)
+    role: str     # "d" multiplies the codes; "min" is added or subtracted (Q4_1 m, K-quant dmin)
+
+
+# ggml type name -> its in-block scales: what inspect --deep and verify check for non-finite and all-zero
+# scales. IQ1_M is absent: its fp16 d is spread over the top nibbles of four 16-bit scale words.
+BLOCK_SCALES: dict[str, tuple[ScaleField, ...]] = {
+    "Q4_0": (ScaleField(0, 1, "f16", "d"),),
+    "Q4_1": (ScaleField(0, 1, "f16", "d"), ScaleField(2, 1, "f16", "min")),
+    "Q5_0": (ScaleField(0, 1, "f16", "d"),),
+    "Q5_1": (ScaleField(0, 1, "f16", "d"), ScaleField(2, 1, "f16", "min")),
+    "Q8_0": (ScaleField(0, 1, "f16", "d"),),
+    "Q1_0": (ScaleField(0, 1, "f16", "d"),),
+    "Q2_K": (ScaleField(256 // 16 + 256 // 4, 1, "f16", "d"), ScaleField(256 // 16 + 256 // 4 + 2, 1, "f16", "min")),
+    "Q3_K": (ScaleField(256 // 8 + 256 // 4 + 12, 1, "f16", "d"),),
+    "Q4_K": (ScaleField(0, 1, "f16", "d"), ScaleField(2, 1, "f16", "min")),
+    "Q5_K": (ScaleField(0, 1, "f16", "d"), ScaleField(2, 1, "f16", "min")),
+    "Q6_K": (ScaleField(256 // 2 + 256 // 4 + 256 // 16, 1, "f16", "d"),),
+    "IQ2_XXS": (ScaleField(0, 1, "f16", "d"),),
+    "IQ2_XS": (ScaleField(0, 1, "f16", "d"),),
+    "IQ2_S": (ScaleField(0, 1, "f16", "d"),),
+    "IQ3_XXS": (ScaleField(0, 1, "f16", "d"),),
+    "IQ3_S": (ScaleField(0, 1, "f16", "d"),),
+    "IQ1_S": (ScaleField(0, 1, "f16", "d"),),
+    "IQ4_NL": (ScaleField(0, 1, "f16", "d"),),
+    "IQ4_XS": (ScaleField(0, 1, "f16", "d"),),
+    "TQ1_0": (ScaleField(4 * 13, 1, "f16", "d"),),
+    "TQ2_0": (ScaleField(256 // 4, 1, "f16", "d"),),
+    "MXFP4": (ScaleField(0, 1, "e8m0", "d"),),
+    "NVFP4": (ScaleField(0, 4, "ue4m3", "d"),),
+}
+
+# name -> (block_size elements, bytes per block), derived from GGML_TYPES
+BY_NAME: dict[str, tuple[int, int]] = {name: (block, nbytes) for name, block, nbytes in GGML_TYPES.values()}

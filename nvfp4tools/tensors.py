@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import FormatError, UnsupportedError
+from .formats._ggml_types import BY_NAME
 from .model import Checkpoint, TensorInfo, TensorPart
 
 # safetensors dtype -> numpy dtype of its values (8-bit floats as their bytes; BF16 has none)
@@ -103,6 +104,9 @@ def dequantize(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
     from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
 
     s = t.scheme
+    data = t.part("data")
+    if data is not None and data.stored_dtype in GGML_BLOCK_TYPES:
+        return _dequant_ggml(ckpt, t)
     if s.name == "nvfp4":
         c = canonical_nvfp4(ckpt, t)
         if c.global_scale.size == 1:
@@ -116,7 +120,62 @@ def dequantize(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
     if not s.quantized:
         return np.asarray(load_part(ckpt.root, t.part("data")), dtype=np.float32).reshape(t.shape)
     raise UnsupportedError(f"{t.name}: dequantizing scheme {s.name} is not supported yet",
-                           hint="supported: nvfp4, compressed-tensors int4/int8 pack-quantized, bf16/fp16/fp32")
+                           hint="supported: nvfp4, compressed-tensors int4/int8 pack-quantized, bf16/fp16/fp32, "
+                                "every GGUF block type")
+
+
+# GGUF block types decoded by kernels_ref.ggml_quants (the float types load as numpy dtypes)
+GGML_BLOCK_TYPES = frozenset(BY_NAME) - {"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"}
+_CHUNK_BLOCKS = 1 << 14   # blocks decoded at a time: bounds the temporaries (~2 MiB of output each)
+
+
+def dequantize_ggml(type_name: str, raw: np.ndarray, n_elements: int) -> np.ndarray:
+    """Flat bytes of ggml type TYPE_NAME -> float32 [n_elements], decoded in chunks of blocks."""
+    from nvfp4tools.kernels_ref.ggml_quants import DEQUANTIZERS, dequantize_blocks
+
+    if type_name not in DEQUANTIZERS:
+        raise UnsupportedError(f"dequantizing ggml type {type_name} is not supported",
+                               hint=f"supported: {', '.join(DEQUANTIZERS)}")
+    block, tsize = BY_NAME[type_name]
+    blocks = np.asarray(raw, dtype=np.uint8).reshape(-1, tsize)
+    if blocks.shape[0] * block != n_elements:
+        raise FormatError(f"{type_name}: {blocks.shape[0]} blocks hold {blocks.shape[0] * block} elements, "
+                          f"the tensor has {n_elements}")
+    out = np.empty((blocks.shape[0], block), np.float32)
+    for i in range(0, blocks.shape[0], _CHUNK_BLOCKS):
+        out[i:i + _CHUNK_BLOCKS] = dequantize_blocks(type_name, blocks[i:i + _CHUNK_BLOCKS])
+    return out.reshape(-1)
+
+
+def _dequant_ggml(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
+    """A GGUF tensor as llama.cpp computes with it: the blocks decoded by ggml's formula, then an
+    NVFP4 ``.scale`` sidecar (per tensor, or [E] per expert) multiplied in, as llama.cpp multiplies
+    the matmul's output by it (``ggml_mul`` after ``ggml_mul_mat``)."""
+    data = t.part("data")
+    w = dequantize_ggml(data.stored_dtype, load_part(ckpt.root, data), t.n_elements).reshape(t.shape)
+    g = scalar_part(ckpt.root, t.part("global_scale"))
+    if g is not None:
+        w = w * (g.reshape((-1,) + (1,) * (len(t.shape) - 1)) if g.size > 1 else g[0])
+    return w
+
+
+def expert_slice(t: TensorInfo, e: int) -> TensorInfo | None:
+    """Expert E of a stacked [E, out, in] tensor as a 2-D tensor whose parts point at that expert's
+    bytes only (no copy), or None when a part is not laid out expert-major (it cannot be sliced).
+    Parts without the expert dimension (one per-tensor scale shared by every expert) are kept."""
+    n = t.n_experts_fused
+    if not n or len(t.shape) != 3 or not 0 <= e < n:
+        return None
+    parts = []
+    for p in t.parts:
+        if p.stored_shape and p.stored_shape[0] == n and p.nbytes % n == 0:
+            per = p.nbytes // n
+            parts.append(p._replace(offset=p.offset + e * per, nbytes=per, stored_shape=p.stored_shape[1:]))
+        elif p.nbytes > 0 and p.stored_shape and p.stored_shape[0] == n:
+            return None
+        else:
+            parts.append(p)
+    return TensorInfo.fast(t.name, t.shape[1:], t.scheme, tuple(parts), t.role, t.proj, t.layer, t.stack, e, None)
 
 
 def _dequant_ct_int(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:

@@ -7,7 +7,11 @@ Per layer:
   float32) against an independent implementation of the format's own dequantization formula
   (field-arithmetic E2M1/E4M3 decode in float64, the stored global applied as the format stores
   it: multiplied for ModelOpt, divided for compressed-tensors). Tolerance 1e-6: the two differ
-  only by float32 rounding of the final product.
+  only by float32 rounding of the final product. GGUF block types (Q4_0 ... K-quants, IQ, MXFP4,
+  NVFP4): path A is ``kernels_ref.ggml_quants`` (numpy, from ggml's ``dequantize_row_*``), path B
+  gguf-py's ``quants.dequantize``; the two are bit-identical, so only the float64 GEMM differs.
+* stacked experts ([E, out, in]: GGUF, fused safetensors) are verified expert by expert (rows
+  carry ``expert``), the units ``--sample`` draws from.
 * per backend ``rel_err`` = ``||y - y_ref|| / ||y_ref||`` with ``y_ref = x @ W^T`` in float64, and
   ``max_abs_err``; held to the backend's stated tolerance; NaN/inf never passes.
 * ``w4a4_rel_err`` (when the layer has a static input scale): activations quantized to NVFP4 the
@@ -45,8 +49,11 @@ def _e2m1_arith(codes: np.ndarray) -> np.ndarray:
 def format_formula(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray | None:
     """The format's own dequantization formula, implemented independently (float64)."""
     from nvfp4tools.kernels_ref.fp8 import decode_e4m3_bits
-    from nvfp4tools.tensors import load_part, scalar_part
+    from nvfp4tools.tensors import GGML_BLOCK_TYPES, load_part, scalar_part
 
+    data = t.part("data")
+    if data is not None and data.stored_dtype in GGML_BLOCK_TYPES:
+        return _ggml_formula(ckpt, t)
     if t.scheme.name == "nvfp4":
         data, bs, g = t.part("data"), t.part("block_scale"), t.part("global_scale")
         if data is None or bs is None or g is None or data.stored_dtype != "U8":
@@ -75,11 +82,63 @@ def format_formula(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray | None:
     return None
 
 
+def _ggml_formula(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray | None:
+    """GGUF block types: gguf-py's ``quants.dequantize`` (llama.cpp's own Python codecs, tested by
+    llama.cpp bit for bit against libggml) in place of path A's ``kernels_ref.ggml_quants``; an NVFP4
+    ``.scale`` sidecar applied after the blocks, as llama.cpp applies it. None where gguf-py has
+    no codec for the type."""
+    from gguf import GGMLQuantizationType, quants
+
+    from nvfp4tools.tensors import load_part, scalar_part
+
+    data = t.part("data")
+    qtype = getattr(GGMLQuantizationType, data.stored_dtype, None)
+    if qtype is None:
+        return None
+    raw = np.asarray(load_part(ckpt.root, data)).reshape(-1, data.nbytes // (t.n_elements // t.shape[-1]))
+    try:
+        with np.errstate(invalid="ignore", over="ignore"):
+            w = quants.dequantize(raw, qtype).astype(np.float64).reshape(t.shape)
+    except NotImplementedError:
+        return None
+    g = scalar_part(ckpt.root, t.part("global_scale"))
+    if g is not None:
+        w = w * (g.astype(np.float64).reshape((-1,) + (1,) * (len(t.shape) - 1)) if g.size > 1 else float(g[0]))
+    return w
+
+
+def _ggml_scale_problems(ckpt: Checkpoint, t: TensorInfo) -> list[str]:
+    """Non-finite or invalid scales stored inside GGUF blocks (formats._ggml_types.BLOCK_SCALES)."""
+    from nvfp4tools.formats._ggml_types import BLOCK_SCALES, BY_NAME
+    from nvfp4tools.tensors import load_part
+
+    data = t.part("data")
+    fields = BLOCK_SCALES.get(data.stored_dtype, ())
+    if not fields or not data.nbytes:
+        return []
+    blocks = np.asarray(load_part(ckpt.root, data)).reshape(-1, BY_NAME[data.stored_dtype][1])
+    problems = []
+    for f in fields:
+        raw = blocks[:, f.offset:f.offset + f.count * (2 if f.kind == "f16" else 1)]
+        if f.kind == "f16":
+            n = int(np.count_nonzero(~np.isfinite(np.ascontiguousarray(raw).view("<f2"))))
+            what = f"non-finite fp16 block scales ({'d' if f.role == 'd' else 'minimums'})"
+        elif f.kind == "ue4m3":
+            n = int(np.count_nonzero(raw == 0x7F))
+            what = "UE4M3 block scales 0x7F (NaN in E4M3; ggml decodes them as 0)"
+        else:
+            n = int(np.count_nonzero(raw == 0xFF))
+            what = "E8M0 block scales 0xFF (NaN in OCP MX; ggml decodes them as 2^127)"
+        if n:
+            problems.append(f"{n} {what}")
+    return problems
+
+
 def well_formed(ckpt: Checkpoint, t: TensorInfo) -> list[str]:
     """Problems with the stored codes/scales that make the layer wrong whatever the kernel."""
     from nvfp4tools.tensors import load_part, scalar_part
 
-    problems: list[str] = []
+    problems: list[str] = _ggml_scale_problems(ckpt, t) if _is_ggml(t) else []
     bs = t.part("block_scale")
     if bs is not None and bs.stored_dtype == "F8_E4M3":
         b = np.asarray(load_part(ckpt.root, bs))
@@ -102,6 +161,13 @@ def well_formed(ckpt: Checkpoint, t: TensorInfo) -> list[str]:
         if bad.size:
             problems.append(f"{label} {float(bad[0])!r} (stored {p.key}) is not finite and positive")
     return problems
+
+
+def _is_ggml(t: TensorInfo) -> bool:
+    from nvfp4tools.tensors import GGML_BLOCK_TYPES
+
+    data = t.part("data")
+    return data is not None and data.stored_dtype in GGML_BLOCK_TYPES
 
 
 def degenerate(w: np.ndarray) -> list[str]:
@@ -135,6 +201,25 @@ class Limits:
         return self.max_output_rel_err.get(t.role, self.max_output_rel_err.get("*"))
 
 
+def verify_units(ckpt: Checkpoint) -> list[TensorInfo]:
+    """The quantized linears verify checks. A stacked [E, out, in] expert tensor (GGUF, fused
+    safetensors) counts as its E experts, each reading its own bytes: a sample of a stacked
+    checkpoint is drawn over the same units as one stored expert by expert, and no layer needs
+    the whole stack (a full-size 26B GGUF's is 128 x 704 x 2816) decoded at once."""
+    from nvfp4tools.tensors import expert_slice
+
+    units: list[TensorInfo] = []
+    for t in ckpt.tensors.values():
+        if not (t.scheme.quantized and len(t.shape) >= 2):
+            continue
+        slices = [expert_slice(t, e) for e in range(t.n_experts_fused or 0)] if len(t.shape) == 3 else []
+        if slices and all(x is not None for x in slices):
+            units.extend(slices)  # type: ignore[arg-type]
+        else:
+            units.append(t)
+    return units
+
+
 def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, tokens: int = 16, seed: int = 0,
            against: Checkpoint | None = None, w4a4: bool = True, limits: Limits | None = None,
            unavailable: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -149,7 +234,7 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
     if tokens < 1:
         raise UsageError("--tokens must be at least 1")
     limits = limits or Limits()
-    layers = [t for t in ckpt.tensors.values() if t.scheme.quantized and len(t.shape) >= 2]
+    layers = verify_units(ckpt)
     if not layers:
         raise UsageError(f"{ckpt.source}: no quantized linear layer to verify")
     rng = np.random.default_rng(seed)
@@ -160,8 +245,8 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
     ran: dict[str, int] = {b.name: 0 for b in backends}
     rows: list[dict[str, Any]] = []
     for t in layers:
-        row: dict[str, Any] = {"name": t.name, "role": t.role, "layer": t.layer, "shape": list(t.shape),
-                               "scheme": t.scheme.name}
+        row: dict[str, Any] = {"name": t.name, "role": t.role, "layer": t.layer, "expert": t.expert,
+                               "shape": list(t.shape), "scheme": t.scheme.name}
         problems = well_formed(ckpt, t)
         w = dequantize(ckpt, t).reshape(-1, t.shape[-1])
         problems += degenerate(w)
