@@ -84,7 +84,9 @@ def sniff(path: str) -> bool:
 
 
 def _role(name: str) -> tuple[str, str | None, int | None]:
-    base = name[: -len(".weight")] if name.endswith(".weight") else name
+    # a bias has its module's role: attn_q.bias is attention (Qwen2, gpt-oss), exp_probs_b.bias the
+    # router's (DeepSeek's expert score correction bias), ffn_gate_exps.bias the experts' (gpt-oss)
+    base = name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
     if base.startswith("blk."):
         parts = base.split(".", 2)
         try:

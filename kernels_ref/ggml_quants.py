@@ -348,7 +348,8 @@ def _deq_iq1_s(b):   # d f16 | qs[32] | qh u16[8] (3 x 3 index bits, 3-bit scale
     qh = _u16(b, 34, 8)
     dl = _f16(b, 0) * (2 * ((qh >> 12) & 7) + 1).astype(np.float32)
     delta = np.where(qh & 0x8000, -IQ1S_DELTA, IQ1S_DELTA).astype(np.float32)
-    idx = b[:, 2:34].reshape(nb, 8, 4).astype(np.uint16) | (((qh[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 7) << 8)
+    high = (qh[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 7
+    idx = b[:, 2:34].reshape(nb, 8, 4).astype(np.uint16) | (high << 8)
     vals = _grid("IQ1_S")[idx] + delta[:, :, None, None]
     return (dl[:, :, None, None] * vals).reshape(nb, QK_K)
 

@@ -89,10 +89,11 @@ def family_oracle(tmp_path_factory):
     """Factory: family_oracle(family, kind) -> path of a real upstream checkpoint of a decoder family.
 
     FAMILY in families.FAMILIES (llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, deepseek_v3, gpt_oss,
-    phi3); KIND in families.KINDS: "bf16" (transformers), "modelopt_nvfp4" (nvidia-modelopt export) or
-    "bf16.gguf" (llama.cpp's own converter). Built lazily, shared by the whole test run. Skips when the oracle
-    modules or (for GGUF) the llama.cpp converter are missing; a (family, kind) the upstream tool cannot
-    make raises families.UpstreamLimitation."""
+    phi3); KIND in families.KINDS: "bf16" (transformers), "modelopt_nvfp4" (nvidia-modelopt export),
+    "bf16.gguf" / "nvfp4.gguf" (llama.cpp's own converter) or "q4_0.gguf" / "q8_0.gguf" / "q4_k_m.gguf"
+    (llama.cpp's llama_model_quantize of bf16.gguf). Built lazily, shared by the whole test run. Skips when
+    the oracle modules or (for GGUF) the llama.cpp converter or llama-cpp-python are missing; a (family,
+    kind) the upstream tool cannot make raises families.UpstreamLimitation."""
     missing = missing_oracles()
     if missing:
         pytest.skip(f"interop oracles not installed ({', '.join(missing)}): pip install -e '.[oracles]'")
@@ -104,6 +105,8 @@ def family_oracle(tmp_path_factory):
         if kind.endswith(".gguf") and not os.path.isfile(os.path.join(families.LLAMA_CPP, "convert_hf_to_gguf.py")):
             pytest.skip(f"llama.cpp converter not found in {families.LLAMA_CPP} (make setup-test fetches it from "
                         "the llama-cpp-python sdist; or set NVFP4TOOLS_LLAMA_CPP)")
+        if kind in families.QUANTIZED_GGUF and importlib.util.find_spec("llama_cpp") is None:
+            pytest.skip("llama-cpp-python not installed (llama_model_quantize writes the quantized GGUFs)")
         return families.build(family, kind, str(base))
 
     return get

@@ -10,6 +10,8 @@ so NVFP4 blocks of 16 and int4 groups of 32 divide it) is written under ``CACHE/
 - ``bf16.gguf``        llama.cpp's own ``convert_hf_to_gguf.py --outtype bf16`` of ``bf16/``,
 - ``nvfp4.gguf``       llama.cpp's own ``convert_hf_to_gguf.py`` of ``modelopt_nvfp4/`` (NVFP4
                        tensors); not for every family: see UPSTREAM_LIMITS and LLAMA_CPP_RUN_LIMITS.
+- ``q4_0.gguf``, ``q8_0.gguf``, ``q4_k_m.gguf``  llama.cpp's own ``llama_model_quantize`` of
+                       ``bf16.gguf`` (llama-cpp-python), the mixed-type files users download.
 
 ``build(family, kind, cache_dir)`` builds one lazily (and what it needs first) and returns its
 path; a finished artifact is moved into place only when complete, so a cached path is always whole.
@@ -31,7 +33,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "phi3")
-KINDS = ("bf16", "modelopt_nvfp4", "bf16.gguf", "nvfp4.gguf")
+KINDS = ("bf16", "modelopt_nvfp4", "bf16.gguf", "nvfp4.gguf", "q4_0.gguf", "q8_0.gguf", "q4_k_m.gguf")
+# kind -> llama_ftype (llama.h) that llama.cpp's llama_model_quantize writes from bf16.gguf
+QUANTIZED_GGUF = {"q4_0.gguf": 2, "q8_0.gguf": 7, "q4_k_m.gguf": 15}
 
 VOCAB = 512
 # Token ids of add_tokenizer's vocabulary: <pad>=0, <eos>=1, <bos>=2, <unk>=3.
@@ -342,8 +346,45 @@ def build_nvfp4_gguf(family: str, cache_dir: str) -> str:
     return _llama_cpp_gguf(family, cache_dir, "nvfp4.gguf", "modelopt_nvfp4", None)
 
 
+# Runs llama.cpp's llama_model_quantize (llama-cpp-python) in a child process: an abort in
+# llama.cpp ends the child, not the test run.
+_QUANTIZE = r"""
+import sys, llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype, p.nthread = int(sys.argv[3]), 1
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), p))
+"""
+
+
+def llama_cpp_quantize(src: str, out: str, ftype: int) -> None:
+    """llama.cpp's own llama_model_quantize of the GGUF SRC to the llama_ftype FTYPE (its mixes:
+    Q4_0 keeps token_embd/output in Q6_K, Q4_K_M mixes Q4_K/Q6_K and falls back to Q5_0/Q8_0 for rows
+    that are not a multiple of 256)."""
+    r = subprocess.run([sys.executable, "-c", _QUANTIZE, src, out, str(ftype)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"llama_model_quantize failed on {src} (ftype {ftype}):\n{r.stderr[-3000:]}")
+
+
+def build_quantized_gguf(family: str, cache_dir: str, kind: str) -> str:
+    """CACHE/<family>/KIND: llama_model_quantize of bf16.gguf to QUANTIZED_GGUF[KIND]."""
+    out = os.path.join(_family_dir(family, cache_dir), kind)
+    if os.path.isfile(out):
+        return out
+    src = build_bf16_gguf(family, cache_dir)
+    tmp = out + ".part"
+    try:
+        llama_cpp_quantize(src, tmp, QUANTIZED_GGUF[kind])
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, out)
+    return out
+
+
 BUILDERS = {"bf16": build_bf16, "modelopt_nvfp4": build_modelopt_nvfp4, "bf16.gguf": build_bf16_gguf,
-            "nvfp4.gguf": build_nvfp4_gguf}
+            "nvfp4.gguf": build_nvfp4_gguf,
+            **{k: (lambda family, cache_dir, k=k: build_quantized_gguf(family, cache_dir, k)) for k in QUANTIZED_GGUF}}
 
 
 def build(family: str, kind: str, cache_dir) -> str:
