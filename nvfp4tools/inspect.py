@@ -191,12 +191,57 @@ def _uniform_byte(reader: PartReader, part, chunk: int) -> int | None:
     return first[0] if first else None
 
 
+# bytes.translate tables for the in-block scales of GGUF types (formats._ggml_types.BLOCK_SCALES):
+# deleting every byte but the flagged ones leaves the count, in C speed over strided byte slices
+_F16_HI_FINITE = bytes(b for b in range(256) if (b & 0x7C) != 0x7C)   # fp16 high byte: exponent not all ones
+_NOT_UE4M3_7F = bytes(b for b in range(256) if b != 0x7F)             # UE4M3 0x7F (E4M3 NaN; ggml reads 0)
+_NOT_E8M0_FF = bytes(range(255))                                       # E8M0 0xFF (OCP MX NaN)
+_STRIP_SIGN = bytes(b & 0x7F for b in range(256))
+_UE4M3_ZERO = b"\x00\x80\x7f"                                          # decode to 0 in ggml_ue4m3_to_fp32
+
+
+def _ggml_block_scales(reader: PartReader, part, chunk: int) -> tuple[list[str], bool]:
+    """(problems, every multiplying scale is zero) of the scales inside a GGUF tensor's blocks,
+    read in whole blocks, one strided slice per scale byte."""
+    from nvfp4tools.formats._ggml_types import BLOCK_SCALES, BY_NAME
+
+    tsize = BY_NAME[part.stored_dtype][1]
+    step = max(tsize, chunk - chunk % tsize)
+    bad = {"f16": 0, "ue4m3": 0, "e8m0": 0}
+    any_nonzero = False
+    for off in range(0, part.nbytes, step):
+        data = reader.read(part, min(step, part.nbytes - off), off)
+        for f in BLOCK_SCALES[part.stored_dtype]:
+            for k in range(f.count):
+                if f.kind == "f16":
+                    lo, hi = data[f.offset + 2 * k::tsize], data[f.offset + 2 * k + 1::tsize]
+                    bad["f16"] += len(hi.translate(None, _F16_HI_FINITE))
+                    zero = lo.count(0) == len(lo) and hi.translate(_STRIP_SIGN).count(0) == len(hi)
+                else:
+                    b = data[f.offset + k::tsize]
+                    if f.kind == "ue4m3":
+                        bad["ue4m3"] += len(b.translate(None, _NOT_UE4M3_7F))
+                        zero = len(b.translate(None, _UE4M3_ZERO)) == 0
+                    else:
+                        bad["e8m0"] += len(b.translate(None, _NOT_E8M0_FF))
+                        zero = False   # E8M0 has no zero
+                any_nonzero = any_nonzero or (f.role == "d" and not zero)
+    what = {"f16": "NaN/inf fp16 block scales",
+            "ue4m3": "UE4M3 block scales 0x7F (NaN in E4M3; ggml decodes 0)",
+            "e8m0": "E8M0 block scales 0xFF (NaN in OCP MX)"}
+    return [f"{n} {what[k]}" for k, n in bad.items() if n], not any_nonzero
+
+
 def deep_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
-    """Scan every E4M3 block-scale byte (NaN 0x7F/0xFF, negative: sign bit set, non-zero), and
-    find degenerate layers: block scales all zero, or every code byte the same (a zeroed or
-    constant layer computes nothing, whatever the kernel)."""
+    """Scan every E4M3 block-scale byte (NaN 0x7F/0xFF, negative: sign bit set, non-zero) and the
+    scales inside GGUF blocks (fp16 NaN/inf, UE4M3 0x7F, E8M0 0xFF), and find degenerate layers:
+    block scales all zero, or every code byte the same (a zeroed or constant layer computes
+    nothing, whatever the kernel)."""
+    from nvfp4tools.formats._ggml_types import BLOCK_SCALES
+
     nan_items: list[tuple[str, str]] = []
     neg_items: list[tuple[str, str]] = []
+    nonfinite: list[tuple[str, str]] = []   # scales inside GGUF blocks
     degenerate: list[tuple[str, str]] = []
     chunk = 1 << 24
     drop_nonneg = bytes(range(0x81))  # translate(None, these) leaves only bytes 0x81..0xFF
@@ -222,12 +267,20 @@ def deep_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
             degenerate.append((t.name, "all block scales are zero"))
             continue
         data_part = t.part("data")
+        if bs is None and data_part is not None and data_part.nbytes and data_part.stored_dtype in BLOCK_SCALES:
+            problems, all_zero = _ggml_block_scales(reader, data_part, chunk)
+            nonfinite.extend((t.name, p) for p in problems)
+            if all_zero:
+                degenerate.append((t.name, "all block scales are zero"))
+                continue
         if data_part is not None and data_part.nbytes > 1:
             b = _uniform_byte(reader, data_part, chunk)
             if b is not None:
                 degenerate.append((t.name, f"every code byte is 0x{b:02x}"))
     findings: list[Finding] = []
     _add(findings, "block_scale_nan", "error", nan_items, "tensors have NaN E4M3 block scales")
+    _add(findings, "block_scale_nonfinite", "error", nonfinite,
+         "GGUF tensors have NaN or infinite scales inside their blocks")
     _add(findings, "block_scale_negative", "error", neg_items,
          "tensors have negative E4M3 block scales (checkpoints store positive scales; Marlin rejects them)")
     _add(findings, "degenerate_layer", "error", degenerate,
