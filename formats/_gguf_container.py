@@ -14,7 +14,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from nvfp4tools.errors import FormatError, UnsupportedError
 
@@ -24,7 +24,11 @@ GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-KEEP_ARRAY = 4096  # arrays longer than this keep only their length (tokenizer vocab, merges)
+KEEP_ARRAY = 4096  # arrays longer than this keep only their length (tokenizer vocab, merges) ...
+ARRAY_HEAD = 8     # ... and their first items, for inspect --metadata
+# GGUF value type id -> name (ggml docs/gguf.md ``gguf_metadata_value_type``, gguf-py ``GGUFValueType``)
+VALUE_TYPES = {0: "UINT8", 1: "INT8", 2: "UINT16", 3: "INT16", 4: "UINT32", 5: "INT32", 6: "FLOAT32", 7: "BOOL",
+               8: "STRING", 9: "ARRAY", 10: "UINT64", 11: "INT64", 12: "FLOAT64"}
 
 
 @dataclass
@@ -47,6 +51,8 @@ class GGUFFile:
     kv: dict[str, Any] = field(default_factory=dict)
     array_lengths: dict[str, int] = field(default_factory=dict)
     tensors: list[GGUFTensorInfo] = field(default_factory=list)
+    types: dict[str, str] = field(default_factory=dict)        # key -> "UINT32", "ARRAY[STRING]", ...
+    array_heads: dict[str, list] = field(default_factory=dict)  # first ARRAY_HEAD items of arrays not kept
 
 
 class _Cursor:
@@ -82,38 +88,45 @@ class _Cursor:
         self.pos += n
 
 
-def _value(c: _Cursor, vtype: int, key: str, depth: int = 0) -> tuple[Any, int | None]:
-    """(value, array length). Long arrays keep only their length; nested arrays are bounded."""
+class _Value(NamedTuple):
+    value: Any                # None for an array longer than KEEP_ARRAY
+    length: int | None        # array length
+    head: list | None         # first ARRAY_HEAD items of an array whose value was not kept
+    type: str                 # VALUE_TYPES name; "ARRAY[STRING]" for arrays
+
+
+def _value(c: _Cursor, vtype: int, key: str, depth: int = 0) -> _Value:
+    """A value; long arrays keep their length and first items only; nested arrays are bounded."""
     if vtype in _SCALAR:
-        return c.unpack(_SCALAR[vtype], f"value of '{key}'"), None
+        return _Value(c.unpack(_SCALAR[vtype], f"value of '{key}'"), None, None, VALUE_TYPES[vtype])
     if vtype == 8:
-        return c.string(f"string value of '{key}'"), None
+        return _Value(c.string(f"string value of '{key}'"), None, None, "STRING")
     if vtype == 9:
         if depth > 2:
             raise FormatError(f"{c.rel}: key '{key}': arrays nested deeper than 3 levels")
         etype = c.unpack("I", f"array type of '{key}'")
         n = c.unpack("Q", f"array length of '{key}'")
+        keep = n <= KEEP_ARRAY or key.startswith("nvfp4tools.")
+        atype = f"ARRAY[{VALUE_TYPES.get(etype, etype)}]"
         if etype in _SCALAR:
             size = struct.calcsize(_SCALAR[etype])
             c.need(n * size, f"array '{key}' of {n} elements")
-            if n <= KEEP_ARRAY or key.startswith("nvfp4tools."):
-                vals = list(struct.unpack_from(f"{c.e}{n}{_SCALAR[etype]}", c.buf, c.pos))
-            else:
-                vals = None
+            vals = list(struct.unpack_from(f"{c.e}{n if keep else min(n, ARRAY_HEAD)}{_SCALAR[etype]}", c.buf, c.pos))
             c.pos += n * size
-            return vals, n
+            return _Value(vals, n, None, atype) if keep else _Value(None, n, vals, atype)
         if etype == 8:
             # every string takes at least 8 bytes: bound n before walking
             c.need(n * 8, f"array '{key}' of {n} strings")
-            if n <= KEEP_ARRAY or key.startswith("nvfp4tools."):
-                return [c.string(f"element of '{key}'") for _ in range(n)], n
-            for _ in range(n):
+            if keep:
+                return _Value([c.string(f"element of '{key}'") for _ in range(n)], n, None, atype)
+            head = [c.string(f"element of '{key}'") for _ in range(ARRAY_HEAD)]
+            for _ in range(n - ARRAY_HEAD):
                 c.skip_string(f"element of '{key}'")
-            return None, n
+            return _Value(None, n, head, atype)
         if etype == 9:
             c.need(n * 12, f"array '{key}' of {n} arrays")
             # each element is itself (u32 type, u64 count, elements)
-            return [_value(c, 9, key, depth + 1)[0] for _ in range(n)], n
+            return _Value([_value(c, 9, key, depth + 1).value for _ in range(n)], n, None, atype)
         raise FormatError(f"{c.rel}: key '{key}': unknown array element type {etype}",
                           hint="known value types: 0..12")
     raise FormatError(f"{c.rel}: key '{key}': unknown value type {vtype}", hint="known value types: 0..12")
@@ -165,10 +178,13 @@ def _parse(buf: Any, rel: str, size: int) -> GGUFFile:
         vtype = c.unpack("I", f"value type of '{key}'")
         if key in g.kv:
             raise FormatError(f"{rel}: duplicate key '{key}'")
-        val, n = _value(c, vtype, key)
-        g.kv[key] = val
-        if n is not None:
-            g.array_lengths[key] = n
+        v = _value(c, vtype, key)
+        g.kv[key] = v.value
+        g.types[key] = v.type
+        if v.length is not None:
+            g.array_lengths[key] = v.length
+        if v.head is not None:
+            g.array_heads[key] = v.head
     align = g.kv.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(align, int) or isinstance(align, bool) or align <= 0 or align & (align - 1):
         raise FormatError(f"{rel}: general.alignment {align!r} is not a positive power of two")

@@ -130,6 +130,7 @@ def read(path: str) -> Checkpoint:
         raise UnsupportedError(f"{path}: no GGUF file")
     root, files = found
     parsed: list[GGUFFile] = [parse_gguf(root, f) for f in files]
+    findings: list[Finding] = _check_split(parsed)
     kv: dict[str, Any] = {}
     lengths: dict[str, int] = {}
     for g in parsed:
@@ -142,7 +143,6 @@ def read(path: str) -> Checkpoint:
             if t.name in all_t:
                 raise FormatError(f"{g.file}: tensor '{t.name}' also appears in {all_t[t.name].file}")
             all_t[t.name] = t
-    findings: list[Finding] = []
     tensors: dict[str, TensorInfo] = {}
     used: set[str] = set()
     for name, t in all_t.items():
@@ -187,6 +187,14 @@ def read(path: str) -> Checkpoint:
         "alignment": parsed[0].alignment,
         "architecture": arch_name,
     }
+    if len(parsed) > 1:
+        meta["split.count"] = len(parsed)
+    # every key/value of the header (the first part's: gguf-split writes the metadata there), for
+    # inspect --metadata: {source: ((key, type, value, array length), ...)}; a long array's value is
+    # its first items only
+    first = parsed[0]
+    meta["key_values"] = {f"{first.file} (GGUF header)": tuple(
+        (k, first.types[k], first.array_heads.get(k, v), first.array_lengths.get(k)) for k, v in first.kv.items())}
     # what an nvfp4tools-written GGUF records to restore the safetensors names and Gemma 4 scales
     for k, v in kv.items():
         if k.startswith("nvfp4tools."):
@@ -203,6 +211,37 @@ def read(path: str) -> Checkpoint:
         producer=str(kv.get("general.quantized_by") or ("nvfp4tools" if "nvfp4tools.hf_names" in kv else "llama.cpp/gguf")),
         producer_version=None, quant_method="gguf", algorithm=meta["general.file_type"],
         kv_cache_scheme=None, findings=tuple(findings), metadata=meta)
+
+
+def _check_split(parsed: list[GGUFFile]) -> list[Finding]:
+    """The parts of a split against llama.cpp's gguf-split layout (``tools/gguf-split``): part i
+    carries ``split.no`` = i (from 0), every part ``split.count`` = the number of parts and
+    ``split.tensors.count`` = the tensors of all parts; the first part holds every other key.
+    llama.cpp's loader finds the other parts by name from the first one's ``split.count``."""
+    first = parsed[0]
+    count = first.kv.get("split.count")
+    if len(parsed) == 1:
+        if isinstance(count, int) and count > 1:
+            raise FormatError(f"{first.file}: split.count is {count} but the name is not <name>-00001-of-{count:05d}"
+                              ".gguf, so the other parts cannot be found",
+                              hint="keep the names gguf-split gave the parts")
+        return []
+    if not any("split.count" in g.kv for g in parsed):
+        return [Finding("gguf_split_unmarked", "warning",
+                        f"{len(parsed)} parts named as a split carry no split.* keys: llama.cpp reads only the "
+                        f"first one ({first.file})", file=first.file)]
+    n_tensors = sum(len(g.tensors) for g in parsed)
+    for i, g in enumerate(parsed):
+        no, cnt, tc = g.kv.get("split.no"), g.kv.get("split.count"), g.kv.get("split.tensors.count")
+        if no != i:
+            raise FormatError(f"{g.file}: split.no is {no}, expected {i} (part {i + 1} of {len(parsed)})",
+                              hint="a part was renamed or comes from another split")
+        if cnt != len(parsed):
+            raise FormatError(f"{g.file}: split.count is {cnt}, the name says {len(parsed)} parts")
+        if tc is not None and tc != n_tensors:
+            raise FormatError(f"{g.file}: split.tensors.count is {tc} but the {len(parsed)} parts hold {n_tensors}",
+                              hint="a part comes from another split or is damaged")
+    return []
 
 
 def _embedded_config(kv: dict[str, Any]) -> dict[str, Any]:
