@@ -8,6 +8,7 @@ the format. Reads headers plus the few per-tensor scale values (a few bytes each
 from __future__ import annotations
 
 import math
+import struct
 from collections import OrderedDict
 from typing import Any, Iterable
 
@@ -18,6 +19,7 @@ from .model import Checkpoint, Finding, TensorInfo
 from .roles import LINEAR_ROLES, ROLES
 
 SCHEMA = "nvfp4tools/inspect/v1"
+_F32 = struct.Struct("<f")
 _FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
 _MAX_EXAMPLES = 3
 
@@ -315,8 +317,98 @@ def semantic_findings(ckpt: Checkpoint) -> list[Finding]:
     return findings
 
 
+def _f32(v: float) -> float | str:
+    """A float32 value written with the fewest digits that read back as the same float32 (1e-06, not
+    9.999999974752427e-07); NaN/inf as text, which JSON has no number for."""
+    if not math.isfinite(v):
+        return repr(v)
+    for digits in range(6, 10):
+        short = float(f"{v:.{digits}g}")
+        if _F32.unpack(_F32.pack(short))[0] == v:
+            return short
+    return v
+
+
+def _entry(key: str, vtype: str, value: Any, length: int | None) -> dict[str, Any]:
+    """One key/value as JSON carries it; an array keeps its length and whether items were left out
+    (a GGUF reader keeps the first few of an array longer than 4,096, e.g. the vocabulary)."""
+    if vtype.endswith("FLOAT32]") or vtype == "FLOAT32":
+        value = [_f32(x) for x in value] if isinstance(value, list) else _f32(value)
+    elif isinstance(value, float) and not math.isfinite(value):
+        value = repr(value)   # JSON has no NaN/inf
+    truncated = length is not None and isinstance(value, list) and len(value) < length
+    return {"key": key, "type": vtype, "value": value, "length": length, "truncated": truncated}
+
+
+def _json_type(v: Any) -> str:
+    if isinstance(v, bool):
+        return "BOOL"
+    if isinstance(v, int):
+        return "INT"
+    if isinstance(v, float):
+        return "FLOAT"
+    if isinstance(v, str):
+        return "STRING"
+    if v is None:
+        return "NULL"
+    if isinstance(v, list):
+        kinds = {_json_type(x) for x in v}
+        return f"ARRAY[{kinds.pop() if len(kinds) == 1 else 'MIXED' if kinds else 'EMPTY'}]"
+    return "OBJECT"
+
+
+def _flatten(prefix: str, obj: Any, out: list[dict[str, Any]]) -> None:
+    """Nested JSON objects as dotted keys (``text_config.rope_parameters.rope_theta``), the way GGUF
+    spells its keys; arrays stay values."""
+    if isinstance(obj, dict) and obj:
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out.append(_entry(prefix, _json_type(obj), obj, len(obj) if isinstance(obj, list) else None))
+
+
+def _side_json(ckpt: Checkpoint, name: str) -> dict[str, Any] | None:
+    import json
+    import os
+
+    if ckpt.metadata.get("remote"):
+        return None
+    try:
+        with open(os.path.join(ckpt.root, name), encoding="utf-8") as fh:
+            v = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return v if isinstance(v, dict) else None
+
+
+def file_metadata(ckpt: Checkpoint) -> list[dict[str, Any]]:
+    """Every key/value of the checkpoint's headers and side configs, source by source (``inspect
+    --metadata``): the key/values a reader lists (``metadata["key_values"]``: the GGUF header),
+    else config.json and hf_quant_config.json flattened to dotted keys; each safetensors file's
+    ``__metadata__``."""
+    sources: list[dict[str, Any]] = []
+    listed = ckpt.metadata.get("key_values")
+    if isinstance(listed, dict):
+        for src, entries in listed.items():
+            sources.append({"source": src, "entries": [_entry(*e) for e in entries]})
+    else:
+        for name, obj in (("config.json", dict(ckpt.config) or _side_json(ckpt, "config.json")),
+                          ("hf_quant_config.json", _side_json(ckpt, "hf_quant_config.json"))):
+            if obj:
+                entries: list[dict[str, Any]] = []
+                _flatten("", obj, entries)
+                sources.append({"source": name, "entries": entries})
+    per_file = ckpt.metadata.get("safetensors_metadata")
+    if isinstance(per_file, dict):
+        for f, m in per_file.items():
+            if m:
+                sources.append({"source": f"{f} (__metadata__)",
+                                "entries": [_entry(k, "STRING", v, None) for k, v in m.items()]})
+    return sources
+
+
 def build_report(ckpt: Checkpoint, *, deep: bool = False, expand_layers: bool = False,
-                 with_tensors: bool = False) -> dict[str, Any]:
+                 with_tensors: bool = False, with_metadata: bool = False) -> dict[str, Any]:
     tensors = list(ckpt.tensors.values())
     findings = list(ckpt.findings) + semantic_findings(ckpt)
     if ckpt.metadata.get("remote"):
@@ -364,6 +456,8 @@ def build_report(ckpt: Checkpoint, *, deep: bool = False, expand_layers: bool = 
         ],
         "metadata": {k: v for k, v in ckpt.metadata.items() if isinstance(v, (str, int, float, bool)) or v is None},
     }
+    if with_metadata:
+        report["file_metadata"] = file_metadata(ckpt)
     if with_tensors:
         report["tensors"] = [
             {

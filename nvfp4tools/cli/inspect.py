@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import click
@@ -17,12 +19,16 @@ from ._output import emit, format_option, human_bytes, human_count
               "every quantized layer (degenerate: one repeated byte). Reads the weights.")
 @click.option("--layers", "expand_layers", is_flag=True, help="One row per layer instead of collapsing identical runs.")
 @click.option("--tensors", "with_tensors", is_flag=True, help="List every logical tensor with its stored parts (JSON).")
+@click.option("--metadata", "with_metadata", is_flag=True,
+              help="Print every key/value of the headers, like gguf-dump: GGUF metadata (chat template, "
+                   "tokenizer, RoPE; arrays as length and first items), or config.json, hf_quant_config.json "
+                   "and each safetensors file's __metadata__.")
 @click.option("--input-format", "input_format", default=None, metavar="NAME",
               help="Skip detection and read as this format (modelopt, compressed-tensors, safetensors, gguf).")
 @format_option
 @click.pass_context
 def inspect_cmd(ctx: click.Context, path: str, deep: bool, expand_layers: bool, with_tensors: bool,
-                input_format: str | None, fmt: str) -> None:
+                with_metadata: bool, input_format: str | None, fmt: str) -> None:
     """What is quantized in a checkpoint, how many bytes it holds, and whether its scales are sane.
 
     PATH is a checkpoint folder, a .safetensors file, or a .gguf file. Reads headers and the
@@ -33,6 +39,7 @@ def inspect_cmd(ctx: click.Context, path: str, deep: bool, expand_layers: bool, 
       nvfp4tools inspect ./gemma-4-26B-A4B-it-NVFP4
       nvfp4tools inspect ./ckpt --format json | jq .coverage
       nvfp4tools inspect ./ckpt --deep --layers
+      nvfp4tools inspect ./model-Q4_0.gguf --metadata
 
     Exit codes: 0 clean, 1 a finding of severity error, 2 usage, 3 unreadable input.
     """
@@ -40,7 +47,8 @@ def inspect_cmd(ctx: click.Context, path: str, deep: bool, expand_layers: bool, 
     from nvfp4tools.inspect import build_report, has_errors
 
     ckpt = formats.read(path, input_format)
-    report = build_report(ckpt, deep=deep, expand_layers=expand_layers, with_tensors=with_tensors)
+    report = build_report(ckpt, deep=deep, expand_layers=expand_layers, with_tensors=with_tensors,
+                          with_metadata=with_metadata)
     emit(report, fmt, render_table)
     ctx.exit(1 if has_errors(report) else 0)
 
@@ -77,6 +85,11 @@ def render_table(r: dict[str, Any]) -> str:
         head.append(("architecture", arch))
     lines.append(tabulate(head, tablefmt="plain"))
     lines.append("")
+    for src in r.get("file_metadata") or ():
+        lines.append(f"metadata: {_clean(src['source'])}, {len(src['entries'])} keys")
+        rows = [(_clean(e["key"]), e["type"], _show(e)) for e in src["entries"]]
+        lines.append(tabulate(rows, tablefmt="plain", disable_numparse=True))
+        lines.append("")
     cov = [(c["role"], c["scheme"], c["n_tensors"], human_count(c["n_parameters"]),
             f"{100 * c['share_of_role']:.1f}%", human_bytes(c["nbytes"])) for c in r["coverage"]]
     lines.append(tabulate(cov, headers=["role", "scheme", "tensors", "params", "of role", "bytes"],
@@ -98,3 +111,32 @@ def render_table(r: dict[str, Any]) -> str:
     else:
         lines.append("no findings")
     return "\n".join(lines)
+
+
+SHOWN_ITEMS = 8      # items of an array the table shows
+SHOWN_CHARS = 160    # characters of a string the table shows (JSON carries it whole)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _clean(text: str) -> str:
+    """Control characters escaped, so that a file's strings cannot drive the terminal (the reason
+    gguf-dump has ``sanitize_name``)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, str):
+        text = _clean(v.replace("\\", "\\\\").replace("\n", "\\n"))
+        if len(text) > SHOWN_CHARS:
+            return f'"{text[:SHOWN_CHARS]}"... ({len(v):,} chars)'
+        return f'"{text}"'
+    return _clean(json.dumps(v, ensure_ascii=False)) if isinstance(v, (dict, list)) else _clean(str(v))
+
+
+def _show(e: dict[str, Any]) -> str:
+    v = e["value"]
+    if not isinstance(v, list):
+        return _scalar(v)
+    n = e["length"] if e["length"] is not None else len(v)
+    items = ", ".join(_scalar(x) for x in v[:SHOWN_ITEMS])
+    return f"[{items}{', ...' if n > SHOWN_ITEMS else ''}] ({n:,} items)" if n > SHOWN_ITEMS else f"[{items}]"
