@@ -20,6 +20,9 @@ class GGUFArch:
     fold_per_expert_scale: bool = False   # router.per_expert_scale into the down experts' scale (gemma.py)
     split_gate_up: bool = True     # a fused experts.gate_up_proj -> ffn_gate_exps + ffn_up_exps (conversion/qwen.py);
                                    # Gemma 4 keeps ffn_gate_up_exps (conversion/gemma.py)
+    mla_split: bool = False        # kv_b_proj -> attn_k_b (transposed) + attn_v_b (conversion/deepseek.py)
+    drop_mtp: bool = False         # layers >= num_hidden_layers (multi-token prediction) are not written
+    drop_tied_lm_head: bool = False   # lm_head.weight is skipped when tie_word_embeddings
     source: str = ""
 
 
@@ -39,12 +42,56 @@ ARCHES: dict[str, GGUFArch] = {
     # qkv_proj -> attn_qkv and gate_up_proj -> ffn_up ([2 n_ff, n_embd], gate half first) unchanged:
     # Phi3MiniModel has no modify_tensors; llama.cpp's loader splits them (llama-model.cpp LLM_ARCH_PHI3)
     "phi3": GGUFArch("PHI3", source="conversion/phi.py Phi3MiniModel"),
+    "deepseek_v3": GGUFArch("DEEPSEEK2", mla_split=True, drop_mtp=True, drop_tied_lm_head=True,
+                            source="conversion/deepseek.py DeepseekV2Model"),
 }
+
+# GGUF tensors (name after "blk.N.") whose ".scale" / ".input_scale" sidecars llama.cpp's loader
+# reads for every architecture (llama-model.cpp llama_model::load_tensors, the "generic pass" after
+# load_arch_tensors; llama-cpp-python 0.3.36), plus "output" when it is NVFP4. An NVFP4 tensor of
+# any other name has no way to carry its global scale: its sidecar would make the loader refuse the
+# file ("wrong number of tensors"), and without it the weights load at the wrong magnitude.
+LOADER_SCALED = frozenset({
+    "attn_q", "attn_k", "attn_v", "attn_output", "attn_qkv", "attn_gate",
+    "ffn_gate", "ffn_down", "ffn_up", "ffn_gate_shexp", "ffn_down_shexp", "ffn_up_shexp",
+    "ffn_gate_exps", "ffn_down_exps", "ffn_up_exps",
+    "ssm_in", "ssm_out", "ssm_alpha", "ssm_beta", "nextn.eh_proj", "nextn.shared_head_head", "output",
+})
+
+
+_ATTN = frozenset({"attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "output"})   # llama-graph.cpp build_qkv/build_attn
+_FFN = frozenset({"ffn_gate", "ffn_up", "ffn_down"})
+_EXPS = frozenset({"ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"})
+
+# GGUF architecture -> the tensors whose NVFP4 global its compute graph multiplies in (the model's
+# builder in llama.cpp src/models/*.cpp passing the loaded ``*_s`` tensor to build_lora_mm /
+# build_ffn / build_moe_ffn; llama-cpp-python 0.3.36). The loader reads more (LOADER_SCALED) than
+# some graphs use: Qwen2, Qwen2-MoE, Phi-3 and DeepSeek2 pass no scale to their FFN/expert
+# matmuls, so an NVFP4 FFN there computes with its global dropped (NaN or garbage logits; llama.cpp's
+# own conversion of a ModelOpt export included).
+GRAPH_SCALED: dict[str, frozenset[str]] = {
+    "LLAMA": _ATTN | _FFN | _EXPS,        # models/llama.cpp
+    "QWEN2": _ATTN,                       # models/qwen2.cpp
+    "QWEN3": _ATTN | _FFN,                # models/qwen3.cpp
+    "QWEN2MOE": _ATTN,                    # models/qwen2moe.cpp
+    "QWEN3MOE": _ATTN | _EXPS,            # models/qwen3moe.cpp
+    "PHI3": _ATTN,                        # models/phi3.cpp
+    "DEEPSEEK2": frozenset({"attn_output", "output"}),   # models/deepseek2.cpp (MLA projections, FFN: none)
+    "GEMMA4": _ATTN | _FFN | _EXPS,       # models/gemma4.cpp
+}
+
+
+def scaled_in_llama_cpp(gguf_arch: str, gguf_name: str) -> bool:
+    """Whether llama.cpp loads and applies GGUF tensor GGUF_NAME's NVFP4 global (``<name>.scale``)
+    in architecture GGUF_ARCH (a gguf.MODEL_ARCH member name)."""
+    base = gguf_name[: -len(".weight")] if gguf_name.endswith(".weight") else gguf_name
+    parts = base.split(".")
+    short = ".".join(parts[2:]) if parts[0] == "blk" else base
+    return short in LOADER_SCALED and short in GRAPH_SCALED.get(gguf_arch, frozenset())
+
 
 # known to llama.cpp, not (yet) written by nvfp4tools, with the reason the user sees
 REFUSED: dict[str, str] = {
-    "deepseek_v3": "llama.cpp splits MLA's kv_b_proj into transposed attn_k_b / attn_v_b (conversion/deepseek.py); "
-                   "a transposed NVFP4 or int4 tensor has no exact form",
     "gpt_oss": "llama.cpp writes gpt-oss experts as MXFP4 with its own layout (conversion/gpt_oss.py)",
 }
 

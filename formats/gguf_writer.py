@@ -30,7 +30,7 @@ from nvfp4tools.convert.plan import Action, Kind, Plan, RowSlice
 from nvfp4tools.errors import UnsupportedError, UsageError
 from nvfp4tools.model import Checkpoint, TensorInfo
 
-from .gguf_arch import ARCHES, REFUSED, GGUFArch, llama3_rope_factors
+from .gguf_arch import ARCHES, REFUSED, GGUFArch, llama3_rope_factors, scaled_in_llama_cpp
 from .layouts import Out
 
 QUANTIZE_ROLES = ("attention", "mlp", "experts", "shared_expert")
@@ -54,22 +54,10 @@ def gguf_arch(src: Checkpoint) -> tuple[GGUFArch, Any, str]:
     return spec, arch, gguf.MODEL_ARCH_NAMES[arch]
 
 
-def _refuse_unmirrored_rope(src: Checkpoint) -> None:
-    """LongRoPE (Phi-3 128k: long/short factor lists) becomes rope_factors_long/short tensors and an
-    attn_factor key in llama.cpp (conversion/phi.py generate_extra_tensors); not mirrored here, so
-    refused rather than written with the factors missing."""
-    from nvfp4tools.arch import text_config
-
-    cfg = text_config(src.config)
-    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if isinstance(rp, dict) and ("long_factor" in rp or "short_factor" in rp):
-        raise UnsupportedError(f"{src.source}: LongRoPE scaling (long_factor/short_factor in rope_parameters) is not "
-                               "written to GGUF by nvfp4tools yet",
-                               hint="convert to modelopt or compressed-tensors, or use llama.cpp's own converter")
-
-
 def _name(tmap, hf: str) -> str | None:
     n = hf.replace("model.language_model.", "model.").replace("language_model.model.", "model.")
+    # DeepSeek's router bias is a parameter named like a module (conversion/base.py filter_tensors)
+    n = n.replace(".e_score_correction_bias", ".e_score_correction.bias")
     if n.endswith(".router.scale"):
         return n.replace("model.layers.", "blk.").replace(".router.scale", ".ffn_gate_inp.scale")
     if n.endswith(".router.per_expert_scale"):   # not folded (Q4_0 down experts): llama.cpp's own tensor
@@ -102,7 +90,9 @@ class GGUFWriter:
         if opts.experts is not None:
             raise UsageError("--experts applies to safetensors outputs; GGUF always stacks experts")
         spec, arch, arch_name = gguf_arch(src)
-        _refuse_unmirrored_rope(src)
+        self.spec = spec
+        from nvfp4tools.arch import text_config
+        rope_scaling_keys(src, text_config(src.config))   # refused here, before anything is written
         tmap = gguf.get_tensor_name_map(arch, src.arch.n_layers)
         p = Plan(src, "gguf", [])
         p.notes.append(f"architecture {arch_name} ({spec.source})")
@@ -118,9 +108,16 @@ class GGUFWriter:
         if spec.fold_per_expert_scale and not lossy_q4:
             fold_layers = {k[0] for k, v in groups.items() if k[1] == "down" and v[0].scheme.name == "nvfp4"}
         done: set[tuple[str, str]] = set()
+        why_dropped: dict[str, str] = {}
         for t in tensors:
-            if t.role in DROPPED_ROLES:
+            drop = DROPPED_ROLES.get(t.role)
+            if spec.drop_mtp and t.layer is not None and t.layer >= src.arch.n_layers:
+                drop = "multi-token-prediction layers (llama.cpp's converter drops layers >= num_hidden_layers)"
+            if spec.drop_tied_lm_head and t.role == "lm_head" and src.arch.tie_word_embeddings:
+                drop = "lm_head (tied to the embedding: llama.cpp's converter skips it)"
+            if drop is not None:
                 p.dropped.append(t.name)
+                why_dropped[t.name] = drop
                 continue
             if t.name.endswith("router.per_expert_scale") and t.name.split(".router.")[0] in fold_layers:
                 continue   # folded into the down experts' scale (recorded for the way back)
@@ -146,6 +143,9 @@ class GGUFWriter:
                     p.actions.append(self._action(view, [t], gname, (t.shape[0], half, t.shape[2]), opts, Kind.SPLIT,
                                                   rows=RowSlice(None, i * half, (i + 1) * half)))
                 continue
+            if spec.mla_split and t.proj == "kv_b":
+                p.actions += self._mla_actions(src, view, t, opts)
+                continue
             gname = _name(tmap, t.name)
             if t.role == "experts" and len(t.shape) == 3 and t.proj == "down":
                 gname = _exps_name(tmap, t.name.rsplit(".experts.", 1)[0], "down", t.layer)
@@ -162,7 +162,7 @@ class GGUFWriter:
                                     "rope_freqs.weight", const=np.asarray(rope, "<f4").tobytes(),
                                     note="llama.cpp's RoPE frequency factors"))
         if p.dropped:
-            kinds = sorted({DROPPED_ROLES[src.tensors[n].role] for n in p.dropped})
+            kinds = sorted(set(why_dropped.values()))
             p.notes.append(f"not written: {len(p.dropped)} tensors of the {'; '.join(kinds)}")
         self._drop_unit_globals(p, view)
         return p
@@ -183,6 +183,15 @@ class GGUFWriter:
                           stack="one" if kind == Kind.STACK else None, quantize_to="q4_0", permute_heads=permute,
                           note=f"from {t.scheme.name}")
         stack = "one" if kind == Kind.STACK else None
+        if t.scheme.name == "nvfp4" and not scaled_in_llama_cpp(self.spec.gguf_arch, gname):
+            if not opts.allow_lossy:
+                raise UnsupportedError(
+                    f"{t.name}: llama.cpp's {self.spec.gguf_arch.lower()} graph does not apply an NVFP4 global scale "
+                    f"to '{gname}' (gguf_arch.GRAPH_SCALED), so this NVFP4 tensor would load with the wrong "
+                    "magnitude", hint="pass --allow-lossy to write such tensors dequantized to BF16, or convert to "
+                                      "modelopt or compressed-tensors")
+            return Action(Kind.QUANTIZE, names, (Out(gname, "BF16", shape, "raw"),), False, gname, stack=stack,
+                          quantize_to="bf16", permute_heads=permute, note=f"from {t.scheme.name}, dequantized")
         if t.scheme.name == "nvfp4":
             if shape[-1] % 64:
                 raise UnsupportedError(f"{t.name}: in_features {shape[-1]} is not a multiple of 64 (GGUF NVFP4 block)",
@@ -210,6 +219,41 @@ class GGUFWriter:
         gtype = "F32" if f32 else ("F16" if d == "F16" else "BF16")
         return Action(Kind.CAST if kind == Kind.COPY and gtype != d else kind, names, (Out(gname, gtype, shape, "raw"),),
                       True, gname, rows=rows, stack=stack, permute_heads=permute)
+
+    @staticmethod
+    def _mla_actions(src: Checkpoint, view: View, t: TensorInfo, opts: Options) -> list[Action]:
+        """kv_b_proj -> attn_k_b, attn_v_b (see plan.MLASplit). The halves are rearranged values:
+        exact from unquantized weights; a quantized kv_b has no transposed 4-bit form, so it is
+        refused unless --allow-lossy, which writes both halves dequantized to BF16."""
+        from nvfp4tools.arch import text_config
+        from nvfp4tools.convert.plan import MLASplit
+
+        cfg = text_config(src.config)
+        n_head, nope, v = src.arch.n_heads, int(cfg["qk_nope_head_dim"]), int(cfg["v_head_dim"])
+        r = t.shape[-1]
+        if t.shape[0] != n_head * (nope + v):
+            raise UnsupportedError(f"{t.name}: shape {list(t.shape)} is not [n_head * (qk_nope_head_dim + v_head_dim), "
+                                   f"kv_lora_rank] = [{n_head} * ({nope} + {v}), {r}]")
+        base = t.name.replace("model.language_model.", "model.").replace("model.layers.", "blk.").split(".self_attn.")[0]
+        lossy = t.scheme.quantized
+        if lossy and not opts.allow_lossy:
+            raise UnsupportedError(f"{t.name}: a quantized ({t.scheme.name}) MLA kv_b_proj cannot go to GGUF exactly: "
+                                   "llama.cpp needs it split and transposed (attn_k_b / attn_v_b), which has no "
+                                   f"{t.scheme.name} form",
+                                   hint="pass --allow-lossy to write the two halves dequantized to BF16, or keep "
+                                        "kv_b_proj unquantized when quantizing (ModelOpt/llm-compressor: exclude it)")
+        dtype = "BF16" if lossy else ("F32" if t.part("data").stored_dtype == "F32" else
+                                      ("F16" if t.part("data").stored_dtype == "F16" else "BF16"))
+        acts = []
+        for part, shape in (("k", (n_head, r, nope)), ("v", (n_head, v, r))):
+            gname = f"{base}.attn_{part}_b.weight"
+            m = MLASplit(n_head, nope, v, part)
+            if lossy:
+                acts.append(Action(Kind.QUANTIZE, (t.name,), (Out(gname, dtype, shape, "raw"),), False, gname,
+                                   quantize_to="bf16", mla=m, note=f"from {t.scheme.name}, dequantized"))
+            else:
+                acts.append(Action(Kind.SPLIT, (t.name,), (Out(gname, dtype, shape, "raw"),), True, gname, mla=m))
+        return acts
 
     @staticmethod
     def _rope_freqs(src: Checkpoint, spec: GGUFArch) -> list[float] | None:
@@ -326,102 +370,226 @@ def _gemma4_rope_freqs(src: Checkpoint) -> list[float] | None:
     return [1.0] * n_rot + [1e30] * (hd // 2 - n_rot)
 
 
+class _Keys:
+    """GGUF key/values in the order llama.cpp's converter first sets them; setting a key again
+    changes its value, not its place (gguf-py GGUFWriter semantics the converter relies on)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+        self.kv: dict[str, tuple[str, Any]] = {}
+
+    def set(self, key: str, kind: str, value: Any) -> None:
+        self.kv[key if key.startswith("general.") else self.p + key] = (kind, value)
+
+    def drop(self, key: str) -> None:
+        self.kv.pop(self.p + key, None)
+
+    def write(self, w) -> None:
+        for key, (kind, value) in self.kv.items():
+            getattr(w, f"add_{kind}")(key, value)
+
+
 def _metadata(w, src: Checkpoint, arch_name: str, ftype: int) -> None:
+    """conversion/base.py TextModel.set_gguf_parameters, then the architecture's own keys (_ARCH_KEYS)."""
     import gguf
 
     from nvfp4tools.arch import text_config
 
     a = src.arch
     cfg = text_config(src.config)
-    p = arch_name + "."
-    w.add_uint32(p + "block_count", a.n_layers)
-    w.add_uint32(p + "context_length", a.max_position_embeddings or 4096)
-    w.add_uint32(p + "embedding_length", a.hidden_size)
+    k = _Keys(arch_name + ".")
+    k.set("block_count", "uint32", a.n_layers)
+    k.set("context_length", "uint32", a.max_position_embeddings or 4096)
+    k.set("embedding_length", "uint32", a.hidden_size)
     # Mixtral's config has no dense MLP but llama.cpp requires the key: its intermediate_size is the
     # experts' width, which llama.cpp's converter writes here (conversion/base.py set_gguf_parameters)
     ffn = a.intermediate_size or cfg.get("intermediate_size")
     if ffn:
-        w.add_uint32(p + "feed_forward_length", int(ffn))
-    w.add_uint32(p + "attention.head_count", a.n_heads)
+        k.set("feed_forward_length", "uint32", int(ffn))
+    k.set("attention.head_count", "uint32", a.n_heads)
     kvs = [l.n_kv_heads for l in a.layers]
     if len(set(kvs)) == 1:
-        w.add_uint32(p + "attention.head_count_kv", kvs[0])
+        k.set("attention.head_count_kv", "uint32", kvs[0])
     else:
-        w.add_array(p + "attention.head_count_kv", kvs)
-    full = [l for l in a.layers if l.kind == "full"] or list(a.layers)
+        k.set("attention.head_count_kv", "array", kvs)
+    full = _full_layers(src)
     swa = [l for l in a.layers if l.kind == "sliding"]
-    w.add_uint32(p + "attention.key_length", full[0].head_dim_k)
-    w.add_uint32(p + "attention.value_length", full[0].head_dim_v)
+    k.set("attention.key_length", "uint32", full[0].head_dim_k)
+    k.set("attention.value_length", "uint32", full[0].head_dim_v)
     eps = cfg.get("rms_norm_eps")
     if eps is not None:
-        w.add_float32(p + "attention.layer_norm_rms_epsilon", float(eps))
+        k.set("attention.layer_norm_rms_epsilon", "float32", float(eps))
     if swa:
-        w.add_uint32(p + "attention.key_length_swa", swa[0].head_dim_k)
-        w.add_uint32(p + "attention.value_length_swa", swa[0].head_dim_v)
-        w.add_uint32(p + "attention.sliding_window", int(swa[0].window or 0))
-        w.add_array(p + "attention.sliding_window_pattern", [l.kind == "sliding" for l in a.layers])
+        k.set("attention.key_length_swa", "uint32", swa[0].head_dim_k)
+        k.set("attention.value_length_swa", "uint32", swa[0].head_dim_v)
+        k.set("attention.sliding_window", "uint32", int(swa[0].window or 0))
+        k.set("attention.sliding_window_pattern", "array", [l.kind == "sliding" for l in a.layers])
     rp = cfg.get("rope_parameters") or {}
     theta_full = (rp.get("full_attention") or rp).get("rope_theta") or cfg.get("rope_theta")
     if theta_full:
-        w.add_float32(p + "rope.freq_base", float(theta_full))
+        k.set("rope.freq_base", "float32", float(theta_full))
     if "sliding_attention" in rp:
-        w.add_float32(p + "rope.freq_base_swa", float(rp["sliding_attention"].get("rope_theta", 10000.0)))
-    w.add_string("general.type", "model")
+        k.set("rope.freq_base_swa", "float32", float(rp["sliding_attention"].get("rope_theta", 10000.0)))
+    k.set("general.type", "string", "model")
+    _rope_scaling(k, src, cfg)
+    if a.n_experts:
+        k.set("expert_count", "uint32", a.n_experts)
+        k.set("expert_used_count", "uint32", a.n_experts_active or 0)
+        if a.expert_intermediate_size:
+            k.set("expert_feed_forward_length", "uint32", a.expert_intermediate_size)
     extra = _ARCH_KEYS.get(arch_name)
     if extra is not None:
-        extra(w, p, src, cfg)
-    if a.n_experts:
-        w.add_uint32(p + "expert_count", a.n_experts)
-        w.add_uint32(p + "expert_used_count", a.n_experts_active or 0)
-        if a.expert_intermediate_size:
-            w.add_uint32(p + "expert_feed_forward_length", a.expert_intermediate_size)
-    w.add_uint32("general.file_type", ftype)
-    w.add_uint32("general.quantization_version", gguf.GGML_QUANT_VERSION)
-    w.add_string("general.name", os.path.basename(os.path.abspath(src.source)))
+        extra(k, src, cfg)
+    k.set("general.file_type", "uint32", ftype)
+    k.set("general.quantization_version", "uint32", gguf.GGML_QUANT_VERSION)
+    k.set("general.name", "string", os.path.basename(os.path.abspath(src.source)))
+    k.write(w)
 
 
-def _llama_keys(w, p: str, src: Checkpoint, cfg: dict) -> None:
+def rope_params(cfg: dict) -> dict:
+    """The full-attention RoPE parameters as llama.cpp's converter sees them: ``rope_parameters``
+    (or the older ``rope_scaling``), ``type`` read as ``rope_type``, and the top-level
+    ``rope_theta`` / ``original_max_position_embeddings`` mirrored in (conversion/base.py
+    TextModel.__init__)."""
+    rp = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rp, dict):
+        return {}
+    rp = dict(rp.get("full_attention", rp))
+    if "rope_type" not in rp and rp.get("type") is not None:
+        rp["rope_type"] = rp["type"]
+    for key in ("rope_theta", "original_max_position_embeddings"):
+        if key not in rp and cfg.get(key) is not None:
+            rp[key] = cfg[key]
+    return rp
+
+
+# rope_type -> what llama.cpp's converter writes for it (conversion/base.py set_gguf_parameters);
+# types absent here are refused, so a scaling llama.cpp would apply is never silently dropped
+_ROPE_SCALING = {
+    None: "none", "default": "none",
+    "llama3": "none",          # generated rope_freqs tensor (ARCHES rope_freqs)
+    "proportional": "none",    # Gemma 4: generated rope_freqs tensor
+    "dynamic": "none",         # llama.cpp writes nothing for it
+    "linear": "linear", "yarn": "yarn",
+}
+
+
+def rope_scaling_keys(src: Checkpoint, cfg: dict) -> list[tuple[str, str, Any]]:
+    """(key, kind, value) of the RoPE scaling keys llama.cpp's converter writes; raises for a RoPE
+    type nvfp4tools does not mirror (the planner calls this, so the refusal comes before writing)."""
+    rp = rope_params(cfg)
+    if "long_factor" in rp or "short_factor" in rp:
+        raise UnsupportedError(f"{src.source}: LongRoPE scaling (long_factor/short_factor) is not written to GGUF by "
+                               "nvfp4tools (llama.cpp adds rope_factors_long/short tensors, conversion/phi.py)",
+                               hint="convert to modelopt or compressed-tensors, or use llama.cpp's own converter")
+    typ = rp.get("rope_type")
+    if typ not in _ROPE_SCALING:
+        raise UnsupportedError(f"{src.source}: RoPE type {typ!r} is not written to GGUF by nvfp4tools",
+                               hint=f"written: {', '.join(str(t) for t in _ROPE_SCALING if t)}; convert to "
+                                    "modelopt or compressed-tensors instead")
+    factor = rp.get("factor")
+    if _ROPE_SCALING[typ] == "none" or factor is None:
+        return []
+    out = [("rope.scaling.type", "string", _ROPE_SCALING[typ]), ("rope.scaling.factor", "float32", float(factor))]
+    if typ == "yarn":
+        out.append(("rope.scaling.original_context_length", "uint32", int(rp["original_max_position_embeddings"])))
+        attn = rp.get("attention_factor", rp.get("attn_factor"))
+        for key, v in (("yarn_ext_factor", rp.get("extrapolation_factor")), ("yarn_attn_factor", attn),
+                       ("yarn_beta_fast", rp.get("beta_fast")), ("yarn_beta_slow", rp.get("beta_slow"))):
+            if v is not None:
+                out.append(("rope.scaling." + key, "float32", float(v)))
+    return out
+
+
+def _rope_scaling(k: _Keys, src: Checkpoint, cfg: dict) -> None:
+    for key, kind, value in rope_scaling_keys(src, cfg):
+        k.set(key, kind, value)
+
+
+def _llama_keys(k: _Keys, src: Checkpoint, cfg: dict) -> None:
     """conversion/llama.py LlamaModel.set_gguf_parameters."""
-    w.add_uint32(p + "vocab_size", src.arch.vocab_size)
-    w.add_uint32(p + "rope.dimension_count", _full_layers(src)[0].head_dim_k)
+    k.set("vocab_size", "uint32", src.arch.vocab_size)
+    k.set("rope.dimension_count", "uint32", _full_layers(src)[0].head_dim_k)
 
 
-def _gemma4_keys(w, p: str, src: Checkpoint, cfg: dict) -> None:
+def _gemma4_keys(k: _Keys, src: Checkpoint, cfg: dict) -> None:
     """conversion/gemma.py Gemma4Model.set_gguf_parameters."""
     rp = cfg.get("rope_parameters") or {}
     full = _full_layers(src)
     swa = [l for l in src.arch.layers if l.kind == "sliding"]
-    w.add_uint32(p + "embedding_length_per_layer_input", int(cfg.get("hidden_size_per_layer_input") or 0))
-    w.add_uint32(p + "attention.shared_kv_layers", int(cfg.get("num_kv_shared_layers") or 0))
+    k.set("embedding_length_per_layer_input", "uint32", int(cfg.get("hidden_size_per_layer_input") or 0))
+    k.set("attention.shared_kv_layers", "uint32", int(cfg.get("num_kv_shared_layers") or 0))
     # full layers: proportional RoPE over the whole head (rope_freqs masks the unrotated pairs)
-    w.add_uint32(p + "rope.dimension_count", full[0].head_dim_k)
+    k.set("rope.dimension_count", "uint32", full[0].head_dim_k)
     if swa:
         part = float(((rp.get("sliding_attention") or {}).get("partial_rotary_factor")) or 1.0)
-        w.add_uint32(p + "rope.dimension_count_swa", int(swa[0].head_dim_k * part))
+        k.set("rope.dimension_count_swa", "uint32", int(swa[0].head_dim_k * part))
     if cfg.get("final_logit_softcapping"):
-        w.add_float32(p + "final_logit_softcapping", float(cfg["final_logit_softcapping"]))
+        k.set("final_logit_softcapping", "float32", float(cfg["final_logit_softcapping"]))
 
 
-def _phi3_keys(w, p: str, src: Checkpoint, cfg: dict) -> None:
+def _phi3_keys(k: _Keys, src: Checkpoint, cfg: dict) -> None:
     """conversion/phi.py Phi3MiniModel.set_gguf_parameters: RoPE over partial_rotary_factor of the
     head, the original context length, and a sliding window of 0 when there is none (the loader
     needs the key)."""
     a = src.arch
     part = float(cfg.get("partial_rotary_factor") or 1.0)
-    w.add_uint32(p + "rope.dimension_count", int(part * a.hidden_size) // a.n_heads)
+    k.set("rope.dimension_count", "uint32", int(part * a.hidden_size) // a.n_heads)
     orig = cfg.get("original_max_position_embeddings") or a.max_position_embeddings
     if orig:
-        w.add_uint32(p + "rope.scaling.original_context_length", int(orig))
+        k.set("rope.scaling.original_context_length", "uint32", int(orig))
     if not any(l.kind == "sliding" for l in a.layers):
-        w.add_uint32(p + "attention.sliding_window", int(cfg.get("sliding_window") or 0))
+        k.set("attention.sliding_window", "uint32", int(cfg.get("sliding_window") or 0))
+
+
+# scoring_func -> llama.cpp's expert_gating_func (gguf-py ExpertGatingFuncType)
+_GATING = {"softmax": 1, "sigmoid": 2}
+
+
+def _deepseek2_keys(k: _Keys, src: Checkpoint, cfg: dict) -> None:
+    """conversion/deepseek.py DeepseekV2Model.set_gguf_parameters: MLA caches one latent "head"
+    (head_count_kv 1; key = kv_lora_rank + rope dims, value = kv_lora_rank) and records the
+    per-head MLA sizes the loader uses with attn_k_b / attn_v_b."""
+    nope, rope_d = int(cfg["qk_nope_head_dim"]), int(cfg["qk_rope_head_dim"])
+    kv_lora = int(cfg["kv_lora_rank"])
+    k.set("attention.head_count_kv", "uint32", 1)
+    k.set("attention.key_length", "uint32", kv_lora + rope_d)
+    k.set("attention.value_length", "uint32", kv_lora)
+    if "attention.layer_norm_rms_epsilon" not in {key[len(k.p):] for key in k.kv}:
+        k.set("attention.layer_norm_rms_epsilon", "float32", 1e-6)
+    if cfg.get("n_group") is not None:
+        k.set("expert_group_count", "uint32", int(cfg["n_group"]))
+    if cfg.get("topk_group") is not None:
+        k.set("expert_group_used_count", "uint32", int(cfg["topk_group"]))
+    gating = _GATING.get(str(cfg.get("scoring_func", "softmax")))
+    if gating is not None:
+        k.set("expert_gating_func", "uint32", gating)
+    k.set("leading_dense_block_count", "uint32", int(cfg.get("first_k_dense_replace") or 0))
+    k.set("vocab_size", "uint32", src.arch.vocab_size)
+    if cfg.get("q_lora_rank") is not None:
+        k.set("attention.q_lora_rank", "uint32", int(cfg["q_lora_rank"]))
+    k.set("attention.kv_lora_rank", "uint32", kv_lora)
+    k.set("attention.key_length_mla", "uint32", nope + rope_d)
+    k.set("attention.value_length_mla", "uint32", int(cfg["v_head_dim"]))
+    k.set("expert_feed_forward_length", "uint32", int(cfg["moe_intermediate_size"]))
+    k.set("expert_count", "uint32", int(cfg["n_routed_experts"]))
+    k.set("expert_shared_count", "uint32", int(cfg.get("n_shared_experts") or 0))
+    if cfg.get("routed_scaling_factor") is not None:
+        k.set("expert_weights_scale", "float32", float(cfg["routed_scaling_factor"]))
+    if cfg.get("norm_topk_prob"):
+        k.set("expert_weights_norm", "bool", True)
+    k.set("rope.dimension_count", "uint32", rope_d)
+    mscale = rope_params(cfg).get("mscale_all_dim")
+    if mscale is not None:   # 0.1 x, as llama.cpp's loader divides it by 0.1 (conversion/deepseek.py)
+        k.set("rope.scaling.yarn_log_multiplier", "float32", 0.1 * float(mscale))
 
 
 def _full_layers(src: Checkpoint) -> list:
     return [l for l in src.arch.layers if l.kind == "full"] or list(src.arch.layers)
 
 
-# GGUF architecture -> the keys its llama.cpp conversion adds to the common ones
-_ARCH_KEYS = {"llama": _llama_keys, "gemma4": _gemma4_keys, "phi3": _phi3_keys}
+# GGUF architecture -> the keys its llama.cpp conversion adds to (or changes in) the common ones
+_ARCH_KEYS = {"llama": _llama_keys, "gemma4": _gemma4_keys, "phi3": _phi3_keys, "deepseek2": _deepseek2_keys}
 
 
 def _tokenizer(w, src: Checkpoint, arch_name: str) -> None:

@@ -16,3 +16,12 @@ def f32_to_bf16_bits_exact(x: np.ndarray) -> np.ndarray | None:
     if np.any(bits & 0xFFFF):
         return None
     return (bits >> 16).astype(np.uint16)
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> uint16 bf16 patterns, round to nearest even; NaN stays a quiet NaN. The rounding
+    gguf-py's ``quants.BF16`` applies (and torch's ``.to(torch.bfloat16)``)."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return np.where(nan, ((bits & 0xFFFF0000) | 0x00400000) >> 16, rounded).astype(np.uint16)

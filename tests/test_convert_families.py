@@ -68,10 +68,42 @@ def test_stale_temporary_output_is_removed(synth_dir, tmp_path, run_cli):
 # open: ModelOpt exports gpt-oss experts as [E, in/2, out] with scales along dim 1, which the
 # ModelOpt reader does not accept yet
 OPEN_READ = {"gpt_oss": "the reader refuses ModelOpt's gpt-oss expert layout ([E, in/2, out], scales along dim 1)"}
-# llama.cpp (llama-cpp-python 0.3.36) computes NaN logits on these NVFP4 GGUFs, ours and its own
-# conversion alike (test_nvfp4_gguf_equals_llama_cpp: the same tensors)
-NAN_IN_LLAMA_CPP = {"qwen2": "llama.cpp gives NaN logits on Qwen2 NVFP4 GGUFs (its own conversion too)",
-                    "phi3": "llama.cpp gives NaN logits on Phi-3 NVFP4 GGUFs (its own conversion too)"}
+# families whose NVFP4 export needs --allow-lossy for GGUF, and the tensors that makes inexact
+# (written dequantized to BF16). llama.cpp's graphs for these architectures apply no NVFP4 global
+# to their FFN / expert matmuls (gguf_arch.GRAPH_SCALED: llama.cpp's own conversion of the export
+# loads and computes NaN); DeepSeek's MLA also needs kv_b_proj split and transposed (attn_k_b /
+# attn_v_b: no NVFP4 form; llama.cpp's own converter writes it unsplit as attn_kv_b, which its
+# loader rejects), and its q_a / q_b / kv_a_mqa projections get no global either.
+_FFN = ("ffn_gate", "ffn_up", "ffn_down")
+# relative logits error of llama.cpp running an NVFP4 GGUF against transformers on the dequantized
+# weights: llama.cpp quantizes activations for its NVFP4 dot products (measured 0.017-0.054 on these
+# tiny models, whose 0.2 initializer range makes activations large)
+NVFP4_RUN_TOLERANCE = 0.1
+LOSSY_GGUF = {
+    "qwen2": _FFN,
+    "phi3": _FFN,
+    "deepseek_v3": _FFN + ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_shexp", "ffn_up_shexp",
+                           "ffn_down_shexp", "attn_k_b", "attn_v_b", "attn_kv_b", "attn_q_a", "attn_q_b",
+                           "attn_kv_a_mqa"),
+}
+
+
+def _dequantized_hf(src: str, like: str, out: str) -> str:
+    """A transformers checkpoint (config and tokenizer of LIKE) holding SRC's weights dequantized
+    (BF16): what the NVFP4 model computes, for transformers to run."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from nvfp4tools import formats
+    from nvfp4tools.tensors import dequantize
+
+    shutil.copytree(like, out, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    ck = formats.read(src)
+    save_file({n: torch.from_numpy(np.asarray(dequantize(ck, t), np.float32).copy()).to(torch.bfloat16)
+               for n, t in ck.tensors.items()}, os.path.join(out, "model.safetensors"))
+    return out
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, marks=pytest.mark.xfail(reason=OPEN_READ[f], strict=True))
@@ -129,38 +161,48 @@ def test_nvfp4_gguf_equals_llama_cpp(family_oracle, tmp_path, run_cli, family):
     except families.UpstreamLimitation as e:
         pytest.skip(str(e))
     out = str(tmp_path / "ours.gguf")
-    r = run_cli("convert", family_oracle(family, "modelopt_nvfp4"), out, "--to", "gguf")
+    src = family_oracle(family, "modelopt_nvfp4")
+    inexact = LOSSY_GGUF.get(family, ())
+    if inexact:
+        r = run_cli("convert", src, out, "--to", "gguf")
+        assert r.exit_code == 3 and "--allow-lossy" in r.stderr and not os.path.exists(out), r.stderr
+    r = run_cli("convert", src, out, "--to", "gguf", *(("--allow-lossy",) if inexact else ()))
     assert r.exit_code == 0, r.stderr
     ours = _gguf_tensors(out)
-    assert sorted(ours) == sorted(ref)
-    diff = [n for n in ref if ours[n] != ref[n]]
+
+    def exact(names):
+        return sorted(n for n in names if not any(f".{x}." in n for x in inexact))
+
+    lossy = {n for n in ours if n not in exact(ours)}
+    assert all(ours[n][0] == 30 for n in lossy if n.endswith(".weight")), "inexact tensors are written BF16"
+
+    assert exact(ours) == exact(ref)
+    diff = [n for n in exact(ref) if ours[n] != ref[n]]
     assert diff == [], diff[:5]
 
 
 @pytest.mark.parametrize("family", GGUF_OK)
 def test_gguf_outputs_run_in_llama_cpp(family_oracle, tmp_path, run_cli, family):
-    """Both GGUFs nvfp4tools writes (from BF16 and from the NVFP4 export) load in llama.cpp; the BF16
-    one computes what transformers computes, the NVFP4 one stays within NVFP4's error of it."""
+    """Both GGUFs nvfp4tools writes (from BF16 and from the NVFP4 export) load in llama.cpp and
+    compute what transformers computes on the same weights: the BF16 model, and the NVFP4 export
+    dequantized (NVFP4 kernels and activation rounding in llama.cpp aside)."""
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed (make setup-test builds it)")
     import families
 
     toks = families.test_tokens()
-    ref = families.hf_logits(family_oracle(family, "bf16"), toks)
     outs = {}
     for kind in ("bf16", "modelopt_nvfp4"):
         out = str(tmp_path / f"{kind}.gguf")
-        r = run_cli("convert", family_oracle(family, kind), out, "--to", "gguf")
+        lossy = ("--allow-lossy",) if kind != "bf16" and family in LOSSY_GGUF else ()
+        r = run_cli("convert", family_oracle(family, kind), out, "--to", "gguf", *lossy)
         assert r.exit_code == 0, r.stderr
         _readable(run_cli, out, quantized=kind != "bf16")
         outs[kind] = families.llama_logits(out, toks)
+    ref = families.hf_logits(family_oracle(family, "bf16"), toks)
     assert families.rel_error(outs["bf16"], ref) < 0.05   # llama.cpp's own BF16 GGUF gives the same
-    if family in NAN_IN_LLAMA_CPP:
-        # the claim behind the xfail: llama.cpp computes the same NaN from its own conversion
-        theirs = families.llama_logits(family_oracle(family, "nvfp4.gguf"), toks)
-        assert not np.all(np.isfinite(theirs)) and not np.all(np.isfinite(outs["modelopt_nvfp4"]))
-        pytest.xfail(NAN_IN_LLAMA_CPP[family])
-    assert np.all(np.isfinite(outs["modelopt_nvfp4"]))
-    # a sanity bound: 4-bit weights of a tiny random model (initializer_range 0.2) move logits a lot;
-    # the bits themselves are pinned by verify and the round trips
-    assert families.rel_error(outs["modelopt_nvfp4"], ref) < 0.8
+    deq = _dequantized_hf(family_oracle(family, "modelopt_nvfp4"), family_oracle(family, "bf16"),
+                          str(tmp_path / "dequantized"))
+    err = families.rel_error(outs["modelopt_nvfp4"], families.hf_logits(deq, toks))
+    print(f"{family}: NVFP4 GGUF in llama.cpp vs transformers on the dequantized weights: rel err {err:.4f}")
+    assert np.all(np.isfinite(outs["modelopt_nvfp4"])) and err < NVFP4_RUN_TOLERANCE, err

@@ -24,7 +24,7 @@ from nvfp4tools.model import TensorInfo
 
 from . import scales
 from .canon import Canon, View, llama_permutation
-from .plan import Action, Kind
+from .plan import Action, Kind, MLASplit
 
 BLOCK_BYTES = 32 * 2**20   # source bytes decoded at once, at most (unless one row is larger)
 
@@ -82,8 +82,8 @@ def pieces(a: Action, view: View) -> Iterator[Piece]:
                 yield Piece(name, None, (r0, r1), base + r0)
         return
     t = tensors[a.sources[0]]
-    whole = a.permute_heads is not None or a.kind == Kind.QUANTIZE or len(t.shape) < 2
-    if a.kind == Kind.SPLIT and a.rows is not None:
+    whole = a.permute_heads is not None or a.kind == Kind.QUANTIZE or a.mla is not None or len(t.shape) < 2
+    if a.kind == Kind.SPLIT and a.rows is not None and a.mla is None:
         experts = [a.rows.expert] if a.rows.expert is not None else \
             (list(range(t.shape[0])) if len(t.shape) == 3 else [None])
         n = a.rows.stop - a.rows.start
@@ -106,7 +106,25 @@ def read_piece(a: Action, view: View, p: Piece) -> Canon:
     c = view.canon(t, p.expert, p.rows)
     if a.permute_heads is not None:
         c = c.rows_permuted(llama_permutation(t.shape[-2] if len(t.shape) >= 2 else t.shape[0], a.permute_heads))
+    if a.mla is not None:
+        c = mla_part(c, a.mla)
     return c
+
+
+def mla_part(c: Canon, m: MLASplit) -> Canon:
+    """attn_k_b or attn_v_b of a whole unquantized kv_b_proj (see :class:`~.plan.MLASplit`): the same
+    values, rearranged; a quantized kv_b has no exact transposed form (the planner refuses it)."""
+    from dataclasses import replace
+
+    if c.kind != "raw":
+        raise UnsupportedError(f"{c.name}: an MLA kv_b_proj must be unquantized to be split exactly")
+    r = c.array.shape[-1]
+    kv = c.array.reshape(m.n_head, m.nope + m.v, r)
+    if m.part == "k":
+        out = np.ascontiguousarray(kv[:, : m.nope, :].transpose(0, 2, 1))
+    else:
+        out = np.ascontiguousarray(kv[:, m.nope:, :])
+    return replace(c, array=out, shape=out.shape)
 
 
 # -- row-shaped parts ----------------------------------------------------------------------------
@@ -310,6 +328,8 @@ def chunks(a: Action, view: View, lossy: list | None = None) -> Iterator[tuple[O
         row = 0
         for name in a.sources:   # stacked members one at a time, each at its rows
             c = quantized(a, view, lossy, name)
+            if a.mla is not None:
+                c = mla_part(c, a.mla)
             gl += c.global_mult
             for o in a.outs:
                 if not o.is_scalar:

@@ -67,6 +67,11 @@ def quantized(a: Action, view: View, report: list | None, name: str) -> Canon:
         c = Canon(t.name, "int4", shape, q=(codes.astype(np.int8) - 8).reshape(shape),
                   group_scales=np.ascontiguousarray(d.view(np.uint16)).reshape(shape[:-1] + (-1,)), group=32,
                   scale_dtype="F16")
+    elif a.quantize_to == "bf16":   # no 4-bit form exists for the output (an MLA half): dequantized
+        from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32, f32_to_bf16_bits
+        bits = f32_to_bf16_bits(w)
+        back = bf16_bits_to_f32(bits).reshape(shape)
+        c = Canon(t.name, "raw", shape, array=bits.reshape(shape), dtype="BF16")
     else:
         raise ValueError(f"unknown quantization {a.quantize_to!r}")
     if report is not None:

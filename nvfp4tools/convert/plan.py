@@ -38,6 +38,19 @@ class RowSlice:
     stop: int
 
 
+@dataclass(frozen=True)
+class MLASplit:
+    """One half of DeepSeek MLA's ``kv_b_proj`` [n_head * (nope + v), kv_lora_rank] as llama.cpp
+    writes it (conversion/deepseek.py DeepseekV2Model.modify_tensors): viewed [n_head, nope + v,
+    kv_lora_rank] and split; ``attn_k_b`` = the nope rows transposed to [n_head, kv_lora_rank, nope],
+    ``attn_v_b`` = the v rows as they are, [n_head, v, kv_lora_rank]."""
+
+    n_head: int
+    nope: int
+    v: int
+    part: str   # "k" | "v"
+
+
 @dataclass
 class Action:
     kind: Kind
@@ -49,9 +62,10 @@ class Action:
     stack: str | None = None       # STACK: "gate_up" (two members per expert) or "one"
     fold: str | None = None        # a per-expert scale tensor multiplied into the global (GGUF Gemma 4)
     permute_heads: int | None = None   # llama.cpp's Q/K row permutation over this many heads
-    quantize_to: str | None = None     # QUANTIZE: "nvfp4" | "int4" | "q4_0"
+    quantize_to: str | None = None     # QUANTIZE: "nvfp4" | "int4" | "q4_0" | "bf16" (dequantized)
     share_global_with: tuple[str, ...] = ()   # QUANTIZE to NVFP4: one global over these siblings
     global_override: tuple[float, ...] | None = None   # restored original multipliers
+    mla: MLASplit | None = None    # SPLIT: one half of an MLA kv_b_proj (GGUF DeepSeek)
     const: bytes | None = None     # GENERATE / RESTORE: the output's bytes
     note: str = ""
 
@@ -63,7 +77,8 @@ class Action:
     def label(self) -> str:
         if self.kind == Kind.QUANTIZE:
             return f"quantize->{self.quantize_to}"
-        return self.kind.value + ("+permute" if self.permute_heads else "") + ("+fold" if self.fold else "")
+        return self.kind.value + ("+permute" if self.permute_heads else "") + ("+fold" if self.fold else "") + (
+            f"+mla_{self.mla.part}_b" if self.mla else "")
 
 
 @dataclass
