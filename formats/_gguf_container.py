@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from nvfp4tools.errors import FormatError, UnsupportedError
 
+from . import validate
 from ._ggml_types import GGML_TYPES
 
 GGUF_MAGIC = b"GGUF"
@@ -132,13 +133,10 @@ def _value(c: _Cursor, vtype: int, key: str, depth: int = 0) -> _Value:
     raise FormatError(f"{c.rel}: key '{key}': unknown value type {vtype}", hint="known value types: 0..12")
 
 
-def parse_gguf(root: str, rel: str) -> GGUFFile:
-    path = os.path.join(root, rel)
-    try:
-        size = os.path.getsize(path)
-        fh = open(path, "rb")
-    except OSError as e:
-        raise FormatError(f"{rel}: cannot read: {e.strerror}") from None
+def parse_gguf(root: str, rel: str, *, trusted: bool = False) -> GGUFFile:
+    # only a regular file inside the checkpoint folder (TRUSTED: the file the user named)
+    fh = os.fdopen(validate.open_member(root, rel, trusted=trusted), "rb")
+    size = os.fstat(fh.fileno()).st_size
     with fh:
         if size < 24:
             raise FormatError(f"{rel}: truncated file: {size} bytes, a GGUF header needs at least 24")
@@ -193,6 +191,7 @@ def _parse(buf: Any, rel: str, size: int) -> GGUFFile:
     seen: set[str] = set()
     for _ in range(n_tensors):
         name = c.string("tensor name")
+        validate.check_name(name, rel)
         if name in seen:
             raise FormatError(f"{rel}: duplicate tensor name '{name}'")
         seen.add(name)

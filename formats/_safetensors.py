@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 from nvfp4tools.errors import FormatError, Nvfp4ToolsError, UnsupportedError
 
+from . import validate
+
 HEADER_MAX_BYTES = 100_000_000  # safetensors' own limit ("HeaderTooLarge", 100 MB)
 
 # dtype -> bits per element (safetensors/src/tensor.rs ``Dtype``)
@@ -60,7 +62,7 @@ def _check_entry(rel: str, name: str, entry: Any, data_len: int) -> None:
     if not isinstance(entry, dict):
         raise FormatError(f"{where}: header entry is not an object")
     dtype = entry.get("dtype")
-    if dtype not in DTYPE_BITS:
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise UnsupportedError(f"{where}: unknown dtype {dtype!r}", hint=f"known: {', '.join(sorted(DTYPE_BITS))}")
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
@@ -88,12 +90,15 @@ def _check_entry(rel: str, name: str, entry: Any, data_len: int) -> None:
                           f"{bits // 8} bytes, data_offsets give {end - begin}")
 
 
-def parse_header(root: str, rel: str) -> ParsedFile:
-    """Parse and validate one safetensors file's header. Raises FormatError naming the problem."""
-    path = os.path.join(root, rel)
+def parse_header(root: str, rel: str, *, trusted: bool = False) -> ParsedFile:
+    """Parse and validate one safetensors file's header. Raises FormatError naming the problem.
+
+    Only a regular file inside the checkpoint folder is opened (:func:`validate.open_member`);
+    TRUSTED: REL is the file the user named, which may be a link to anywhere."""
+    fd = validate.open_member(root, rel, trusted=trusted)
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
+        size = os.fstat(fd).st_size
+        with os.fdopen(fd, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
                 raise FormatError(f"{rel}: truncated file: {size} bytes, expected at least 8 (header length)")
@@ -111,13 +116,20 @@ def parse_header(root: str, rel: str) -> ParsedFile:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"{rel}: header is not valid JSON ({e})") from None
+    except (ValueError, RecursionError):  # an integer of more than 4,300 digits; nesting past the C stack
+        raise FormatError(f"{rel}: header is not a safetensors header (an integer of thousands of digits "
+                          "or JSON nested too deeply)") from None
     if not isinstance(header, dict):
         raise FormatError(f"{rel}: header is a JSON {type(header).__name__}, expected an object")
     data_start = 8 + n
     data_len = size - data_start
     meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise FormatError(f"{rel}: __metadata__ is a {type(meta).__name__}, expected an object of strings")
+    # a str -> str map (the reference implementation deserializes it as HashMap<String, String>)
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise FormatError(f"{rel}: __metadata__ is {validate.show(meta)}, expected an object of strings")
+    if not all(len(k) <= validate.MAX_NAME_CHARS and k.isprintable() for k in header):  # C-level; ~50,000 names
+        bad = next(k for k in header if not (len(k) <= validate.MAX_NAME_CHARS and k.isprintable()))
+        validate.check_name(bad, rel)
     tensors: dict[str, RawTensor] = {}
     spans: list[tuple[int, int, str]] = []
     bits_of = DTYPE_BITS.get
@@ -157,12 +169,13 @@ def parse_header(root: str, rel: str) -> ParsedFile:
     if covered != data_len:
         raise FormatError(f"{rel}: data buffer is {data_len} bytes but tensors index {covered}",
                           hint="trailing bytes after the last tensor: the file is corrupt or not safetensors")
-    return ParsedFile(rel, size, tensors, {str(k): str(v) for k, v in meta.items()})
+    return ParsedFile(rel, size, tensors, {str(k): v for k, v in meta.items()})
 
 
-def parse_headers(root: str, files: list[str]) -> list[ParsedFile]:
-    """parse_header for every file, in order; errors are those of the first bad file."""
-    return [parse_header(root, rel) for rel in files]
+def parse_headers(root: str, files: list[str], trusted: str | None = None) -> list[ParsedFile]:
+    """parse_header for every file, in order; errors are those of the first bad file. TRUSTED: the
+    one file the user named (see :func:`parse_header`)."""
+    return [parse_header(root, rel, trusted=rel == trusted) for rel in files]
 
 
 @dataclass
@@ -175,41 +188,36 @@ class Source:
     config: dict[str, Any] = field(default_factory=dict)
     hf_quant_config: dict[str, Any] | None = None
     index: dict[str, str] | None = None   # tensor -> file, from model.safetensors.index.json
+    trusted: str | None = None            # the one file the user named, read wherever it links to
+
+
+# each JSON side file's schema check (formats/validate.py); any other name: an object, unchecked
+_SIDE_SCHEMA = {"config.json": validate.config, "hf_quant_config.json": validate.hf_quant_config}
 
 
 def _load_json(root: str, name: str) -> dict[str, Any] | None:
-    path = os.path.join(root, name)
-    if not os.path.isfile(path):
+    """Side file NAME, bounded and checked against its schema; None when absent."""
+    data = validate.read_json(root, name)
+    if data is None:
         return None
-    try:
-        with open(path, "rb") as fh:
-            data = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{name}: not valid JSON ({e})") from None
+    if name.endswith(".index.json"):
+        return validate.index(data, name)
     if not isinstance(data, dict):
         raise FormatError(f"{name}: expected a JSON object, got {type(data).__name__}")
-    return data
+    check = _SIDE_SCHEMA.get(name)
+    return check(data, name) if check else data
 
 
-def _allowed_roots(root: str) -> list[str]:
-    """Where a checkpoint's files may really live: its folder, and for a snapshot in the Hugging Face
-    cache (``models--ORG--NAME/snapshots/REV``, whose files are links into ``../../blobs``) that
-    repository's cache folder."""
-    real_root = os.path.realpath(root)
-    roots = [real_root]
-    snapshots = os.path.dirname(os.path.abspath(root))
-    repo = os.path.dirname(snapshots)
-    if os.path.basename(snapshots) == "snapshots" and os.path.basename(repo).startswith(("models--", "datasets--")):
-        roots.append(os.path.realpath(repo))
-    return roots
+_allowed_roots = validate.allowed_roots
 
 
 def _safe_member(root: str, rel: str, index_name: str) -> str:
-    """An index may only name files inside the checkpoint folder."""
+    """An index may only name regular files inside the checkpoint folder."""
     if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
-        raise FormatError(f"{index_name}: shard name {rel!r} is not a relative file name")
+        raise FormatError(f"{index_name}: shard name {validate.show(rel)} is not a relative file name")
+    validate.check_name(rel, index_name, "shard name")
     real = os.path.realpath(os.path.join(root, rel))
-    if not any(os.path.commonpath([r, real]) == r for r in _allowed_roots(root)):
+    if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in _allowed_roots(root)):
         raise FormatError(f"{index_name}: shard {rel!r} points outside the checkpoint folder",
                           hint="refusing to read it; fix the index")
     return os.path.normpath(rel)
@@ -244,12 +252,16 @@ def discover(path: str) -> Source | None:
     """Find the safetensors files of PATH (or a Hub id); None when PATH holds none (another format may)."""
     from .hub import fetch, is_hub_id
     if is_hub_id(path):
-        return fetch(path)[0]
+        src = fetch(path)[0]
+        validate.config(src.config or {}, f"{path}/config.json")
+        if src.hf_quant_config is not None:
+            validate.hf_quant_config(src.hf_quant_config, f"{path}/hf_quant_config.json")
+        return src
     if os.path.isfile(path):
         if not path.endswith(".safetensors"):
             return None
         root = os.path.dirname(os.path.abspath(path))
-        src = Source(root, path, [os.path.basename(path)])
+        src = Source(root, path, [os.path.basename(path)], trusted=os.path.basename(path))
         src.config = _load_json(root, "config.json") or {}
         src.hf_quant_config = _load_json(root, "hf_quant_config.json")
         return src
@@ -278,7 +290,7 @@ def discover(path: str) -> Source | None:
             mapping = {tname: checked[rel] for tname, rel in wm.items()}
         files = sorted(set(checked.values()))
         for rel in files:
-            if not os.path.isfile(os.path.join(root, rel)):
+            if not os.path.lexists(os.path.join(root, rel)):  # (a FIFO or a folder: parse_header says so)
                 n_in = sum(1 for v in mapping.values() if v == rel)
                 raise FormatError(f"{index_name}: shard '{rel}' is missing ({n_in} tensors are mapped to it)",
                                   hint="download every shard listed in the index")
@@ -308,7 +320,7 @@ def parse_all(src: Source, meta_out: dict[str, str] | None = None) -> tuple[dict
     total = 0
     notes: list[str] = []
     index = src.index
-    for pf in parse_headers(src.root, src.files):
+    for pf in parse_headers(src.root, src.files, src.trusted):
         rel = pf.file
         total += pf.size
         if meta_out is not None and pf.metadata:

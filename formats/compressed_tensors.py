@@ -20,7 +20,7 @@ from nvfp4tools.errors import UnsupportedError
 from nvfp4tools.model import Checkpoint, Finding, QuantScheme
 
 from . import register
-from ._assemble import PatternSet, Suffix, match_pattern
+from ._assemble import PatternSet, Suffix
 from ._safetensors import declaration, discover
 from ._stfamily import build, config_quant_method, quant_method
 from .base import FormatSpec
@@ -40,9 +40,10 @@ SUFFIXES = (
 
 def _args_scheme(weights: dict[str, Any], acts: dict[str, Any] | None) -> QuantScheme | None:
     """QuantizationArgs (as JSON) -> scheme."""
-    bits = int(weights.get("num_bits", 8))
+    bits = int(weights.get("num_bits") or 8)   # (types and ranges checked by formats/validate.py)
     typ = str(weights.get("type", "int"))
     group = weights.get("group_size")
+    group = int(group) if group is not None and group > 0 else None  # -1: per channel (quant_args.py)
     act_q = acts is not None
     if typ == "float" and bits == 4:
         if group in (None, 16):
@@ -80,6 +81,7 @@ def read(path: str) -> Checkpoint:
             "config.json was trusted (compressed-tensors' converter copies the ModelOpt file unchanged)"))
 
     parsed: list[tuple[list[str], QuantScheme | None, dict[str, Any]]] = []
+    by_name: list[tuple[PatternSet, QuantScheme | None]] = []
     bits = 4
     static_act = False
     for gname, g in groups.items():
@@ -90,21 +92,23 @@ def read(path: str) -> Checkpoint:
         if w is None:
             continue
         if str(w.get("type")) == "int":
-            bits = int(w.get("num_bits", 4))
+            bits = int(w.get("num_bits") or 4)
         if a is not None and a.get("dynamic") is not True:
             static_act = True
         targets = [t for t in (g.get("targets") or []) if isinstance(t, str)]
         parsed.append((targets, _args_scheme(w, a), g))
+        if any(t.startswith("re:") or "." in t for t in targets):  # module-name targets, compiled once
+            by_name.append((PatternSet(targets, f"config.json quantization_config.config_groups.{gname}.targets"),
+                            parsed[-1][1]))
 
-    ignore_set = PatternSet(ignore)
+    ignore_set = PatternSet(ignore, "config.json quantization_config.ignore")
 
     def expect(module: str) -> QuantScheme | None:
         if ignore_set.matches(module):
             return None
-        for targets, scheme, _ in parsed:
-            if any(t.startswith("re:") or "." in t for t in targets):
-                if any(match_pattern(module, t) for t in targets):
-                    return scheme
+        for target_set, scheme in by_name:
+            if target_set.matches(module):
+                return scheme
         for targets, scheme, _ in parsed:
             if not targets or any(t in ("Linear", "LinearBase") or t[:1].isupper() for t in targets):
                 return scheme

@@ -19,7 +19,7 @@ from nvfp4tools import schemes
 from nvfp4tools.errors import FormatError, UnsupportedError
 from nvfp4tools.model import ArchInfo, Checkpoint, Finding, LayerAttention, TensorInfo, TensorPart
 
-from . import register
+from . import register, validate
 from ._gguf_container import GGUFFile, GGUFTensorInfo, parse_gguf
 from ._ggml_types import FILE_TYPES, GGML_TYPES, UNQUANTIZED
 from .base import FormatSpec
@@ -129,7 +129,8 @@ def read(path: str) -> Checkpoint:
     if found is None:
         raise UnsupportedError(f"{path}: no GGUF file")
     root, files = found
-    parsed: list[GGUFFile] = [parse_gguf(root, f) for f in files]
+    named = os.path.basename(path) if os.path.isfile(path) else None  # read wherever the user's file links
+    parsed: list[GGUFFile] = [parse_gguf(root, f, trusted=f == named) for f in files]
     findings: list[Finding] = _check_split(parsed)
     kv: dict[str, Any] = {}
     lengths: dict[str, int] = {}
@@ -174,6 +175,7 @@ def read(path: str) -> Checkpoint:
             shape = tuple(reversed(t.ne))
             tensors[name] = TensorInfo(name, shape, _scheme_for(t.type_name, False, False), (_part(t, "data"),),
                                        role, proj, layer, "blk" if layer is not None else None)
+    validate.gguf_metadata(kv, files[0])  # types and ranges of every key read below
     arch_name = str(kv.get("general.architecture", "unknown"))
     arch = arch_from_gguf(kv, lengths, arch_name, tensors)
     ftype = kv.get("general.file_type")
@@ -207,7 +209,7 @@ def read(path: str) -> Checkpoint:
                                 "in E4M3 subnormals (llama.cpp #22858)"))
     return Checkpoint(
         format="gguf", source=path, root=root, tensors=tensors, files=tuple(files),
-        file_bytes=sum(g.size for g in parsed), config=_embedded_config(kv), arch=arch,
+        file_bytes=sum(g.size for g in parsed), config=_embedded_config(kv, files[0]), arch=arch,
         producer=str(kv.get("general.quantized_by") or ("nvfp4tools" if "nvfp4tools.hf_names" in kv else "llama.cpp/gguf")),
         producer_version=None, quant_method="gguf", algorithm=meta["general.file_type"],
         kv_cache_scheme=None, findings=tuple(findings), metadata=meta)
@@ -244,13 +246,13 @@ def _check_split(parsed: list[GGUFFile]) -> list[Finding]:
     return []
 
 
-def _embedded_config(kv: dict[str, Any]) -> dict[str, Any]:
-    import json
+def _embedded_config(kv: dict[str, Any], file: str) -> dict[str, Any]:
+    """The config.json an nvfp4tools-written GGUF carries, checked like a config.json."""
     raw = kv.get("nvfp4tools.config_json")
-    try:
-        return json.loads(raw) if isinstance(raw, str) else {}
-    except ValueError:
+    if not isinstance(raw, str):
         return {}
+    label = f"{file}: nvfp4tools.config_json"
+    return validate.config(validate.parse_json(raw, label), label)
 
 
 def _at(v: Any, i: int, default: Any = None) -> Any:

@@ -95,7 +95,7 @@ def read(path: str) -> Checkpoint:
                                 f"{where}: quant_algo {algo!r} is not one nvfp4tools knows; schemes are read "
                                 "from the stored dtypes only"))
 
-    exclude_set = PatternSet(excludes)
+    exclude_set = PatternSet(excludes, f"{where} {'exclude_modules' if where.startswith('hf') else 'ignore'}")
 
     def expect(module: str) -> QuantScheme | None:
         if layers is not None:
