@@ -206,3 +206,59 @@ def test_gguf_outputs_run_in_llama_cpp(family_oracle, tmp_path, run_cli, family)
     err = families.rel_error(outs["modelopt_nvfp4"], families.hf_logits(deq, toks))
     print(f"{family}: NVFP4 GGUF in llama.cpp vs transformers on the dequantized weights: rel err {err:.4f}")
     assert np.all(np.isfinite(outs["modelopt_nvfp4"])) and err < NVFP4_RUN_TOLERANCE, err
+
+
+@pytest.mark.parametrize("family, rope", [
+    ("qwen2", dict(rope_type="yarn", rope_theta=1000000.0, factor=4.0, original_max_position_embeddings=64,
+                   beta_fast=32.0, beta_slow=1.0)),
+    ("llama", dict(rope_type="linear", rope_theta=10000.0, factor=2.0)),
+    ("qwen3", dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0)),
+])
+def test_rope_scaling_keys_equal_llama_cpp(tmp_path, run_cli, family, rope):
+    """RoPE scaling metadata as llama.cpp's converter writes it (types and values of every rope.* key)."""
+    import families
+    import torch
+    import transformers
+    from gguf import GGUFReader
+
+    if not os.path.isfile(os.path.join(families.LLAMA_CPP, "convert_hf_to_gguf.py")):
+        pytest.skip("llama.cpp converter not found")
+    cfg = families.tiny_config(family)
+    cfg.rope_parameters = rope
+    torch.manual_seed(0)
+    model = getattr(transformers, families.SPECS[family][1])(cfg).to(torch.bfloat16)
+    src = str(tmp_path / "hf")
+    model.save_pretrained(src)
+    families.add_tokenizer(family, [src])
+    ref, ours = str(tmp_path / "ref.gguf"), str(tmp_path / "ours.gguf")
+    families.llama_cpp_convert(src, ref, "bf16", families.GGUF_PRE[family])
+    r = run_cli("convert", src, ours, "--to", "gguf")
+    assert r.exit_code == 0, r.stderr
+
+    def rope_keys(path):
+        out = {}
+        for k, f in GGUFReader(path).fields.items():
+            if ".rope." in k:
+                v = f.contents()
+                out[k] = (int(f.types[0]), round(v, 6) if isinstance(v, float) else v)
+        return out
+
+    assert rope_keys(ours) == rope_keys(ref)
+    assert (rope["rope_type"] in ("yarn", "linear")) == any("scaling.type" in k for k in rope_keys(ref))
+
+
+def test_unmirrored_rope_type_is_refused_before_writing(tmp_path, run_cli):
+    import families
+    import torch
+    import transformers
+
+    cfg = families.tiny_config("phi3")
+    cfg.rope_parameters = dict(rope_type="longrope", rope_theta=10000.0, long_factor=[1.0] * 16,
+                               short_factor=[1.0] * 16, original_max_position_embeddings=64)
+    model = getattr(transformers, families.SPECS["phi3"][1])(cfg).to(torch.bfloat16)
+    src = str(tmp_path / "hf")
+    model.save_pretrained(src)
+    out = tmp_path / "x.gguf"
+    for extra in (("--dry-run",), ()):
+        r = run_cli("convert", src, str(out), "--to", "gguf", *extra)
+        assert r.exit_code == 3 and "LongRoPE" in r.stderr and not out.exists(), r.stderr
