@@ -254,7 +254,8 @@ def test_unmirrored_rope_type_is_refused_before_writing(tmp_path, run_cli):
 
     cfg = families.tiny_config("phi3")
     cfg.rope_parameters = dict(rope_type="longrope", rope_theta=10000.0, long_factor=[1.0] * 16,
-                               short_factor=[1.0] * 16, original_max_position_embeddings=64)
+                               short_factor=[1.0] * 16, original_max_position_embeddings=64,
+                               partial_rotary_factor=1.0)
     model = getattr(transformers, families.SPECS["phi3"][1])(cfg).to(torch.bfloat16)
     src = str(tmp_path / "hf")
     model.save_pretrained(src)
