@@ -222,7 +222,7 @@ def _deq_q8_0(b):   # d f16 | qs int8[32]
 
 
 def _deq_q1_0(b):   # d f16 | qs[16]: bit j set -> +d, clear -> -d
-    d = _f16(b, 0)
+    d = _f16(b, 0) * np.float32(1)   # a signalling-NaN d comes out quiet, as ggml's fp16 -> fp32 does
     return np.where(_bits(b[:, 2:]) == 1, d, -d).astype(np.float32)
 
 

@@ -130,7 +130,7 @@ def _scalar(v: Any) -> str:
         if len(text) > SHOWN_CHARS:
             return f'"{text[:SHOWN_CHARS]}"... ({len(v):,} chars)'
         return f'"{text}"'
-    return _clean(json.dumps(v, ensure_ascii=False)) if isinstance(v, (dict, list)) else _clean(str(v))
+    return _clean(json.dumps(v, ensure_ascii=False))   # true / null / numbers as JSON writes them
 
 
 def _show(e: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ parameters as the safetensors checkpoint; hostile files fail in one line with ex
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import numpy as np
@@ -253,3 +254,89 @@ def test_llama_cpp_nvfp4_dequantizes_like_modelopt(llama_cpp_ggufs, oracles):
         n = c.codes.shape[0]
         exact = (decode_e2m1(c.codes).reshape(n, -1, 16) * decode_e4m3(c.scale_bytes)[..., None]).reshape(n, -1)
         assert np.array_equal(blocks, exact)  # bit-identical block values
+
+
+# -- roles of biases (issue 23) -------------------------------------------------------------------------
+
+def _write(path, tensors: dict, kv=None) -> str:
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for k, v in (kv or {}).items():
+        getattr(w, k)(*v) if isinstance(v, tuple) else getattr(w, k)(v)
+    for name, arr in tensors.items():
+        w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def test_biases_take_their_modules_role(tmp_path):
+    z = np.zeros(8, np.float32)
+    p = _write(tmp_path / "b.gguf", {"blk.0.attn_q.bias": z, "blk.0.attn_output.bias": z, "blk.0.attn_norm.bias": z,
+                                     "blk.1.exp_probs_b.bias": z, "blk.0.ffn_gate_inp.bias": z,
+                                     "blk.0.ffn_gate_exps.bias": np.zeros((4, 8), np.float32),
+                                     "blk.0.ffn_down_shexp.bias": z})
+    got = {n: (t.role, t.proj, t.layer) for n, t in formats.read(p).tensors.items()}
+    assert got == {"blk.0.attn_q.bias": ("attention", "q", 0), "blk.0.attn_output.bias": ("attention", "o", 0),
+                   "blk.0.attn_norm.bias": ("norm", None, 0), "blk.1.exp_probs_b.bias": ("router", None, 1),
+                   "blk.0.ffn_gate_inp.bias": ("router", None, 0),
+                   "blk.0.ffn_gate_exps.bias": ("experts", "gate", 0),
+                   "blk.0.ffn_down_shexp.bias": ("shared_expert", "down", 0)}
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("family", ["llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v3",
+                                    "gpt_oss", "phi3"])
+def test_llama_cpp_gguf_roles_equal_the_safetensors_roles(family_oracle, family):
+    """llama.cpp's GGUF of each family puts every parameter in the role the Hugging Face checkpoint
+    gives it (Qwen2 and gpt-oss biases, DeepSeek's exp_probs_b, gpt-oss sinks and expert biases);
+    only llama.cpp's generated rope_freqs (Llama 3) is 'other'."""
+    g = build_report(formats.read(family_oracle(family, "bf16.gguf")))
+    s = build_report(formats.read(family_oracle(family, "bf16")))
+    gr = {r["role"]: r["n_parameters"] for r in g["roles"]}
+    gr.pop("other", None) if family == "llama" else None
+    assert gr == {r["role"]: r["n_parameters"] for r in s["roles"]}
+
+
+# -- inspect --metadata -----------------------------------------------------------------------------------
+
+def test_metadata_lists_every_key_like_gguf_dump(tmp_path, run_cli):
+    import jsonschema
+
+    template = "{% for m in messages %}\x1b[31m" + "x" * 300 + "\n{% endfor %}"
+    vocab = [f"t{i}" for i in range(5000)]
+    p = _write(tmp_path / "m.gguf", {"blk.0.attn_q.weight": np.zeros((8, 32), np.float32)}, {
+        "add_chat_template": template, "add_token_list": (vocab,), "add_rope_freq_base": 1e6,
+        "add_layer_norm_rms_eps": 1e-6, "add_context_length": 4096, "add_token_types": ([1, 2, 3],)})
+    r = run_cli("inspect", p, "--metadata", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    jsonschema.validate(rep, json.load(open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "schema",
+                                                         "inspect.json"))))
+    (src,) = rep["file_metadata"]
+    e = {x["key"]: x for x in src["entries"]}
+    from gguf import GGUFReader
+    assert set(e) == {k for k in GGUFReader(p).fields if not k.startswith("GGUF.")}   # every key, as gguf-py lists
+    assert e["tokenizer.chat_template"]["value"] == template and e["tokenizer.chat_template"]["type"] == "STRING"
+    assert e["tokenizer.ggml.tokens"] == {"key": "tokenizer.ggml.tokens", "type": "ARRAY[STRING]",
+                                          "value": vocab[:8], "length": 5000, "truncated": True}
+    assert e["tokenizer.ggml.token_type"]["value"] == [1, 2, 3] and not e["tokenizer.ggml.token_type"]["truncated"]
+    assert e["llama.attention.layer_norm_rms_epsilon"]["value"] == 1e-6      # float32 in its shortest form
+    assert e["llama.rope.freq_base"] == {"key": "llama.rope.freq_base", "type": "FLOAT32", "value": 1e6,
+                                         "length": None, "truncated": False}
+    t = run_cli("inspect", p, "--metadata").stdout
+    assert "\x1b" not in t and "\\x1b[31m" in t and f"({len(template)} chars)" in t   # escaped, cut, length said
+    assert '["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", ...] (5,000 items)' in t
+    assert "llama.context_length" in t and "UINT32" in t
+    assert "file_metadata" not in json.loads(run_cli("inspect", p, "--format", "json").stdout)   # only when asked
+
+
+def test_metadata_of_a_safetensors_checkpoint(synth_dir, run_cli):
+    rep = json.loads(run_cli("inspect", synth_dir(fmt="modelopt"), "--metadata", "--format", "json").stdout)
+    by = {s["source"]: {e["key"]: e for e in s["entries"]} for s in rep["file_metadata"]}
+    assert by["config.json"]["text_config.num_hidden_layers"]["value"] == 6
+    assert by["config.json"]["text_config.num_hidden_layers"]["type"] == "INT"
+    assert by["hf_quant_config.json"]["quantization.quant_algo"]["value"] == "NVFP4"
