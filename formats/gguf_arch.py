@@ -23,6 +23,8 @@ class GGUFArch:
     mla_split: bool = False        # kv_b_proj -> attn_k_b (transposed) + attn_v_b (conversion/deepseek.py)
     drop_mtp: bool = False         # layers >= num_hidden_layers (multi-token prediction) are not written
     drop_tied_lm_head: bool = False   # lm_head.weight is skipped when tie_word_embeddings
+    experts_in_out_interleaved: bool = False   # experts stored [E, in, out], gate/up columns interleaved
+                                               # (transformers GptOssExperts), rearranged (conversion/gpt_oss.py)
     source: str = ""
 
 
@@ -42,6 +44,7 @@ ARCHES: dict[str, GGUFArch] = {
     # qkv_proj -> attn_qkv and gate_up_proj -> ffn_up ([2 n_ff, n_embd], gate half first) unchanged:
     # Phi3MiniModel has no modify_tensors; llama.cpp's loader splits them (llama-model.cpp LLM_ARCH_PHI3)
     "phi3": GGUFArch("PHI3", source="conversion/phi.py Phi3MiniModel"),
+    "gpt_oss": GGUFArch("GPT_OSS", experts_in_out_interleaved=True, source="conversion/gpt_oss.py GptOssModel"),
     "deepseek_v3": GGUFArch("DEEPSEEK2", mla_split=True, drop_mtp=True, drop_tied_lm_head=True,
                             source="conversion/deepseek.py DeepseekV2Model"),
 }
@@ -78,6 +81,7 @@ GRAPH_SCALED: dict[str, frozenset[str]] = {
     "PHI3": _ATTN,                        # models/phi3.cpp
     "DEEPSEEK2": frozenset({"attn_output", "output"}),   # models/deepseek2.cpp (MLA projections, FFN: none)
     "GEMMA4": _ATTN | _FFN | _EXPS,       # models/gemma4.cpp
+    "GPT_OSS": _ATTN,                     # models/openai-moe.cpp (experts: none)
 }
 
 
@@ -92,7 +96,6 @@ def scaled_in_llama_cpp(gguf_arch: str, gguf_name: str) -> bool:
 
 # known to llama.cpp, not (yet) written by nvfp4tools, with the reason the user sees
 REFUSED: dict[str, str] = {
-    "gpt_oss": "llama.cpp writes gpt-oss experts as MXFP4 with its own layout (conversion/gpt_oss.py)",
 }
 
 

@@ -119,6 +119,9 @@ class GGUFWriter:
                 p.dropped.append(t.name)
                 why_dropped[t.name] = drop
                 continue
+            if spec.experts_in_out_interleaved and t.role == "experts" and t.layer is not None:
+                p.actions += self._interleaved_experts(t, opts)
+                continue
             if t.name.endswith("router.per_expert_scale") and t.name.split(".router.")[0] in fold_layers:
                 continue   # folded into the down experts' scale (recorded for the way back)
             if t.role == "experts" and t.expert is not None and t.proj in ("gate", "up", "down"):
@@ -219,6 +222,42 @@ class GGUFWriter:
         gtype = "F32" if f32 else ("F16" if d == "F16" else "BF16")
         return Action(Kind.CAST if kind == Kind.COPY and gtype != d else kind, names, (Out(gname, gtype, shape, "raw"),),
                       True, gname, rows=rows, stack=stack, permute_heads=permute)
+
+    @staticmethod
+    def _interleaved_experts(t: TensorInfo, opts: Options) -> list[Action]:
+        """gpt-oss experts (transformers GptOssExperts: ``gate_up_proj`` [E, H, 2I] with gate and up
+        columns interleaved, ``down_proj`` [E, I, H], biases [E, 2I] / [E, H]) as llama.cpp writes them:
+        transposed to [E, out, in], gate = rows 0::2, up = rows 1::2 (conversion/gpt_oss.py
+        GptOssModel.modify_tensors); biases F32. Values are only rearranged: exact for unquantized
+        experts; a 4-bit expert's blocks run along the other axis and have no exact form here."""
+        from nvfp4tools.convert.plan import Rearrange
+
+        from nvfp4tools.convert.encode import rearranged_shape
+
+        if t.scheme.quantized:
+            raise UnsupportedError(f"{t.name}: {t.scheme.name} gpt-oss experts stored [E, in, out] cannot be "
+                                   "rearranged into llama.cpp's [E, out, in] layout exactly",
+                                   hint="convert to modelopt or compressed-tensors, or write GGUF from the BF16 model")
+        layer = f"blk.{t.layer}"
+        bias = t.name.endswith("_bias") or t.name.endswith(".bias")
+        d = t.part("data").stored_dtype
+        dtype = "F32" if bias or d == "F32" else ("F16" if d == "F16" else "BF16")
+        stem = t.name.rsplit(".", 1)[-1] if not t.name.endswith(".weight") else t.name.rsplit(".", 2)[-2]
+        proj = t.proj or ("gate_up" if stem.startswith("gate_up_proj") else "down" if stem.startswith("down_proj")
+                          else None)
+        if proj == "gate_up":
+            halves = (("gate", 0), ("up", 1))
+            rs = [(proj, Rearrange(transpose=not bias, axis=-1 if bias else -2, start=i, step=2)) for proj, i in halves]
+        elif proj == "down":
+            rs = [("down", Rearrange(transpose=not bias, axis=-1, start=0, step=1))]
+        else:
+            raise UnsupportedError(f"{t.name}: no GGUF name for this gpt-oss expert tensor")
+        acts = []
+        for proj, r in rs:
+            gname = f"{layer}.ffn_{proj}_exps.{'bias' if bias else 'weight'}"
+            shape = rearranged_shape(tuple(t.shape), r)
+            acts.append(Action(Kind.SPLIT, (t.name,), (Out(gname, dtype, shape, "raw"),), True, gname, rearrange=r))
+        return acts
 
     @staticmethod
     def _mla_actions(src: Checkpoint, view: View, t: TensorInfo, opts: Options) -> list[Action]:
@@ -588,8 +627,22 @@ def _full_layers(src: Checkpoint) -> list:
     return [l for l in src.arch.layers if l.kind == "full"] or list(src.arch.layers)
 
 
+def _gpt_oss_keys(k: _Keys, src: Checkpoint, cfg: dict) -> None:
+    """conversion/gpt_oss.py GptOssModel.set_gguf_parameters: the sliding window only (llama.cpp's
+    loader alternates sliding and full layers itself, starting with sliding), expert width."""
+    for key in ("attention.key_length_swa", "attention.value_length_swa", "attention.sliding_window_pattern"):
+        k.drop(key)
+    layers = src.arch.layers
+    if any(l.kind == "sliding" for l in layers) and [l.kind for l in layers] != \
+            ["sliding" if i % 2 == 0 else "full" for i in range(len(layers))]:
+        raise UnsupportedError(f"{src.source}: gpt-oss layers do not alternate sliding/full starting with sliding, "
+                               "the only pattern llama.cpp's gpt-oss loader knows")
+    k.set("attention.sliding_window", "uint32", int(cfg.get("sliding_window") or 0))
+    k.set("expert_feed_forward_length", "uint32", int(cfg["intermediate_size"]))
+
+
 # GGUF architecture -> the keys its llama.cpp conversion adds to (or changes in) the common ones
-_ARCH_KEYS = {"llama": _llama_keys, "gemma4": _gemma4_keys, "phi3": _phi3_keys, "deepseek2": _deepseek2_keys}
+_ARCH_KEYS = {"gpt-oss": _gpt_oss_keys, "llama": _llama_keys, "gemma4": _gemma4_keys, "phi3": _phi3_keys, "deepseek2": _deepseek2_keys}
 
 
 def _tokenizer(w, src: Checkpoint, arch_name: str) -> None:

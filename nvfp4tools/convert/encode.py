@@ -24,7 +24,7 @@ from nvfp4tools.model import TensorInfo
 
 from . import scales
 from .canon import Canon, View, llama_permutation
-from .plan import Action, Kind, MLASplit
+from .plan import Action, Kind, MLASplit, Rearrange
 
 BLOCK_BYTES = 32 * 2**20   # source bytes decoded at once, at most (unless one row is larger)
 
@@ -82,7 +82,13 @@ def pieces(a: Action, view: View) -> Iterator[Piece]:
                 yield Piece(name, None, (r0, r1), base + r0)
         return
     t = tensors[a.sources[0]]
-    whole = a.permute_heads is not None or a.kind == Kind.QUANTIZE or a.mla is not None or len(t.shape) < 2
+    if a.rearrange is not None and len(t.shape) == 3:   # one expert at a time: memory bounded by one expert
+        per = math.prod(rearranged_shape(t.shape[1:], a.rearrange)[:-1])
+        for e in range(t.shape[0]):
+            yield Piece(t.name, e, None, e * per)
+        return
+    whole = a.permute_heads is not None or a.kind == Kind.QUANTIZE or a.mla is not None or \
+        a.rearrange is not None or len(t.shape) < 2
     if a.kind == Kind.SPLIT and a.rows is not None and a.mla is None:
         experts = [a.rows.expert] if a.rows.expert is not None else \
             (list(range(t.shape[0])) if len(t.shape) == 3 else [None])
@@ -108,7 +114,33 @@ def read_piece(a: Action, view: View, p: Piece) -> Canon:
         c = c.rows_permuted(llama_permutation(t.shape[-2] if len(t.shape) >= 2 else t.shape[0], a.permute_heads))
     if a.mla is not None:
         c = mla_part(c, a.mla)
+    if a.rearrange is not None:
+        c = rearranged(c, a.rearrange)
     return c
+
+
+def rearranged_shape(shape: tuple[int, ...], r: Rearrange) -> tuple[int, ...]:
+    s = list(shape)
+    if r.transpose:
+        s[-1], s[-2] = s[-2], s[-1]
+    s[r.axis] = len(range(r.start, s[r.axis], r.step))
+    return tuple(s)
+
+
+def rearranged(c: Canon, r: Rearrange) -> Canon:
+    """C's values as :class:`~.plan.Rearrange` R orders them (unquantized tensors only: a 4-bit
+    tensor's blocks run along its input axis and do not survive a transpose)."""
+    from dataclasses import replace
+
+    if c.kind != "raw":
+        raise UnsupportedError(f"{c.name}: only an unquantized tensor can be transposed or interleaved exactly")
+    a = c.array
+    if r.transpose:
+        a = np.swapaxes(a, -1, -2)
+    idx = [slice(None)] * a.ndim
+    idx[r.axis] = slice(r.start, None, r.step)
+    a = np.ascontiguousarray(a[tuple(idx)])
+    return replace(c, array=a, shape=a.shape)
 
 
 def mla_part(c: Canon, m: MLASplit) -> Canon:

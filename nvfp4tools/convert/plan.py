@@ -51,6 +51,20 @@ class MLASplit:
     part: str   # "k" | "v"
 
 
+@dataclass(frozen=True)
+class Rearrange:
+    """A stored [.., a, b] tensor's values rearranged for the target, per expert of a 3-D source:
+    the last two axes swapped (``transpose``), then every ``step``-th index from ``start`` kept along
+    ``axis`` (-1 or -2, counted after the swap). gpt-oss's experts, stored [E, in, out] with gate
+    and up interleaved, become llama.cpp's [E, out, in] ffn_gate_exps / ffn_up_exps this way
+    (conversion/gpt_oss.py GptOssModel.modify_tensors)."""
+
+    transpose: bool = False
+    axis: int = -2
+    start: int = 0
+    step: int = 1
+
+
 @dataclass
 class Action:
     kind: Kind
@@ -66,6 +80,7 @@ class Action:
     share_global_with: tuple[str, ...] = ()   # QUANTIZE to NVFP4: one global over these siblings
     global_override: tuple[float, ...] | None = None   # restored original multipliers
     mla: MLASplit | None = None    # SPLIT: one half of an MLA kv_b_proj (GGUF DeepSeek)
+    rearrange: Rearrange | None = None   # SPLIT/CAST: values transposed / strided (GGUF gpt-oss experts)
     const: bytes | None = None     # GENERATE / RESTORE: the output's bytes
     note: str = ""
 
@@ -78,7 +93,7 @@ class Action:
         if self.kind == Kind.QUANTIZE:
             return f"quantize->{self.quantize_to}"
         return self.kind.value + ("+permute" if self.permute_heads else "") + ("+fold" if self.fold else "") + (
-            f"+mla_{self.mla.part}_b" if self.mla else "")
+            f"+mla_{self.mla.part}_b" if self.mla else "") + ("+rearrange" if self.rearrange else "")
 
 
 @dataclass
