@@ -106,7 +106,8 @@ def test_equals_libggml(name):
     x = np.random.default_rng(5).standard_normal((rows, cols)).astype(np.float32)
     imatrix = np.ones(cols, np.float32)
     q = np.zeros((rows, cols // block * tsize), np.uint8)
-    n = lib.ggml_quantize_chunk(getattr(T, name).value, x.ctypes.data, q.ctypes.data, 0, rows, cols, imatrix.ctypes.data)
+    n = lib.ggml_quantize_chunk(getattr(T, name).value, x.ctypes.data, q.ctypes.data, 0, rows, cols,
+                                imatrix.ctypes.data)
     assert n == q.nbytes
     blocks = q.reshape(-1, tsize)
     assert _bits_equal(dequantize_blocks(name, blocks).reshape(-1), _c_dequantize(lib, name, blocks))
@@ -141,7 +142,8 @@ def test_block_scales_table_matches_the_codecs(name):
     with np.errstate(all="ignore"):
         if name == "MXFP4":
             lo = _set_fields(blocks, name, 0, 120)
-            assert np.array_equal(dequantize_blocks(name, _set_fields(blocks, name, 0, 121)), 2 * dequantize_blocks(name, lo))
+            hi = _set_fields(blocks, name, 0, 121)
+            assert np.array_equal(dequantize_blocks(name, hi), 2 * dequantize_blocks(name, lo))
             return
         assert not np.any(dequantize_blocks(name, _set_fields(blocks, name, 0x0000, 0x00)))
         if any(f.kind == "f16" for f in BLOCK_SCALES[name]):
@@ -202,7 +204,8 @@ def test_every_type_verifies_and_inspects_clean(every_type_gguf, run_cli):
         # path A (ours) and path B (gguf-py) decode the same bits: only Q1_0 has no gguf-py codec
         assert row["path_rel_err"] == (None if name == "Q1_0" else 0.0), (name, row["path_rel_err"])
     d = run_cli("inspect", path, "--deep", "--format", "json")
-    assert d.exit_code == 0 and all(f["severity"] != "error" for f in json.loads(d.stdout)["findings"]), d.stdout[-2000:]
+    findings = json.loads(d.stdout)["findings"]
+    assert d.exit_code == 0 and all(f["severity"] != "error" for f in findings), findings
 
 
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_K", "Q6_K", "IQ4_XS", "IQ2_XXS", "TQ1_0", "NVFP4", "MXFP4"])
