@@ -124,12 +124,14 @@ class Original:
             return np.stack(per)
         if t.expert is None:
             return None
-        if t.proj == "down":
-            o = self._index.get((s, layer, "experts", None, "down"))
-            if o is None:
-                return None
+        # the original fuses this very projection (down; gate_up against a fused gate_up, which verify
+        # checks expert by expert; a GGUF's ffn_gate_exps): its slice
+        o = self._index.get((s, layer, "experts", None, t.proj))
+        if o is not None:
             w = self._fused(o)[t.expert]
             return w.T if self.layout.transposed else w
+        if t.proj == "down":
+            return None
         if t.proj in ("gate", "up"):
             o = self._index.get((s, layer, "experts", None, "gate_up"))
             if o is None:

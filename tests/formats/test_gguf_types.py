@@ -280,6 +280,16 @@ def test_verify_reads_one_expert_of_a_stack(tmp_path, run_cli):
     assert len(s["layers"]) == 2 and s["verdict"] == "pass"
 
 
+def test_stacked_experts_match_a_fused_original_expert_by_expert(synth_dir, run_cli):
+    """Verified one expert at a time, a fused quantized gate_up / down still finds its counterpart in
+    an original that fuses them too (the same seed: same weights)."""
+    q, orig = synth_dir(fmt="modelopt", experts="fused"), synth_dir(fmt="bf16", experts="fused")
+    rep = json.loads(run_cli("verify", q, "--against", orig, "--format", "json").stdout)
+    experts = [x for x in rep["layers"] if x["role"] == "experts"]
+    assert experts and all(x["expert"] is not None and x["against"] for x in experts)
+    assert rep["summary"]["against"]["n_unmatched"] == 0 and rep["verdict"] == "pass"
+
+
 # -- llama.cpp's own quantized files -------------------------------------------------------------------
 
 FAMILIES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "deepseek_v3", "gpt_oss", "phi3")
