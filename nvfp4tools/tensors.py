@@ -129,17 +129,18 @@ GGML_BLOCK_TYPES = frozenset(BY_NAME) - {"F32", "F16", "BF16", "F64", "I8", "I16
 _CHUNK_BLOCKS = 1 << 14   # blocks decoded at a time: bounds the temporaries (~2 MiB of output each)
 
 
-def dequantize_ggml(type_name: str, raw: np.ndarray, n_elements: int) -> np.ndarray:
-    """Flat bytes of ggml type TYPE_NAME -> float32 [n_elements], decoded in chunks of blocks."""
+def dequantize_ggml(type_name: str, raw: np.ndarray, n_elements: int, what: str = "tensor") -> np.ndarray:
+    """Flat bytes of ggml type TYPE_NAME -> float32 [n_elements], decoded in chunks of blocks (WHAT
+    names the tensor in errors)."""
     from nvfp4tools.kernels_ref.ggml_quants import DEQUANTIZERS, dequantize_blocks
 
     if type_name not in DEQUANTIZERS:
-        raise UnsupportedError(f"dequantizing ggml type {type_name} is not supported",
+        raise UnsupportedError(f"{what}: dequantizing ggml type {type_name} is not supported",
                                hint=f"supported: {', '.join(DEQUANTIZERS)}")
     block, tsize = BY_NAME[type_name]
     blocks = np.asarray(raw, dtype=np.uint8).reshape(-1, tsize)
     if blocks.shape[0] * block != n_elements:
-        raise FormatError(f"{type_name}: {blocks.shape[0]} blocks hold {blocks.shape[0] * block} elements, "
+        raise FormatError(f"{what}: {blocks.shape[0]} {type_name} blocks hold {blocks.shape[0] * block} elements, "
                           f"the tensor has {n_elements}")
     out = np.empty((blocks.shape[0], block), np.float32)
     for i in range(0, blocks.shape[0], _CHUNK_BLOCKS):
@@ -152,7 +153,7 @@ def _dequant_ggml(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
     NVFP4 ``.scale`` sidecar (per tensor, or [E] per expert) multiplied in, as llama.cpp multiplies
     the matmul's output by it (``ggml_mul`` after ``ggml_mul_mat``)."""
     data = t.part("data")
-    w = dequantize_ggml(data.stored_dtype, load_part(ckpt.root, data), t.n_elements).reshape(t.shape)
+    w = dequantize_ggml(data.stored_dtype, load_part(ckpt.root, data), t.n_elements, t.name).reshape(t.shape)
     g = scalar_part(ckpt.root, t.part("global_scale"))
     if g is not None:
         w = w * (g.reshape((-1,) + (1,) * (len(t.shape) - 1)) if g.size > 1 else g[0])
