@@ -1,8 +1,11 @@
 """Canonical quantized tensors: the one in-memory form every reader's tensor is decoded into and
 every writer's bytes are encoded from.
 
-* ``nvfp4``: HF-order E2M1 codes (uint8 ``[.., rows, in]``), E4M3 block-scale bytes (never
-  re-rounded), float32 global multipliers (one, or one per expert), input multipliers likewise;
+* ``nvfp4``: E2M1 codes packed two per byte in HF order (uint8 ``[.., rows, in/2]``, element 2i in
+  the low nibble of byte i: the layout ModelOpt and compressed-tensors store, so most conversions
+  never unpack them; GGUF's sub-block order is repacked byte-wise, kernels_ref/fp4.py), E4M3
+  block-scale bytes (never re-rounded), float32 global multipliers (one, or one per expert), input
+  multipliers likewise;
 * ``int4``: int8 values in [-8, 7], group scales as stored (16-bit floats kept as their bits),
   the group size (compressed-tensors pack-quantized; GGUF Q4_0 = group 32 with an fp16 scale,
   ``q = nibble - 8``: ggml ``dequantize_row_q4_0``);
@@ -15,6 +18,7 @@ expert), which bounds memory whatever the tensor size.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -22,7 +26,7 @@ import numpy as np
 from nvfp4tools.errors import FormatError, UnsupportedError
 from nvfp4tools.io import PartReader, decode_values
 from nvfp4tools.model import Checkpoint, TensorInfo, TensorPart
-from nvfp4tools.tensors import NP_DTYPES, map_part
+from nvfp4tools.tensors import NP_DTYPES
 
 from . import scales
 
@@ -36,7 +40,7 @@ class Canon:
     name: str
     kind: str                                  # "nvfp4" | "int4" | "raw"
     shape: tuple[int, ...]                     # of this block of rows
-    codes: np.ndarray | None = None            # nvfp4
+    packed: np.ndarray | None = None           # nvfp4: HF-packed codes [.., rows, in/2]
     scale_bytes: np.ndarray | None = None
     global_mult: list[float] = field(default_factory=list)   # per expert covered (or one)
     input_mult: list[float] | None = None
@@ -53,7 +57,7 @@ class Canon:
             if a is None:
                 return None
             return np.ascontiguousarray(a[perm] if a.ndim == 1 else a[..., perm, :])
-        return replace(self, codes=take(self.codes), scale_bytes=take(self.scale_bytes), q=take(self.q),
+        return replace(self, packed=take(self.packed), scale_bytes=take(self.scale_bytes), q=take(self.q),
                        group_scales=take(self.group_scales), array=take(self.array))
 
 
@@ -74,9 +78,39 @@ class View:
         self.reader = PartReader(ckpt.root)
         self.exact = scales.exact_meta(ckpt)
         self._values: dict[tuple[str, int], list[float]] = {}
+        self._bulk: dict[str, tuple[int, int]] = {}   # file -> (descriptor for block reads, size)
 
     def close(self) -> None:
         self.reader.close()
+        for fd, _ in self._bulk.values():
+            os.close(fd)
+        self._bulk.clear()
+
+    def _read(self, part: TensorPart, start: int, nbytes: int) -> np.ndarray:
+        """NBYTES of PART from byte START, read into a fresh buffer (pread: memory is the block read,
+        whatever the file size; a long-lived mmap would keep every page read mapped)."""
+        fs = self._bulk.get(part.file)
+        if fs is None:
+            path = os.path.join(self.ckpt.root, part.file)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError as e:
+                raise FormatError(f"{part.file}: cannot open: {e.strerror}") from None
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)   # row blocks are read in order
+            fs = self._bulk[part.file] = (fd, os.fstat(fd).st_size)
+        fd, size = fs
+        if part.offset + part.nbytes > size:
+            raise FormatError(f"{part.file}: tensor '{part.key}' needs bytes {part.offset}..{part.offset + part.nbytes} "
+                              f"but the file has {size}", hint="the file is truncated; download it again")
+        buf = np.empty(nbytes, np.uint8)
+        view, done = memoryview(buf), 0
+        while done < nbytes:
+            n = os.preadv(fd, [view[done:]], part.offset + start + done)
+            if n <= 0:
+                raise FormatError(f"{part.file}: tensor '{part.key}' is truncated")
+            done += n
+        return buf
 
     # -- small parts ---------------------------------------------------------------------------
     def values(self, part: TensorPart) -> list[float]:
@@ -98,21 +132,28 @@ class View:
                lead: int = 0) -> np.ndarray:
         """A part's stored array (bits kept), optionally only rows START:STOP (of EXPERT).
         LEAD: leading expert count of a stacked part (0: none)."""
-        dt = BITS_DTYPE.get(part.stored_dtype, np.uint8)
-        a = map_part(self.ckpt.root, part, dt)
-        if part.stored_dtype in BITS_DTYPE:
-            a = a.reshape(part.stored_shape)
-        else:   # a ggml block type: [.., rows, bytes per row]
-            shape = part.stored_shape
+        dt = np.dtype(BITS_DTYPE.get(part.stored_dtype, np.uint8))
+        shape = tuple(part.stored_shape)
+        if part.stored_dtype not in BITS_DTYPE:   # a ggml block type: [.., rows, bytes per row]
             nrows = 1
             for d in shape[:-1]:
                 nrows *= d
-            a = a.reshape(shape[:-1] + (part.nbytes // max(nrows, 1),)) if nrows else a
+            shape = shape[:-1] + (part.nbytes // max(nrows, 1),) if nrows else (part.nbytes,)
+        # the selection is one contiguous range: expert E of [E, ..], then rows of a [rows, cols] block
+        sub, start = shape, 0
         if expert is not None:
-            a = a[expert]
-        if rows is not None:
-            a = a[..., rows[0]:rows[1], :] if a.ndim >= 2 else a[rows[0]:rows[1]]
-        return np.array(a)   # a copy: the block of rows, not the file
+            sub = shape[1:]
+            start = expert * int(np.prod(sub, dtype=np.int64))
+        if rows is not None and len(sub) <= 2:
+            row = sub[-1] if len(sub) == 2 else 1
+            start += rows[0] * row
+            sub = (rows[1] - rows[0],) + tuple(sub[1:])
+            rows = None
+        n = int(np.prod(sub, dtype=np.int64))
+        a = self._read(part, start * dt.itemsize, n * dt.itemsize).view(dt).reshape(sub)
+        if rows is not None:   # rows of every expert of a stacked part: not one range
+            a = np.ascontiguousarray(a[..., rows[0]:rows[1], :])
+        return a
 
     def canon(self, t: TensorInfo, expert: int | None = None, rows: tuple[int, int] | None = None) -> Canon:
         """Tensor T (or expert EXPERT of a stacked T, or rows START:STOP of it) in canonical form."""
@@ -147,17 +188,15 @@ class View:
                                hint="lossless conversion covers NVFP4, int4 group-symmetric and Q4_0")
 
     def _nvfp4(self, t: TensorInfo, data: TensorPart, expert, r, lead, out_shape) -> Canon:
-        from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
-
         if data.stored_dtype == "NVFP4":
-            from nvfp4tools.kernels_ref.ggml_quants import gguf_blocks_to_nvfp4
+            from nvfp4tools.kernels_ref.fp4 import hf_from_gguf_nvfp4_blocks
             blocks = self.stored(data, r, expert)
-            codes, sb = gguf_blocks_to_nvfp4(blocks.reshape(blocks.shape[:-1] + (-1,)))
+            packed, sb = hf_from_gguf_nvfp4_blocks(blocks.reshape(blocks.shape[:-1] + (-1,)))
         else:
             bs = t.part("block_scale")
             if bs is None or t.part("global_scale") is None:
                 raise UnsupportedError(f"{t.name}: NVFP4 tensor lacks its block or global scale; cannot decode")
-            codes = unpack_nibbles_hf(self.stored(data, r, expert))
+            packed = self.stored(data, r, expert)
             sb = self.stored(bs, r, expert).astype(np.uint8, copy=False)
         n_e = 1 if (expert is not None or not lead) else lead
         g = self.mults(t, "global_scale")
@@ -167,7 +206,7 @@ class View:
         if expert is not None:
             g = [g[expert] if len(g) > 1 else g[0]]
             inp = None if inp is None else [inp[expert] if len(inp) > 1 else inp[0]]
-        return Canon(t.name, "nvfp4", out_shape, codes=codes.reshape(out_shape),
+        return Canon(t.name, "nvfp4", out_shape, packed=packed.reshape(out_shape[:-1] + (-1,)),
                      scale_bytes=sb.reshape(out_shape[:-1] + (-1,)), global_mult=list(g), input_mult=inp)
 
 

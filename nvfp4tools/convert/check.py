@@ -63,7 +63,7 @@ def _values(c: Canon) -> np.ndarray:
 
 def _same(a: Canon, b: Canon) -> bool:
     if a.kind == "nvfp4":
-        return b.kind == "nvfp4" and np.array_equal(a.codes, b.codes) and np.array_equal(a.scale_bytes, b.scale_bytes)
+        return b.kind == "nvfp4" and np.array_equal(a.packed, b.packed) and np.array_equal(a.scale_bytes, b.scale_bytes)
     if a.kind == "int4":
         if b.kind != "int4" or not np.array_equal(a.q, b.q):
             return False

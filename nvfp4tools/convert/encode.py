@@ -165,14 +165,13 @@ def encode_rows(c: Canon, o: Out, name: str) -> bytes:
     """Output part O's bytes for the rows canonical C holds."""
     w = o.what
     if w == "codes":
-        from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
-        return pack_nibbles_hf(_need(c, "nvfp4", o, name).codes).tobytes()
+        return np.ascontiguousarray(_need(c, "nvfp4", o, name).packed).tobytes()
     if w == "scales":
         return np.ascontiguousarray(_need(c, "nvfp4", o, name).scale_bytes, np.uint8).tobytes()
     if w == "nvfp4_blocks":
-        from nvfp4tools.kernels_ref.ggml_quants import nvfp4_to_gguf_blocks
+        from nvfp4tools.kernels_ref.fp4 import gguf_nvfp4_blocks
         c = _need(c, "nvfp4", o, name)
-        return nvfp4_to_gguf_blocks(c.codes, c.scale_bytes).tobytes()
+        return gguf_nvfp4_blocks(c.packed, c.scale_bytes).tobytes()
     if w == "q4_0_blocks":
         return _q4_0_bytes(_need(c, "int4", o, name), name)
     if w == "int4":

@@ -35,8 +35,6 @@ def _shared_global(a: Action, view: View, w: np.ndarray):
 def quantized(a: Action, view: View, report: list | None, name: str) -> Canon:
     """Source tensor NAME of action A requantized to ``a.quantize_to``, as a canonical tensor
     (its rows in the action's order: permuted where the action permutes)."""
-    from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
-
     t = view.ckpt.tensors[name]
     w = _dequantized(view, t.name)
     if a.permute_heads is not None:
@@ -50,7 +48,7 @@ def quantized(a: Action, view: View, report: list | None, name: str) -> Canon:
         shared = _shared_global(a, view, w) if w.ndim == 2 and a.share_global_with else None
         qs = [quantize_nvfp4(m, shared) for m in mats]
         back = np.stack([dequantize_nvfp4(q) for q in qs]).reshape(shape)
-        c = Canon(t.name, "nvfp4", shape, codes=np.stack([unpack_nibbles_hf(q.packed) for q in qs]).reshape(shape),
+        c = Canon(t.name, "nvfp4", shape, packed=np.stack([q.packed for q in qs]).reshape(shape[:-1] + (-1,)),
                   scale_bytes=np.stack([q.block_scale for q in qs]).reshape(shape[:-1] + (-1,)),
                   global_mult=[float(q.global_scale) for q in qs])
     elif a.quantize_to == "int4":
