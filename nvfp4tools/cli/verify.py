@@ -121,7 +121,9 @@ def render_table(r: dict[str, Any], show_layers: bool = False) -> str:
         rows = []
         for x in show:
             b = x["backends"][0] if x["backends"] else {}
-            rows.append([x["name"], "x".join(map(str, x["shape"])), _e(x.get("path_rel_err")),
+            label = x["name"] if x.get("expert") is None or f".{x['expert']}." in x["name"] else \
+                f"{x['name']} [expert {x['expert']}]"
+            rows.append([label, "x".join(map(str, x["shape"])), _e(x.get("path_rel_err")),
                          _e(b.get("rel_err")), _e(x.get("w4a4_rel_err")), x["verdict"],
                          "; ".join(x["problems"])[:80]])
         lines.append(tabulate(rows, headers=["layer", "shape", "path err", "backend err", "W4A4 err", "verdict",
