@@ -518,6 +518,9 @@ class Assembler:
 
     def _logical_int_shape(self, module: str, parts: dict[PartRole, TensorPart]) -> tuple[int, ...]:
         data = parts["data"]
+        if not data.stored_shape:
+            raise FormatError(f"{data.file}: tensor '{data.key}' is 0-d, expected packed [out, in/{32 // self.int_bits}] "
+                              f"int32 words")
         shp = parts.get("shape")
         if shp is not None and shp.stored_dtype in ("I64", "I32") and _prod(shp.stored_shape) == len(data.stored_shape):
             try:
@@ -548,6 +551,12 @@ class Assembler:
             bs = parts.get("block_scale")
             if bs is not None and scheme.block_size:
                 want = shape[:-1] + (-(-shape[-1] // scheme.block_size),)
+                # gpt-oss's fused experts as ModelOpt exports them keep transformers' [E, in, out]:
+                # codes [E, in/2, out], block scales [E, in/16, out] (see TensorPart.transposed)
+                t_shape = s[:-2] + (s[-1], s[-2] * 2) if len(s) == 3 else None
+                if bs.stored_shape != want and t_shape is not None and \
+                        bs.stored_shape == s[:-2] + (-(-t_shape[-1] // scheme.block_size), s[-1]):
+                    return t_shape
                 if bs.stored_shape != want:
                     raise FormatError(
                         f"{bs.file}: tensor '{bs.key}' has shape {list(bs.stored_shape)}, expected {list(want)} "
@@ -556,6 +565,8 @@ class Assembler:
         if scheme.element.startswith("int") and data.stored_dtype == "I32":
             return self._logical_int_shape(module, parts)
         if scheme.element == "int4" and data.stored_dtype == "U8":
+            if not s:
+                raise FormatError(f"{data.file}: tensor '{data.key}' is 0-d, expected packed [out/2, in] uint8")
             return (s[0] * 2,) + s[1:]
         return s
 
@@ -600,7 +611,7 @@ class Assembler:
                 if sfx is None:
                     module, sfx = name, _DATA
             _, dtype, shape, file, offset, nbytes = raw
-            part = new(TensorPart, (sfx.role, name, file, offset, nbytes, dtype, shape, sfx.stored_as))
+            part = new(TensorPart, (sfx.role, name, file, offset, nbytes, dtype, shape, sfx.stored_as, False))
             g = groups.get(module)
             if g is None:
                 groups[module] = {sfx.role: part}
@@ -638,7 +649,8 @@ class Assembler:
             ri = classify(name)
             role = ri.role
             shape_stored = data.stored_shape
-            linear_like = len(shape_stored) >= 2 and role != "embedding" and role != "norm"
+            # gpt-oss stores its experts' biases 2-D ([E, out]): biases are never quantized linears
+            linear_like = len(shape_stored) >= 2 and role != "embedding" and role != "norm" and not name.endswith("bias")
             expected = (expect(name[:-7] if name.endswith(".weight") else name) if linear_like else None)
             roles = tuple(parts)
             order = ordering.get(roles)
@@ -652,14 +664,22 @@ class Assembler:
             if hit is None:
                 scheme = self._scheme(module, parts, expected)
                 shape = tuple(self._logical_shape(module, scheme, parts))
+                transposed = scheme.element == "e2m1" and len(shape) == 3 and \
+                    shape[-1] != data.stored_shape[-1] * 2
+                if scheme.quantized and (not shape or 0 in shape):
+                    # nothing to dequantize or multiply: a quantized layer has [out, in] elements
+                    raise FormatError(f"{data.file}: tensor '{data.key}' is stored {scheme.name} with logical shape "
+                                      f"{list(shape)}, expected a non-empty [out, in] (or [experts, out, in])")
                 fused = shape[0] if (len(shape) == 3 and role == "experts") else None
-                info = make_info(name, shape, scheme, stored, role, ri.proj, ri.layer, ri.stack, ri.expert, fused)
+                info = make_info(name, shape, scheme, _marked(stored) if transposed else stored, role, ri.proj,
+                                 ri.layer, ri.stack, ri.expert, fused)
                 self._check_scalars(info)
                 if "shape" not in parts:  # compressed-tensors' stored shapes are read per tensor
-                    memo[sig] = (scheme, shape, fused, expected)  # keeps id(expected) unique
+                    memo[sig] = (scheme, shape, fused, expected, transposed)  # keeps id(expected) unique
             else:
-                scheme, shape, fused, _ = hit
-                info = make_info(name, shape, scheme, stored, role, ri.proj, ri.layer, ri.stack, ri.expert, fused)
+                scheme, shape, fused, _, transposed = hit
+                info = make_info(name, shape, scheme, _marked(stored) if transposed else stored, role, ri.proj,
+                                 ri.layer, ri.stack, ri.expert, fused)
             out[name] = info
             if scheme.quantized:
                 if expected is None and linear_like and self.has_config:
@@ -698,6 +718,7 @@ class Assembler:
                 ri.layer, ri.stack, ri.expert))
 
         self._findings(orphans, not_as_configured, quantized_but_excluded, missing)
+        _check_experts(out)
         return out
 
     def _findings(self, orphans, not_as_configured, quantized_but_excluded, missing) -> None:
@@ -736,6 +757,25 @@ class Assembler:
                 "missing_scale", "error",
                 f"{count} quantized tensors have no {what} (e.g. '{info.name}', {info.scheme.name})",
                 tensor=info.name))
+
+
+def _marked(parts: tuple[TensorPart, ...]) -> tuple[TensorPart, ...]:
+    """A transposed 4-bit tensor's codes and block scales, marked so every array reader swaps them."""
+    return tuple(p._replace(transposed=True) if p.role in ("data", "block_scale") else p for p in parts)
+
+
+def _check_experts(out: Mapping[str, TensorInfo]) -> None:
+    """The per-expert weights of one layer and projection share a shape: engines (and convert's
+    GGUF writer) stack them into one [E, out, in] array, so a differing member is a broken file."""
+    first: dict[tuple[str, str | None, str], TensorInfo] = {}
+    for t in out.values():
+        if t.expert is None or t.role != "experts":
+            continue
+        key = (t.name.split(f".experts.{t.expert}.")[0], t.proj, t.name.rpartition(".")[2])
+        f = first.setdefault(key, t)
+        if f.shape != t.shape:
+            raise FormatError(f"{t.parts[0].file}: tensor '{t.name}' has shape {list(t.shape)} but '{f.name}' has "
+                              f"{list(f.shape)}; the experts of one layer must share a shape")
 
 
 _DATA = Suffix("", "data")

@@ -80,6 +80,8 @@ class Original:
         if o is not None:
             if o.shape == t.shape:
                 return self._load(o), ""
+            if self.layout.transposed and len(o.shape) >= 2 and o.shape[:-2] + (o.shape[-1], o.shape[-2]) == t.shape:
+                return np.swapaxes(self._load(o), -1, -2), ""   # gpt-oss original [E, in, out] vs [E, out, in]
             return None, f"the original's {o.name} has shape {list(o.shape)}, expected {list(t.shape)}"
         w = self._from_experts(t) if t.role == "experts" else None
         if w is None and t.proj in FUSED_MEMBERS and not t.n_experts_fused:

@@ -81,6 +81,10 @@ class TensorPart(NamedTuple):
     stored_dtype: str            # safetensors dtype ("U8", "F8_E4M3", ...) or ggml type name
     stored_shape: tuple[int, ...]
     stored_as: StoredAs = "value"  # for scales: multiplier (canonical) or divisor (reciprocal)
+    # stored [.., in, out] instead of [.., out, in] (gpt-oss's fused experts as ModelOpt exports
+    # them: codes packed along dim -2, block scales [.., in/16, out]); every reader of the array
+    # swaps the last two axes, so consumers always see the logical [.., out, in] orientation
+    transposed: bool = False
 
 
 @dataclass(frozen=True)

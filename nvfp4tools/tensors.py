@@ -37,7 +37,13 @@ def map_part(root: str, part: TensorPart, dtype) -> np.ndarray:
 
 
 def load_part(root: str, part: TensorPart) -> np.ndarray:
-    """The stored array of a part, read-only memory-mapped (bf16 widened to float32)."""
+    """The array of a part in its logical orientation (a transposed part's last two axes swapped
+    back), read-only memory-mapped (bf16 widened to float32)."""
+    a = _load_stored(root, part)
+    return np.swapaxes(a, -1, -2) if part.transposed else a
+
+
+def _load_stored(root: str, part: TensorPart) -> np.ndarray:
     if part.nbytes == 0:
         map_part(root, part, np.uint8)   # (the file is still checked)
         return np.zeros(part.stored_shape, dtype=np.float32)

@@ -17,12 +17,7 @@ pytestmark = pytest.mark.interop
 import families  # noqa: E402  (tests/oracles, put on sys.path by conftest)
 
 # (family, kind) -> the exact error `nvfp4tools inspect` gives today; xfail until nvfp4tools reads it.
-INSPECT_XFAIL: dict[tuple[str, str], str] = {
-    ("gpt_oss", "modelopt_nvfp4"): "nvfp4tools inspect exits 3: FormatError: model.safetensors: tensor "
-                                   "'model.layers.0.mlp.experts.down_proj_weight_scale' has shape [4, 8, 128], "
-                                   "expected [4, 64, 16] for nvfp4 block_size=16 over in_features=256 "
-                                   "(ModelOpt stores gpt-oss's fused experts [E, in/2, out], scales along dim 1)",
-}
+INSPECT_XFAIL: dict[tuple[str, str], str] = {}
 
 # Relative error ||llama.cpp - transformers|| / ||transformers|| of the logits on 32 tokens.
 # llama.cpp's CPU matmul rounds activations to BF16 for BF16 weights (and keeps K/V in F16), so it

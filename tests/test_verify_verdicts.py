@@ -192,10 +192,11 @@ def test_verify_json_matches_schema(pair, run_cli):
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize("family", ["llama", "mixtral", "qwen3_moe", "deepseek_v3", "phi3"])
+@pytest.mark.parametrize("family", ["llama", "mixtral", "qwen3_moe", "deepseek_v3", "phi3", "gpt_oss"])
 def test_upstream_export_against_its_original(family, family_oracle, run_cli):
     """ModelOpt's NVFP4 export against the transformers model it came from: every layer matched
-    (transformers 5 stores MoE experts fused, ModelOpt writes them one by one), SQNR above the floor."""
+    (transformers 5 stores MoE experts fused, ModelOpt writes them one by one; gpt-oss's are
+    [E, in, out] on both sides, interleaved), SQNR above the floor."""
     code, rep = _verify(run_cli, family_oracle(family, "modelopt_nvfp4"), "--against", family_oracle(family, "bf16"))
     ag = rep["summary"]["against"]
     assert ag["n_unmatched"] == 0, ag["unmatched"][:3]

@@ -11,11 +11,12 @@ objects it creates, so conversions in one process never share state.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from typing import Any
 
-from nvfp4tools.errors import UsageError
+from nvfp4tools.errors import UnsupportedError, UsageError
 
 from .canon import View
 from .options import Options
@@ -45,6 +46,13 @@ def make_plan(src, opts: Options, view: View | None = None) -> Plan:
     """The target writer's plan for SRC (reads only headers and per-tensor scalars)."""
     if opts.quantize is not None and not opts.allow_lossy:
         raise UsageError("--quantize requantizes weights: pass --allow-lossy as well")
+    transposed = next((t for t in src.tensors.values() if any(p.transposed for p in t.parts)), None)
+    if transposed is not None:
+        # the 4-bit blocks of a tensor stored [.., in, out] run across the other axis of every target's
+        # layout, and no target format has a name for that layout: refused rather than re-laid out
+        raise UnsupportedError(f"{src.source}: '{transposed.name}' is stored transposed ([.., in/2, out], gpt-oss "
+                               "experts as ModelOpt exports them); converting this layout is not supported",
+                               hint="inspect, verify and estimate read it; convert the BF16 original instead")
     own = view is None
     view = view or View(src)
     try:
@@ -77,6 +85,7 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
         tmp = publish.temp_path_for(dst)
         lossy: list[dict[str, Any]] = []
         progress = Progress(sum(a.nbytes for a in p.actions))
+        restore_sigterm = publish.terminate_as_interrupt()  # a cancelled CI job cleans up like Ctrl-C
         try:
             files = writer.write(p, view, tmp, opts, lossy, progress)
             progress.close()
@@ -85,7 +94,9 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
             report["verified_tensors"] = check.verify_output(p, view, out, verify)
             report["verification"] = verify
             if lossy:
-                report["lossy"] = lossy
+                # a NaN or Inf error figure (the source weight held NaN) is null: the report is strict
+                # JSON, written below before anything is published, and printed by --format json after
+                report["lossy"] = lossy = _json_safe(lossy)
                 if folder:
                     report["report_file"] = REPORT_FILE
                     with open(os.path.join(tmp, REPORT_FILE), "w") as fh:
@@ -102,8 +113,21 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
             elif os.path.lexists(tmp):
                 os.remove(tmp)
             raise
+        finally:
+            restore_sigterm()
         report["destination"] = dst
         report["files"] = [os.path.basename(dst)] if writer.suffix else files
         return report
     finally:
         view.close()
+
+
+def _json_safe(obj: Any) -> Any:
+    """OBJ with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -139,6 +139,10 @@ class View:
             for d in shape[:-1]:
                 nrows *= d
             shape = shape[:-1] + (part.nbytes // max(nrows, 1),) if nrows else (part.nbytes,)
+        if part.transposed:   # stored [.., in, out]: rows are columns on disk, read the expert whole
+            a = self._read(part, 0, part.nbytes).view(dt).reshape(shape)
+            a = np.swapaxes(a[expert] if expert is not None else a, -1, -2)
+            return np.ascontiguousarray(a[..., rows[0]:rows[1], :] if rows is not None else a)
         # the selection is one contiguous range: expert E of [E, ..], then rows of a [rows, cols] block
         sub, start = shape, 0
         if expert is not None:
