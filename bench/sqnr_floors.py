@@ -4,7 +4,9 @@ synthetic stand-ins for the shapes real LLM weights take: Gaussian, Laplace, Stu
 tails) and Gaussian with log-normal per-row scales plus 1% outlier input channels at 8x (the
 structure that makes per-channel and large-group int4 hard). "unrelated" is the SQNR of a
 quantized layer against an independent matrix of the same variance: what `verify --against` sees
-when the original is not the checkpoint's source.
+when the original is not the checkpoint's source. The last rows are the worst figure per scheme
+and the floor ``verify --against`` applies to it (nvfp4tools/sqnr_floors.py), which sits a few dB
+under that worst figure.
 
     .venv/bin/python bench/sqnr_floors.py
 """
@@ -13,11 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from nvfp4tools import schemes
 from nvfp4tools.errstats import sqnr_db
 from nvfp4tools.kernels_ref.fp8 import decode_e4m3, encode_e4m3
 from nvfp4tools.kernels_ref.ggml_quants import dequantize_q4_0, dequantize_q8_0, quantize_q4_0, quantize_q8_0
 from nvfp4tools.kernels_ref.int4 import quantize_int4_sym
 from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+from nvfp4tools.sqnr_floors import NOT_SOURCE_DB, sqnr_floor_db
 
 E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6], dtype=np.float64)
 
@@ -53,6 +57,18 @@ SCHEMES = {
     "fp8 channel": fp8_channel,
 }
 
+# the scheme each column is, as verify sees it (for its floor)
+FLOOR_OF = {
+    "nvfp4": schemes.NVFP4,
+    "mxfp4": schemes.MXFP4,
+    "int4 g32": schemes.int_group(4, 32, True),
+    "int4 g128": schemes.int_group(4, 128, True),
+    "int4 channel": schemes.int_group(4, None, True),
+    "q4_0": schemes.ggml("q4_0", 4.5, 32, "f16"),
+    "q8_0": schemes.ggml("q8_0", 8.5, 32, "f16"),
+    "fp8 channel": schemes.FP8_A16,
+}
+
 
 def main() -> None:
     rng = np.random.default_rng(0)
@@ -66,11 +82,16 @@ def main() -> None:
     }
     print("| weights | " + " | ".join(SCHEMES) + " | unrelated |")
     print("|---" * (len(SCHEMES) + 2) + "|")
+    worst = {s: np.inf for s in SCHEMES}
     for name, w in dists.items():
         w = (w * 0.02).astype(np.float32)
         other = (rng.standard_normal(w.shape) * w.std()).astype(np.float32)
-        row = [f"{sqnr_db(w, f(w)):.1f}" for f in SCHEMES.values()]
-        print(f"| {name} | " + " | ".join(row) + f" | {sqnr_db(w, other):.1f} |")
+        row = {s: sqnr_db(w, f(w)) for s, f in SCHEMES.items()}
+        worst = {s: min(worst[s], v) for s, v in row.items()}
+        print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row.values()) + f" | {sqnr_db(w, other):.1f} |")
+    print("| **worst** | " + " | ".join(f"{v:.1f}" for v in worst.values()) + " | |")
+    print("| verify's floor | " + " | ".join(f"{sqnr_floor_db(FLOOR_OF[s]):.0f}" for s in SCHEMES)
+          + f" | {NOT_SOURCE_DB:.0f} (not the source) |")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The diagonal-MMA GEMV (kernels_ref/gpu/nvfp4_skinny.py: M = 1 on mma.sync, each quad's K range
-on the diagonal) against the CUDA-core GEMV (nvfp4_gemv.py) and cuBLAS bf16, under the engine-like
-timing of bench/gpu_stream_bench.py, each config checked against float64 first.
+"""Sweep of the diagonal-MMA GEMV's configs (kernels_ref/gpu/nvfp4_skinny.py: M = 1 on mma.sync,
+each quad's K range on the diagonal), the search behind ``diag_config`` (which layers take it):
+each config checked against float64 first, then timed beside the CUDA-core GEMV (nvfp4_gemv.py)
+and cuBLAS bf16 in the same run, under ``nvfp4tools bench``'s graph timing.
 
-    python bench/gpu_gemv_mma.py [--shapes 8192x2816,2816x8192] [--configs "1,1,0;2,2,1"] [--json F]
+    python bench/tune_diag_gemv.py [--shapes 8192x2816,2816x8192] [--configs "1,1,0;2,2,1"] [--json F]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 
 import torch
-from gpu_stream_bench import graph_time_us, parse_configs, shape_args, shape_weights
+from _gpu import graph_time_us, parse_configs, shape_args, shape_weights
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemv import gemv_config, nvfp4_w4a16_gemv
 from nvfp4tools.kernels_ref.gpu.nvfp4_skinny import nvfp4_w4a16_gemv_mma
 

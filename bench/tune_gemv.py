@@ -1,9 +1,10 @@
-"""The M = 1 GEMV kernel (kernels_ref/gpu/nvfp4_gemv.py) against cuBLAS bf16 and the GEMM
-kernel's M = 1 default, under the engine-like timing of bench/gpu_stream_bench.py (every call
-reads a different copy of the weight, calls replayed from one CUDA graph), with a sweep of its
-(ROWS, num_warps, CACHE) and a correctness check of every config against the fp32 dequantization.
+"""Sweep of the M = 1 GEMV kernel's configs (kernels_ref/gpu/nvfp4_gemv.py: ROWS, num_warps,
+CACHE), the search behind ``gemv_config``: each config checked against the float64 product first,
+then timed beside cuBLAS bf16 and the MMA GEMM kernel at M = 1 in the same run, under ``nvfp4tools
+bench``'s graph timing (every call reads a different copy of the weight, calls replayed from one
+CUDA graph). Prints the best config and the default per shape.
 
-    python bench/gpu_gemv.py [--json out.json] [--shapes 8192x2816,2816x8192] [--no-sweep]
+    python bench/tune_gemv.py [--json out.json] [--shapes 8192x2816,2816x8192] [--no-sweep]
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import json
 
 import torch
-from gpu_stream_bench import graph_time_us, parse_configs, shape_args, shape_weights
+from _gpu import graph_time_us, parse_configs, shape_args, shape_weights
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemv import gemv_config, nvfp4_w4a16_gemv
 
@@ -47,20 +48,15 @@ def main() -> None:
                 else float("inf")
             results.append({"config": list(cfg), "us": t, "rel_err": err, "ok": ok})
         best = min(results, key=lambda r: r["us"])
-        # the same loads without the arithmetic: what the load pattern alone costs
-        t_loads = [graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemv(x, p, s, g, config=tuple(best["config"]),
-                                                                    no_decode=lvl) for p, s in qs]) for lvl in (1, 2, 3)]
         default = results[-1]
         for tag, r in (("best", best), ("default", default)):
             print(f"{n:>5} {k:>5} | {t_b:7.1f} | {t_gemm:7.1f} | {r['us']:7.1f} {tuple(r['config'])!s:>14} | "
                   f"{t_b / r['us']:5.2f}x {qbytes / r['us'] / 1e3:5.0f} | {r['rel_err']:.2e} {tag}")
         bad = [r for r in results if not r["ok"]]
-        print(f"{'':>11} | loads only (best config, no decode): all {t_loads[0]:.1f} us, no activations "
-              f"{t_loads[1]:.1f} us, codes only {t_loads[2]:.1f} us")
         if bad:
             print(f"  FAILED configs: {[(tuple(r['config']), r['rel_err']) for r in bad]}")
         rows.append({"N": n, "K": k, "bf16_us": t_b, "gemm_m1_us": t_gemm, "gemm_config": list(gcfg),
-                     "gemv": results, "loads_only_us": t_loads})
+                     "gemv": results})
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -1,10 +1,11 @@
-"""The MMA kernel (kernels_ref/gpu/nvfp4_gemm.py) with and without TMA loads of the activations and
-code words (config entry 9, ``TMA``), swept over tiles, warps, stages and K split at M = 128, under
-the engine-like timing of bench/gpu_stream_bench.py. Each config's output is checked against
-float64 first. The kernels compile in parallel child processes first (one per CPU core, filling
-Triton's on-disk cache), so the timed loop only loads them.
+"""Sweep of the MMA GEMM kernel's configs (kernels_ref/gpu/nvfp4_gemm.py, M >= 17): tiles, warps,
+stages, K split, swapped operands, with and without TMA loads of the activations and code words
+(config entry 9), the search behind ``_config``'s M >= 17 defaults. Each config's output is
+checked against float64 first, then timed beside cuBLAS bf16 and the default config in the same
+run, under ``nvfp4tools bench``'s graph timing. The kernels compile in parallel child processes
+first (one per CPU core, filling Triton's on-disk cache), so the timed loop only loads them.
 
-    python bench/gpu_tma_sweep.py [--json out.json] [--shapes 8192x2816,2816x8192] [--ms 128,64]
+    python bench/tune_mma.py [--json out.json] [--shapes 8192x2816,2816x8192] [--ms 128,64]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import multiprocessing as mp
 import os
 
 import torch
-from gpu_stream_bench import graph_time_us, parse_configs, parse_shapes, shape_args, shape_weights
+from _gpu import graph_time_us, parse_configs, parse_shapes, shape_args, shape_weights
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm
 
 
@@ -48,8 +49,8 @@ def _compile(job) -> int:
 
 def precompile(jobs: list[tuple[int, int, int, tuple]]) -> None:
     procs = max(1, (os.cpu_count() or 2) - 2)
-    # one compile per task: the split is a run-time argument (only split 1 vs > 1 compile apart:
-    # FIXUP), and N, K, M are run-time arguments too
+    # one compile per task: the split is a run-time argument (only split 1 vs > 1 compile apart),
+    # and N, K, M are run-time arguments too
     seen = {}
     for m, n, k, cs in jobs:
         for c in cs:

@@ -1,8 +1,9 @@
-"""The skinny-batch kernel (kernels_ref/gpu/nvfp4_skinny.py: mma.sync fed from registers) against
-cuBLAS bf16 and the MMA kernel of nvfp4_gemm.py, at M = 2..16, under the engine-like timing of
-bench/gpu_stream_bench.py, with a sweep of its (warps, 16-row tiles, K split) and a check against float64.
+"""Sweep of the skinny-batch kernel's configs (kernels_ref/gpu/nvfp4_skinny.py, mma.sync fed from
+registers: warps, 16-row tiles, K split, software pipeline), the search behind ``skinny_config``:
+each config checked against float64 first, then timed beside cuBLAS bf16 and the MMA GEMM kernel
+at M = 2..16 in the same run, under ``nvfp4tools bench``'s graph timing.
 
-    python bench/gpu_skinny.py [--json out.json] [--shapes 8192x2816,2816x8192] [--ms 16,8,2]
+    python bench/tune_skinny.py [--json out.json] [--shapes 8192x2816,2816x8192] [--ms 16,8,2]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 
 import torch
-from gpu_stream_bench import graph_time_us, parse_configs, shape_args, shape_weights
+from _gpu import graph_time_us, parse_configs, shape_args, shape_weights
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, nvfp4_w4a16_gemm
 from nvfp4tools.kernels_ref.gpu.nvfp4_skinny import nvfp4_w4a16_skinny, skinny_config
 

@@ -261,8 +261,7 @@ def test_diagonal_mma_gemv_matches_float64():
         gw = K.random_weight(n, k, np.random.default_rng(11))
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         ref = x.double() @ gw.w.double().T
-        for cfg in (None, (1, 1, 0), (1, 1, 1), (2, 1, 0), (2, 2, 1), (4, 1, 0), (1, 2, 0), (4, 2, 0), (4, 2, 1),
-                    (1, 1, 0, 1), (4, 2, 1, 1)):   # and with programmatic dependent launch
+        for cfg in (None, (1, 1, 0), (1, 1, 1), (2, 1, 0), (2, 2, 1), (4, 1, 0), (1, 2, 0), (4, 2, 0), (4, 2, 1)):
             y = nvfp4_w4a16_gemv_mma(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
             assert y.shape == (1, n) and not torch.isnan(y).any(), (n, k, cfg)
             err = float((y.double() - ref).norm() / ref.norm())
@@ -286,8 +285,7 @@ def test_skinny_mma_kernel_matches_float64(m):
     x = torch.randn(m, 1056, device="cuda", dtype=torch.bfloat16)
     ref = x.double() @ gw.w.double().T
     for cfg in (None, (1, 1, 1), (4, 1, 1), (2, 2, 1), (4, 2, 3), (8, 1, 2),
-                (1, 1, 1, 1), (4, 1, 1, 1), (2, 1, 3, 1), (8, 1, 2, 1), (2, 2, 1, 1), (4, 2, 3, 1),  # pipelined
-                (4, 1, 1, 1, 1), (2, 1, 3, 1, 1), (4, 1, 1, 0, 1)):  # and with programmatic dependent launch
+                (1, 1, 1, 1), (4, 1, 1, 1), (2, 1, 3, 1), (8, 1, 2, 1), (2, 2, 1, 1), (4, 2, 3, 1)):  # pipelined
         y = nvfp4_w4a16_skinny(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
         assert y.shape == (m, 515) and not torch.isnan(y).any(), cfg
         err = float((y.double() - ref).norm() / ref.norm())

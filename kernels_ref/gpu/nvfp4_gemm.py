@@ -4,8 +4,8 @@ Layout (the checkpoint's own, nothing swizzled): ``packed`` uint8 [N, K/2] (elem
 nibble, ModelOpt / compressed-tensors order), ``scales`` uint8 E4M3 [N, K/16], one fp32 global.
 
 Why it is shaped the way it is (decode, M <= 16, is memory bound; every instruction spent decoding
-is taken from the time the loads have to hide; figures in bench/RESULTS.md, search in
-bench/gpu_tune.py):
+is taken from the time the loads have to hide; the tiles and the K split were searched on an
+H100, bench/README.md):
 
 * Decode (``DECODE=2``): the codes are read as int32 words; the eight E2M1 codes of a word become
   four bf16x2 registers with shifts and masks in inline PTX, and the block scale multiplies them in
@@ -15,9 +15,8 @@ bench/gpu_tune.py):
   M only pads the narrow side (wgmma m64n16k16 on Hopper).
 * Small M cannot fill the SMs with output tiles alone, so the K loop is split across programs
   (``SPLIT_K``, whole K blocks each). The partial tiles meet in a workspace; the program that
-  arrives last at its tile's counter sums them (``FIXUP``), so no zeroed output (a separate
-  memset launch, 4-5 us) is needed. The older path, fp32 atomic adds into a zeroed output, stays
-  behind ``SPLIT_K_FIXUP = False`` for comparison (bench/gpu_splitk.py).
+  arrives last at its tile's counter sums them (the fix-up), so no zeroed output (a separate
+  memset launch, 4-5 us, which fp32 atomic adds into the output would need) is needed.
 * M = 1 (decode) goes to the GEMV kernel of ``nvfp4_gemv.py`` (on the largest layers to the
   diagonal-MMA GEMV of ``nvfp4_skinny.py``) and 2 <= M <= 16 to the skinny
   kernel of ``nvfp4_skinny.py`` (mma.sync fed from registers) where K % 32 == 0; this kernel
@@ -25,10 +24,10 @@ bench/gpu_tune.py):
 * ``TMA=1`` loads the activation tile and the code words with the Hopper tensor-memory
   accelerator instead of per-thread copies: at M = 128 the activations are most of the bytes each
   program reads (the whole 128-row x for every 64 weight rows), and TMA moves them with far fewer
-  instructions: 22.5 -> 20.5 us on 8192x2816, 26.7 -> 24.5 us on 2816x8192 (bench/gpu_tma_sweep.py,
-  bench/RESULTS.md). The default at M >= 17 on sm_90+ while a CUDA graph is being captured (as
-  engines launch); eager calls keep the per-thread loads, because Triton encodes host descriptors
-  at every launch (bench/gpu_launch_overhead.py). Not with ``SWAP``: swapped operands with TMA and a
+  instructions: 22.5 -> 20.5 us on 8192x2816, 26.7 -> 24.5 us on 2816x8192 (bench/gpu_tma_sweep.py).
+  The default at M >= 17 on sm_90+ while a CUDA graph is being captured (as engines launch); eager
+  calls keep the per-thread loads, because Triton encodes host descriptors at every launch
+  (bench/RESULTS.md). Not with ``SWAP``: swapped operands with TMA and a
   K split computed wrong partial sums on the H100 under Triton 3.6 (the sweep's float64 check
   caught 1e33-size errors and NaN), so that combination is refused.
 * ``K2 = K // 2`` and ``KS = K // 16`` come in as arguments so that Triton sees their divisibility
@@ -91,7 +90,8 @@ def _word_decode_ptx(out: str = "bf16") -> str:
 
 
 _DECODE_WORD_PTX = tl.constexpr(_word_decode_ptx())
-WORD_SCALE_SHIFT = 16    # DECODE 2 leaves weights scaled by 2^-16; the epilogue puts it back
+# The word decode leaves weights scaled by 2^-16; every kernel's epilogue multiplies by this.
+WORD_SCALE = tl.constexpr(65536.0)
 
 
 @triton.jit
@@ -126,7 +126,7 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
                         SPLIT_K,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         DECODE: tl.constexpr, SWAP: tl.constexpr, EVEN_K: tl.constexpr,
-                        FIXUP: tl.constexpr, TMA: tl.constexpr = 0):
+                        TMA: tl.constexpr = 0):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -187,7 +187,7 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
         else:
             acc = tl.dot(x, tl.trans(w), acc)
     if DECODE == 2:
-        acc = acc * (g * 65536.0)   # 2^WORD_SCALE_SHIFT
+        acc = acc * (g * WORD_SCALE)
     else:
         acc = acc * g
     if SWAP:
@@ -198,7 +198,7 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
         ymask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if SPLIT_K == 1:
         tl.store(y_ptrs, acc, mask=ymask)
-    elif FIXUP:
+    else:
         # Split-K without a zeroed output: each K slice stores its partial tile in the workspace
         # ([SPLIT_K, M, N] fp32), then counts itself in on the tile's counter (atomic, acq_rel at
         # GPU scope, after a CTA barrier so every warp's stores are released); the slice that
@@ -218,8 +218,6 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
                 tot += tl.load(w_ptrs + (sk - pid_k) * M * N, mask=ymask, other=0.0, cache_modifier=".cg")
             tl.store(y_ptrs, tot, mask=ymask)
             tl.atomic_xchg(cnt_ptr + tile, 0)
-    else:
-        tl.atomic_add(y_ptrs, acc, mask=ymask)
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, DECODE, SWAP[, TMA]); SPLIT_K is a
@@ -228,7 +226,7 @@ Config = tuple[int, ...]
 
 
 def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
-    """Default tiles, from bench/gpu_tune.py on an H100 (Gemma-4-26B shapes, bench/RESULTS.md).
+    """Default tiles, searched on an H100 (the Gemma-4-26B shapes; bench/README.md).
     IN_GRAPH: whether the call is captured into a CUDA graph (None: whether it is now)."""
     sms, _ = _device_info(torch.cuda.current_device())
     if m <= 16:
@@ -243,8 +241,8 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
     if m <= 16:
         # the split-K fix-up costs no memset: aim at about two programs per SM (the loads need
         # more in flight than one 4-warp program keeps), each with at least one K block
-        # (bench/gpu_splitk.py on the eight Gemma-4-26B shapes: 8192x2816 split 3, 2816x8192
-        # and 2816x4096 6-8, 2816x704 6 at BLOCK_K 64)
+        # (measured on the eight Gemma-4-26B shapes: 8192x2816 split 3, 2816x8192 and 2816x4096
+        # 6-8, 2816x704 6 at BLOCK_K 64)
         while tiles * split < 2 * sms and split < max_split and blocks >= split + 1:
             split += 1
     else:
@@ -256,23 +254,10 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
         return bm, bn, bk, split, warps, stages, 2, swap
     # TMA only where the launch is being captured into a CUDA graph: eagerly, Triton encodes the
     # two descriptors on the host at every launch (+10-90 us per call on the H100 machine's CPU,
-    # against 2 us of GPU time saved; bench/gpu_launch_overhead.py), while a graph pays that once
+    # against 2 us of GPU time saved; bench/RESULTS.md), while a graph pays that once
     if in_graph is None:
         in_graph = torch.cuda.is_current_stream_capturing()
     return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k) and in_graph)
-
-
-# Programmatic dependent launch for the skinny and diagonal kernels (sm_90+): launched with it, a
-# kernel's programs start while the previous kernel's last programs run, put their first weight
-# loads in flight, and wait (griddepcontrol.wait) before touching the activations or the output.
-# That assumes the weights were not written by the kernel just before: true of a deployed
-# checkpoint, not of every caller, so it is off unless asked for (True: on where the GPU supports
-# it). Measured in bench/RESULTS.md: M = 16 gains up to 1.2 us, the one-warp diagonal GEMV loses.
-PDL = False
-
-
-def pdl_default() -> int:
-    return int(bool(PDL) and _device_info(torch.cuda.current_device())[1] >= 9)
 
 
 def tma_ok(k: int) -> bool:
@@ -284,7 +269,7 @@ def tma_ok(k: int) -> bool:
 @functools.lru_cache(maxsize=None)
 def _device_info(device: int) -> tuple[int, int]:
     """(SM count, compute-capability major), asked once per device: the query costs more host
-    time than the rest of a launch's Python (bench/gpu_launch_overhead.py)."""
+    time than the rest of a launch's Python."""
     p = torch.cuda.get_device_properties(device)
     return p.multi_processor_count, p.major
 
@@ -350,13 +335,9 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     if tma and (x.data_ptr() % 16 or packed.data_ptr() % 16 or x.stride(0) % 8 or packed.stride(0) % 16):
         tma = 0   # a view TMA cannot describe (unaligned start or rows); the per-thread loads can
     grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
-    fixup = split > 1 and SPLIT_K_FIXUP
-    if split > 1 and not fixup:  # atomics need a zeroed output, so NaN poisoning only applies to split == 1
-        y = torch.zeros((m, n), dtype=torch.float32, device=x.device)
-    else:
-        y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
-            torch.empty((m, n), dtype=torch.float32, device=x.device)
-    ws, cnt = split_k_workspace(y, split, grid[0] * grid[1]) if fixup else (y, y)
+    y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
+        torch.empty((m, n), dtype=torch.float32, device=x.device)
+    ws, cnt = split_k_workspace(y, split, grid[0] * grid[1])
     w = packed.view(torch.int32) if decode == 2 else packed   # DECODE 2 reads whole words
     strides = (x.stride(0), w.stride(0), scales.stride(0), y.stride(0))
     if tma:
@@ -367,16 +348,15 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     _nvfp4_w4a16_kernel[grid](x, w, scales, y, ws, cnt, m, n, k, k // 2, k // 16, float(global_scale),
                               *strides, split,
                               BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DECODE=decode, SWAP=swap, EVEN_K=k % bk == 0,
-                              FIXUP=fixup, TMA=tma, num_warps=warps, num_stages=stages)
+                              TMA=tma, num_warps=warps, num_stages=stages)
     return y
 
 
-# Split-K sums partial tiles through a workspace and per-tile arrival counters (FIXUP) instead of
+# Split-K sums partial tiles through a workspace and per-tile arrival counters instead of
 # atomics into a zeroed output (a memset launch of 4-5 us, a quarter of a small GEMV). The
 # counters are allocated zeroed once per device and every launch leaves them zero again; two
 # launches running at once on different streams must not share them (verify and the benches run
 # on one stream).
-SPLIT_K_FIXUP = True
 _COUNTERS: dict[tuple[str, int | None], torch.Tensor] = {}
 
 

@@ -2,10 +2,11 @@
 checkpoint's own layout (``packed`` uint8 [N, K/2], element 2i in the low nibble; ``scales`` E4M3
 [N, K/16]); nothing is repacked.
 
-At M = 1 the weights are the whole cost: 13 MB for a 8192x2816 layer, which a pure read streams
-in ~6.2 us on an H100 (bench/gpu_floor.py). Whatever else the kernel does has to hide under those
-loads, so it is written for instruction count and so that no value changes lanes (no shared
-memory, no barriers, no layout conversions; bench/gpu_gemv.py, figures in bench/RESULTS.md):
+At M = 1 the weights are the whole cost: 13 MB for a 8192x2816 layer, which a kernel that only
+streams the bytes reads in ~6.2 us on an H100 (bench/RESULTS.md). Whatever else the kernel does
+has to hide under those loads, so it is written for instruction count and so that no value
+changes lanes (no shared memory, no barriers, no layout conversions; bench/gpu_gemv.py is its
+sweep):
 
 * Each lane owns one group of 32 elements per pass: its 4 code words (one 16-byte load), its 2
   scale bytes and the group's 16 activation words (bf16 pairs, four 16-byte loads, L1 hits). All
@@ -20,9 +21,9 @@ memory, no barriers, no layout conversions; bench/gpu_gemv.py, figures in bench/
 * No split over K, no atomics, no workspace: one program owns whole output rows.
 * Weights are loaded evict-first: they are read once, the activations are re-read by every program.
 
-Tried and dropped (bench/RESULTS.md): several groups per lane so that scales come 8 bytes at a
-time (ptxas then issues the later groups' loads only after the first group's arithmetic: slower),
-software prefetch of the next pass, and persistent grid-stride programs.
+Tried and dropped: several groups per lane so that scales come 8 bytes at a time (ptxas then
+issues the later groups' loads only after the first group's arithmetic: slower), software prefetch
+of the next pass, and persistent grid-stride programs.
 
 Requires K % 32 == 0 (every Gemma-4 and Llama shape); ``nvfp4_gemm`` serves the rest.
 """
@@ -33,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .nvfp4_gemm import _word_decode_ptx
+from .nvfp4_gemm import WORD_SCALE, _word_decode_ptx
 
 
 _DECODE_WORD_F32_PTX = tl.constexpr(_word_decode_ptx("f32"))
@@ -89,20 +90,13 @@ def _load(ptr, offs, mask, MASKED: tl.constexpr, CACHE: tl.constexpr):
 
 @triton.jit
 def _row_group(w_ptr, s_ptr, r, stride_wn, stride_sn, gk, gm, x0, x1, x2, x3, acc, MASKED: tl.constexpr,
-               CACHE: tl.constexpr, NO_DECODE: tl.constexpr):
+               CACHE: tl.constexpr):
     """acc + row r's group gk of each lane: its 4 code words (one 16-byte load; word j = 2 a + b
     is half b of block a) times its 2 scale bytes (one 2-byte load), dotted with the group's 32
     activations (x0..x3: [L, 4] bf16 pairs, one per code word)."""
     lm = gm[:, None]
     wq = _load(w_ptr + r * stride_wn, (gk * 4)[:, None] + tl.arange(0, 4)[None, :], lm, MASKED, CACHE)
-    if NO_DECODE == 3:   # bench only: the code loads alone
-        return acc + wq.to(tl.float32, bitcast=True).sum(axis=1)
     sb = _load(s_ptr + r * stride_sn, (gk * 2)[:, None] + tl.arange(0, 2)[None, :], lm, MASKED, CACHE)
-    if NO_DECODE == 2:   # bench only: codes and scales, no activations
-        return acc + wq.to(tl.float32, bitcast=True).sum(axis=1) + sb.to(tl.float32).sum(axis=1)
-    if NO_DECODE == 1:   # bench only: every load, no arithmetic
-        return acc + (wq.to(tl.float32, bitcast=True) + x0.to(tl.float32, bitcast=True)).sum(axis=1) \
-            + sb.to(tl.float32).sum(axis=1)
     sc = (sb.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 1.2980742146337069e33).to(tl.bfloat16)  # x 2^110
     s0, s1 = tl.split(sc)
     w0, w1, w2, w3 = _columns4(wq)
@@ -119,13 +113,12 @@ def _row_group(w_ptr, s_ptr, r, stride_wn, stride_sn, gk, gm, x0, x1, x2, x3, ac
 
 @triton.jit
 def _nvfp4_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stride_sn,
-                       ROWS: tl.constexpr, L: tl.constexpr, EVEN_K: tl.constexpr, CACHE: tl.constexpr,
-                       NO_DECODE: tl.constexpr):
+                       ROWS: tl.constexpr, L: tl.constexpr, EVEN_K: tl.constexpr, CACHE: tl.constexpr):
     """x int32 [K/2] (bf16 pairs), w int32 [N, K/8], s uint8 [N, K/16] -> y fp32 [N].
 
     A program takes ROWS (1, 2 or 4) rows; its L = 32 num_warps lanes walk K a group of 32
     elements each at a time. Rows past N are clamped to N - 1 for loading (so no load needs a row
-    mask) and not stored. NO_DECODE (bench/gpu_gemv.py only) keeps some loads and drops the rest."""
+    mask) and not stored."""
     n0 = tl.program_id(0) * ROWS
     r1 = tl.minimum(n0 + 1, N - 1)
     r2 = tl.minimum(n0 + 2, N - 1)
@@ -140,27 +133,21 @@ def _nvfp4_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stride_sn
         # the group's activations: x32 words 16 gk + 4 j .. + 3 for its code word j, four 16-byte
         # loads into the lane that holds the codes (the same [L, 4] layout: no shuffles)
         xo = (gk * 16)[:, None] + tl.arange(0, 4)[None, :]
-        if NO_DECODE == 2 or NO_DECODE == 3:
-            x0 = tl.zeros((L, 4), dtype=tl.int32)
-            x1 = x0
-            x2 = x0
-            x3 = x0
-        else:
-            x0 = _load(x_ptr, xo, gm[:, None], not EVEN_K, 0)
-            x1 = _load(x_ptr, xo + 4, gm[:, None], not EVEN_K, 0)
-            x2 = _load(x_ptr, xo + 8, gm[:, None], not EVEN_K, 0)
-            x3 = _load(x_ptr, xo + 12, gm[:, None], not EVEN_K, 0)
+        x0 = _load(x_ptr, xo, gm[:, None], not EVEN_K, 0)
+        x1 = _load(x_ptr, xo + 4, gm[:, None], not EVEN_K, 0)
+        x2 = _load(x_ptr, xo + 8, gm[:, None], not EVEN_K, 0)
+        x3 = _load(x_ptr, xo + 12, gm[:, None], not EVEN_K, 0)
         acc0 = _row_group(w_ptr, s_ptr, n0, stride_wn, stride_sn, gk, gm, x0, x1, x2, x3, acc0,
-                          not EVEN_K, CACHE, NO_DECODE)
+                          not EVEN_K, CACHE)
         if ROWS > 1:
             acc1 = _row_group(w_ptr, s_ptr, r1, stride_wn, stride_sn, gk, gm, x0, x1, x2, x3, acc1,
-                              not EVEN_K, CACHE, NO_DECODE)
+                              not EVEN_K, CACHE)
         if ROWS > 2:
             acc2 = _row_group(w_ptr, s_ptr, r2, stride_wn, stride_sn, gk, gm, x0, x1, x2, x3, acc2,
-                              not EVEN_K, CACHE, NO_DECODE)
+                              not EVEN_K, CACHE)
             acc3 = _row_group(w_ptr, s_ptr, r3, stride_wn, stride_sn, gk, gm, x0, x1, x2, x3, acc3,
-                              not EVEN_K, CACHE, NO_DECODE)
-    gs = g * 65536.0    # the decode leaves 2^-16 (nvfp4_gemm.WORD_SCALE_SHIFT)
+                              not EVEN_K, CACHE)
+    gs = g * WORD_SCALE    # the decode leaves 2^-16
     tl.store(y_ptr + n0, tl.sum(acc0, axis=0) * gs)
     if ROWS > 1:
         tl.store(y_ptr + n0 + 1, tl.sum(acc1, axis=0) * gs, mask=n0 + 1 < N)
@@ -174,11 +161,11 @@ GemvConfig = tuple[int, int, int]
 
 
 def gemv_config(n: int, k: int) -> GemvConfig:
-    """Default, from bench/gpu_gemv.py's sweep on an H100 (the eight Gemma-4-26B shapes, figures in
-    bench/RESULTS.md): 2 rows per program (1 below 2048 rows, where programs get few); one warp
-    per program, two where K has >= 128 groups of 32 (half as many passes over K), four where
-    fewer than ~1200 programs would leave the SMs short of warps; evict-first weights (they are
-    read once; the activations stay in L1)."""
+    """Default, from bench/gpu_gemv.py's sweep on an H100 (the eight Gemma-4-26B shapes): 2 rows
+    per program (1 below 2048 rows, where programs get few); one warp per program, two where K
+    has >= 128 groups of 32 (half as many passes over K), four where fewer than ~1200 programs
+    would leave the SMs short of warps; evict-first weights (they are read once; the activations
+    stay in L1)."""
     rows = 2 if n >= 2048 else 1
     groups = k // 32
     if groups >= 128:
@@ -191,7 +178,7 @@ def gemv_config(n: int, k: int) -> GemvConfig:
 
 
 def nvfp4_w4a16_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, global_scale: float,
-                     poison: bool = False, config: GemvConfig | None = None, no_decode: int = 0) -> torch.Tensor:
+                     poison: bool = False, config: GemvConfig | None = None) -> torch.Tensor:
     """x bf16 [1, K]; packed uint8 [N, K/2]; scales uint8 [N, K/16] -> y float32 [1, N]."""
     m, k = x.shape
     n = packed.shape[0]
@@ -205,5 +192,5 @@ def nvfp4_w4a16_gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     lanes = 32 * warps
     _nvfp4_gemv_kernel[(triton.cdiv(n, rows),)](
         x.view(torch.int32), w, scales, y, n, k, float(global_scale), w.stride(0), scales.stride(0),
-        ROWS=rows, L=lanes, EVEN_K=(k // 32) % lanes == 0, CACHE=cache, NO_DECODE=int(no_decode), num_warps=warps)
+        ROWS=rows, L=lanes, EVEN_K=(k // 32) % lanes == 0, CACHE=cache, num_warps=warps)
     return y

@@ -21,18 +21,12 @@ needs, so decoded values never leave the registers they are made in:
   these shapes, checked in the TTGIR). The GPU tests check the results against float64 at
   M = 2, 9 and 16 (and verify's triton backend at M = 7) for a spread of configs.
 
-* Programmatic dependent launch (opt-in: ``nvfp4_gemm.PDL`` or the config's last entry): the
-  programs start while the previous kernel's last programs run, and only the activation loads
-  wait for it (``griddepcontrol.wait`` between a pass's weight loads and its activation loads, in
-  the pipelined prologue). M = 16 on 8192x2816: 13.2 -> 12.0 us; on the one-warp diagonal GEMV it
-  cost 8.2 -> 9.7 us, so no default uses it (bench/RESULTS.md).
-
 The module also holds the M = 1 "diagonal" GEMV on the same building blocks
 (``nvfp4_w4a16_gemv_mma``, at the end), the default on the largest layers.
 
 Requires K % 32 == 0 (the last pass is masked) and M <= 16; the default for 2 <= M <= 16. With
 the software pipeline (``PREFETCH``) it beats the MMA kernel on all eight Gemma-4 shapes at M = 2
-and 8, and at M = 16 on seven (2816x4096: 10.0 against 9.8 us); bench/RESULTS.md.
+and 8, and at M = 16 on seven (2816x4096: 10.0 against 9.8 us); bench/gpu_skinny.py.
 """
 
 from __future__ import annotations
@@ -40,9 +34,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from .nvfp4_gemm import _word_decode_ptx, pdl_default
+from .nvfp4_gemm import WORD_SCALE, _word_decode_ptx
 from .nvfp4_gemv import _columns4
 
 
@@ -153,7 +146,7 @@ def _b_regs16(xa0, xa1, xa2, xa3):
 
 @triton.jit
 def _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, M, K2, gk, ok,
-                NB: tl.constexpr, TILES: tl.constexpr, WAIT: tl.constexpr = 0):
+                NB: tl.constexpr, TILES: tl.constexpr):
     """Every load of one pass (the pipelined loop's unit): codes and scale bytes of tile 0
     (rows r0 / r1) and tile 1 (r2 / r3; tile 0's again when TILES == 1), then the activations of
     column blocks 0 and 1 (block 0's again when NB == 1), 16 values in that order."""
@@ -162,10 +155,6 @@ def _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, 
         vl, vh, ql, qh = _tile_load(w_ptr, s_ptr, r2, r3, stride_wn, stride_sn, gk, ok)
     else:
         vl, vh, ql, qh = wl, wh, sl, sh
-    if WAIT:
-        # programmatic dependent launch: the weights (which no kernel writes) are in flight while
-        # the previous kernel finishes; the activations (which it may write) only after it has
-        gdc_wait()
     xa0, xa1, xa2, xa3 = _load_x(x_ptr, gid, M, K2, gk, ok)
     if NB == 2:
         xb0, xb1, xb2, xb3 = _load_x(x_ptr, gid + 8, M, K2, gk, ok)
@@ -192,7 +181,7 @@ def _pass_math(cur, NB: tl.constexpr, TILES: tl.constexpr, t0, u0, t1, u1):
 @triton.jit
 def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g, stride_wn, stride_sn,
                         NB: tl.constexpr, W: tl.constexpr, TILES: tl.constexpr, SPLIT: tl.constexpr,
-                        PREFETCH: tl.constexpr, PDL: tl.constexpr = 0):
+                        PREFETCH: tl.constexpr):
     """x int32 [M, K/2] (bf16 pairs), w int32 [N, K/8], s uint8 [N, K/16] -> y fp32 [M, N].
 
     Program (pid_n, pid_k) takes TILES (1 or 2) tiles of 16 rows, which share the activations'
@@ -219,10 +208,6 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
     t1 = t0
     u1 = t0
     passes = tl.cdiv(KG, 4 * W * SPLIT)
-    if PDL:
-        gdc_launch_dependents()   # the next kernel may start filling SMs as these programs exit
-        if not PREFETCH:
-            gdc_wait()
     if PREFETCH:
         # software pipeline: the next pass's codes, scales and activations are loaded before
         # this pass's decode and MMAs, so that each warp has a pass of loads in flight while it
@@ -230,7 +215,7 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
         # once per pass)
         gk = (pid_k * W + warp) * 4 + tq
         cur = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, M, K2, gk, gk < KG,
-                          NB, TILES, PDL)
+                          NB, TILES)
         for p in range(passes):
             gn = (((p + 1) * SPLIT + pid_k) * W + warp) * 4 + tq    # the next pass's group
             nxt = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, gid, M, K2, gn, gn < KG,
@@ -252,7 +237,7 @@ def _nvfp4_skinny_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, g
         out = y_ptr
     else:
         out = ws_ptr + pid_k * M * N
-    gs = g * 65536.0    # the decode leaves 2^-16 (nvfp4_gemm.WORD_SCALE_SHIFT)
+    gs = g * WORD_SCALE    # the decode leaves 2^-16
     _store(out, t0[0] + u0[0], t0[1] + u0[1], t0[2] + u0[2], t0[3] + u0[3], nlo, mcol, M, N, W, gs)
     if NB == 2:
         _store(out, t0[4] + u0[4], t0[5] + u0[5], t0[6] + u0[6], t0[7] + u0[7], nlo, mcol + 8, M, N, W, gs)
@@ -301,7 +286,7 @@ def _store(y_ptr, c0, c1, c2, c3, nlo, m, M, N, W: tl.constexpr, gs):
 
 
 # (warps per program, 16-row tiles per program, programs splitting K[, prefetch: 1 = software
-# pipeline over K passes[, PDL: 1 = programmatic dependent launch; left out: nvfp4_gemm.PDL]])
+# pipeline over K passes])
 SkinnyConfig = tuple[int, ...]
 
 
@@ -333,7 +318,6 @@ def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tens
     assert x.is_contiguous() and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
     warps, tiles, split, *rest = config or skinny_config(m, n, k)
     prefetch = int(rest[0]) if rest else 0
-    pdl = pdl_default() if len(rest) < 2 else int(rest[1])
     y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
         torch.empty((m, n), dtype=torch.float32, device=x.device)
     grid = (triton.cdiv(n, 16 * tiles), split)
@@ -341,7 +325,7 @@ def nvfp4_w4a16_skinny(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tens
     w = packed.view(torch.int32)
     _nvfp4_skinny_kernel[grid](x.view(torch.int32), w, scales, y, ws, cnt, m, n, k, float(global_scale),
                               w.stride(0), scales.stride(0), NB=1 if m <= 8 else 2, W=warps, TILES=tiles,
-                              SPLIT=split, PREFETCH=prefetch, PDL=pdl, launch_pdl=bool(pdl), num_warps=warps)
+                              SPLIT=split, PREFETCH=prefetch, num_warps=warps)
     return y
 
 
@@ -358,7 +342,7 @@ def _diag_take(c0, c1, lane):
 
 @triton.jit
 def _nvfp4_diag_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stride_sn,
-                            W: tl.constexpr, TILES: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr = 0):
+                            W: tl.constexpr, TILES: tl.constexpr, PREFETCH: tl.constexpr):
     """x int32 [K/2] (bf16 pairs), w int32 [N, K/8], s uint8 [N, K/16] -> y fp32 [N]: rows
     2 TILES pid .. + 2 TILES - 1.
 
@@ -387,15 +371,10 @@ def _nvfp4_diag_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stri
     t1 = t0
     u1 = t0
     passes = tl.cdiv(KG, L)
-    if PDL:
-        gdc_launch_dependents()
-        if not PREFETCH:
-            gdc_wait()
     # the skinny kernel's pass, with one column block (NB 1) whose "activation row 0" is x itself
     # at each lane's own group
     if PREFETCH:
-        cur = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, 0, 1, K2, i, i < KG, 1, TILES,
-                          PDL)
+        cur = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, 0, 1, K2, i, i < KG, 1, TILES)
         for p in range(passes):
             gn = (p + 1) * L + i
             nxt = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, 0, 1, K2, gn, gn < KG, 1,
@@ -408,7 +387,7 @@ def _nvfp4_diag_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stri
             cur = _pass_loads(x_ptr, w_ptr, s_ptr, r0, r1, r2, r3, stride_wn, stride_sn, 0, 1, K2, gk, gk < KG, 1,
                               TILES)
             t0, u0, t1, u1 = _pass_math(cur, 1, TILES, t0, u0, t1, u1)
-    gs = g * 65536.0    # the decode leaves 2^-16 (nvfp4_gemm.WORD_SCALE_SHIFT)
+    gs = g * WORD_SCALE    # the decode leaves 2^-16
     tl.store(y_ptr + n0, tl.sum(_diag_take(t0[0] + u0[0], t0[1] + u0[1], i), axis=0) * gs)
     tl.store(y_ptr + n0 + 1, tl.sum(_diag_take(t0[2] + u0[2], t0[3] + u0[3], i), axis=0) * gs, mask=n0 + 1 < N)
     if TILES == 2:
@@ -418,7 +397,7 @@ def _nvfp4_diag_gemv_kernel(x_ptr, w_ptr, s_ptr, y_ptr, N, K, g, stride_wn, stri
                  mask=n0 + 3 < N)
 
 
-# (warps per program, which split K; row pairs per program; prefetch[; PDL, as SkinnyConfig's])
+# (warps per program, which split K; row pairs per program; prefetch)
 DiagConfig = tuple[int, ...]
 
 
@@ -426,7 +405,7 @@ def diag_config(n: int, k: int) -> DiagConfig | None:
     """The diagonal GEMV's config where it is the default at M = 1, else None (the CUDA-core
     GEMV): on the layers with 8192 rows or 8192 columns, where it measured 8.2 us against 8.7
     (8192x2816) and 8.0 against 8.6 (2816x8192); elsewhere within noise of the GEMV or behind
-    (704x2816, 2816x704), bench/gpu_gemv_mma.py, bench/RESULTS.md."""
+    (704x2816, 2816x704); bench/gpu_gemv_mma.py."""
     if k >= 8192:
         return 4, 2, 0
     if n >= 8192:
@@ -443,12 +422,11 @@ def nvfp4_w4a16_gemv_mma(x: torch.Tensor, packed: torch.Tensor, scales: torch.Te
     assert m == 1 and k % 32 == 0, "the diagonal GEMV takes M = 1 and K % 32 == 0"
     assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
     assert x.is_contiguous() and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
-    warps, tiles, prefetch, *rest = config or diag_config(n, k) or (1, 1, 0)
-    pdl = pdl_default() if not rest else int(rest[0])
+    warps, tiles, prefetch = config or diag_config(n, k) or (1, 1, 0)
     y = torch.full((1, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
         torch.empty((1, n), dtype=torch.float32, device=x.device)
     w = packed.view(torch.int32)
     _nvfp4_diag_gemv_kernel[(triton.cdiv(n, 2 * tiles),)](
         x.view(torch.int32), w, scales, y, n, k, float(global_scale), w.stride(0), scales.stride(0),
-        W=warps, TILES=tiles, PREFETCH=prefetch, PDL=pdl, launch_pdl=bool(pdl), num_warps=warps)
+        W=warps, TILES=tiles, PREFETCH=prefetch, num_warps=warps)
     return y
