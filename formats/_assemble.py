@@ -649,6 +649,11 @@ class Assembler:
             ri = classify(name)
             role = ri.role
             shape_stored = data.stored_shape
+            if len(shape_stored) < 2 and role in _MATRIX_ROLES and (ri.proj is not None or role in _MATRIX_ROLES[4:]) \
+                    and (name.endswith(".weight") or name == module):
+                # a projection, embedding or lm_head weight is a matrix; every consumer indexes [out, in]
+                raise FormatError(f"{data.file}: tensor '{data.key}' ({role}) has shape {list(shape_stored)}, "
+                                  "expected a matrix [out, in] (or [experts, out, in])")
             # gpt-oss stores its experts' biases 2-D ([E, out]): biases are never quantized linears
             linear_like = len(shape_stored) >= 2 and role != "embedding" and role != "norm" and not name.endswith("bias")
             expected = (expect(name[:-7] if name.endswith(".weight") else name) if linear_like else None)
@@ -666,6 +671,21 @@ class Assembler:
                 shape = tuple(self._logical_shape(module, scheme, parts))
                 transposed = scheme.element == "e2m1" and len(shape) == 3 and \
                     shape[-1] != data.stored_shape[-1] * 2
+                extra = [r for r in parts if r in _QUANT_PARTS]
+                if extra and scheme.name in ("int", "bool"):
+                    # quantization parts beside data of no quantized layout (an F4, U16 or BOOL weight
+                    # with a block scale): nothing reads that combination consistently
+                    raise FormatError(f"{data.file}: tensor '{data.key}' is stored {data.stored_dtype} beside "
+                                      f"{', '.join(parts[r].key for r in extra)}: not a quantized layout nvfp4tools "
+                                      "reads", hint="the header's dtype is wrong, or the scales belong elsewhere")
+                bs = parts.get("block_scale")
+                if bs is not None and shape and (scheme.element == "e2m1" or (
+                        scheme.element.startswith("int") and data.stored_dtype in ("I32", "U8"))) \
+                        and (len(bs.stored_shape) != len(shape) or bs.stored_shape[:-1] != shape[:-1]):
+                    # one scale per group of a row: [*leading, out, groups] (a 0-d or transposed scale
+                    # would be read as another layout by every consumer)
+                    raise FormatError(f"{bs.file}: tensor '{bs.key}' has shape {list(bs.stored_shape)}, expected "
+                                      f"{list(shape[:-1]) + ['groups']} for {scheme.name} over {list(shape)}")
                 if scheme.quantized and (not shape or 0 in shape):
                     # nothing to dequantize or multiply: a quantized layer has [out, in] elements
                     raise FormatError(f"{data.file}: tensor '{data.key}' is stored {scheme.name} with logical shape "
@@ -779,6 +799,8 @@ def _check_experts(out: Mapping[str, TensorInfo]) -> None:
 
 
 _DATA = Suffix("", "data")
+_MATRIX_ROLES = LINEAR_ROLES + ("embedding", "lm_head")   # (LINEAR_ROLES has four entries)
+_QUANT_PARTS = ("block_scale", "global_scale", "input_scale", "zero_point", "g_idx")
 _SIG = itemgetter(0, 5, 6)  # a part's (role, stored_dtype, stored_shape)
 _ROLE_ORDER = {"data": 0, "block_scale": 1, "global_scale": 2, "input_scale": 3, "zero_point": 4,
                "g_idx": 5, "shape": 6, "kv_scale": 7}

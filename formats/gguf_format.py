@@ -165,6 +165,12 @@ def read(path: str) -> Checkpoint:
         role, proj, layer = _role(name)
         shape = tuple(reversed(t.ne))
         scheme = _scheme_for(t.type_name, g_s is not None, i_s is not None and t.type_name == "NVFP4")
+        if scheme.quantized and 0 in shape:   # (nothing to dequantize: a quantized weight has elements)
+            raise FormatError(f"{t.file}: tensor '{name}' is {t.type_name} with shape {list(shape)}, "
+                              "expected no zero dimension")
+        if (len(shape) < 2 and proj is not None) or (role == "experts" and len(shape) != 3):
+            raise FormatError(f"{t.file}: tensor '{name}' ({role}) has shape {list(shape)}, expected "
+                              + ("[experts, out, in]" if role == "experts" else "a matrix [out, in]"))
         tensors[name] = TensorInfo(name, shape, scheme, tuple(parts), role, proj, layer, "blk" if layer is not None else None,
                                    None, shape[0] if (len(shape) == 3 and role == "experts") else None)
     for name, t in all_t.items():

@@ -142,7 +142,7 @@ def parse_json(raw: bytes | str, label: str) -> Any:
         raise FormatError(f"{label}: holds an integer with thousands of digits, not a checkpoint's JSON") from None
     depth = _depth(data)
     if depth > JSON_MAX_DEPTH:
-        raise FormatError(f"{label}: JSON nested {depth} levels deep (at most {JSON_MAX_DEPTH})")
+        raise FormatError(f"{label}: JSON nested more than {JSON_MAX_DEPTH} levels deep")
     return data
 
 
@@ -346,6 +346,11 @@ GGUF_ARCH: dict[str, Rule] = {
     "vocab_size": _int(0, MAX_VOCAB),
     "context_length": _int(0, MAX_POSITIONS),
 }
+# key prefix -> rule, for the records formats/gguf_writer.py writes (names, per-expert scales)
+NVFP4TOOLS_GGUF: tuple[tuple[str, Rule], ...] = (
+    ("nvfp4tools.hf_names", Rule("list", max_items=MAX_ENTRIES, items=Rule("str", hi=1 << 20))),
+    ("nvfp4tools.restore.", Rule("list", max_items=MAX_EXPERTS, items=_num())),
+)
 GGUF_GENERAL: dict[str, Rule] = {
     "general.architecture": Rule("str", hi=MAX_NAME_CHARS), "general.file_type": _int(0, 1 << 16),
     "general.quantized_by": _SCALAR, "general.quantization_version": _SCALAR, "tokenizer.ggml.model": _SCALAR,
@@ -471,6 +476,18 @@ def index(data: Any, file: str) -> dict[str, Any]:
 def gguf_metadata(kv: Mapping[str, Any], file: str) -> None:
     """The GGUF keys the reader uses, checked against :data:`GGUF_GENERAL` and :data:`GGUF_ARCH`."""
     check(kv, GGUF_GENERAL, file)
+    for key, v in kv.items():   # what an nvfp4tools-written GGUF records for the way back
+        for prefix, rule in NVFP4TOOLS_GGUF:
+            if key.startswith(prefix):
+                _check_value(v, rule, file, _key(key))
+                break
     arch = kv.get("general.architecture")
     if isinstance(arch, str):
-        check(kv, GGUF_ARCH, file, arch + ".")
+        p = arch + "."
+        check({k: kv[p + k] for k in GGUF_ARCH if p + k in kv}, GGUF_ARCH, file, p)
+        pattern, window = kv.get(p + "attention.sliding_window_pattern"), kv.get(p + "attention.sliding_window")
+        if isinstance(pattern, list) and any(pattern) and not window:
+            # engines size a sliding layer's cache by its window (llama.cpp hparams.n_swa)
+            raise FormatError(f"{file}: {p}attention.sliding_window_pattern marks {sum(map(bool, pattern))} "
+                              f"sliding layers but {p}attention.sliding_window is {show(window)}, expected a "
+                              "window size > 0")

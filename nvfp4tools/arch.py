@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .errors import FormatError
 from .model import ArchInfo, LayerAttention
 
 # Families whose full layers take head_dim/kv-heads overrides the Gemma 4 way.
@@ -94,6 +95,11 @@ def parse_arch(config: Mapping[str, Any]) -> ArchInfo | None:
     head_dim = _int(cfg, "head_dim", default=hidden // n_heads) or hidden // n_heads
     window = _int(cfg, "sliding_window")
     types = _layer_types(cfg, n_layers, model_type)
+    if "sliding" in types and not window:
+        # every engine sizes a sliding layer's cache by its window; without one the config is broken
+        raise FormatError(f"config.json: {types.count('sliding')} sliding-attention layers but sliding_window is "
+                          f"{cfg.get('sliding_window')!r}, expected a window size > 0",
+                          hint="set sliding_window, or make layer_types full_attention")
 
     layers: list[LayerAttention] = []
     is_mla = cfg.get("kv_lora_rank") is not None and cfg.get("qk_rope_head_dim") is not None

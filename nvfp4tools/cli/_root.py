@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
@@ -58,7 +59,12 @@ class _Root(click.Group):
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # numpy's floating-point warnings on NaN/Inf data (inspect --deep, verify) would print
+                # lines before the one-line result; the findings already report those values
+                warnings.filterwarnings("ignore", r"(overflow|invalid value|divide by zero|underflow) encountered",
+                                        RuntimeWarning)
+                return super().invoke(ctx)
         except Nvfp4ToolsError as e:
             click.echo(e.one_line(), err=True)
             ctx.exit(e.exit_code)
@@ -96,3 +102,6 @@ def run(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # `nvfp4tools inspect x | head`
         sys.stderr.close()
         sys.exit(0)
+    except KeyboardInterrupt:  # Ctrl-C outside a command (while click parses or a command module loads)
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import threading
+from typing import Callable
 
 from nvfp4tools.errors import UsageError
 
-_TMP = re.compile(r"^\.(?P<name>.+)\.nvfp4tools-tmp-(?P<pid>\d+)$")
+# the temporary output, and the replaced destination publish() parks beside it for a moment
+_TMP = re.compile(r"^\.(?P<name>.+)\.nvfp4tools-tmp-(?P<pid>\d+)(?P<old>\.old)?$")
 
 
 def temp_path_for(dst: str) -> str:
@@ -50,6 +54,10 @@ def remove_stale(dst: str) -> list[str]:
         if pid != os.getpid() and _alive(pid):
             continue
         full = os.path.join(parent, n)
+        if m.group("old") and not os.path.lexists(dst_real):
+            # killed between publish()'s two renames: the previous output is all there is; put it back
+            os.rename(full, dst_real)
+            continue
         if os.path.isdir(full) and not os.path.islink(full):
             shutil.rmtree(full, ignore_errors=True)
         else:
@@ -59,6 +67,21 @@ def remove_stale(dst: str) -> list[str]:
                 pass
         removed.append(full)
     return removed
+
+
+def terminate_as_interrupt() -> Callable[[], None]:
+    """Until the returned function is called, SIGTERM raises KeyboardInterrupt in the main thread, so
+    a terminated conversion removes its temporary output as Ctrl-C does (SIGKILL cannot be caught:
+    :func:`remove_stale` clears what it leaves on the next run). Outside the main thread (the
+    library called from a worker thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    return lambda: signal.signal(signal.SIGTERM, old)
 
 
 def check_destination(src_path: str, dst: str, force: bool, *, suffix: str | None, existing: bool = True) -> None:
