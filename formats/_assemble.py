@@ -679,11 +679,10 @@ class Assembler:
                                       f"{', '.join(parts[r].key for r in extra)}: not a quantized layout nvfp4tools "
                                       "reads", hint="the header's dtype is wrong, or the scales belong elsewhere")
                 bs = parts.get("block_scale")
-                if bs is not None and shape and (scheme.element == "e2m1" or (
-                        scheme.element.startswith("int") and data.stored_dtype in ("I32", "U8"))) \
+                if bs is not None and shape and scheme.element.startswith("int") and data.stored_dtype in ("I32", "U8") \
                         and (len(bs.stored_shape) != len(shape) or bs.stored_shape[:-1] != shape[:-1]):
                     # one scale per group of a row: [*leading, out, groups] (a 0-d or transposed scale
-                    # would be read as another layout by every consumer)
+                    # would be read as another layout by every consumer; e2m1 scales: _logical_shape)
                     raise FormatError(f"{bs.file}: tensor '{bs.key}' has shape {list(bs.stored_shape)}, expected "
                                       f"{list(shape[:-1]) + ['groups']} for {scheme.name} over {list(shape)}")
                 if scheme.quantized and (not shape or 0 in shape):
