@@ -333,6 +333,9 @@ def test_automaton_budget_is_an_input_error(ckpt, run_cli):
     path = ckpt("ct")
     _edit(os.path.join(path, "config.json"), lambda d: d["quantization_config"]["ignore"].append("re:(x{1000}){1000}"))
     _one_line(run_cli("inspect", path), 3, "quantization_config.ignore: patterns too complex")
+    _edit(os.path.join(path, "config.json"), lambda d: d["quantization_config"].__setitem__(
+        "ignore", [f"re:.*layers\\.{i}\\.x" for i in range(5000)]))
+    _one_line(run_cli("inspect", path), 3, "5,000 regex or wildcard entries (at most 4,096")
 
 
 def test_pattern_engine_agrees_with_python_re():
@@ -515,3 +518,63 @@ def test_ctrl_c_outside_a_command_is_one_line_exit_130(monkeypatch, capsys):
         _root.run(["inspect", "x"])
     assert e.value.code == 130
     assert capsys.readouterr().err.strip() == "interrupted"
+
+
+# -- signals during a real conversion (subprocesses) ----------------------------------------------------
+@pytest.fixture(scope="module")
+def slow_source(tmp_path_factory):
+    """A BF16 checkpoint whose lossy Q4_0 conversion takes long enough to be interrupted midway."""
+    import copy
+
+    from nvfp4tools.synth import synthesize
+    cfg = copy.deepcopy(TINY)
+    cfg["text_config"].update(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_experts=4,
+                              moe_intermediate_size=512, vocab_size=1024,
+                              layer_types=["sliding_attention", "full_attention"] * 2)
+    path = str(tmp_path_factory.mktemp("slow") / "bf16")
+    synthesize(path, config=cfg, fmt="bf16")
+    return path
+
+
+def _convert_until_tmp(src: str, out_dir, sig):
+    """Start a conversion into OUT_DIR, send SIG once its temporary output exists; (returncode, stderr)."""
+    import signal
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "nvfp4tools", "convert", src, str(out_dir / "out.gguf"), "--to",
+                          "gguf", "--allow-lossy", "--quantize", "q4_0"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while p.poll() is None and time.monotonic() < deadline:
+        if any("nvfp4tools-tmp" in n for n in os.listdir(out_dir)):
+            time.sleep(0.05)   # well inside the write
+            p.send_signal(sig)
+            break
+        time.sleep(0.002)
+    else:
+        p.kill()
+        pytest.skip("the conversion ended before it could be interrupted")
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err.strip()
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_interrupted_convert_removes_its_temporary_output(signame, slow_source, tmp_path):
+    import signal
+    out = tmp_path / "o"
+    out.mkdir()
+    code, err = _convert_until_tmp(slow_source, out, getattr(signal, signame))
+    assert code == 130, (code, err)
+    assert err == "interrupted", err
+    assert os.listdir(out) == []
+
+
+def test_killed_convert_leftover_is_removed_by_the_next_run(slow_source, tmp_path, run_cli):
+    import signal
+    out = tmp_path / "o"
+    out.mkdir()
+    code, _ = _convert_until_tmp(slow_source, out, signal.SIGKILL)
+    assert code == -9
+    assert [n for n in os.listdir(out) if "nvfp4tools-tmp" in n]   # SIGKILL cannot be caught
+    r = run_cli("convert", slow_source, str(out / "out.gguf"), "--to", "gguf", "--allow-lossy", "--quantize", "q4_0")
+    assert r.exit_code == 0, r.stderr
+    assert os.listdir(out) == ["out.gguf"]
