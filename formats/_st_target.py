@@ -72,11 +72,15 @@ class SafetensorsTarget:
         tensors = list(src.tensors.values())
         unsupported = sorted({t.scheme.name for t in tensors if t.scheme.quantized and not self.lossless(t)})
         if unsupported and not opts.allow_lossy:
-            raise UnsupportedError(
-                f"{src.source}: {', '.join(unsupported)} tensors have no exact {self.name} form",
-                hint=f"lossless paths to {self.name}: NVFP4" + ("; int4 group-symmetric, Q4_0" if self.layout.int4
-                                                                else "") + "; pass --allow-lossy to requantize")
-        if not any(t.scheme.quantized for t in tensors) and opts.quantize is None:
+            if self.layout.nvfp4 is None:
+                hint = ("plain safetensors hold unquantized tensors: --allow-lossy writes them dequantized to BF16; "
+                        "--to modelopt or compressed-tensors keeps them 4-bit")
+            else:
+                hint = f"lossless paths to {self.name}: NVFP4" + ("; int4 group-symmetric, Q4_0" if self.layout.int4
+                                                                   else "") + "; pass --allow-lossy to requantize"
+            raise UnsupportedError(f"{src.source}: {', '.join(unsupported)} tensors have no exact {self.name} form",
+                                   hint=hint)
+        if not any(t.scheme.quantized for t in tensors) and opts.quantize is None and self.layout.nvfp4 is not None:
             raise UnsupportedError(
                 f"{src.source}: no quantized tensor in this {src.format} checkpoint; a {self.name} checkpoint "
                 "of unquantized weights would claim a quantization it does not have",
@@ -88,7 +92,7 @@ class SafetensorsTarget:
                 if k:
                     groups.setdefault(k, []).append(t)
         done: set[tuple[str, str]] = set()
-        target_q = opts.quantize or self.quantize_choices[0]
+        target_q = opts.quantize or (self.quantize_choices[0] if self.quantize_choices else "bf16")
         for t in tensors:
             if self._lossy(t, opts):
                 p.actions.append(self._quantize(src, t, target_q))
@@ -220,10 +224,7 @@ class SafetensorsTarget:
         carries (names, stored dtypes, expert splits, undone folds)."""
         names = src.metadata.get("nvfp4tools.hf_names")
         if not isinstance(names, list) or not src.config:
-            raise UnsupportedError(
-                f"{src.source}: this GGUF carries no record of its safetensors names and config.json",
-                hint="nvfp4tools converts GGUF files it wrote itself back to safetensors; for other GGUF files "
-                     "convert the original safetensors checkpoint instead")
+            return self._plan_from_foreign_gguf(src, p, opts)
         hf: dict[str, list[str]] = {}
         for entry in names:
             g, _, rest = str(entry).partition("=")
@@ -266,6 +267,110 @@ class SafetensorsTarget:
                 p.actions.append(Action(Kind.RESTORE, (), (Out(name, "BF16", (arr.size,), "raw"),), True, name,
                                         const=bits.tobytes()))
         return p
+
+    def _plan_from_foreign_gguf(self, src: Checkpoint, p: Plan, opts: Options) -> Plan:
+        """A GGUF llama.cpp wrote: names, transforms and config.json from :mod:`.gguf_restore`."""
+        from nvfp4tools.convert.plan import Rearrange
+        from nvfp4tools.convert.encode import rearranged_shape
+
+        from .gguf_restore import restore
+
+        r = restore(src)
+        p.config = r.config
+        p.notes += r.notes
+        why = tokenizer_unavailable(src)
+        if why is not None:
+            p.notes.append(f"tokenizer not written: {why}")
+        else:
+            p.notes.append("tokenizer files rebuilt from the GGUF vocabulary by transformers' GGUF tokenizer "
+                           "conversion")
+        p.notes.append(f"GGUF {src.arch.model_type if src.arch else ''} -> {r.family.model_type} "
+                       f"({r.family.architecture}; names and transforms from llama.cpp {r.family.source})")
+        ftype = str(src.metadata.get("general.file_type") or "")
+        half = "BF16" if "BF16" in ftype else ("F16" if "F16" in ftype else None)
+        view = View(src)
+        try:
+            for tg in r.targets:
+                t = src.tensors[tg.sources[0]]
+                if tg.merge is not None:
+                    p.actions.append(self._merge_action(src, tg, half, view))
+                    continue
+                shape = tuple(t.shape[1:]) if tg.expert is not None else tuple(t.shape)
+                rearrange = Rearrange(transpose=True, axis=-1) if tg.transpose else None
+                if rearrange is not None:
+                    shape = rearranged_shape(shape, rearrange)
+                outs = self._gguf_outs(src, t, tg.name, shape, half, view, opts)
+                if outs is None:   # lossy: dequantized to BF16
+                    p.actions.append(Action(Kind.QUANTIZE, (t.name,), (Out(tg.name, "BF16", shape, "raw"),), False,
+                                            tg.name, quantize_to="bf16", note=f"from {t.scheme.name}, dequantized",
+                                            permute_heads=tg.unpermute_heads, unpermute=tg.unpermute_heads is not None))
+                    continue
+                nv = t.scheme.name == "nvfp4"
+                kind = Kind.SPLIT if (tg.expert is not None or rearrange is not None) else (
+                    Kind.RENIBBLE if nv else Kind.REPACK if t.scheme.name == "q4_0" else Kind.CAST)
+                n_e = t.shape[0] if len(t.shape) == 3 and tg.expert is None else 1
+                glob = (1.0,) * n_e if nv and t.part("global_scale") is None else None
+                p.actions.append(Action(
+                    kind, (t.name,), tuple(outs), True, self.layout.out_name(outs[0].key),
+                    rows=RowSlice(tg.expert, 0, t.shape[1]) if tg.expert is not None else None,
+                    rearrange=rearrange, permute_heads=tg.unpermute_heads, unpermute=tg.unpermute_heads is not None,
+                    global_override=glob))
+        finally:
+            view.close()
+        if not any(a.outs[0].what != "raw" for a in p.actions) and self.layout.nvfp4 is not None:
+            raise UnsupportedError(
+                f"{src.source}: no tensor of this GGUF has an exact {self.name} form (its quantized tensors: "
+                f"{', '.join(sorted({t.scheme.name for t in src.tensors.values() if t.scheme.quantized})) or 'none'})",
+                hint="--to safetensors writes its unquantized weights; --allow-lossy dequantizes the rest")
+        return p
+
+    def _gguf_outs(self, src: Checkpoint, t: TensorInfo, name: str, shape: tuple[int, ...], half: str | None,
+                   view: View, opts: Options) -> list[Out] | None:
+        """The output parts of GGUF tensor T as NAME, or None when it is to be dequantized (lossy)."""
+        if t.scheme.name == "nvfp4" and self.layout.nvfp4 is not None:
+            return self.layout.nvfp4(name, shape, t.part("input_scale") is not None)
+        if t.scheme.name == "q4_0" and getattr(self.layout, "int4", None) is not None:
+            return self.layout.int4(name, shape, 32, "F16")
+        if not t.scheme.quantized:
+            return [Out(name, self._float_dtype(t, half, view), shape, "raw")]
+        if opts.allow_lossy:
+            return None
+        raise UnsupportedError(f"{src.source}: tensor '{t.name}' is {t.scheme.name}, which has no exact {self.name} "
+                               "form", hint="exact: NVFP4 -> modelopt/compressed-tensors, Q4_0 -> compressed-tensors; "
+                                            "--allow-lossy writes the others dequantized to BF16")
+
+    @staticmethod
+    def _float_dtype(t: TensorInfo, half: str | None, view: View) -> str:
+        """llama.cpp's converter writes norms, routers and biases F32 whatever the model's dtype: in a
+        BF16/F16 file such a tensor goes back to that dtype when every value is one (read here: they are
+        small), else stays F32."""
+        d = t.part("data").stored_dtype
+        if d != "F32" or half is None or t.nbytes > 16 * 2**20:
+            return d
+        import numpy as np
+
+        vals = np.asarray(view.canon(t).array, np.float32)
+        if half == "BF16":
+            ok = not np.any(vals.view(np.uint32) & 0xFFFF)
+        else:
+            ok = np.array_equal(vals.astype(np.float16).astype(np.float32), vals, equal_nan=True)
+        return half if ok else d
+
+    def _merge_action(self, src: Checkpoint, tg, half: str | None, view: View) -> Action:
+        ts = [src.tensors[n] for n in tg.sources]
+        if any(t.scheme.quantized for t in ts):
+            raise UnsupportedError(f"{src.source}: '{ts[0].name}' is {ts[0].scheme.name}; rebuilding "
+                                   f"'{tg.name}' from it is only exact for unquantized tensors")
+        a, b = ts
+        if tg.merge == "mla_kv_b":       # [n_head, r, nope] + [n_head, v, r] -> [n_head * (nope + v), r]
+            shape = (a.shape[0] * (a.shape[2] + b.shape[1]), a.shape[1])
+        elif tg.merge == "interleave_rows":   # [E, I, H] x 2 -> [E, H, 2I]
+            shape = (a.shape[0], a.shape[2], 2 * a.shape[1])
+        else:                                 # [E, I] x 2 -> [E, 2I]
+            shape = a.shape[:-1] + (2 * a.shape[-1],)
+        dtype = self._float_dtype(a, half, view)
+        return Action(Kind.MERGE, tuple(tg.sources), (Out(tg.name, dtype, shape, "raw"),), True, tg.name,
+                      merge=tg.merge)
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, p: Plan, view: View, tmp: str, opts: Options, lossy: list, progress) -> list[str]:
@@ -312,6 +417,8 @@ class SafetensorsTarget:
             write_index(tmp, weight_map, total)
         self.configs(p, tmp)
         copy_side_files(p.src.root, tmp)
+        if p.src.format == "gguf" and p.config is not None and not os.path.exists(os.path.join(tmp, "tokenizer.json")):
+            tokenizer_from_gguf(p.src, tmp)
         return files
 
     def _shards(self, p: Plan, max_bytes: int | None) -> list[list[Action]]:
@@ -345,6 +452,8 @@ class SafetensorsTarget:
     def base_config(p: Plan) -> dict[str, Any]:
         src = p.src
         cfg = json.loads(json.dumps(src.config)) if src.config else {}
+        if not cfg and p.config is not None:
+            cfg = json.loads(json.dumps(p.config))
         if not cfg and src.format == "gguf":
             embedded = src.metadata.get("nvfp4tools.config_json")
             if isinstance(embedded, str):
@@ -389,6 +498,43 @@ class SafetensorsTarget:
                 name = a.out_name or t.name
                 mods.add(name[: -len(".weight")] if name.endswith(".weight") else name)
         return sorted(mods)
+
+
+def tokenizer_unavailable(src: Checkpoint) -> str | None:
+    """Why the GGUF's tokenizer cannot be rebuilt here (None: it can)."""
+    import importlib.util
+    if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("tokenizers") is None:
+        return "rebuilding it from the GGUF vocabulary needs transformers (pip install transformers)"
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    from .gguf_restore import family_of, key_values
+    kv = key_values(src)
+    fam = family_of(src, kv)
+    if fam.no_tokenizer:
+        return fam.no_tokenizer
+    arch = str(kv.get("general.architecture", ""))
+    arch = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}.get(arch, arch.replace("-", "_"))
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES:
+        return f"transformers' GGUF tokenizer conversion does not support architecture {arch!r}"
+    return None
+
+
+def tokenizer_from_gguf(src: Checkpoint, out_dir: str) -> None:
+    """The GGUF's vocabulary as Hugging Face tokenizer files, rebuilt by transformers' own GGUF
+    tokenizer conversion (``AutoTokenizer.from_pretrained(..., gguf_file=...)``: llama/SentencePiece
+    and gpt2/BPE vocabularies). Skipped (the plan says so) when transformers is not installed."""
+    if tokenizer_unavailable(src) is not None:
+        return
+    from transformers import AutoTokenizer
+
+    path = os.path.abspath(src.source)
+    try:
+        tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    except Exception as e:  # transformers' converter refuses a vocabulary type: say so, keep the weights
+        raise UnsupportedError(f"{src.source}: transformers cannot rebuild this GGUF's tokenizer "
+                               f"({type(e).__name__}: {e})", hint="convert the original checkpoint's tokenizer "
+                                                                  "files alongside instead") from None
+    tok.save_pretrained(out_dir)
 
 
 def copy_side_files(src_root: str, out_dir: str) -> list[str]:

@@ -168,7 +168,8 @@ def read(path: str) -> Checkpoint:
         if scheme.quantized and 0 in shape:   # (nothing to dequantize: a quantized weight has elements)
             raise FormatError(f"{t.file}: tensor '{name}' is {t.type_name} with shape {list(shape)}, "
                               "expected no zero dimension")
-        if (len(shape) < 2 and proj is not None) or (role == "experts" and len(shape) != 3):
+        # a weight (not a bias: attn_q.bias is 1-D, gpt-oss's ffn_*_exps.bias 2-D) of a projection is a matrix
+        if name.endswith(".weight") and ((len(shape) < 2 and proj is not None) or (role == "experts" and len(shape) != 3)):
             raise FormatError(f"{t.file}: tensor '{name}' ({role}) has shape {list(shape)}, expected "
                               + ("[experts, out, in]" if role == "experts" else "a matrix [out, in]"))
         tensors[name] = TensorInfo(name, shape, scheme, tuple(parts), role, proj, layer, "blk" if layer is not None else None,

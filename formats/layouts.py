@@ -127,3 +127,16 @@ class CTLayout:
     def out_name(key: str) -> str:
         """The canonical name the compressed-tensors reader gives the tensor stored under KEY."""
         return key[: -len(".weight_packed")] + ".weight" if key.endswith(".weight_packed") else key
+
+
+class PlainLayout:
+    """Plain safetensors: unquantized tensors under their own names, nothing else."""
+
+    name = "safetensors"
+    nvfp4 = None
+    int4 = None
+
+    @staticmethod
+    def out_name(key: str) -> str:
+        return key
+

@@ -41,4 +41,9 @@ def read(path: str) -> Checkpoint:
     )
 
 
-SPEC = register(FormatSpec("safetensors", sniff, read, "plain safetensors (BF16/FP16/FP32)"))
+def _writer():
+    from .plain_writer import PlainWriter
+    return PlainWriter()
+
+
+SPEC = register(FormatSpec("safetensors", sniff, read, "plain safetensors (BF16/FP16/FP32)", writer=_writer))

@@ -14,7 +14,8 @@ from ._output import emit, format_option, human_bytes
 @click.command("convert")
 @click.argument("src")
 @click.argument("dst")
-@click.option("--to", "to", type=click.Choice(["modelopt", "compressed-tensors", "gguf"]), required=True)
+@click.option("--to", "to", type=click.Choice(["modelopt", "compressed-tensors", "gguf", "safetensors"]), required=True,
+              help="Target format; safetensors: plain unquantized tensors (e.g. a GGUF's BF16 weights).")
 @click.option("--experts", type=click.Choice(["per-expert", "fused"]), default=None,
               help="Expert layout of safetensors outputs (default: as in the source).")
 @click.option("--allow-lossy", is_flag=True, help="Allow requantization where no exact mapping exists.")

@@ -23,7 +23,7 @@ from nvfp4tools.formats.layouts import Out
 from nvfp4tools.model import TensorInfo
 
 from . import scales
-from .canon import Canon, View, llama_permutation
+from .canon import Canon, View, llama_permutation, unpermute
 from .plan import Action, Kind, MLASplit, Rearrange
 
 BLOCK_BYTES = 32 * 2**20   # source bytes decoded at once, at most (unless one row is larger)
@@ -71,6 +71,15 @@ def pieces(a: Action, view: View) -> Iterator[Piece]:
     tensors = view.ckpt.tensors
     if a.kind in (Kind.GENERATE, Kind.RESTORE):
         return
+    if a.kind == Kind.MERGE:   # one piece per expert (or one): its sources are read together (merged())
+        t = tensors[a.sources[0]]
+        if len(t.shape) == 3 and a.merge == "interleave_rows":
+            per = 2 * t.shape[-2] * t.shape[-1] // max(1, a.outs[0].shape[-1])
+            for e in range(t.shape[0]):
+                yield Piece(t.name, e, None, e * per)
+        else:
+            yield Piece(t.name, None, None, 0)
+        return
     if a.kind == Kind.STACK:
         per = 2 if a.stack == "gate_up" else 1
         out_rows = sum(tensors[n].shape[-2] for n in a.sources[:per])
@@ -106,12 +115,52 @@ def pieces(a: Action, view: View) -> Iterator[Piece]:
             yield Piece(t.name, e, (r0, r1), (e or 0) * t.shape[-2] + r0)
 
 
+def merged(a: Action, view: View, p: Piece) -> Canon:
+    """MERGE action A's output for piece P (one expert, or all): its unquantized sources combined.
+
+    * ``mla_kv_b``: attn_k_b [n_head, r, nope] and attn_v_b [n_head, v, r] -> kv_b_proj
+      [n_head * (nope + v), r] (the inverse of :class:`~.plan.MLASplit`);
+    * ``interleave_rows``: gpt-oss gate and up experts [E, I, H] -> gate_up_proj [E, H, 2I], rows
+      interleaved (gate 0::2, up 1::2) then transposed (the inverse of the GGUF writer's Rearrange);
+    * ``interleave_cols``: their biases [E, I] -> [E, 2I], interleaved."""
+    from dataclasses import replace
+
+    parts = [view.canon(view.ckpt.tensors[n], p.expert) for n in a.sources]
+    if any(c.kind != "raw" for c in parts):
+        raise UnsupportedError(f"{a.sources[0]}: only unquantized tensors can be merged exactly")
+    arrays = [c.array for c in parts]
+    if a.merge == "mla_kv_b":
+        k, v = arrays
+        out = np.concatenate([np.swapaxes(k, -1, -2), v], axis=-2)
+        out = out.reshape(-1, out.shape[-1])
+    elif a.merge in ("interleave_rows", "interleave_cols"):
+        g, u = arrays
+        axis = -2 if a.merge == "interleave_rows" else -1
+        shape = list(g.shape)
+        shape[axis] *= 2
+        out = np.empty(shape, g.dtype)
+        sl = [slice(None)] * out.ndim
+        sl[axis] = slice(0, None, 2)
+        out[tuple(sl)] = g
+        sl[axis] = slice(1, None, 2)
+        out[tuple(sl)] = u
+        if a.merge == "interleave_rows":
+            out = np.swapaxes(out, -1, -2)
+    else:
+        raise ValueError(f"unknown merge {a.merge!r}")
+    out = np.ascontiguousarray(out)
+    return replace(parts[0], array=out, shape=out.shape)
+
+
 def read_piece(a: Action, view: View, p: Piece) -> Canon:
     """The canonical block of source rows P, as the action transforms it (permuted rows)."""
+    if a.kind == Kind.MERGE:
+        return merged(a, view, p)
     t = view.ckpt.tensors[p.tensor]
     c = view.canon(t, p.expert, p.rows)
     if a.permute_heads is not None:
-        c = c.rows_permuted(llama_permutation(t.shape[-2] if len(t.shape) >= 2 else t.shape[0], a.permute_heads))
+        perm = llama_permutation(t.shape[-2] if len(t.shape) >= 2 else t.shape[0], a.permute_heads)
+        c = c.rows_permuted(unpermute(perm) if a.unpermute else perm)
     if a.mla is not None:
         c = mla_part(c, a.mla)
     if a.rearrange is not None:

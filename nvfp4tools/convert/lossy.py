@@ -38,8 +38,9 @@ def quantized(a: Action, view: View, report: list | None, name: str) -> Canon:
     t = view.ckpt.tensors[name]
     w = _dequantized(view, t.name)
     if a.permute_heads is not None:
-        from .canon import llama_permutation
-        w = w[..., llama_permutation(w.shape[-2], a.permute_heads), :]
+        from .canon import llama_permutation, unpermute
+        perm = llama_permutation(w.shape[-2], a.permute_heads)
+        w = w[..., unpermute(perm) if a.unpermute else perm, :]
     shape = tuple(t.shape)
     if a.quantize_to == "nvfp4":
         from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4

@@ -26,6 +26,7 @@ class Kind(str, Enum):
     GENERATE = "generate"          # a tensor the target needs and the source lacks (rope_freqs)
     RESTORE = "restore"            # bytes recorded by an earlier conversion (an undone fold)
     QUANTIZE = "quantize"          # lossy: requantized with the reference quantizers
+    MERGE = "merge"                # several source tensors combined into one (undoing a SPLIT: ``merge``)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,9 @@ class Action:
     stack: str | None = None       # STACK: "gate_up" (two members per expert) or "one"
     fold: str | None = None        # a per-expert scale tensor multiplied into the global (GGUF Gemma 4)
     permute_heads: int | None = None   # llama.cpp's Q/K row permutation over this many heads
+    unpermute: bool = False        # apply the inverse of that permutation (GGUF -> safetensors)
+    merge: str | None = None       # MERGE: "mla_kv_b" (attn_k_b + attn_v_b) | "interleave_rows" (gpt-oss
+                                   # gate + up -> gate_up_proj [E, in, out]) | "interleave_cols" (their biases)
     quantize_to: str | None = None     # QUANTIZE: "nvfp4" | "int4" | "q4_0" | "bf16" (dequantized)
     share_global_with: tuple[str, ...] = ()   # QUANTIZE to NVFP4: one global over these siblings
     global_override: tuple[float, ...] | None = None   # restored original multipliers
@@ -92,7 +96,7 @@ class Action:
     def label(self) -> str:
         if self.kind == Kind.QUANTIZE:
             return f"quantize->{self.quantize_to}"
-        return self.kind.value + ("+permute" if self.permute_heads else "") + ("+fold" if self.fold else "") + (
+        return self.kind.value + (("+unpermute" if self.unpermute else "+permute") if self.permute_heads else "") + ("+fold" if self.fold else "") + (
             f"+mla_{self.mla.part}_b" if self.mla else "") + ("+rearrange" if self.rearrange else "")
 
 
@@ -104,6 +108,7 @@ class Plan:
     exact_meta: dict[str, str] = field(default_factory=dict)   # output key -> original fp32 bits (hex)
     notes: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)   # source tensors the target does not carry
+    config: dict[str, Any] | None = None   # config.json for an output whose source has none (a GGUF)
 
     @property
     def lossless(self) -> bool:
