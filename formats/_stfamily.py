@@ -10,7 +10,7 @@ from nvfp4tools.io import PartReader
 from nvfp4tools.model import Checkpoint, Finding, QuantScheme
 
 from ._assemble import Assembler, Suffix, unmatched_patterns
-from ._safetensors import Source, discover, parse_all
+from ._safetensors import Source, parse_all
 
 
 def quant_method(src: Source) -> str | None:
@@ -73,7 +73,3 @@ def build(
         exclude_patterns=patterns, findings=tuple(findings),
         metadata={**(metadata or {}), "safetensors_metadata": st_meta, **({"remote": True} if remote else {})},
     )
-
-
-def discover_or_none(path: str) -> Source | None:
-    return discover(path)

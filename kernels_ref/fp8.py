@@ -40,20 +40,3 @@ def decode_ue4m3_ggml(b: np.ndarray) -> np.ndarray:
     man = (b & 0x7).astype(np.float32)
     raw = np.where(exp == 0, man * np.float32(2.0 ** -9), (1 + man / 8) * np.exp2(exp.astype(np.float32) - 7))
     return np.where((b == 0) | (b == 0x7F), np.float32(0), raw * np.float32(0.5)).astype(np.float32)
-
-
-def encode_ue4m3_ggml(x: np.ndarray) -> np.ndarray:
-    """float32 -> UE4M3 byte as ``ggml_fp32_to_ue4m3`` encodes it: clamp to [0, 448], round half up
-    on the first dropped mantissa bit (not to even), saturate at 0x7E, subnormals as
-    ``trunc(x * 512 + 0.5)``."""
-    x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 448.0).astype(np.float32)
-    bits = x.view(np.uint32)
-    e = ((bits >> 23) & 0xFF).astype(np.int32) - 127 + 7
-    man = ((bits >> 20) & 0x7).astype(np.int32) + ((bits >> 19) & 1).astype(np.int32)
-    carry = man > 7
-    man = np.where(carry, 0, man)
-    e_n = np.where(carry, e + 1, e)
-    normal = np.where(e_n >= 15, 0x7E, (e_n << 3) | man)
-    sub = np.clip((x * np.float32(512.0) + np.float32(0.5)).astype(np.int32), 0, 7)
-    out = np.where(x <= 0, 0, np.where(e <= 0, sub, np.where(e >= 15, 0x7E, normal)))
-    return out.astype(np.uint8)

@@ -5,8 +5,6 @@
 * W4A16: activations kept as given (bf16/fp32 values); W4A4: activations quantized per 16-element
   block along K to NVFP4 with the layer's static input scale as global (the Blackwell path:
   vLLM ``scaled_fp4_quant(x, 1/input_scale)``, epilogue ``alpha = input_scale * weight_scale_2``);
-* fused shards: engines fuse q/k/v and gate/up into one GEMM with one global scale, the max of the
-  shards' (vLLM ``ModelOptNvFp4LinearMethod``), without requantizing block scales.
 """
 
 from __future__ import annotations
@@ -31,8 +29,3 @@ def quantize_activations_nvfp4(x: np.ndarray, input_scale: float) -> np.ndarray:
     the static input scale as a multiplier)."""
     t = quantize_nvfp4(np.asarray(x, dtype=np.float32), np.float32(input_scale))
     return dequantize_nvfp4(t)
-
-
-def fused_global_scale(scales: list[float]) -> np.float32:
-    """The one global an engine uses for a fused q/k/v or gate/up GEMM: the max of the shards'."""
-    return np.float32(max(scales))

@@ -115,15 +115,6 @@ def gguf_blocks_to_nvfp4(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, d
 
 
-def dequantize_gguf_nvfp4(raw: np.ndarray) -> np.ndarray:
-    """GGUF NVFP4 bytes -> float32 the way ggml does it: doubled E2M1 x halved UE4M3 scale."""
-    from .fp8 import decode_ue4m3_ggml
-
-    codes, d = gguf_blocks_to_nvfp4(raw)
-    vals = KVALUES_DOUBLED[codes].reshape(codes.shape[:-1] + (-1, 16))
-    return (vals * decode_ue4m3_ggml(d)[..., None]).reshape(codes.shape)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Dequantization of every ggml block type ggml stores in files, one function per type.
 #

@@ -10,7 +10,6 @@ E2M1_MAX = 6.0        # largest E2M1 magnitude
 E4M3_MAX = 448.0      # largest finite float8_e4m3fn
 E4M3_MIN_CLAMP = 2.0 ** -9  # ModelOpt clamps block scales to [2**-9, 448] (_cast_per_block_scale_to_fp8)
 NVFP4_BLOCK = 16      # elements per E4M3 block scale
-GGUF_NVFP4_BLOCK = 64  # elements per GGUF block_nvfp4 (4 sub-blocks of 16)
 
 # code (nibble) -> value; bit 3 is the sign, code 8 is -0.0
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,

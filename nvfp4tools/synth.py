@@ -16,7 +16,6 @@ import copy
 import json
 import os
 import struct
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ._version import __version__
@@ -75,15 +74,6 @@ RECIPES = {
     "none": (),
 }
 FORMATS = ("modelopt", "compressed-tensors", "compressed-tensors-w4a16", "bf16")
-
-
-@dataclass(frozen=True)
-class Linear:
-    name: str                 # module path (no ".weight"), or the fused parameter name
-    shape: tuple[int, ...]    # logical [out, in] or [E, out, in]
-    role: str
-    group: str                # fused-scale group key (q/k/v share, gate/up share)
-    fused_param: bool = False  # stored without ".weight" (3-D experts)
 
 
 def _layers(cfg: dict[str, Any], experts_layout: str) -> Iterator[tuple[str, tuple[int, ...], str | None]]:

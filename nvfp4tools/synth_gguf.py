@@ -17,6 +17,7 @@ from nvfp4tools.formats.gguf_writer import _metadata, _name
 
 from .arch import parse_arch
 from .errors import UsageError
+from .formats._ggml_types import BY_NAME
 from .model import Checkpoint
 from .synth import PRESETS, _layers
 
@@ -65,7 +66,7 @@ def write_gemma4_gguf(out_path: str, *, preset: str = "gemma4-tiny", qtype: str 
         is_norm = name.endswith(("norm.weight", "layer_output_scale.weight", ".scale"))
         if quant:
             tt = T.Q4_0 if qtype == "q4_0" else T.Q8_0
-            bs, bb = (32, 18) if qtype == "q4_0" else (32, 34)
+            bs, bb = BY_NAME[qtype.upper()]   # elements and bytes per block
             byte_shape = shape[:-1] + (shape[-1] // bs * bb,)
             nbytes = int(np.prod(byte_shape))
             w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), nbytes, raw_dtype=tt)
@@ -109,6 +110,7 @@ def write_gemma4_gguf(out_path: str, *, preset: str = "gemma4-tiny", qtype: str 
 def _nbytes(shape, quant, qtype):
     n = int(np.prod(shape))
     if quant:
-        return n // 32 * (18 if qtype == "q4_0" else 34)
+        bs, bb = BY_NAME[qtype.upper()]
+        return n // bs * bb
     is_f32 = len(shape) == 1
     return n * (4 if is_f32 else 2)
