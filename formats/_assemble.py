@@ -438,8 +438,11 @@ class PatternSet:
         if self._auto is not None:
             auto = self._auto
             found: set[int] = set()
+            names: Iterable[str] = ordered
+            if self._by_template is not None:   # one name per digit template (see __init__)
+                names = {m.encode("utf-8", "surrogatepass").translate(_DIGITS_TO_HASH): m for m in ordered}.values()
             try:
-                for m in ordered:
+                for m in names:
                     found |= auto.which(m)
                     if len(found) == len(auto.patterns):
                         break
