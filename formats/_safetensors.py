@@ -23,15 +23,10 @@ from typing import Any, NamedTuple
 from nvfp4tools.errors import FormatError, Nvfp4ToolsError, UnsupportedError
 
 from . import validate
+from ._dtypes import DTYPE_BITS
 
 HEADER_MAX_BYTES = 100_000_000  # safetensors' own limit ("HeaderTooLarge", 100 MB)
 
-# dtype -> bits per element (safetensors/src/tensor.rs ``Dtype``)
-DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "U8": 8, "I8": 8, "U16": 16, "I16": 16, "U32": 32, "I32": 32, "U64": 64, "I64": 64,
-    "F16": 16, "BF16": 16, "F32": 32, "F64": 64, "C64": 64,
-    "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-}
 _MAX_ELEMENTS = 1 << 50  # anything larger is a lying header, not a model
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

@@ -10,7 +10,7 @@ import json
 import os
 from typing import Callable, Sequence
 
-from ._safetensors import DTYPE_BITS
+from ._dtypes import DTYPE_BITS
 
 TensorSpec = tuple[str, str, tuple[int, ...]]  # name, safetensors dtype, shape
 

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from nvfp4tools.errors import BackendUnavailable, FormatError, NetworkError, Nvfp4ToolsError, UnsupportedError
 
-from ._safetensors import DTYPE_BITS, RawTensor, Source
+from ._dtypes import DTYPE_BITS
+from ._safetensors import RawTensor, Source
 
 if TYPE_CHECKING:
     from nvfp4tools.model import Checkpoint

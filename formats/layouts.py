@@ -14,7 +14,7 @@ import functools
 from dataclasses import dataclass
 
 from ._ggml_types import GGML_TYPES
-from ._safetensors import DTYPE_BITS
+from ._dtypes import DTYPE_BITS
 
 _GGML_BLOCKS = {name: (elems, nbytes) for name, elems, nbytes in GGML_TYPES.values()}
 
@@ -122,6 +122,14 @@ class CTLayout:
         return [Out(f"{p}{sep}weight_packed", "I32", shape[:-1] + (-(-shape[-1] // 8),), "int4"),
                 Out(f"{p}{sep}weight_scale", scale_dtype, shape[:-1] + (shape[-1] // group,), "int4_scales"),
                 Out(f"{p}{sep}weight_shape", "I64", (len(shape),), "shape")]
+
+    @staticmethod
+    def int8(name: str, shape: tuple[int, ...], group: int, scale_dtype: str) -> list[Out]:
+        """int-quantized (compressed-tensors naive_quantized IntQuantizationCompressor): int8 weight
+        under the weight's own name, group scales beside it, no zero point (symmetric)."""
+        p, sep = _base(name)
+        return [Out(f"{p}{sep}weight", "I8", shape, "int8"),
+                Out(f"{p}{sep}weight_scale", scale_dtype, shape[:-1] + (shape[-1] // group,), "int8_scales")]
 
     @staticmethod
     def out_name(key: str) -> str:

@@ -7,11 +7,10 @@ import os
 import struct
 
 from .errors import FormatError
+from .formats._dtypes import SCALAR_STRUCT
 from .model import TensorPart, canonical_scale
 
-# struct codes for the scalar dtypes a per-tensor scale can have
 _F32 = struct.Struct("<f")
-_STRUCT = {"F32": "f", "F64": "d", "F16": "e", "I64": "q", "I32": "i", "I16": "h", "I8": "b", "U8": "B"}
 
 
 class PartReader:
@@ -76,7 +75,7 @@ def decode_values(part: TensorPart, raw: bytes) -> list[float]:
     if part.stored_dtype == "BF16":
         # bf16 is the top half of an fp32
         return [struct.unpack("<f", b"\x00\x00" + raw[i:i + 2])[0] for i in range(0, len(raw), 2)]
-    code = _STRUCT.get(part.stored_dtype)
+    code = SCALAR_STRUCT.get(part.stored_dtype)
     if code is None:
         raise FormatError(f"{part.file}: tensor '{part.key}' has dtype {part.stored_dtype}, "
                           "cannot read it as a scale")

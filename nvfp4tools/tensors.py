@@ -11,13 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import FormatError, UnsupportedError
+from .formats._dtypes import DTYPES
 from .formats._ggml_types import BY_NAME
 from .model import Checkpoint, TensorInfo, TensorPart
 
-# safetensors dtype -> numpy dtype of its values (8-bit floats as their bytes; BF16 has none)
-NP_DTYPES = {"U8": np.uint8, "I8": np.int8, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8, "F8_E8M0": np.uint8,
-             "I16": np.int16, "U16": np.uint16, "F16": np.float16, "I32": np.int32, "U32": np.uint32,
-             "F32": np.float32, "I64": np.int64, "U64": np.uint64, "F64": np.float64, "BOOL": np.bool_}
+# safetensors dtype -> numpy type of its values (formats/_dtypes.py: 8-bit floats as their bytes; BF16 has none)
+NP_DTYPES = {name: np.dtype(d.numpy).type for name, d in DTYPES.items() if d.numpy}
 
 
 def map_part(root: str, part: TensorPart, dtype) -> np.ndarray:
@@ -123,6 +122,13 @@ def dequantize(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
         return out
     if s.element.startswith("int") and t.part("data").stored_dtype == "I32":
         return _dequant_ct_int(ckpt, t)
+    if s.element == "int8" and data.stored_dtype == "I8" and t.part("block_scale") is not None \
+            and t.part("zero_point") is None:
+        # compressed-tensors int-quantized, symmetric: w = q * scale of its group (or channel)
+        q = np.asarray(load_part(ckpt.root, data), dtype=np.float32)
+        scale = np.asarray(load_part(ckpt.root, t.part("block_scale")), dtype=np.float32)
+        scale = scale.reshape(q.shape[:-1] + (-1,))
+        return (q * np.repeat(scale, q.shape[-1] // scale.shape[-1], axis=-1)).reshape(t.shape)
     if not s.quantized:
         return np.asarray(load_part(ckpt.root, t.part("data")), dtype=np.float32).reshape(t.shape)
     raise UnsupportedError(f"{t.name}: dequantizing scheme {s.name} is not supported yet",
