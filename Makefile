@@ -1,5 +1,5 @@
 # Two entry points (README quick start):
-#   make demo   set up a virtual environment and run `nvfp4tools demo` on a bundled tiny checkpoint
+#   make demo   set up a virtual environment and run `nvfp4tools demo` on a generated tiny checkpoint
 #   make test   set up the test environment (interop oracles included) and run the test suite
 #
 # torch is pinned to the CPU build that this machine family keeps on local disk (seconds to

@@ -1,4 +1,4 @@
-"""``nvfp4tools demo``: the whole tool on a bundled tiny checkpoint, no downloads."""
+"""``nvfp4tools demo``: the whole tool on a generated tiny checkpoint, no downloads."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import click
               help="Write the demo checkpoint here and keep it (default: a temporary folder).")
 @click.pass_context
 def demo_cmd(ctx: click.Context, keep: str | None) -> None:
-    """Build a tiny Gemma-4-style NVFP4 checkpoint (ModelOpt layout) run inspect, verify and convert (to
-    compressed-tensors and GGUF) on it; then size a
-    header-only full-size Gemma-4-26B-A4B NVFP4 checkpoint for an RTX 4090 with estimate.
+    """Generate a tiny Gemma-4-style NVFP4 checkpoint (ModelOpt layout) and run inspect, verify and
+    convert (to compressed-tensors and GGUF) on it; then size a header-only full-size
+    Gemma-4-26B-A4B NVFP4 checkpoint for an RTX 4090 with estimate.
 
     \b
     Example:
