@@ -516,7 +516,13 @@ class Assembler:
         if d == "F8_E4M3":
             return schemes.FP8 if (static_act or act_expected == "fp8") else schemes.FP8_A16
         if d == "I8" and b is not None:
-            return schemes.INT8 if static_act else schemes.INT8_A16
+            if static_act:
+                return schemes.INT8
+            # compressed-tensors int-quantized with group scales [out, in/group] (a GGUF Q8_0 written back:
+            # group 32, fp16 scales); one scale column is per channel
+            cols = bs.stored_shape[-1] if len(bs.stored_shape) >= 2 else 1
+            group = data.stored_shape[-1] // cols if cols > 1 and data.stored_shape else None
+            return schemes.int_group(8, group, True) if group else schemes.INT8_A16
         return schemes.UNQUANTIZED_BY_DTYPE.get(d, schemes.INT_PLAIN)
 
     def _logical_int_shape(self, module: str, parts: dict[PartRole, TensorPart]) -> tuple[int, ...]:

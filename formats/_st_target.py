@@ -307,7 +307,7 @@ class SafetensorsTarget:
                     continue
                 nv = t.scheme.name == "nvfp4"
                 kind = Kind.SPLIT if (tg.expert is not None or rearrange is not None) else (
-                    Kind.RENIBBLE if nv else Kind.REPACK if t.scheme.name == "q4_0" else Kind.CAST)
+                    Kind.RENIBBLE if nv else Kind.REPACK if t.scheme.name in ("q4_0", "q8_0") else Kind.CAST)
                 n_e = t.shape[0] if len(t.shape) == 3 and tg.expert is None else 1
                 glob = (1.0,) * n_e if nv and t.part("global_scale") is None else None
                 p.actions.append(Action(
@@ -331,6 +331,8 @@ class SafetensorsTarget:
             return self.layout.nvfp4(name, shape, t.part("input_scale") is not None)
         if t.scheme.name == "q4_0" and getattr(self.layout, "int4", None) is not None:
             return self.layout.int4(name, shape, 32, "F16")
+        if t.scheme.name == "q8_0" and getattr(self.layout, "int8", None) is not None:
+            return self.layout.int8(name, shape, 32, "F16")
         if not t.scheme.quantized:
             return [Out(name, self._float_dtype(t, half, view), shape, "raw")]
         if opts.allow_lossy:
@@ -464,10 +466,24 @@ class SafetensorsTarget:
     def summary(p: Plan) -> dict[str, Any]:
         """What the output holds: quantized kinds, W4A4 or weight-only, int4 groups, kv scales."""
         whats = {o.what for a in p.actions for o in a.outs}
+        int8_groups = sorted({a.outs[0].shape[-1] // o.shape[-1] for a in p.actions for o in a.outs
+                              if o.what == "int8_scales"})
         groups = sorted({o.shape[-1] and a.outs[0].shape[-1] * 8 // o.shape[-1]
                          for a in p.actions for o in a.outs if o.what == "int4_scales"})
-        return {"nvfp4": "codes" in whats, "int4": "int4" in whats, "w4a4": "input" in whats,
-                "groups": [g for g in groups if g], "kv": any(w.startswith("kv:") for w in whats)}
+        return {"nvfp4": "codes" in whats, "int4": "int4" in whats, "int8": "int8" in whats, "w4a4": "input" in whats,
+                "groups": [g for g in groups if g], "int8_groups": int8_groups,
+                "kv": any(w.startswith("kv:") for w in whats)}
+
+    def modules_by_kind(self, p: Plan) -> dict[str, list[str]]:
+        """Output module names per quantized kind ("codes" NVFP4, "int4", "int8"): a mixed checkpoint's
+        config groups target them by exact name."""
+        out: dict[str, list[str]] = {}
+        for a in p.actions:
+            kind = next((o.what for o in a.outs if o.what in ("codes", "int4", "int8")), None)
+            if kind is not None:
+                name = self.layout.out_name(a.outs[0].key)
+                out.setdefault(kind, []).append(name[: -len(".weight")] if name.endswith(".weight") else name)
+        return out
 
     @staticmethod
     def exclusions(p: Plan, regex_ok: bool) -> list[str]:
@@ -487,7 +503,7 @@ class SafetensorsTarget:
     @staticmethod
     def unquantized_linears(p: Plan) -> list[str]:
         """Modules of the output's unquantized linear layers (what exclude_modules / ignore name)."""
-        quantized = {a.out_name for a in p.actions if any(o.what in ("codes", "int4") for o in a.outs)}
+        quantized = {a.out_name for a in p.actions if any(o.what in ("codes", "int4", "int8") for o in a.outs)}
         mods = set()
         for a in p.actions:
             if a.out_name in quantized or not a.sources:

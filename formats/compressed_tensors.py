@@ -91,13 +91,17 @@ def read(path: str) -> Checkpoint:
         a = g.get("input_activations") if isinstance(g.get("input_activations"), dict) else None
         if w is None:
             continue
-        if str(w.get("type")) == "int":
+        # the int32 word packing (pack-quantized) is read with its group's bit width; an int-quantized
+        # group (int8 stored as I8, a GGUF Q8_0 written back) beside it packs nothing
+        if str(w.get("type")) == "int" and str(g.get("format") or fmt) in ("pack-quantized", "mixed-precision"):
             bits = int(w.get("num_bits") or 4)
         if a is not None and a.get("dynamic") is not True:
             static_act = True
         targets = [t for t in (g.get("targets") or []) if isinstance(t, str)]
         parsed.append((targets, _args_scheme(w, a), g))
-        if any(t.startswith("re:") or "." in t for t in targets):  # module-name targets, compiled once
+        # module-name targets (a regex, a dotted path, or a plain lower-case name such as "lm_head"; class
+        # names are capitalised), compiled once
+        if any(t.startswith("re:") or "." in t or t[:1].islower() for t in targets):
             by_name.append((PatternSet(targets, f"config.json quantization_config.config_groups.{gname}.targets"),
                             parsed[-1][1]))
 

@@ -28,26 +28,38 @@ class CTWriter(SafetensorsTarget):
         from nvfp4tools._version import __version__
 
         qs = self.summary(p)
-        if qs["nvfp4"] and qs["int4"]:
-            raise UnsupportedError(f"{p.src.source}: NVFP4 and int4 tensors in one compressed-tensors output "
-                                   "are not written (one format per checkpoint here)",
+        if qs["nvfp4"] and (qs["int4"] or qs["int8"]):
+            raise UnsupportedError(f"{p.src.source}: NVFP4 and int tensors in one compressed-tensors output "
+                                   "are not written (one family of schemes per checkpoint here)",
                                    hint="requantize all to one scheme with --allow-lossy --quantize")
+        groups: list[tuple[dict[str, Any], str]] = []   # (group, its format), one per scheme
         if qs["nvfp4"]:
             w = {"num_bits": 4, "type": "float", "symmetric": True, "group_size": 16, "strategy": "tensor_group",
                  "dynamic": False, "scale_dtype": "torch.float8_e4m3fn"}
-            grp: dict[str, Any] = {"targets": ["Linear"], "weights": w, "format": "nvfp4-pack-quantized",
-                                   "output_activations": None,
-                                   "input_activations": dict(w, dynamic="local", observer="static_minmax")
-                                   if qs["w4a4"] else None}
-            fmt = "nvfp4-pack-quantized"
-        else:
+            groups.append(({"targets": ["Linear"], "weights": w, "format": "nvfp4-pack-quantized",
+                            "output_activations": None,
+                            "input_activations": dict(w, dynamic="local", observer="static_minmax")
+                            if qs["w4a4"] else None}, "nvfp4-pack-quantized"))
+        if qs["int4"] or not (qs["nvfp4"] or qs["int8"]):
             g = qs["groups"][0] if qs["groups"] else 32
             w = {"num_bits": 4, "type": "int", "symmetric": True, "group_size": g, "strategy": "group",
                  "dynamic": False}
-            grp = {"targets": ["Linear"], "weights": w, "format": "pack-quantized", "input_activations": None,
-                   "output_activations": None}
-            fmt = "pack-quantized"
-        qc = {"config_groups": {"config_group_0": grp}, "format": fmt, "ignore": self.exclusions(p, regex_ok=True),
+            groups.append(({"targets": ["Linear"], "weights": w, "format": "pack-quantized", "input_activations": None,
+                            "output_activations": None}, "pack-quantized"))
+        if qs["int8"]:
+            # GGUF Q8_0 written back: int8 group 32 with fp16 scales, compressed-tensors' int-quantized
+            # (naive_quantized IntQuantizationCompressor: weight int8, weight_scale, no zero point)
+            w = {"num_bits": 8, "type": "int", "symmetric": True, "group_size": qs["int8_groups"][0],
+                 "strategy": "group", "dynamic": False}
+            groups.append(({"targets": ["Linear"], "weights": w, "format": "int-quantized", "input_activations": None,
+                            "output_activations": None}, "int-quantized"))
+        if len(groups) > 1:   # each group targets its own modules by exact name
+            by_kind = self.modules_by_kind(p)
+            for grp, f in groups:
+                grp["targets"] = sorted(by_kind[{"pack-quantized": "int4", "int-quantized": "int8"}.get(f, "codes")])
+        fmt = groups[0][1] if len(groups) == 1 else "mixed-precision"
+        grp = groups[0][0]
+        qc = {"config_groups": {f"config_group_{i}": g for i, (g, _) in enumerate(groups)}, "format": fmt, "ignore": self.exclusions(p, regex_ok=True),
               "kv_cache_scheme": {"num_bits": 8, "type": "float", "strategy": "tensor", "dynamic": False,
                                   "symmetric": True} if qs["kv"] else None,
               "quant_method": "compressed-tensors", "quantization_status": "compressed", "version": TARGET_VERSION,

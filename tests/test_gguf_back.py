@@ -83,3 +83,79 @@ def test_unsupported_gguf_architecture_is_refused_by_name(tmp_path, run_cli):
     write_gemma4_gguf(g)
     r = run_cli("convert", g, str(tmp_path / "out"), "--to", "safetensors")
     assert r.exit_code == 3 and "cannot be converted back" in r.stderr and not os.path.exists(tmp_path / "out")
+
+
+def _ct_decompressed(out: str):
+    """Every quantized module of compressed-tensors checkpoint OUT, decompressed by compressed-tensors'
+    own compressors (scales widened to float32: its fp16 arithmetic would round int8 x fp16 products)."""
+    import torch
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationConfig
+    from safetensors.torch import load_file
+
+    with open(os.path.join(out, "config.json")) as fh:
+        cfg = QuantizationConfig.model_validate(json.load(fh)["quantization_config"])
+    sd = {}
+    for f in os.listdir(out):
+        if f.endswith(".safetensors"):
+            sd.update(load_file(os.path.join(out, f)))
+    got = {}
+    for grp in cfg.config_groups.values():
+        comp = BaseCompressor.get_value_from_registry(grp.format)
+        mods = grp.targets if not any(t[:1].isupper() for t in grp.targets) else sorted(
+            {k.rsplit(".", 1)[0] for k in sd if k.endswith(".weight_scale")})
+        for mod in mods:
+            local = {k[len(mod) + 1:]: (v.to(torch.float32) if k.endswith("weight_scale") else v)
+                     for k, v in sd.items() if k.startswith(mod + ".")}
+            got[mod + ".weight"] = comp.decompress(local, grp)["weight"].to(torch.float32).numpy()
+    return got
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama", "qwen3_moe"])
+@pytest.mark.parametrize("kind", ["q4_0.gguf", "q8_0.gguf"])
+def test_llama_quantize_gguf_to_compressed_tensors(family, kind, family_oracle, run_cli, tmp_path):
+    """llama-quantize's mixed-type GGUFs (Q4_0 with Q8_0 output, or Q8_0) -> compressed-tensors:
+    Q4_0 as pack-quantized int4, Q8_0 as int-quantized int8 (group 32, fp16 scales), one config group
+    per scheme; compressed-tensors' own decompression equals gguf-py's dequantization element by
+    element (after the un-permutation and expert split the conversion undoes)."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from nvfp4tools.convert.canon import llama_permutation, unpermute
+    from nvfp4tools.formats.gguf_restore import restore
+
+    src = family_oracle(family, kind)
+    out = str(tmp_path / "ct")
+    r = run_cli("convert", src, out, "--to", "compressed-tensors", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["lossless"]
+    assert run_cli("inspect", out).exit_code == 0
+    assert run_cli("verify", out, "--sample", "8").exit_code == 0
+    got = _ct_decompressed(out)
+    gg = {t.name: t for t in GGUFReader(src).tensors}
+    checked = 0
+    for tg in restore(formats.read(src)).targets:
+        if tg.name not in got:
+            continue
+        t = gg[tg.sources[0]]
+        ref = dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
+        if tg.expert is not None:
+            ref = ref[tg.expert]
+        if tg.unpermute_heads:
+            ref = ref[unpermute(llama_permutation(ref.shape[0], tg.unpermute_heads))]
+        assert np.array_equal(got[tg.name], ref), tg.name
+        checked += 1
+    assert checked == len(got) > 0
+
+
+def test_k_quants_are_refused_unless_lossy(family_oracle, run_cli, tmp_path):
+    src = family_oracle("qwen3", "q4_k_m.gguf")
+    out = str(tmp_path / "ct")
+    r = run_cli("convert", src, out, "--to", "compressed-tensors")
+    assert r.exit_code == 3 and "q4_k" in r.stderr.lower() and "--allow-lossy" in r.stderr and not os.path.exists(out)
+    r = run_cli("convert", src, out, "--to", "compressed-tensors", "--allow-lossy", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert not rep["lossless"] and rep["lossy"] and all(x["to"] == "bf16" for x in rep["lossy"])
+    assert run_cli("inspect", out).exit_code == 0

@@ -9,6 +9,8 @@ every writer's bytes are encoded from.
 * ``int4``: int8 values in [-8, 7], group scales as stored (16-bit floats kept as their bits),
   the group size (compressed-tensors pack-quantized; GGUF Q4_0 = group 32 with an fp16 scale,
   ``q = nibble - 8``: ggml ``dequantize_row_q4_0``);
+* ``int8``: int8 values in [-127, 127] with group scales as stored (compressed-tensors int-quantized
+  group-symmetric; GGUF Q8_0 = group 32 with an fp16 scale, ggml ``dequantize_row_q8_0``);
 * ``raw``: any other tensor's stored array (16-bit floats as their bits, so bytes copy exactly).
 
 A :class:`View` reads one checkpoint for one conversion: it owns its open files and caches, so
@@ -38,7 +40,7 @@ BITS_DTYPE = {**NP_DTYPES, "BF16": np.uint16, "F16": np.uint16}
 @dataclass
 class Canon:
     name: str
-    kind: str                                  # "nvfp4" | "int4" | "raw"
+    kind: str                                  # "nvfp4" | "int4" | "int8" | "raw"
     shape: tuple[int, ...]                     # of this block of rows
     packed: np.ndarray | None = None           # nvfp4: HF-packed codes [.., rows, in/2]
     scale_bytes: np.ndarray | None = None
@@ -59,6 +61,15 @@ class Canon:
             return np.ascontiguousarray(a[perm] if a.ndim == 1 else a[..., perm, :])
         return replace(self, packed=take(self.packed), scale_bytes=take(self.scale_bytes), q=take(self.q),
                        group_scales=take(self.group_scales), array=take(self.array))
+
+
+def is_int8_sym(t: TensorInfo) -> bool:
+    """int8 group-symmetric (compressed-tensors int-quantized, group scales): GGUF Q8_0's exact form."""
+    if t.scheme.name == "q8_0":
+        return True
+    d, bs = t.part("data"), t.part("block_scale")
+    return (t.scheme.element == "int8" and t.scheme.symmetric and t.scheme.block_size is not None and d is not None
+            and d.stored_dtype == "I8" and bs is not None and t.part("zero_point") is None)
 
 
 def is_int4_sym(t: TensorInfo) -> bool:
@@ -178,6 +189,17 @@ class View:
             return Canon(t.name, "int4", out_shape, q=(codes.astype(np.int8) - 8).reshape(out_shape),
                          group_scales=np.ascontiguousarray(d.view(np.uint16)).reshape(out_shape[:-1] + (-1,)),
                          group=32, scale_dtype="F16")
+        if t.scheme.name == "q8_0":   # ggml block_q8_0: fp16 d, then 32 int8 values (ggml-common.h)
+            blocks = self.stored(data, r, expert)
+            b = np.ascontiguousarray(blocks).reshape(blocks.shape[:-1] + (-1, 34))
+            d = np.ascontiguousarray(b[..., :2]).view(np.uint16).reshape(out_shape[:-1] + (-1,))
+            q = np.ascontiguousarray(b[..., 2:]).view(np.int8).reshape(out_shape)
+            return Canon(t.name, "int8", out_shape, q=q, group_scales=d, group=32, scale_dtype="F16")
+        if is_int8_sym(t):
+            bs = t.part("block_scale")
+            q = self.stored(data, r, expert).view(np.int8)
+            return Canon(t.name, "int8", out_shape, q=q.reshape(out_shape), group_scales=self.stored(bs, r, expert),
+                         group=t.shape[-1] // bs.stored_shape[-1], scale_dtype=bs.stored_dtype)
         if is_int4_sym(t):
             from nvfp4tools.kernels_ref.int4 import unpack_int32_to_int4
             bs = t.part("block_scale")

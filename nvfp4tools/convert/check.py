@@ -64,8 +64,8 @@ def _values(c: Canon) -> np.ndarray:
 def _same(a: Canon, b: Canon) -> bool:
     if a.kind == "nvfp4":
         return b.kind == "nvfp4" and np.array_equal(a.packed, b.packed) and np.array_equal(a.scale_bytes, b.scale_bytes)
-    if a.kind == "int4":
-        if b.kind != "int4" or not np.array_equal(a.q, b.q):
+    if a.kind in ("int4", "int8"):
+        if b.kind != a.kind or not np.array_equal(a.q, b.q):
             return False
         sa = np.repeat(as_f32(a.group_scales, a.scale_dtype), a.group, axis=-1)
         sb = np.repeat(as_f32(b.group_scales, b.scale_dtype), b.group, axis=-1)

@@ -229,6 +229,11 @@ def encode_rows(c: Canon, o: Out, name: str) -> bytes:
     if w == "int4_scales":
         c = _need(c, "int4", o, name)
         return _scales_as(c.group_scales, c.scale_dtype, o.dtype, name)
+    if w == "int8":
+        return np.ascontiguousarray(_need(c, "int8", o, name).q, np.int8).tobytes()
+    if w == "int8_scales":
+        c = _need(c, "int8", o, name)
+        return _scales_as(c.group_scales, c.scale_dtype, o.dtype, name)
     if w == "raw":
         return _cast_exact(_need(c, "raw", o, name), o.dtype, name)
     raise ValueError(f"{o.key}: {w} is not a row-shaped part")
