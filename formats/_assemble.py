@@ -571,7 +571,8 @@ class Assembler:
                         f"{bs.file}: tensor '{bs.key}' has shape {list(bs.stored_shape)}, expected {list(want)} "
                         f"for {scheme.name} block_size={scheme.block_size} over in_features={shape[-1]}")
             return shape
-        if scheme.element.startswith("int") and data.stored_dtype == "I32":
+        if scheme.quantized and scheme.element.startswith("int") and data.stored_dtype == "I32":
+            # (an unquantized I32 buffer, INT_PLAIN, is not packed: its stored shape is its shape)
             return self._logical_int_shape(module, parts)
         if scheme.element == "int4" and data.stored_dtype == "U8":
             if not s:

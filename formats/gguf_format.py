@@ -168,6 +168,14 @@ def read(path: str) -> Checkpoint:
         if scheme.quantized and 0 in shape:   # (nothing to dequantize: a quantized weight has elements)
             raise FormatError(f"{t.file}: tensor '{name}' is {t.type_name} with shape {list(shape)}, "
                               "expected no zero dimension")
+        for sc in (g_s, i_s) if t.type_name == "NVFP4" else ():
+            n_sc = 1
+            for d in (sc.ne if sc is not None else ()):
+                n_sc *= d
+            if sc is not None and n_sc not in (1, shape[0] if len(shape) == 3 else 1):
+                # one multiplier per tensor, or per expert of a stacked one (convert_hf_to_gguf _repack_nvfp4)
+                raise FormatError(f"{sc.file}: tensor '{sc.name}' has shape {list(reversed(sc.ne))} ({n_sc} values), "
+                                  f"expected 1" + (f" or {shape[0]} (one per expert)" if len(shape) == 3 else ""))
         # a weight (not a bias: attn_q.bias is 1-D, gpt-oss's ffn_*_exps.bias 2-D) of a projection is a matrix
         if name.endswith(".weight") and ((len(shape) < 2 and proj is not None) or (role == "experts" and len(shape) != 3)):
             raise FormatError(f"{t.file}: tensor '{name}' ({role}) has shape {list(shape)}, expected "

@@ -241,6 +241,36 @@ def test_experts_of_one_layer_with_different_shapes_are_refused(ckpt, run_cli):
     assert not os.path.exists(path + ".gguf")
 
 
+def test_unquantized_int32_tensor_keeps_its_stored_shape(ckpt, run_cli):
+    """An I32 buffer without scales is not packed int4: its shape is what the header says."""
+    path = ckpt("bf16")
+    key = "model.language_model.layers.1.input_layernorm.weight"
+
+    def change(rows):
+        for r in rows:
+            if r[0] == key:
+                r[1] = "I32"
+                r[3] = r[3] + r[3]   # [64] BF16 -> [64] I32
+    _rebuild(os.path.join(path, "model.safetensors"), change)
+    r = run_cli("inspect", path, "--tensors", "--format", "json")
+    assert r.exit_code in (0, 1), r.stderr
+    t = next(t for t in json.loads(r.stdout)["tensors"] if t["name"] == key)
+    assert t["shape"] == [64]
+    r = run_cli("convert", path, path + ".o", "--to", "compressed-tensors", "--allow-lossy", "--quantize", "nvfp4")
+    assert r.exit_code in (0, 3) and "internal error" not in r.stderr, r.stderr
+
+
+def test_gguf_nvfp4_scale_with_no_value_is_refused(seeds, tmp_path, run_cli):
+    src = str(tmp_path / "m.gguf")
+    assert run_cli("convert", seeds["mo"], src, "--to", "gguf").exit_code == 0
+    g = read_gguf(src)
+    t = next(t for t in g.tensors if t[0].endswith(".input_scale"))
+    t[1] = [0]
+    write_gguf(src, g)
+    for cmd in COMMANDS:
+        _one_line(run_cli(*cmd, src), 3, f"tensor '{t[0]}' has shape [0] (0 values), expected 1")
+
+
 # -- GGUF metadata ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gguf_seed(tmp_path_factory):
