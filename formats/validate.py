@@ -34,7 +34,10 @@ from nvfp4tools.errors import FormatError
 # Llama 3.1 405B, the largest dense decoder with a public config, has 126 layers, hidden_size
 # 16,384, intermediate_size 53,248 and 128 heads; every bound below is far above any published
 # model and far below what would let a per-layer or per-head allocation exhaust memory.
-MAX_LAYERS = 10_000            # ~80x 126 layers; arch builds one entry per layer
+# ~8x 126 layers. Per-layer work scales with it: arch builds one entry per layer, and convert --to
+# gguf asks gguf-py for its tensor-name map of every layer (measured: 10,000 layers took 6.3 s and
+# 640 MB in that call alone; 1,024 take under a second)
+MAX_LAYERS = 1_024
 MAX_WIDTH = 1 << 22            # hidden/intermediate widths: ~78x 53,248
 MAX_HEADS = 1 << 16            # 512x 128 heads
 MAX_HEAD_DIM = 1 << 16         # 128x the widest head (Gemma 4 full layers: 512)
@@ -44,7 +47,8 @@ MAX_POSITIONS = (1 << 31) - 1  # positions are int32 in the engines (llama.cpp l
 MAX_BITS = 64                  # QuantizationArgs.num_bits: 2..16 in compressed-tensors' presets
 MAX_LIST = 1 << 16             # architectures, layer_types (<= MAX_LAYERS), per-group lists
 # exclude/ignore/targets lists: one entry per excluded module of the largest model the bounds
-# above allow (10,000 layers x ~10 modules) still fits; each entry is at most a tensor name long.
+# above allow (1,024 layers x ~100 modules, experts included) still fits; each entry is at most a
+# tensor name long.
 MAX_PATTERNS = 100_000
 MAX_NAME_CHARS = 4096          # tensor, module and shard names (real ones are under ~200)
 MAX_ENTRIES = 1 << 22          # index weight_map / ModelOpt quantized_layers: 45x DeepSeek-V3's 92,000
