@@ -110,3 +110,19 @@ def family_oracle(tmp_path_factory):
         return families.build(family, kind, str(base))
 
     return get
+
+
+@pytest.fixture
+def empty_hf_cache(monkeypatch, tmp_path):
+    """An empty local Hugging Face cache, online, and no Hub header read kept from another test."""
+    from nvfp4tools.formats import hub as nv_hub
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    nv_hub.fetch.cache_clear()
+    yield str(cache)
+    nv_hub.fetch.cache_clear()
+

@@ -271,21 +271,14 @@ def test_annotation_escaping():
     assert line == "::error title=nvfp4tools check%3A a%2Cb%3Ac::100%25 sure%0Areally: measured 1, limit 0"
 
 
-def test_hub_id_checks_headers_and_lists_what_is_unchecked(monkeypatch, synth_dir, run_cli, tmp_path):
+def test_hub_id_checks_headers_and_lists_what_is_unchecked(monkeypatch, synth_dir, run_cli, tmp_path,
+                                                          empty_hf_cache):
     from tests.formats.test_hub import install_fake_hub
-    from nvfp4tools.formats import hub as nv_hub
 
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    nv_hub.fetch.cache_clear()
     install_fake_hub(monkeypatch, synth_dir(fmt="modelopt", recipe="all-linear", shards=2))
     text = 'version = 1\n[quantization.roles]\nexperts = "nvfp4"\n[[targets]]\ngpu = "rtx4090"\ncontext = 2048\n'
     code, rep = _check(run_cli, "acme/tiny-nvfp4", "--policy", _policy(tmp_path, text))
     ids = _by_id(rep)
-    nv_hub.fetch.cache_clear()
     assert rep["remote"] and code == 0 and rep["verdict"] == "pass"
     assert {k for k, q in ids.items() if q["status"] == "unchecked"} == {
         "findings.scale-values", "findings.deep", "numerics.verify"}

@@ -53,21 +53,6 @@ def install_fake_hub(monkeypatch, local: str, repo: str = "acme/tiny-nvfp4") -> 
 
 
 @pytest.fixture
-def empty_hf_cache(monkeypatch, tmp_path):
-    """An empty local Hugging Face cache, online, and no fetch result kept from another test."""
-    from nvfp4tools.formats import hub as nv_hub
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    nv_hub.fetch.cache_clear()
-    yield str(cache)
-    nv_hub.fetch.cache_clear()
-
-
-@pytest.fixture
 def fake_hub(monkeypatch, synth_dir, empty_hf_cache):
     local = synth_dir(fmt="modelopt", recipe="all-linear", shards=2)
     install_fake_hub(monkeypatch, local)

@@ -51,18 +51,8 @@ def http_error(status: int, headers: dict[str, str] | None = None,
 
 
 @pytest.fixture
-def hf_cache(monkeypatch, tmp_path):
-    """An empty local Hugging Face cache, online, and no fetch result kept from another test."""
-    from nvfp4tools.formats import hub as nv_hub
-
-    cache = tmp_path / "hf-cache"
-    cache.mkdir()
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    nv_hub.fetch.cache_clear()
-    yield str(cache)
-    nv_hub.fetch.cache_clear()
+def hf_cache(empty_hf_cache):
+    return empty_hf_cache
 
 
 @pytest.fixture
