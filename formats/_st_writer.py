@@ -15,6 +15,12 @@ from ._dtypes import DTYPE_BITS
 TensorSpec = tuple[str, str, tuple[int, ...]]  # name, safetensors dtype, shape
 
 
+def shard_file_name(i: int, n: int) -> str:
+    """The name transformers gives shard I (from 1) of N: ``model.safetensors`` when N is 1, else
+    ``model-0000I-of-0000N.safetensors``."""
+    return "model.safetensors" if n == 1 else f"model-{i:05d}-of-{n:05d}.safetensors"
+
+
 def nbytes_of(dtype: str, shape: Sequence[int]) -> int:
     n = 1
     for d in shape:

@@ -292,7 +292,7 @@ def synthesize(out_dir: str, *, preset: str = "gemma4-tiny", fmt: str = "modelop
                      lambda s=shape: struct.pack("<%dq" % len(s), *s))
 
     # Shard on module boundaries so a weight and its scales stay in one file.
-    from nvfp4tools.formats._st_writer import nbytes_of, write_index, write_safetensors
+    from nvfp4tools.formats._st_writer import nbytes_of, shard_file_name, write_index, write_safetensors
     total = sum(nbytes_of(d, s) for _, d, s in plan.specs)
     per = total / max(1, shards)
     buckets: list[list[tuple[str, str, tuple[int, ...]]]] = [[]]
@@ -309,7 +309,7 @@ def synthesize(out_dir: str, *, preset: str = "gemma4-tiny", fmt: str = "modelop
     weight_map: dict[str, str] = {}
     meta = {"format": "pt", "producer": f"nvfp4tools synth {__version__}"}
     for i, bucket in enumerate(buckets):
-        fname = "model.safetensors" if len(buckets) == 1 else f"model-{i + 1:05d}-of-{len(buckets):05d}.safetensors"
+        fname = shard_file_name(i + 1, len(buckets))
         write_safetensors(os.path.join(out_dir, fname), bucket, lambda k: plan.makers[k](), meta)
         files.append(fname)
         for spec in bucket:
