@@ -327,7 +327,6 @@ INDEX: dict[str, Rule] = {
 
 # GGUF ``{arch}.*`` keys arch_from_gguf reads (llama.cpp llama-model.cpp hparams; gguf-py constants
 # Keys.LLM/Attention/Rope). A per-layer key may be one value or an array with one value per layer.
-_PER_LAYER = Rule("list", max_items=MAX_LAYERS)
 GGUF_ARCH: dict[str, Rule] = {
     "block_count": _int(1, MAX_LAYERS),
     "embedding_length": _int(1, MAX_WIDTH),
