@@ -24,7 +24,7 @@ H100, bench/README.md):
 * ``TMA=1`` loads the activation tile and the code words with the Hopper tensor-memory
   accelerator instead of per-thread copies: at M = 128 the activations are most of the bytes each
   program reads (the whole 128-row x for every 64 weight rows), and TMA moves them with far fewer
-  instructions: 22.5 -> 20.5 us on 8192x2816, 26.7 -> 24.5 us on 2816x8192 (bench/gpu_tma_sweep.py).
+  instructions: 22.5 -> 20.5 us on 8192x2816, 26.7 -> 24.5 us on 2816x8192 (bench/tune_mma.py).
   The default at M >= 17 on sm_90+ while a CUDA graph is being captured (as engines launch); eager
   calls keep the per-thread loads, because Triton encodes host descriptors at every launch
   (bench/RESULTS.md). Not with ``SWAP``: swapped operands with TMA and a

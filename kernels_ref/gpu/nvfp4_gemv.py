@@ -5,7 +5,7 @@ checkpoint's own layout (``packed`` uint8 [N, K/2], element 2i in the low nibble
 At M = 1 the weights are the whole cost: 13 MB for a 8192x2816 layer, which a kernel that only
 streams the bytes reads in ~6.2 us on an H100 (bench/RESULTS.md). Whatever else the kernel does
 has to hide under those loads, so it is written for instruction count and so that no value
-changes lanes (no shared memory, no barriers, no layout conversions; bench/gpu_gemv.py is its
+changes lanes (no shared memory, no barriers, no layout conversions; bench/tune_gemv.py is its
 sweep):
 
 * Each lane owns one group of 32 elements per pass: its 4 code words (one 16-byte load), its 2
@@ -161,7 +161,7 @@ GemvConfig = tuple[int, int, int]
 
 
 def gemv_config(n: int, k: int) -> GemvConfig:
-    """Default, from bench/gpu_gemv.py's sweep on an H100 (the eight Gemma-4-26B shapes): 2 rows
+    """Default, from bench/tune_gemv.py's sweep on an H100 (the eight Gemma-4-26B shapes): 2 rows
     per program (1 below 2048 rows, where programs get few); one warp per program, two where K
     has >= 128 groups of 32 (half as many passes over K), four where fewer than ~1200 programs
     would leave the SMs short of warps; evict-first weights (they are read once; the activations

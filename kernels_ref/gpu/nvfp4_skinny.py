@@ -26,7 +26,7 @@ The module also holds the M = 1 "diagonal" GEMV on the same building blocks
 
 Requires K % 32 == 0 (the last pass is masked) and M <= 16; the default for 2 <= M <= 16. With
 the software pipeline (``PREFETCH``) it beats the MMA kernel on all eight Gemma-4 shapes at M = 2
-and 8, and at M = 16 on seven (2816x4096: 10.0 against 9.8 us); bench/gpu_skinny.py.
+and 8, and at M = 16 on seven (2816x4096: 10.0 against 9.8 us); bench/tune_skinny.py.
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ SkinnyConfig = tuple[int, ...]
 
 
 def skinny_config(m: int, n: int, k: int) -> SkinnyConfig:
-    """Default (bench/gpu_skinny.py on an H100, the eight Gemma-4-26B shapes at M = 2, 8, 16): 4
+    """Default (bench/tune_skinny.py on an H100, the eight Gemma-4-26B shapes at M = 2, 8, 16): 4
     warps on one 16-row tile, software-pipelined (the next pass's loads in flight during this
     pass's MMAs: up to 1.2 us faster), and K split over programs only where a warp would
     otherwise walk many passes or too few warps would run (with the pipeline, fewer programs do
@@ -405,7 +405,7 @@ def diag_config(n: int, k: int) -> DiagConfig | None:
     """The diagonal GEMV's config where it is the default at M = 1, else None (the CUDA-core
     GEMV): on the layers with 8192 rows or 8192 columns, where it measured 8.2 us against 8.7
     (8192x2816) and 8.0 against 8.6 (2816x8192); elsewhere within noise of the GEMV or behind
-    (704x2816, 2816x704); bench/gpu_gemv_mma.py."""
+    (704x2816, 2816x704); bench/tune_diag_gemv.py."""
     if k >= 8192:
         return 4, 2, 0
     if n >= 8192:
