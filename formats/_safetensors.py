@@ -120,7 +120,8 @@ def parse_header(root: str, rel: str, *, trusted: bool = False) -> ParsedFile:
     data_len = size - data_start
     meta = header.pop("__metadata__", None) or {}
     # a str -> str map (the reference implementation deserializes it as HashMap<String, String>)
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+    if not isinstance(meta, dict) or not all(isinstance(v, str) and validate.utf8(v) and validate.utf8(k)
+                                             for k, v in meta.items()):
         raise FormatError(f"{rel}: __metadata__ is {validate.show(meta)}, expected an object of strings")
     if not all(len(k) <= validate.MAX_NAME_CHARS and k.isprintable() for k in header):  # C-level; ~50,000 names
         bad = next(k for k in header if not (len(k) <= validate.MAX_NAME_CHARS and k.isprintable()))

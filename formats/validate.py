@@ -14,8 +14,8 @@ Three things are decided here, before any reader computes with what a checkpoint
   and raises one :class:`FormatError` naming the file, the key and the bad value. Readers and
   everything after them (arch, estimate, convert) may then trust those keys' types and ranges.
 
-Keys a table does not name are never looked at, so unknown or future keys cannot make a
-checkpoint unreadable; ``null`` is accepted wherever a key is accepted (transformers writes
+Keys a table does not name are only held to strict JSON (no NaN or Infinity), so unknown or future
+keys cannot make a checkpoint unreadable; ``null`` is accepted wherever a key is accepted (transformers writes
 ``"head_dim": null`` for "derive it") and means the key is absent.
 """
 
@@ -132,7 +132,8 @@ def read_json(root: str, name: str, *, trusted: bool = False) -> Any | None:
 
 
 def parse_json(raw: bytes | str, label: str) -> Any:
-    """RAW as JSON, with every parser failure (syntax, encoding, depth, integer length) one FormatError."""
+    """RAW as strict JSON, with every parser failure (syntax, encoding, depth, integer length, NaN or
+    Infinity) one FormatError."""
     try:
         data = json.loads(raw)
     except RecursionError:
@@ -144,27 +145,37 @@ def parse_json(raw: bytes | str, label: str) -> Any:
     except ValueError:
         # Python refuses to parse integers of more than sys.get_int_max_str_digits() (4,300) digits
         raise FormatError(f"{label}: holds an integer with thousands of digits, not a checkpoint's JSON") from None
-    depth = _depth(data)
-    if depth > JSON_MAX_DEPTH:
-        raise FormatError(f"{label}: JSON nested more than {JSON_MAX_DEPTH} levels deep")
+    _walk(data, label)
     return data
 
 
-def _depth(data: Any) -> int:
-    """Nesting depth, iteratively (a recursive walk would itself overflow on what it measures)."""
-    deepest = 0
-    stack = [(data, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict):
-            v = v.values()
-        elif not isinstance(v, list):
-            continue
-        deepest = max(deepest, d)
+def _walk(data: Any, label: str) -> None:
+    """Refuse nesting deeper than JSON_MAX_DEPTH and any NaN or Infinity, iteratively (a recursive
+    walk would itself overflow on what it measures). Python's json reads NaN and Infinity, which
+    JSON (RFC 8259) does not have; every consumer downstream, --format json included, would have to
+    guess what they meant, so the file is refused naming the key."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise FormatError(f"{label}: is {show(data)}; JSON has no NaN or Infinity")
+    stack: list[tuple[Any, int, tuple | None]] = [(data, 1, None)] if isinstance(data, (dict, list)) else []
+    while stack:   # (value, depth, (parent chain, key))
+        v, d, chain = stack.pop()
+        items = v.items() if isinstance(v, dict) else enumerate(v)
         if d > JSON_MAX_DEPTH:
-            return d
-        stack.extend((x, d + 1) for x in v if isinstance(x, (dict, list)))
-    return deepest
+            raise FormatError(f"{label}: JSON nested more than {JSON_MAX_DEPTH} levels deep")
+        for k, x in items:
+            if isinstance(x, (dict, list)):
+                stack.append((x, d + 1, (chain, k)))
+            elif isinstance(x, float) and not math.isfinite(x):
+                raise FormatError(f"{label}: {_chain_path((chain, k))} is {show(x)}; JSON has no NaN or Infinity",
+                                  hint=f"fix or remove it in {label.split(':')[0]}")
+
+
+def _chain_path(chain: tuple | None) -> str:
+    keys: list[str] = []
+    while chain is not None:
+        chain, k = chain
+        keys.append(f"[{k}]" if isinstance(k, int) else ("." + _key(k)))
+    return "".join(reversed(keys)).lstrip(".")
 
 
 # -- names --------------------------------------------------------------------------------------------
@@ -392,11 +403,11 @@ def _fits(v: Any, rule: Rule, file: str, path: str) -> bool:
         return (not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
                 and _in_range(v, rule))
     if kind == "str":
-        return isinstance(v, str) and (rule.hi is None or len(v) <= rule.hi) and _utf8(v)
+        return isinstance(v, str) and (rule.hi is None or len(v) <= rule.hi) and utf8(v)
     if kind == "bool":
         return isinstance(v, bool)
     if kind == "scalar":
-        return ((isinstance(v, str) and len(v) <= MAX_NAME_CHARS and _utf8(v)) or isinstance(v, bool)
+        return ((isinstance(v, str) and len(v) <= MAX_NAME_CHARS and utf8(v)) or isinstance(v, bool)
                 or (isinstance(v, (int, float)) and math.isfinite(v)))
     if kind == "list":
         if not isinstance(v, list):
@@ -435,7 +446,7 @@ def _in_range(v: float, rule: Rule) -> bool:
     return (rule.lo is None or v >= rule.lo) and (rule.hi is None or v <= rule.hi)
 
 
-def _utf8(s: str) -> bool:
+def utf8(s: str) -> bool:
     """No lone surrogates (json.loads makes them from "\\ud800"; they cannot be printed or written)."""
     try:
         s.encode("utf-8")
@@ -484,6 +495,16 @@ def gguf_metadata(kv: Mapping[str, Any], file: str) -> None:
             if key.startswith(prefix):
                 _check_value(v, rule, file, _key(key))
                 break
+    names = kv.get("nvfp4tools.hf_names")
+    if isinstance(names, list):
+        from ._dtypes import DTYPE_BITS
+        for entry in names:
+            # "gguf_name=hf_name[|DTYPE],..." (formats/gguf_writer.py); the dtype names a stored dtype
+            gname, eq, rest = entry.partition("=")
+            dts = [t.partition("|")[2] for t in rest.split(",")]
+            if not eq or not gname or any(dt and dt not in DTYPE_BITS for dt in dts):
+                raise FormatError(f"{file}: nvfp4tools.hf_names entry {show(entry)} is not "
+                                  "'gguf_name=name[|DTYPE],...' with known safetensors dtypes")
     arch = kv.get("general.architecture")
     if isinstance(arch, str):
         p = arch + "."

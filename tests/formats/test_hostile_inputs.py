@@ -103,6 +103,11 @@ CONFIG_CASES = [
      ("rope_parameters.full_attention.rope_theta is nan",)),
     ("mo", "config.json", _tc("per_layer_config", {"1": {"head_dim": "x"}}), ("per_layer_config.1.head_dim",)),
     ("mo", "config.json", _tc("sliding_window", None), ("sliding-attention layers but sliding_window is None",)),
+    # keys no table names: still strict JSON (no NaN/Infinity for --format json or a copied config to carry)
+    ("mo", "config.json", lambda d: d["vision_config"].__setitem__("num_hidden_layers", [float("nan")]),
+     ("vision_config.num_hidden_layers[0] is nan; JSON has no NaN or Infinity",)),
+    ("ct", "config.json", lambda d: d.__setitem__("initializer_range", float("-inf")),
+     ("initializer_range is -inf",)),
 ]
 
 
@@ -188,10 +193,12 @@ def test_header_with_huge_integer_or_deep_nesting_is_refused(tmp_path, run_cli):
         _one_line(run_cli("inspect", str(tmp_path)), 3, "m.safetensors: header is not a safetensors header")
 
 
-def test_metadata_values_must_be_strings(tmp_path, run_cli):
-    _write_st(tmp_path / "m.safetensors", {"__metadata__": {"k": [1]},
+@pytest.mark.parametrize("meta", [{"k": [1]}, {"k": "\ud800"}, {"\udfff": "v"}])
+def test_metadata_values_must_be_strings(meta, tmp_path, run_cli):
+    _write_st(tmp_path / "m.safetensors", {"__metadata__": meta,
                                            "a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"\0")
-    _one_line(run_cli("inspect", str(tmp_path)), 3, "__metadata__ is", "expected an object of strings")
+    for extra in ((), ("--metadata",), ("--metadata", "--format", "json")):
+        _one_line(run_cli("inspect", str(tmp_path), *extra), 3, "__metadata__ is", "expected an object of strings")
 
 
 # -- tensors whose shapes lie ------------------------------------------------------------------------------
@@ -294,6 +301,8 @@ def gguf_seed(tmp_path_factory):
     ("nvfp4tools.config_json", 8, "[" * 5000, "nvfp4tools.config_json: JSON nested too deeply"),
     ("nvfp4tools.config_json", 8, '{"num_hidden_layers": 1e12}', "num_hidden_layers is 1000000000000.0"),
     ("nvfp4tools.restore.x.scale", 9, (6, [float("inf")]), "nvfp4tools.restore.x.scale[0] is inf"),
+    ("nvfp4tools.hf_names", 9, (8, ["blk.0.attn_q.weight=model.layers.0.q_proj.weight|BF1\x0b"]),
+     "nvfp4tools.hf_names entry"),
 ])
 def test_gguf_metadata_of_wrong_type_or_range_is_one_line_exit_3(key, vt, value, needle, gguf_seed, tmp_path,
                                                                   run_cli):
