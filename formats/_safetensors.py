@@ -204,16 +204,13 @@ def _load_json(root: str, name: str) -> dict[str, Any] | None:
     return check(data, name) if check else data
 
 
-_allowed_roots = validate.allowed_roots
-
-
 def _safe_member(root: str, rel: str, index_name: str) -> str:
     """An index may only name regular files inside the checkpoint folder."""
     if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel:
         raise FormatError(f"{index_name}: shard name {validate.show(rel)} is not a relative file name")
     validate.check_name(rel, index_name, "shard name")
     real = os.path.realpath(os.path.join(root, rel))
-    if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in _allowed_roots(root)):
+    if not validate.inside(real, validate.allowed_roots(root)):
         raise FormatError(f"{index_name}: shard {rel!r} points outside the checkpoint folder",
                           hint="refusing to read it; fix the index")
     return os.path.normpath(rel)

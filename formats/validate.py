@@ -71,7 +71,8 @@ def allowed_roots(root: str) -> list[str]:
     return roots
 
 
-def _inside(real: str, roots: list[str]) -> bool:
+def inside(real: str, roots: list[str]) -> bool:
+    """Whether resolved path REAL is one of ROOTS or below one."""
     return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
@@ -82,7 +83,7 @@ def member(root: str, rel: str, *, trusted: bool = False) -> str:
     check_name(rel, rel, "file name")
     full = os.path.join(root, rel)
     real = os.path.realpath(full)
-    if not trusted and not _inside(real, allowed_roots(root)):
+    if not trusted and not inside(real, allowed_roots(root)):
         raise FormatError(f"{rel}: a link to {real}, outside the checkpoint folder; refusing to read it",
                           hint="copy the file into the checkpoint folder if it belongs to it")
     try:
