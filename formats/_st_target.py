@@ -378,13 +378,13 @@ class SafetensorsTarget:
     def write(self, p: Plan, view: View, tmp: str, opts: Options, lossy: list, progress) -> list[str]:
         from nvfp4tools.convert.stream import write_actions
 
-        from ._st_writer import write_index
+        from ._st_writer import shard_file_name, write_index
 
         os.makedirs(tmp)
         shards = self._shards(p, opts.max_shard_bytes)
         files, weight_map, total = [], {}, 0
         for i, actions in enumerate(shards):
-            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            fname = shard_file_name(i + 1, len(shards))
             outs = [o for a in actions for o in a.outs]
             header: dict[str, Any] = {}
             meta = {"format": "pt", "converted_by": "nvfp4tools"}
