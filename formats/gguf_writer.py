@@ -30,6 +30,7 @@ from nvfp4tools.convert.plan import Action, Kind, Plan, RowSlice
 from nvfp4tools.errors import UnsupportedError, UsageError
 from nvfp4tools.model import Checkpoint, TensorInfo
 
+from ._ggml_types import BY_NAME
 from .gguf_arch import ARCHES, REFUSED, GGUFArch, llama3_rope_factors, scaled_in_llama_cpp
 from .layouts import Out
 
@@ -196,8 +197,9 @@ class GGUFWriter:
             return Action(Kind.QUANTIZE, names, (Out(gname, "BF16", shape, "raw"),), False, gname, stack=stack,
                           quantize_to="bf16", permute_heads=permute, note=f"from {t.scheme.name}, dequantized")
         if t.scheme.name == "nvfp4":
-            if shape[-1] % 64:
-                raise UnsupportedError(f"{t.name}: in_features {shape[-1]} is not a multiple of 64 (GGUF NVFP4 block)",
+            block = BY_NAME["NVFP4"][0]
+            if shape[-1] % block:
+                raise UnsupportedError(f"{t.name}: in_features {shape[-1]} is not a multiple of {block} (GGUF NVFP4 block)",
                                        hint="keep this checkpoint in safetensors (modelopt or compressed-tensors)")
             gshape = (shape[0],) if len(shape) == 3 else (1,)
             outs = [Out(gname, "NVFP4", shape, "nvfp4_blocks"), Out(base + ".scale", "F32", gshape, "global")]
@@ -353,8 +355,8 @@ class GGUFWriter:
         w.add_array("nvfp4tools.hf_names", records)
         for k, v in self._restore_records(p, view).items():
             w.add_array(k, [float(x) for x in v])
-        ttype = {"NVFP4": T.NVFP4, "Q4_0": T.Q4_0, "F32": T.F32, "BF16": T.BF16, "F16": T.F16}
-        np_dt = {"F32": np.float32, "BF16": np.uint16, "F16": np.float16}
+        ttype = {name: getattr(T, name) for name in ("NVFP4", "Q4_0", "F32", "BF16", "F16")}   # gguf-py's ids
+        np_dt = {"F32": np.float32, "BF16": np.uint16, "F16": np.float16}   # the bits each is written as
         for o in outs:
             if o.dtype in ("NVFP4", "Q4_0"):
                 bshape = o.shape[:-1] + (o.nbytes // max(1, o.rows),)
