@@ -589,10 +589,12 @@ class Assembler:
                 if p.stored_dtype not in ("F32", "F16", "BF16", "F64"):
                     raise FormatError(f"{p.file}: tensor '{p.key}' has dtype {p.stored_dtype}, expected F32 "
                                       f"for a per-tensor scale")
-                if n not in (1, lead):
+                if n not in (1, lead) or (n > 1 and p.stored_shape[0] != lead):
+                    # one per expert means expert-major ([E], or [E, 1, ...]): a [1, E] scale would be
+                    # read as one value shared by every expert
                     raise FormatError(f"{p.file}: tensor '{p.key}' has shape {list(p.stored_shape)} "
                                       f"({n} values), expected a single value" +
-                                      (f" or {lead} (one per expert)" if lead > 1 else ""))
+                                      (f" or [{lead}] (one per expert)" if lead > 1 else ""))
 
     # -- main ---------------------------------------------------------------------------------
     def build(self) -> dict[str, TensorInfo]:

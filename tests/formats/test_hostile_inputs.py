@@ -279,6 +279,21 @@ def test_gguf_nvfp4_scale_with_no_value_is_refused(seeds, tmp_path, run_cli):
         _one_line(run_cli(*cmd, src), 3, f"tensor '{t[0]}' has shape [0] (0 values), expected 1")
 
 
+def test_per_expert_scale_must_be_expert_major(tmp_path, run_cli):
+    from nvfp4tools.synth import synthesize
+    path = str(tmp_path / "fused")
+    synthesize(path, config=TINY, fmt="modelopt", experts="fused")
+    key = "model.language_model.layers.1.experts.gate_up_proj_weight_scale_2"
+
+    def change(rows):
+        for r in rows:
+            if r[0] == key:
+                r[2] = [1, r[2][0]]   # [E] -> [1, E]: the same values, read as one shared scale
+    _rebuild(os.path.join(path, "model.safetensors"), change)
+    for cmd in COMMANDS:
+        _one_line(run_cli(*cmd, path), 3, key, "has shape [1, 2]", "or [2] (one per expert)")
+
+
 # -- GGUF metadata ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def gguf_seed(tmp_path_factory):

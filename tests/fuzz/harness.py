@@ -59,19 +59,35 @@ class Run:
     seconds: float
     problems: list[str] = field(default_factory=list)
     where: str = ""    # for an internal error: the innermost nvfp4tools frame and the exception type
-
-    @property
-    def known(self) -> str | None:
-        """The reason, when this run's failure is a known one awaiting a fix outside this harness."""
-        return KNOWN.get(self.where)
+    known: str | None = None   # why, when the failure is a KNOWN one
 
 
-# Failures the fuzzer finds in code the readers cannot guard, by innermost frame, with the fix each
-# needs; they are listed (not failed) until fixed, and docs/hostile-input.md names them.
-KNOWN: dict[str, str] = {
-    "nvfp4tools/convert/encode.py:logical_shape:IndexError":
-        "a 0-d source tensor (legal: CLIP's logit_scale) written to safetensors: logical_shape() takes "
-        "shape[-1] of (); needs `cols = t.shape[-1] if t.shape else 1`",
+def _tensors(path: str):
+    from nvfp4tools import formats
+    try:
+        return list(formats.read(path).tensors.values())
+    except Exception:   # (the reader refusing the mutant: then it is not this known failure)
+        return []
+
+
+def _has_0d_tensor(path: str) -> bool:
+    return any(not t.shape for t in _tensors(path))
+
+
+def _has_undecodable_unquantized(path: str) -> bool:
+    return any(not t.scheme.quantized and t.parts[0].stored_dtype in ("F4", "F6_E2M3", "F6_E3M2", "C64")
+               for t in _tensors(path))
+
+
+# Failures the fuzzer finds in code the readers cannot guard, with the condition that identifies
+# them and the fix each needs; they are listed (not failed) until fixed (docs/hostile-input.md).
+KNOWN: dict[str, tuple] = {
+    "nvfp4tools/convert/encode.py:logical_shape:IndexError": (
+        _has_0d_tensor, "a 0-d source tensor (legal: CLIP's logit_scale) written to safetensors: logical_shape() "
+                        "takes shape[-1] of (); needs `cols = t.shape[-1] if t.shape else 1`"),
+    "nvfp4tools/convert/canon.py:canon:ValueError": (
+        _has_undecodable_unquantized, "an unquantized F4/F6/C64 tensor (no numpy dtype) is planned as a "
+                                      "decoded copy; the planner should copy its bytes or refuse it"),
 }
 
 
@@ -212,6 +228,9 @@ def run_case(seeds: dict[str, str], seed: int, case: int, work: str) -> CaseResu
         r.problems = check(r)
         if "internal error" in r.stderr:
             r.where = innermost(args)
+            test, why = KNOWN.get(r.where, (None, None))
+            if test is not None and test(path):
+                r.known = why
             if "--dry-run" not in args and args[0] == "convert":
                 for n in _leftovers(work):   # (the rerun's own leftovers are not this run's)
                     shutil.rmtree(os.path.join(work, n), ignore_errors=True)
