@@ -662,7 +662,8 @@ class Assembler:
             role = ri.role
             shape_stored = data.stored_shape
             if len(shape_stored) < 2 and role in _MATRIX_ROLES and (ri.proj is not None or role in _MATRIX_ROLES[4:]) \
-                    and (name.endswith(".weight") or name == module) and not name.endswith("bias"):
+                    and (name.endswith(".weight") or (name == module and len(shape_stored) >= 1)) \
+                    and not name.endswith("bias"):   # (a stray 0-d scalar next to a projection is no weight)
                 # a projection, embedding or lm_head weight is a matrix; every consumer indexes [out, in]
                 raise FormatError(f"{data.file}: tensor '{data.key}' ({role}) has shape {list(shape_stored)}, "
                                   "expected a matrix [out, in] (or [experts, out, in])")
