@@ -16,15 +16,20 @@ import sys
 MiB = 2**20
 LIMIT = 256 * MiB
 
+# The peak is VmHWM of the converting process's own address space (/proc/self/status). Not
+# getrusage's ru_maxrss: Linux carries the pre-exec peak over an exec, so a child of a pytest that
+# has loaded torch would report the parent's ~850 MiB.
 _MEASURE = r"""
-import json, resource, sys
+import json, sys
 from nvfp4tools.cli import main
+code = 0
 try:
     main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-print(json.dumps({"code": code, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}),
-      file=sys.stderr)
+with open("/proc/self/status") as fh:
+    kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+print(json.dumps({"code": code, "peak_rss_bytes": kib * 1024}), file=sys.stderr)
 """
 
 
