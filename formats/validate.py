@@ -14,9 +14,9 @@ Three things are decided here, before any reader computes with what a checkpoint
   and raises one :class:`FormatError` naming the file, the key and the bad value. Readers and
   everything after them (arch, estimate, convert) may then trust those keys' types and ranges.
 
-Keys a table does not name are only held to strict JSON (no NaN or Infinity), so unknown or future
-keys cannot make a checkpoint unreadable; ``null`` is accepted wherever a key is accepted (transformers writes
-``"head_dim": null`` for "derive it") and means the key is absent.
+Keys a table does not name are only held to strict JSON (no NaN, Infinity or lone surrogate), so
+unknown or future keys cannot make a checkpoint unreadable; ``null`` is accepted wherever a key is
+accepted (transformers writes ``"head_dim": null`` for "derive it") and means the key is absent.
 """
 
 from __future__ import annotations
@@ -155,8 +155,8 @@ def _walk(data: Any, label: str) -> None:
     walk would itself overflow on what it measures). Python's json reads NaN and Infinity, which
     JSON (RFC 8259) does not have; every consumer downstream, --format json included, would have to
     guess what they meant, so the file is refused naming the key."""
-    if isinstance(data, float) and not math.isfinite(data):
-        raise FormatError(f"{label}: is {show(data)}; JSON has no NaN or Infinity")
+    if (isinstance(data, float) and not math.isfinite(data)) or (isinstance(data, str) and not utf8(data)):
+        raise FormatError(f"{label}: is {show(data)}, not a JSON value nvfp4tools reads")
     stack: list[tuple[Any, int, tuple | None]] = [(data, 1, None)] if isinstance(data, (dict, list)) else []
     while stack:   # (value, depth, (parent chain, key))
         v, d, chain = stack.pop()
@@ -169,6 +169,12 @@ def _walk(data: Any, label: str) -> None:
             elif isinstance(x, float) and not math.isfinite(x):
                 raise FormatError(f"{label}: {_chain_path((chain, k))} is {show(x)}; JSON has no NaN or Infinity",
                                   hint=f"fix or remove it in {label.split(':')[0]}")
+            elif isinstance(x, str) and not (x.isascii() or utf8(x)):
+                # "\ud800": RFC 8259 8.2 leaves lone surrogates undefined; they cannot be printed or written
+                raise FormatError(f"{label}: {_chain_path((chain, k))} is {show(x)}, a string with a lone surrogate")
+            if isinstance(k, str) and not (k.isascii() or utf8(k)):
+                raise FormatError(f"{label}: key {show(k)} under {_chain_path(chain) or 'the top level'} holds a "
+                                  "lone surrogate")
 
 
 def _chain_path(chain: tuple | None) -> str:

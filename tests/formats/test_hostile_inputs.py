@@ -108,6 +108,9 @@ CONFIG_CASES = [
      ("vision_config.num_hidden_layers[0] is nan; JSON has no NaN or Infinity",)),
     ("ct", "config.json", lambda d: d.__setitem__("initializer_range", float("-inf")),
      ("initializer_range is -inf",)),
+    ("mo", "config.json", lambda d: d["vision_config"].__setitem__("intermediate_size", "\ud800"),
+     ("vision_config.intermediate_size is '\\ud800', a string with a lone surrogate",)),
+    ("mo", "hf_quant_config.json", lambda d: d.__setitem__("\udc80", 1), ("key '\\udc80' under the top level",)),
 ]
 
 
