@@ -10,7 +10,7 @@ Every mutant goes through ``inspect``, ``inspect --deep``, ``verify --sample 2``
 * with ``--format json``, print strict JSON (no NaN);
 * for a real convert, leave no temporary sibling behind, and publish the output only on success.
 
-:func:`memory_run` runs one command in a subprocess and reads its peak RSS from ``os.wait4``.
+:func:`memory_run` runs one command in a subprocess and reads its own peak RSS (VmHWM).
 
 Command line (reproduce or extend a run)::
 
@@ -247,24 +247,30 @@ def run_case(seeds: dict[str, str], seed: int, case: int, work: str) -> CaseResu
     return CaseResult(seed_name, case, m.describe(), runs)
 
 
-def memory_run(args: list[str], input_bytes: int) -> tuple[int, int, float, str]:
-    """(exit code, peak RSS bytes, seconds, stderr) of ``nvfp4tools ARGS`` in a subprocess; the peak
-    comes from os.wait4's rusage (ru_maxrss is in KiB on Linux)."""
-    t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "nvfp4tools", *args], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
-    timer = None
-    try:
-        import threading
-        timer = threading.Timer(ABORT_S, p.kill)
-        timer.start()
-        err = p.stderr.read().decode("utf-8", "replace")   # type: ignore[union-attr]
-        _, status, usage = os.wait4(p.pid, 0)
-    finally:
-        if timer is not None:
-            timer.cancel()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, usage.ru_maxrss * 1024, time.monotonic() - t0, err
+# The child's own peak: VmHWM of its address space, read as it ends. Not os.wait4's ru_maxrss, which
+# Linux carries over an exec, so a child of a large pytest would report the parent's peak.
+_MEASURE = r"""
+import sys
+from nvfp4tools.cli import main
+try:
+    main(sys.argv[2:])
+finally:
+    with open("/proc/self/status") as fh, open(sys.argv[1], "w") as out:
+        out.write(next(line.split()[1] for line in fh if line.startswith("VmHWM:")))
+"""
+
+
+def memory_run(args: list[str]) -> tuple[int, int, float, str]:
+    """(exit code, peak RSS bytes, seconds, stderr) of ``nvfp4tools ARGS`` in a subprocess."""
+    with tempfile.NamedTemporaryFile("r", suffix=".peak") as peak:
+        t0 = time.monotonic()
+        try:
+            p = subprocess.run([sys.executable, "-c", _MEASURE, peak.name, *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, timeout=ABORT_S)
+        except subprocess.TimeoutExpired:
+            return -1, 0, time.monotonic() - t0, f"HANG: still running after {ABORT_S:.0f} s"
+        kib = peak.read().strip()
+    return p.returncode, int(kib or 0) * 1024, time.monotonic() - t0, p.stderr.decode("utf-8", "replace")
 
 
 def input_bytes(folder: str) -> int:

@@ -54,7 +54,7 @@ def test_mutator_is_deterministic(tmp_path):
 
 
 def test_memory_and_time_bounded_in_a_subprocess(tmp_path):
-    """Peak RSS (os.wait4) of real processes on mutants, the hostile-size ones included, stays under
+    """Peak RSS (the process's own VmHWM) of real processes on mutants, the hostile-size ones included, stays under
     2x the input plus 300 MB, and each finishes within the time bound."""
     seeds = build(str(tmp_path / "seeds"))
     rng = random.Random(f"{SEED}:memory")
@@ -73,9 +73,9 @@ def test_memory_and_time_bounded_in_a_subprocess(tmp_path):
                           ["estimate", m.path],
                           ["convert", m.path, os.path.join(os.path.dirname(m.folder), "out"), "--to",
                            DRY_RUN_TARGET[name], "--dry-run"]])
-        code, peak, seconds, err = memory_run(cmd, input_bytes(m.folder))
+        code, peak, seconds, err = memory_run(cmd)
         assert code in (0, 1, 2, 3, 4), (cmd, code, err[-500:])
-        assert peak <= 2 * input_bytes(m.folder) + MEMORY_SLACK, (cmd, peak)
+        assert 0 < peak <= 2 * input_bytes(m.folder) + MEMORY_SLACK, (cmd, peak)
         # a fresh interpreter's imports are part of the wall time here, hence the extra seconds
         assert seconds <= TIME_LIMIT_S + 5, (cmd, seconds)
 
