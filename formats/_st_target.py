@@ -27,7 +27,9 @@ DEFAULT_SHARD_BYTES = 5 * 10**9       # GGUF sources: one file, cut into shards 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
               "chat_template.json", "chat_template.jinja", "generation_config.json", "preprocessor_config.json",
               "processor_config.json", "added_tokens.json", "vocab.json", "merges.txt")
-_UNQUANTIZED_OK = {"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}
+_UNQUANTIZED_OK = {"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64", "U8", "BOOL", "F8_E4M3", "F8_E5M2",
+                   # no numpy view to decode them, but a safetensors target stores them as they are: bytes copied
+                   "F4", "F6_E2M3", "F6_E3M2", "C64"}
 
 
 def _expert_group(t: TensorInfo) -> tuple[str, str] | None:

@@ -35,6 +35,7 @@ from .gguf_arch import ARCHES, REFUSED, GGUFArch, llama3_rope_factors, scaled_in
 from .layouts import Out
 
 QUANTIZE_ROLES = ("attention", "mlp", "experts", "shared_expert")
+MAX_VOCAB = 1 << 24   # token ids: the largest published vocabularies are ~262k; the token list is allocated at max id + 1
 ALIGN = 32   # gguf-py GGUF_DEFAULT_ALIGNMENT
 DROPPED_ROLES = {"vision": "vision tower (llama.cpp keeps it in a separate mmproj file)",
                  "projector": "multimodal projector (llama.cpp keeps it in a separate mmproj file)"}
@@ -219,6 +220,10 @@ class GGUFWriter:
                                    hint="lossless paths to GGUF: NVFP4, int4 symmetric group 32/64/128 (Q4_0); "
                                         "--allow-lossy --quantize q4_0 requantizes")
         d = t.part("data").stored_dtype
+        if d not in ("F32", "F16", "BF16"):
+            raise UnsupportedError(f"{t.name}: a {d} tensor has no GGUF type nvfp4tools writes exactly",
+                                   hint="GGUF output holds F32/F16/BF16 beside its quantized tensors; convert to "
+                                        "safetensors, which keep it as stored")
         # llama.cpp keeps 1-D tensors and MoE routers (ffn_gate_inp) in F32
         f32 = len(shape) == 1 or d == "F32" or gname.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight"))
         gtype = "F32" if f32 else ("F16" if d == "F16" else "BF16")
@@ -651,18 +656,23 @@ def _tokenizer(w, src: Checkpoint, arch_name: str) -> None:
     """Vocabulary from tokenizer.json (read as JSON: no transformers needed): tokens by id, token
     types (byte-fallback ``<0xNN>`` = BYTE, added special tokens = CONTROL, else NORMAL), BPE merges,
     and bos/eos/pad/unk ids from the added tokens' names in tokenizer_config.json."""
+    from .validate import read_json
+
     path = os.path.join(src.root, "tokenizer.json")
-    if not os.path.isfile(path):
+    tj = read_json(src.root, "tokenizer.json")   # a regular file inside the folder, bounded (formats/validate.py)
+    if tj is None:
         return
     try:
-        with open(path, "rb") as fh:
-            tj = json.load(fh)
         model = tj["model"]
         vocab: dict[str, int] = dict(model["vocab"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not all(isinstance(i, int) and 0 <= i < MAX_VOCAB for i in vocab.values()):
+            raise ValueError(f"token ids must be integers in [0, {MAX_VOCAB})")
+    except (ValueError, KeyError, TypeError) as e:
         raise UnsupportedError(f"{path}: cannot read the vocabulary ({e})") from None
     special: dict[int, str] = {}
     for at in tj.get("added_tokens") or []:
+        if not isinstance(at, dict) or not isinstance(at.get("id"), int) or not 0 <= at["id"] < MAX_VOCAB:
+            raise UnsupportedError(f"{path}: an added token has no valid id ({str(at)[:80]})")
         vocab.setdefault(at["content"], at["id"])
         if at.get("special"):
             special[at["id"]] = at["content"]
@@ -685,11 +695,9 @@ def _tokenizer(w, src: Checkpoint, arch_name: str) -> None:
     merges = model.get("merges")
     if merges:
         w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    tc_path = os.path.join(src.root, "tokenizer_config.json")
-    tc = {}
-    if os.path.isfile(tc_path):
-        with open(tc_path) as fh:
-            tc = json.load(fh)
+    tc = read_json(src.root, "tokenizer_config.json") or {}
+    if not isinstance(tc, dict):
+        raise UnsupportedError(f"{os.path.join(src.root, 'tokenizer_config.json')}: not a JSON object")
     # gguf-py Keys.Tokenizer spellings
     for role, key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("pad", "padding_token_id"),
                       ("unk", "unknown_token_id")):

@@ -368,15 +368,14 @@ def _flatten(prefix: str, obj: Any, out: list[dict[str, Any]]) -> None:
 
 
 def _side_json(ckpt: Checkpoint, name: str) -> dict[str, Any] | None:
-    import json
-    import os
+    from nvfp4tools.errors import Nvfp4ToolsError
+    from nvfp4tools.formats.validate import read_json
 
     if ckpt.metadata.get("remote"):
         return None
     try:
-        with open(os.path.join(ckpt.root, name), encoding="utf-8") as fh:
-            v = json.load(fh)
-    except (OSError, ValueError):
+        v = read_json(ckpt.root, name)   # a regular file inside the folder, bounded
+    except Nvfp4ToolsError:
         return None
     return v if isinstance(v, dict) else None
 

@@ -543,3 +543,71 @@ def test_stream_rides_over_gaps_and_writes_after_the_copies_that_cover_them(tmp_
         assert apply(s.ops) == bytes(want), max_run
         if max_run == 10_000:
             assert sum(isinstance(d, CopyFrom) for _, d in s.ops) == 1  # one merged copy
+
+
+def _with_extra_tensors(src: str, dst: str, extra: dict) -> str:
+    """A copy of checkpoint SRC with EXTRA tensors ({name: torch tensor}) added to its one shard."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, "model.safetensors")
+    tensors = load_file(path)
+    tensors.update(extra)
+    save_file(tensors, path)
+    return dst
+
+
+def test_0d_and_undecodable_tensors_are_copied_as_stored(synth_dir, tmp_path, run_cli):
+    """A 0-d tensor (CLIP's logit_scale) and an unquantized tensor numpy cannot view (C64) go to a
+    safetensors target byte for byte; GGUF refuses the second by name (no GGUF name, no GGUF type)."""
+    import torch
+
+    src = _with_extra_tensors(synth_dir(fmt="modelopt", recipe="all-linear"), str(tmp_path / "src"),
+                              {"logit_scale": torch.tensor(2.5), "extra.complex": torch.ones(4, dtype=torch.complex64)})
+    for to in ("compressed-tensors", "safetensors"):
+        out = str(tmp_path / to)
+        args = ("--allow-lossy",) if to == "safetensors" else ()
+        r = run_cli("convert", src, out, "--to", to, *args)
+        assert r.exit_code == 0, r.stderr
+        from nvfp4tools import formats
+        ck = formats.read(out)
+        assert ck.tensors["logit_scale"].shape == () and ck.tensors["extra.complex"].parts[0].stored_dtype == "C64"
+    r = run_cli("convert", src, str(tmp_path / "x.gguf"), "--to", "gguf")
+    assert r.exit_code == 3 and "extra.complex" in r.stderr and "internal error" not in r.stderr
+
+
+def test_gguf_tokenizer_link_out_of_the_folder_is_refused(synth_dir, tmp_path, run_cli):
+    import shutil
+
+    src = str(tmp_path / "src")
+    shutil.copytree(synth_dir(fmt="modelopt", recipe="all-linear"), src)
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"model": {"vocab": {"SECRET": 0}}}')
+    if os.path.exists(os.path.join(src, "tokenizer.json")):
+        os.remove(os.path.join(src, "tokenizer.json"))
+    os.symlink(secret, os.path.join(src, "tokenizer.json"))
+    out = tmp_path / "x.gguf"
+    r = run_cli("convert", src, str(out), "--to", "gguf")
+    assert r.exit_code == 3 and "tokenizer.json" in r.stderr and not out.exists()
+
+
+def test_interrupt_while_the_cli_imports_is_one_line(monkeypatch, capsys):
+    import builtins
+    import sys
+
+    from nvfp4tools.cli import main
+
+    real = builtins.__import__
+
+    def interrupted(name, *args, **kw):
+        if name == "nvfp4tools.cli._root":
+            raise KeyboardInterrupt
+        return real(name, *args, **kw)
+
+    monkeypatch.delitem(sys.modules, "nvfp4tools.cli._root", raising=False)
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"

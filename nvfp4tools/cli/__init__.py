@@ -6,7 +6,12 @@ from typing import Any
 
 
 def main(argv: list[str] | None = None) -> None:
-    from nvfp4tools.cli._root import run
+    try:
+        from nvfp4tools.cli._root import run
+    except KeyboardInterrupt:   # Ctrl-C while the CLI is still importing: one line, like everywhere else
+        import sys
+        sys.stderr.write("interrupted\n")
+        raise SystemExit(130) from None
     run(argv)
 
 

@@ -377,7 +377,8 @@ def scalar_bytes(a: Action, view: View, o: Out, logical: tuple[int, ...]) -> byt
 def logical_shape(a: Action, view: View) -> tuple[int, ...]:
     """The logical shape of the action's output tensor (what compressed-tensors' weight_shape holds)."""
     rowed = next((o for o in a.outs if not o.is_scalar), None)
-    cols = view.ckpt.tensors[a.sources[0]].shape[-1] if a.sources else 0
+    src = view.ckpt.tensors[a.sources[0]] if a.sources else None
+    cols = (src.shape[-1] if src.shape else 1) if src is not None else 0   # a 0-d source (CLIP's logit_scale)
     return tuple(rowed.shape[:-1]) + (cols,) if rowed is not None else ()
 
 

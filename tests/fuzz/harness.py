@@ -62,33 +62,9 @@ class Run:
     known: str | None = None   # why, when the failure is a KNOWN one
 
 
-def _tensors(path: str):
-    from nvfp4tools import formats
-    try:
-        return list(formats.read(path).tensors.values())
-    except Exception:   # (the reader refusing the mutant: then it is not this known failure)
-        return []
-
-
-def _has_0d_tensor(path: str) -> bool:
-    return any(not t.shape for t in _tensors(path))
-
-
-def _has_undecodable_unquantized(path: str) -> bool:
-    return any(not t.scheme.quantized and t.parts[0].stored_dtype in ("F4", "F6_E2M3", "F6_E3M2", "C64")
-               for t in _tensors(path))
-
-
 # Failures the fuzzer finds in code the readers cannot guard, with the condition that identifies
 # them and the fix each needs; they are listed (not failed) until fixed (docs/hostile-input.md).
-KNOWN: dict[str, tuple] = {
-    "nvfp4tools/convert/encode.py:logical_shape:IndexError": (
-        _has_0d_tensor, "a 0-d source tensor (legal: CLIP's logit_scale) written to safetensors: logical_shape() "
-                        "takes shape[-1] of (); needs `cols = t.shape[-1] if t.shape else 1`"),
-    "nvfp4tools/convert/canon.py:canon:ValueError": (
-        _has_undecodable_unquantized, "an unquantized F4/F6/C64 tensor (no numpy dtype) is planned as a "
-                                      "decoded copy; the planner should copy its bytes or refuse it"),
-}
+KNOWN: dict[str, tuple] = {}
 
 
 @dataclass
