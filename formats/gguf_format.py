@@ -107,7 +107,7 @@ def _role(name: str) -> tuple[str, str | None, int | None]:
     return _TOP_ROLES.get(base, "other"), None, None
 
 
-def _scheme_for(type_name: str, has_global: bool, has_input: bool):
+def _scheme_for(type_name: str, has_input: bool):
     if type_name in UNQUANTIZED:
         return {"F32": schemes.FP32, "F16": schemes.FP16, "BF16": schemes.BF16, "F64": schemes.FP64}.get(
             type_name, schemes.INT_PLAIN)
@@ -164,7 +164,7 @@ def read(path: str) -> Checkpoint:
                 used.add(i_s.name)
         role, proj, layer = _role(name)
         shape = tuple(reversed(t.ne))
-        scheme = _scheme_for(t.type_name, g_s is not None, i_s is not None and t.type_name == "NVFP4")
+        scheme = _scheme_for(t.type_name, i_s is not None and t.type_name == "NVFP4")
         if scheme.quantized and 0 in shape:   # (nothing to dequantize: a quantized weight has elements)
             raise FormatError(f"{t.file}: tensor '{name}' is {t.type_name} with shape {list(shape)}, "
                               "expected no zero dimension")
@@ -188,7 +188,7 @@ def read(path: str) -> Checkpoint:
             if name.endswith("ffn_down_exps.scale"):
                 role = "router"  # Gemma 4 router.per_expert_scale lives here in BF16 files
             shape = tuple(reversed(t.ne))
-            tensors[name] = TensorInfo(name, shape, _scheme_for(t.type_name, False, False), (_part(t, "data"),),
+            tensors[name] = TensorInfo(name, shape, _scheme_for(t.type_name, False), (_part(t, "data"),),
                                        role, proj, layer, "blk" if layer is not None else None)
     validate.gguf_metadata(kv, files[0])  # types and ranges of every key read below
     arch_name = str(kv.get("general.architecture", "unknown"))
