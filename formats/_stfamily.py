@@ -9,7 +9,8 @@ from nvfp4tools.errors import FormatError
 from nvfp4tools.io import PartReader
 from nvfp4tools.model import Checkpoint, Finding, QuantScheme
 
-from ._assemble import Assembler, Suffix, unmatched_patterns
+from ._assemble import Assembler, Suffix
+from ._patterns import unmatched_patterns
 from ._safetensors import Source, parse_all
 
 

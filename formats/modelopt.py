@@ -20,7 +20,8 @@ from nvfp4tools.errors import UnsupportedError
 from nvfp4tools.model import Checkpoint, Finding, QuantScheme
 
 from . import register
-from ._assemble import PatternSet, Suffix
+from ._assemble import Suffix
+from ._patterns import PatternSet
 from ._safetensors import declaration, discover
 from ._stfamily import build, config_quant_method
 from .base import FormatSpec

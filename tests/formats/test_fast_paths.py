@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nvfp4tools.formats._assemble import PatternSet, match_pattern
+from nvfp4tools.formats._patterns import PatternSet, match_pattern
 from nvfp4tools.roles import _classify_rules, classify
 
 NAMES = [

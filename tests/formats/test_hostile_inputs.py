@@ -402,7 +402,7 @@ def test_pattern_engine_agrees_with_python_re():
     import random
     import re
 
-    from nvfp4tools.formats._assemble import PatternSet
+    from nvfp4tools.formats._patterns import PatternSet
 
     atoms = ["a", "b", ".", r"\.", r"\d", r"\w", "[ab]", "[^a]", "(a|b)", "(ab|a)", "x", r"\s"]
     quant = ["", "*", "+", "?", "{2}", "{1,3}", "*?"]
