@@ -29,6 +29,8 @@ import numpy as np
 from nvfp4tools.errors import UnsupportedError
 from nvfp4tools.model import Checkpoint
 
+from .gguf_metadata import GATING
+
 L = "model.layers.{L}."
 
 # GGUF block-level name (after "blk.N.") -> HF name template ({L}: layer, {E}: expert)
@@ -277,5 +279,5 @@ def config(src: Checkpoint, kv: dict[str, Any], fam: Family) -> dict[str, Any]:
                    routed_scaling_factor=float(g("expert_weights_scale", 1.0)),
                    norm_topk_prob=bool(g("expert_weights_norm", False)), n_group=int(g("expert_group_count") or 1),
                    topk_group=int(g("expert_group_used_count") or 1), num_nextn_predict_layers=0,
-                   scoring_func={1: "softmax", 2: "sigmoid"}.get(int(g("expert_gating_func") or 1), "softmax"))
+                   scoring_func={v: k for k, v in GATING.items()}.get(int(g("expert_gating_func") or 1), "softmax"))
     return cfg

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from nvfp4tools.formats.gguf_writer import _metadata, _name
+from nvfp4tools.formats.gguf_metadata import metadata
+from nvfp4tools.formats.gguf_writer import _name
 
 from .arch import parse_arch
 from .errors import UsageError
@@ -57,7 +58,7 @@ def write_gemma4_gguf(out_path: str, *, preset: str = "gemma4-tiny", qtype: str 
     # the same architecture metadata convert writes, from the same config through parse_arch
     meta_src = Checkpoint(format="synth", source=out_path, root="", tensors={}, files=(), file_bytes=0,
                           config=cfg, arch=parse_arch(cfg))
-    _metadata(w, meta_src, "gemma4", int(ftype))
+    metadata(w, meta_src, "gemma4", int(ftype))
     w.add_string("tokenizer.ggml.model", "gemma4")
     w.add_array("tokenizer.ggml.tokens", [f"<t{i}>" for i in range(t["vocab_size"])])
 
