@@ -206,7 +206,7 @@ def _targets(src, fam: Family, kv, layer, blk, gname, index, n_head) -> list[Tar
 
 def config(src: Checkpoint, kv: dict[str, Any], fam: Family) -> dict[str, Any]:
     """config.json from the GGUF metadata (conversion/base.py TextModel.set_gguf_parameters read
-    backwards; the keys each architecture adds, gguf_writer._ARCH_KEYS)."""
+    backwards; the keys each architecture adds, gguf_metadata._ARCH_KEYS)."""
     def g(key: str, default: Any = None) -> Any:
         v = kv.get(_k(kv, key), default)
         # GGUF stores float32: the shortest decimal of that float32 is what config.json held (1e-05,
