@@ -1,0 +1,240 @@
+"""How each engine turns the GPU's memory into a KV pool, for :func:`nvfp4tools.estimate.estimate`:
+vLLM v1 (profile run, hybrid KV groups with page-size unification), SGLang (``mem_fraction_static``
+of free memory, hybrid SWA pools), llama.cpp (iSWA cache, 256-cell padding). Each returns the
+engine's report section and the margin (``../shared/docs/gemma4-memory.md``; the sources per term
+are in the terms)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .estimate import (CUBLAS_WORKSPACE, LLAMA_PAD, VLLM_BLOCK, GiB, Term, _num, layer_kv_bytes_per_token)
+from .gpus import context_overhead_bytes
+from .model import ArchInfo
+
+# ---------------------------------------------------------------------------------------------
+# vLLM
+
+def _vllm_groups(arch: ArchInfo, b: float, tp: int) -> list[dict[str, Any]]:
+    """KV-cache groups of vLLM's hybrid allocator with page-size unification.
+
+    Each attention layer gets a spec (full or sliding window) with page = block x per-token bytes.
+    ``unify_kv_cache_spec_page_size`` raises the block size of smaller-page layers until all pages
+    are equal; ``_get_kv_cache_groups_uniform_page_size`` then groups layers of one type in groups
+    of ``min(#layers per type)`` (when the largest type has at least 1.5x as many layers), all
+    groups sharing one pool of equal-size blocks (gemma4-memory.md 2.2).
+    """
+    types: dict[tuple, list[int]] = {}
+    for i, l in enumerate(arch.layers):
+        per_tok = layer_kv_bytes_per_token(l, b, tp)
+        if per_tok == 0:
+            continue
+        key = (l.kind, l.window if l.kind == "sliding" else None, per_tok)
+        types.setdefault(key, []).append(i)
+    if not types:
+        return []
+    page = max(VLLM_BLOCK * k[2] for k in types)
+    counts = [len(v) for v in types.values()]
+    lo, hi = min(counts), max(counts)
+    group_size = lo if hi >= 1.5 * lo else hi
+    groups = []
+    for (kind, window, per_tok), layers in types.items():
+        block = int(round(page / per_tok))
+        for j in range(math.ceil(len(layers) / group_size)):
+            groups.append({"kind": kind, "window": window, "block_size": block, "layers": layers[j * group_size:(j + 1) * group_size]})
+    for g in groups:
+        g["page_bytes"] = int(page)
+    return groups
+
+
+def _vllm(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
+    util = s.mem_fraction if s.mem_fraction is not None else 0.9
+    large = gpu.memory_total_bytes >= 70 * GiB
+    mbt = s.max_batched_tokens or (8192 if large else 2048)
+    max_seqs = s.max_seqs or (1024 if large else 256)
+    requested = math.ceil(gpu.memory_total_bytes * util)
+    vocab = arch.vocab_size
+    widest = max(2 * (arch.intermediate_size or 0), 2 * (arch.n_experts_active or 0) * (arch.expert_intermediate_size or 0))
+    qkv = max((l.n_heads * l.head_dim_k + 2 * l.n_kv_heads * l.head_dim_k) for l in arch.layers)
+    act_fwd = mbt * 2 * (4 * arch.hidden_size + qkv + widest) // s.tp
+    # fp32 logits (4 B) + the top-k/top-p sort's fp32 values (4 B) and int64 indices (8 B) per element
+    sampler = max_seqs * vocab * (4 + 4 + 8)
+    terms = [
+        Term("requested", requested, f"gpu_memory_utilization {util} x total memory {gpu.memory_total_bytes} B",
+             "vLLM v1/worker/utils.py request_memory"),
+        Term("weights", weights, "model weights (see weights.terms)"),
+        Term("activation_forward", act_fwd, f"profile run with max_num_batched_tokens={mbt}: bf16 activations of "
+             "the widest layer (residual, norm, attention q/k/v, gate/up or top-k expert gate/up) held at once",
+             "vLLM gpu_worker.determine_available_memory (torch peak during profile_run)"),
+        Term("activation_sampler", sampler, f"dummy sampler run over max_num_seqs={max_seqs} x vocab {vocab}: "
+             "fp32 logits plus the top-k/top-p sort (fp32 values + int64 indices), 16 B per element",
+             "vLLM gpu_model_runner._dummy_sampler_run exercises the sorting path (detail UNVERIFIED)"),
+        Term("non_torch", CUBLAS_WORKSPACE, "cuBLAS workspace allocated outside the torch caching allocator "
+             "(NCCL buffers add more under --tp)", "torch CUBLAS_WORKSPACE_CONFIG default"),
+        Term("cudagraph", s.cudagraph_bytes, "CUDA-graph memory subtracted since vLLM 0.21 "
+             "(VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS); not modelled, pass --cudagraph-gib from a log",
+             "vLLM PR #30515, issue #45178"),
+    ]
+    kv_pool = requested - weights - act_fwd - sampler - CUBLAS_WORKSPACE - s.cudagraph_bytes
+    groups = _vllm_groups(arch, b, s.tp)
+    cap: dict[str, Any] = {"kv_pool_bytes": max(0, int(kv_pool)), "required_kv_bytes": 0}
+    margin = kv_pool  # nothing to cache (no attention layer): only the pool's sign matters
+    if groups:
+        page = groups[0]["page_bytes"]
+        gsize = max(len(g["layers"]) for g in groups)
+        bytes_per_block = gsize * page
+        num_blocks = max(0, int(kv_pool) // bytes_per_block)
+        min_block = min(g["block_size"] for g in groups)
+        legacy_tokens = num_blocks // len(groups) * min_block
+
+        def per_request_blocks(L: int) -> int:
+            n = 0
+            for g in groups:
+                if g["kind"] == "sliding":
+                    # SlidingWindowSpec.max_admission_blocks_per_request
+                    n += math.ceil(min(g["window"] - 1 + mbt, L) / g["block_size"]) + 1
+                else:
+                    n += math.ceil(L / g["block_size"])
+            return n
+
+        need = per_request_blocks(context)
+        concurrency = num_blocks / need if need else 0.0
+        # vLLM refuses to start unless one request of max_model_len fits in the pool
+        # (kv_cache_utils.check_enough_kv_cache_memory); counted against the signed pool, so
+        # weights over the budget show in full. need * bytes_per_block is a whole number of
+        # blocks, so margin >= 0 exactly when num_blocks >= need.
+        margin = kv_pool - need * bytes_per_block
+        cap.update({
+            "required_kv_bytes": need * bytes_per_block,
+            "num_blocks": num_blocks, "bytes_per_block": bytes_per_block, "n_kv_cache_groups": len(groups),
+            "groups": [{"kind": g["kind"], "window": g["window"], "block_size": g["block_size"],
+                        "n_layers": len(g["layers"])} for g in groups],
+            "blocks_per_request": need,
+            "max_concurrency": round(concurrency, 3),
+            "kv_pool_tokens": int(concurrency * context),
+            "kv_pool_tokens_legacy": legacy_tokens,
+        })
+        notes.append("vLLM logs 'GPU KV cache size: N tokens': since ~0.2x that is max_concurrency x max_model_len "
+                     "(kv_pool_tokens); the 0.19-era line users compare against is num_blocks // groups x block "
+                     "(kv_pool_tokens_legacy), which charges every layer at full length")
+    return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap,
+             "settings": {"mem_fraction": util, "max_batched_tokens": mbt, "max_seqs": max_seqs}}, margin)
+
+
+# ---------------------------------------------------------------------------------------------
+# SGLang
+
+def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
+    mfs = s.mem_fraction if s.mem_fraction is not None else 0.88
+    ctx = context_overhead_bytes()
+    pre_free = gpu.memory_total_bytes - ctx
+    kv_pool = int(mfs * pre_free - weights)
+    full = [l for l in arch.layers if l.kind == "full" and l.kv_shared_from is None]
+    swa = [l for l in arch.layers if l.kind == "sliding" and l.kv_shared_from is None]
+    full_tok = sum(layer_kv_bytes_per_token(l, b, s.tp) for l in full)
+    swa_tok = sum(layer_kv_bytes_per_token(l, b, s.tp) for l in swa)
+    terms = [
+        Term("free_before_load", pre_free, f"total {gpu.memory_total_bytes} B minus the CUDA context "
+             f"({ctx} B, measured free-vs-total gap at start)", "gemma4-memory.md section 6"),
+        Term("static", int(mfs * pre_free), f"mem_fraction_static {mfs} of the memory free before load holds weights "
+             "+ KV pool; the rest is left for activations and CUDA graphs",
+             "sglang model_runner_kv_cache_mixin / pool_configurator"),
+        Term("weights", weights, "free-memory drop during load (see weights.terms)"),
+    ]
+    if gpu.fp4 != "native" and any(t.scheme.name == "nvfp4" for t in ckpt.tensors.values()) \
+            and s.weights_bytes_override is None:
+        notes.append("SGLang on a GPU without FP4 tensor cores (Marlin fallback): the weights include SGLang's unused "
+                     "swizzled copies of the expert block scales (term moe_blockscale_swizzled_unused; gone once "
+                     "sgl-project/sglang PR #38092 lands). A published Gemma-4 all-linear NVFP4 log on an RTX 3090 "
+                     "shows 17.81 GiB where this model predicts 17.00 GiB (-4.5%); the remaining 0.8 GiB has no "
+                     "measured mechanism (docs/estimate-figures.md), and the KV pool is what is left after the "
+                     "weights, so it moves by that much. For exact pool sizes pass the 'Load weight end ... mem "
+                     "usage' figure from your log as --weights-gib")
+    cap: dict[str, Any] = {"kv_pool_bytes": max(0, kv_pool)}
+    r = None
+    if swa and full:
+        r = s.swa_ratio if s.swa_ratio is not None else 0.8
+        cell = full_tok + r * swa_tok
+        full_tokens = int(max(0, kv_pool) // cell)
+        swa_tokens = int(full_tokens * r)
+        window = swa[0].window or 0
+        per_req_swa = min(context, window + (s.max_batched_tokens or 2048))
+        conc = min(full_tokens / context, swa_tokens / per_req_swa if per_req_swa else 0)
+        ok_swa = swa_tokens > window + 1
+        if not ok_swa:
+            notes.append(f"SWA pool ({swa_tokens} tokens) is not larger than the window ({window}) + page: "
+                         "SGLang refuses to start (validate_swa_pool_size); raise --swa-ratio")
+        # The least full-pool size that starts and serves one request: the request's context,
+        # and a SWA pool (int(full x r) tokens) above window + 1 page.
+        need_full = max(context, math.ceil((window + 2) / r))
+        while int(need_full * r) < window + 2:   # float rounding of the ceil above
+            need_full += 1
+        required = need_full * cell
+        cap.update({"cell_bytes": _num(cell), "swa_ratio": r, "full_pool_tokens": full_tokens,
+                    "swa_pool_tokens": swa_tokens, "kv_pool_tokens": full_tokens, "max_concurrency": round(conc, 3),
+                    "required_kv_bytes": math.ceil(required)})
+        margin = kv_pool - required
+        terms.append(Term("kv_pool", max(0, kv_pool), f"cell = full {_num(full_tok)} B + {r} x sliding "
+                          f"{_num(swa_tok)} B per token; full tokens = pool // cell, SWA tokens = full x ratio",
+                          "sglang HybridSWAPoolConfigurator"))
+    else:
+        cell = full_tok + swa_tok
+        tokens = int(max(0, kv_pool) // cell) if cell else 0
+        required = context * cell   # one request's context in the token pool
+        cap.update({"cell_bytes": _num(cell), "kv_pool_tokens": tokens,
+                    "max_concurrency": round(tokens / context, 3), "required_kv_bytes": math.ceil(required)})
+        margin = kv_pool - required
+    return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap,
+             "settings": {"mem_fraction": mfs, "swa_ratio": r}}, margin)
+
+
+# ---------------------------------------------------------------------------------------------
+# llama.cpp
+
+def _pad(x: int, n: int) -> int:
+    return -(-x // n) * n
+
+
+def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
+    n_seq = s.max_seqs or 1
+    n_ctx = _pad(context * n_seq, LLAMA_PAD)  # unified cache: n_ctx cells shared by the sequences
+    ub = s.ubatch
+    full_bytes = swa_bytes = 0.0
+    swa_cells = None
+    for l in arch.layers:
+        per = layer_kv_bytes_per_token(l, b, s.tp)
+        if per == 0:
+            continue
+        if l.kind == "sliding" and l.window:
+            # llama-kv-cache-iswa.cpp: size_swa = GGML_PAD(min(size_base, n_swa * n_seq + n_ubatch), 256)
+            swa_cells = _pad(min(n_ctx, l.window * n_seq + ub), LLAMA_PAD)
+            swa_bytes += swa_cells * per
+        else:
+            full_bytes += n_ctx * per
+    kv_total = int(full_bytes + swa_bytes)
+    compute = ub * arch.vocab_size * 4 + ub * arch.hidden_size * 4 * 8
+    budget = gpu.memory_total_bytes - context_overhead_bytes()
+    terms = [
+        Term("budget", budget, "total memory minus the CUDA context", "gemma4-memory.md section 6"),
+        Term("weights", weights, "all layers offloaded (-ngl 99): GGUF tensor bytes"),
+        Term("kv_full_layers", int(full_bytes), f"{n_ctx} cells (n_ctx x -np {n_seq}, padded to {LLAMA_PAD}) x "
+             "per-token bytes of the full-attention layers", "llama.cpp llama-kv-cache.cpp"),
+        Term("kv_sliding_layers", int(swa_bytes), f"{swa_cells} cells = PAD(min(n_ctx, window x n_seq + n_ubatch "
+             f"{ub}), 256) per sliding layer", "llama.cpp llama-kv-cache-iswa.cpp"),
+        Term("compute_buffer", compute, f"n_ubatch {ub} x (fp32 logits over the vocabulary + a few fp32 hidden-size "
+             "activations)", "llama.cpp ggml-backend graph allocation (estimate)"),
+    ]
+    # llama.cpp allocates the whole cache (n_ctx cells for -np sequences) at start, so that is
+    # what must fit, not one request's share of it
+    margin = budget - (weights + kv_total + compute)
+    cap = {"n_ctx": n_ctx, "n_seq": n_seq, "swa_cells": swa_cells, "kv_bytes": kv_total,
+           "kv_pool_bytes": kv_total, "kv_pool_tokens": n_ctx, "max_concurrency": n_seq,
+           "required_kv_bytes": kv_total}
+    if kv_dtype in ("q8_0", "q4_0"):
+        notes.append("quantized V cache in llama.cpp needs flash attention (-fa)")
+    return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap,
+             "settings": {"n_seq": n_seq, "ubatch": ub}}, margin)
+
+
+ENGINES = {"vllm": _vllm, "sglang": _sglang, "llamacpp": _llamacpp}
