@@ -325,9 +325,15 @@ def _llama_cpp_gguf(family: str, cache_dir: str, name: str, source: str, outtype
     if os.path.isfile(out):
         return out
     src = BUILDERS[source](family, cache_dir)
+    return _write_file(out, lambda tmp: llama_cpp_convert(src, tmp, outtype, GGUF_PRE[family]))
+
+
+def _write_file(out: str, write) -> str:
+    """WRITE(tmp) into OUT + ".part", renamed to OUT when complete (removed if it fails): a cached
+    file is always whole."""
     tmp = out + ".part"
     try:
-        llama_cpp_convert(src, tmp, outtype, GGUF_PRE[family])
+        write(tmp)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -371,15 +377,7 @@ def build_quantized_gguf(family: str, cache_dir: str, kind: str) -> str:
     if os.path.isfile(out):
         return out
     src = build_bf16_gguf(family, cache_dir)
-    tmp = out + ".part"
-    try:
-        llama_cpp_quantize(src, tmp, QUANTIZED_GGUF[kind])
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, out)
-    return out
+    return _write_file(out, lambda tmp: llama_cpp_quantize(src, tmp, QUANTIZED_GGUF[kind]))
 
 
 BUILDERS = {"bf16": build_bf16, "modelopt_nvfp4": build_modelopt_nvfp4, "bf16.gguf": build_bf16_gguf,
