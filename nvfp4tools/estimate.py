@@ -243,21 +243,18 @@ def weight_terms(ckpt: Checkpoint, gpu: GPU, s: Settings) -> list[Term]:
             terms.append(Term("k_eq_v_duplicate", kdup, "K=V layers have no v_proj; the engine loads k_proj into "
                               "the K and the V slot of its fused QKV weight, so those bytes exist twice",
                               "vLLM models/gemma4.py; SGLang gemma4_causal.py _get_k_eq_v_layers"))
-    # Marlin: pads N of each NVFP4 linear to a multiple of 64 on GPUs without FP4 tensor cores.
-    if gpu.fp4 != "native" and s.engine in ("vllm", "sglang"):
-        pad = 0
-        for t in tensors:
-            if t.scheme.name == "nvfp4" and len(t.shape) >= 2:
-                n = t.shape[-2]
-                extra_rows = (-n) % 64
-                if extra_rows:
-                    lead = 1
-                    for d in t.shape[:-2]:
-                        lead *= d
-                    pad += lead * extra_rows * (t.shape[-1] // 2 + t.shape[-1] // 16)
-        terms.append(Term("marlin_padding", pad, f"cc {gpu.compute_capability} has no FP4 tensor cores: NVFP4 runs as "
-                          "Marlin W4A16 (4 bits/weight kept, scales re-encoded to S0E5M3 bytes); only N-padding to a "
-                          "multiple of 64 adds bytes", "vLLM marlin_utils_fp4.py (prepare_fp4_layer_for_marlin)"))
+    # Kernel padding: the same engine model (compat) that names the kernel path decides it.
+    if s.engine in ("vllm", "sglang"):
+        from . import compat
+        from .compat.model import parse_cc
+
+        pad, paths = compat.padding_bytes(ckpt, s.engine, parse_cc(gpu.compute_capability), s.tp)
+        kernels = ", ".join(sorted({p.kernel for p in paths})) or "no padding kernel"
+        terms.append(Term("kernel_padding", pad, f"{kernels} on cc {gpu.compute_capability}: shapes its tiles do not "
+                          "cover are zero-padded in memory (Marlin: N to 64 and K to 128, or N to 128 and K to 64, "
+                          "whichever is smaller; MoE: the expert intermediate size per shard)",
+                          "; ".join(sorted({p.source.cite() for p in paths})) or
+                          "vLLM marlin_utils.py marlin_padded_nk (docs/engine-compat.md)"))
     if s.engine == "sglang" and gpu.fp4 != "native" and 8 <= gpu.cc_major < 10:
         dead = _sglang_dead_swizzled_scales(tensors)
         if dead:
@@ -315,6 +312,7 @@ def _rope_bytes(ckpt: Checkpoint, arch: ArchInfo) -> int:
 class Result:
     report: dict[str, Any]
     fits: bool
+    loads: bool = True     # the engine is expected to load and run it on this GPU (compat)
 
 
 def _resolve_kv_dtype(ckpt: Checkpoint, s: Settings) -> str:
@@ -374,6 +372,7 @@ def estimate(ckpt: Checkpoint, gpu: GPU, s: Settings, *, suggest: bool = True) -
     fits = margin >= 0
     margin_bytes = math.floor(margin)
     decode = _decode_ceiling(ckpt, arch, gpu, s, b, context)
+    engine_compat = _engine_compat(ckpt, gpu, s, kv_dtype, notes)
 
     report = {
         "schema": SCHEMA,
@@ -395,9 +394,35 @@ def estimate(ckpt: Checkpoint, gpu: GPU, s: Settings, *, suggest: bool = True) -
         "shortfall_bytes": 0 if fits else -margin_bytes,
         "suggestions": _suggestions(ckpt, gpu, s, kv_dtype, context) if (suggest and not fits) else [],
         "decode": decode,
+        "engine_compat": engine_compat,
         "notes": notes,
     }
-    return Result(report, fits)
+    return Result(report, fits, engine_compat["loads"])
+
+
+def _engine_compat(ckpt: Checkpoint, gpu: GPU, s: Settings, kv_dtype: str, notes: list[str]) -> dict[str, Any]:
+    """What the estimated engine does with this checkpoint on this GPU (the kernel path assumed
+    by the padding terms above, and what would stop it loading). llama.cpp and a safetensors
+    checkpoint: the estimate is for the GGUF ``nvfp4tools convert --to gguf`` writes."""
+    from . import compat
+    from .compat.model import ENGINE_NAMES, parse_cc
+
+    cc = None if s.engine == "llamacpp" else parse_cc(gpu.compute_capability)
+    a = compat.assess(ckpt, compat.Target(s.engine, cc, (gpu.key,), s.tp, kv_dtype))
+    found = [f if not (f.code == "engine_format" and s.engine == "llamacpp") else compat.lowered(f)
+             for f in a.findings]
+    loads = not any(f.severity == "error" for f in found)
+    if a.paths:
+        notes.insert(0, f"{ENGINE_NAMES[s.engine]} {a.release.version} on sm_{gpu.compute_capability.replace('.', '')}: "
+                     + "; ".join(f"{u.path.weights} {u.path.layer} ({u.n_tensors}) -> {u.path.kernel} {u.path.compute}"
+                                 for u in a.paths))
+    for f in found:
+        if f.severity != "info" or f.code == "engine_format":
+            notes.insert(0, f"[{f.severity}] {f.message}")
+    d = compat.as_dict(a)
+    d["findings"] = [compat.finding_dict(f) for f in found]
+    d["loads"] = loads
+    return d
 
 
 # ---------------------------------------------------------------------------------------------

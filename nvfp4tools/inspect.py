@@ -407,9 +407,19 @@ def file_metadata(ckpt: Checkpoint) -> list[dict[str, Any]]:
 
 
 def build_report(ckpt: Checkpoint, *, deep: bool = False, expand_layers: bool = False,
-                 with_tensors: bool = False, with_metadata: bool = False) -> dict[str, Any]:
+                 with_tensors: bool = False, with_metadata: bool = False, engines: tuple[str, ...] | None = None,
+                 gpus: list[Any] | None = None) -> dict[str, Any]:
+    """ENGINES / GPUS: the deployments to assess (default: every engine on every GPU class). When
+    both are named (llama.cpp needs no GPU), the user chose the deployment and an engine's refusal
+    is an error finding; otherwise it is a warning, as the checkpoint itself is not at fault."""
+    from . import compat
+
     tensors = list(ckpt.tensors.values())
     findings = list(ckpt.findings) + semantic_findings(ckpt)
+    assessments = compat.assess_all(ckpt, engines or compat.ENGINES, gpus)
+    named = engines is not None and (gpus is not None or set(engines) == {"llamacpp"})
+    for a in assessments:
+        findings += a.findings if named else [compat.lowered(f) for f in a.findings]
     if ckpt.metadata.get("remote"):
         findings.append(Finding("remote_headers_only", "info",
                                 "read from the Hub: headers and config only; per-tensor scale values were not "
@@ -449,10 +459,8 @@ def build_report(ckpt: Checkpoint, *, deep: bool = False, expand_layers: bool = 
         "roles": roles,
         "coverage": coverage,
         "layers": _layers_expanded(layers) if expand_layers else layers,
-        "findings": [
-            {"code": f.code, "severity": f.severity, "message": f.message, "tensor": f.tensor, "file": f.file}
-            for f in findings
-        ],
+        "engines": [compat.as_dict(a) for a in assessments],
+        "findings": [compat.finding_dict(f) for f in findings],
         "metadata": {k: v for k, v in ckpt.metadata.items() if isinstance(v, (str, int, float, bool)) or v is None},
     }
     if with_metadata:

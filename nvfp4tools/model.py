@@ -194,6 +194,7 @@ class Finding:
     message: str
     tensor: str | None = None
     file: str | None = None
+    source: str | None = None   # where the rule comes from (an engine's source file and function)
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,12 @@ def _target(ckpt: Checkpoint, t: Target, i: int, p: Policy) -> list[Requirement]
         return [_req(f"target.{t.name}.fits", group, f"fits on {desc}", False, "cannot be estimated", "fits",
                      e.one_line())]
     cap = r["capacity"]
-    out = []
+    ec = r["engine_compat"]
+    errors = [f for f in ec["findings"] if f["severity"] == "error"]
+    paths = "; ".join(f"{p['weights']} {p['layer']} -> {p['kernel']} {p['compute']}" for p in ec["kernel_paths"])
+    out = [_req(f"target.{t.name}.loads", group, f"{t.engine} {ec['checked_against']['version']} loads and runs it on "
+                f"{t.gpu}", not errors, "yes" if not errors else f"no ({len(errors)} problems)", "loads",
+                "; ".join(f"{f['code']}: {f['message']}" for f in errors)[:500] if errors else paths)]
     if t.fits:
         margin = r["margin_bytes"] / GiB
         out.append(_req(f"target.{t.name}.fits", group, f"fits on {desc}", bool(r["fits"]),

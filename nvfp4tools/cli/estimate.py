@@ -47,7 +47,8 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
                  cudagraph_gib: float, explain: bool, fmt: str) -> None:
     """Will this checkpoint fit, and how many KV-cache tokens and concurrent sequences will it get?
 
-    Reads headers only (any format inspect reads). Exit 1 when it does not fit, so CI can gate on it.
+    Reads headers only (any format inspect reads). Exit 1 when it does not fit, or when the engine
+    cannot load it on this GPU (docs/engine-compat.md), so CI can gate on it.
 
     \b
     Example:
@@ -74,7 +75,7 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
             # one row per GPU: no what-if suggestions (a dozen re-runs each)
             r = estimate(ckpt, custom_gpu(vram_bytes, g) if vram_bytes is not None else g, s, suggest=False).report
             rows.append({"gpu": g.key, "memory_total_bytes": r["gpu"]["memory_total_bytes"], "fp4": g.fp4,
-                         "fits": r["fits"], "margin_bytes": r["margin_bytes"], "shortfall_bytes": r["shortfall_bytes"],
+                         "fits": r["fits"], "loads": r["engine_compat"]["loads"], "margin_bytes": r["margin_bytes"], "shortfall_bytes": r["shortfall_bytes"],
                          "weights_bytes": r["weights"]["bytes_per_gpu"],
                          "kv_pool_bytes": r["capacity"].get("kv_pool_bytes", 0),
                          "kv_pool_tokens": r["capacity"].get("kv_pool_tokens", 0),
@@ -84,13 +85,13 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
         report = {"schema": "nvfp4tools/estimate-all/v1", "tool_version": __version__, "source": path,
                   "engine": engine, "settings": r["settings"], "rows": rows}
         emit(report, fmt, _render_all)
-        ctx.exit(0 if any(x["fits"] for x in rows) else 1)
+        ctx.exit(0 if any(x["fits"] and x["loads"] for x in rows) else 1)
     gpu = detect_local() if gpu_name == "auto" else get_gpu(gpu_name)
     if vram_bytes is not None:
         gpu = custom_gpu(vram_bytes, gpu)
     res = estimate(ckpt, gpu, s)
     emit(res.report, fmt, lambda r: render_table(r, explain))
-    ctx.exit(0 if res.fits else 1)
+    ctx.exit(0 if res.fits and res.loads else 1)
 
 
 def _gib(n: int | float | None) -> str:
@@ -119,6 +120,10 @@ def render_table(r: dict[str, Any], explain: bool = False) -> str:
         rows.append(["vLLM 0.19-era 'GPU KV cache size'", f"{c['kv_pool_tokens_legacy']:,} tokens"])
     rows.append([f"max concurrency at {st['context']}", f"{c.get('max_concurrency', 0)}x"])
     rows.append(["fits", ("yes" if r["fits"] else "NO") + f" (margin {_gib(r['margin_bytes'])})"])
+    ec = r["engine_compat"]
+    errors = [f for f in ec["findings"] if f["severity"] == "error"]
+    rows.append([f"{r['engine']} loads it here", "yes" if ec["loads"] else
+                 f"NO: {errors[0]['code']}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")])
     rows.append(["KV the engine must hold", human_bytes(c.get("required_kv_bytes", 0))])
     rows.append(["decode ceiling (batch 1)", f"{r['decode']['tokens_per_s_ceiling']} tokens/s "
                  f"({human_bytes(r['decode']['bytes_per_token_per_gpu'])} read per token)"])
@@ -144,11 +149,12 @@ def render_table(r: dict[str, Any], explain: bool = False) -> str:
 
 
 def _render_all(r: dict[str, Any]) -> str:
-    rows = [[x["gpu"], _gib(x["memory_total_bytes"]), x["fp4"], "yes" if x["fits"] else "no", _gib(x["margin_bytes"]),
+    rows = [[x["gpu"], _gib(x["memory_total_bytes"]), x["fp4"], "yes" if x["fits"] else "no",
+             "yes" if x["loads"] else "no", _gib(x["margin_bytes"]),
              _gib(x["weights_bytes"]), f"{x['kv_pool_tokens']:,}", f"{x['max_concurrency']}x",
              x["decode_tokens_per_s_ceiling"]]
             for x in r["rows"]]
-    return tabulate(rows, headers=["gpu", "memory", "fp4", "fits", "margin", "weights", "KV tokens", "concurrency",
+    return tabulate(rows, headers=["gpu", "memory", "fp4", "fits", "loads", "margin", "weights", "KV tokens", "concurrency",
                                    "decode tok/s ceiling"], tablefmt="simple")
 
 

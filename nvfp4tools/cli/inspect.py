@@ -25,10 +25,16 @@ from ._output import emit, format_option, human_bytes, human_count
                    "and each safetensors file's __metadata__.")
 @click.option("--input-format", "input_format", default=None, metavar="NAME",
               help="Skip detection and read as this format (modelopt, compressed-tensors, safetensors, gguf).")
+@click.option("--engine", "engines", multiple=True, type=click.Choice(["vllm", "sglang", "llamacpp"]),
+              help="Assess this engine (repeatable; default: all three, their refusals as warnings).")
+@click.option("--gpu", "gpu_names", multiple=True, metavar="NAME",
+              help="Assess on this GPU (nvfp4tools gpus; repeatable or comma-separated; default: every GPU class). "
+                   "With --engine, the engine's refusals there are errors (exit 1).")
 @format_option
 @click.pass_context
 def inspect_cmd(ctx: click.Context, path: str, deep: bool, expand_layers: bool, with_tensors: bool,
-                with_metadata: bool, input_format: str | None, fmt: str) -> None:
+                with_metadata: bool, input_format: str | None, engines: tuple[str, ...], gpu_names: tuple[str, ...],
+                fmt: str) -> None:
     """What is quantized in a checkpoint, how many bytes it holds, and whether its scales are sane.
 
     PATH is a checkpoint folder, a .safetensors file, or a .gguf file. Reads headers and the
@@ -40,15 +46,18 @@ def inspect_cmd(ctx: click.Context, path: str, deep: bool, expand_layers: bool, 
       nvfp4tools inspect ./ckpt --format json | jq .coverage
       nvfp4tools inspect ./ckpt --deep --layers
       nvfp4tools inspect ./model-Q4_0.gguf --metadata
+      nvfp4tools inspect ./ckpt --engine vllm --gpu l40s
 
     Exit codes: 0 clean, 1 a finding of severity error, 2 usage, 3 unreadable input.
     """
     from nvfp4tools import formats
+    from nvfp4tools.gpus import get_gpu
     from nvfp4tools.inspect import build_report, has_errors
 
+    gpus = [get_gpu(n.strip()) for names in gpu_names for n in names.split(",") if n.strip()] or None
     ckpt = formats.read(path, input_format)
     report = build_report(ckpt, deep=deep, expand_layers=expand_layers, with_tensors=with_tensors,
-                          with_metadata=with_metadata)
+                          with_metadata=with_metadata, engines=engines or None, gpus=gpus)
     emit(report, fmt, render_table)
     ctx.exit(1 if has_errors(report) else 0)
 
@@ -105,12 +114,32 @@ def render_table(r: dict[str, Any]) -> str:
     if rows:
         lines.append(tabulate(rows, headers=["layers"] + roles, tablefmt="simple"))
         lines.append("")
+    lines += render_engines(r.get("engines") or ())
     if r["findings"]:
         for f in r["findings"]:
             lines.append(f"[{f['severity']}] {f['code']}: {f['message']}")
     else:
         lines.append("no findings")
     return "\n".join(lines)
+
+
+_ENGINE = {"vllm": "vLLM", "sglang": "SGLang", "llamacpp": "llama.cpp"}
+
+
+def render_engines(assessments) -> list[str]:
+    """One line per engine and GPU class: whether it loads, and the kernel each layer kind takes."""
+    if not assessments:
+        return []
+    rows = []
+    for a in assessments:
+        ccs = a["compute_capabilities"]
+        gpu = "-" if not ccs else (f"sm_{ccs[0].replace('.', '')}" if len(ccs) == 1 else
+                                   f"sm_{ccs[0].replace('.', '')}-sm_{ccs[-1].replace('.', '')}")
+        paths = "; ".join(f"{p['weights']} {p['layer']} ({p['tensors']}): {p['kernel']} {p['compute']}"
+                          for p in a["kernel_paths"]) or "-"
+        rows.append((f"{_ENGINE[a['engine']]} {a['checked_against']['version']}", gpu,
+                     "yes" if a["loads"] else "no", paths))
+    return [tabulate(rows, headers=["engine (checked)", "GPUs", "loads", "kernel paths"], tablefmt="simple"), ""]
 
 
 SHOWN_ITEMS = 8      # items of an array the table shows

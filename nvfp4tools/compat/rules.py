@@ -1,0 +1,441 @@
+"""Evaluate a checkpoint against the engine facts: which kernel path each quantized layer takes on
+an engine and a class of GPUs, and what will fail or silently change there.
+
+Every finding names the engine, what happens there and the rule's source; the severity is the
+consequence on that engine and GPU ("error": the engine refuses the checkpoint or computes wrong
+numbers; "warning": it runs, with a documented degradation; "info": how it runs). Callers that
+did not name the deployment (``inspect`` without ``--engine``/``--gpu``) lower errors to
+warnings: such a checkpoint is not broken, only unfit for that one deployment.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from nvfp4tools.model import Checkpoint, Finding, TensorInfo
+
+from . import facts
+from .model import CC, ENGINE_NAMES, Assessment, Engine, KernelPath, PathUse, cc_text
+
+# projections an engine fuses into one GEMM; Marlin's shape check runs on the fused width
+# (vLLM QKVParallelLinear / MergedColumnParallelLinear: output_size_per_partition is the sum)
+_FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up", "w1": "gate_up",
+          "w3": "gate_up"}
+# row-parallel projections: TP splits their input features, not their output features
+_ROW_PARALLEL = frozenset({"o", "down", "w2", "out"})
+_MAX_EXAMPLES = 3
+
+
+def weight_family(t: TensorInfo) -> str | None:
+    """The family a kernel table keys on, or None for unquantized tensors: nvfp4 (W4A4, a static
+    input scale stored), nvfp4a16, int4, int4-actorder, fp8, mxfp4, int8, ggml."""
+    s = t.scheme
+    if not s.quantized:
+        return None
+    if s.element == "ggml":
+        return "ggml"
+    if s.name == "nvfp4":
+        return "nvfp4" if s.activations else "nvfp4a16"
+    if s.name.startswith("int4"):
+        return "int4-actorder" if s.name.endswith("-actorder") else "int4"
+    return s.name
+
+
+def layer_kind(t: TensorInfo) -> str:
+    return "moe" if t.role == "experts" else "linear"
+
+
+def _linears(ckpt: Checkpoint) -> list[TensorInfo]:
+    """Quantized weights that an engine runs through a GEMM (embeddings are gathered, not multiplied)."""
+    return [t for t in ckpt.tensors.values()
+            if t.scheme.quantized and len(t.shape) >= 2 and t.role not in ("embedding", "norm", "router")]
+
+
+@dataclass(frozen=True)
+class Target:
+    engine: Engine
+    cc: CC | None
+    gpus: tuple[str, ...] = ()
+    tp: int = 1
+    kv_dtype: str | None = None     # the KV-cache dtype the deployment asks for (estimate, check)
+
+
+def assess(ckpt: Checkpoint, target: Target, where: str | None = None) -> Assessment:
+    """What TARGET's engine does with CKPT on its GPU class. WHERE labels the findings
+    (default: "vLLM on sm_89")."""
+    findings: list[Finding] = []
+    uses: list[PathUse] = []
+    engine = target.engine
+    name = ENGINE_NAMES[engine]
+    if where is None:
+        where = name if target.cc is None else f"{name} on {cc_text(target.cc)}"
+    if engine == "llamacpp":
+        findings += _llamacpp(ckpt, where)
+    elif ckpt.format == "gguf":
+        findings += _gguf_elsewhere(ckpt, engine, where)
+    else:
+        assert target.cc is not None
+        u, f = _kernel_paths(ckpt, engine, target.cc, target.tp, where)
+        uses += u
+        findings += f
+        findings += _expert_scales(ckpt, u, where)
+        findings += _loaders(ckpt, engine, where)
+    if target.kv_dtype and target.cc is not None:
+        findings += _kv_dtype(engine, target.kv_dtype, target.cc, where)
+    loads = not any(f.severity == "error" for f in findings)
+    ccs = () if target.cc is None else (target.cc,)
+    return Assessment(engine, facts.RELEASES[engine], ccs, target.gpus, loads, tuple(uses), tuple(findings))
+
+
+# -- kernel paths ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Gemm:
+    """One GEMM the engine builds, per GPU: fused siblings summed, tensor parallelism applied.
+    MoE GEMMs carry the model's hidden size and the experts' intermediate size."""
+
+    name: str
+    n: int
+    k: int
+    hidden: int
+    intermediate: int
+    group: int                   # quantization group size; -1 per channel
+    tensors: tuple[TensorInfo, ...]
+    row_parallel: bool = False   # o/down projections: TP splits K
+
+
+def _group(t: TensorInfo) -> int:
+    return t.scheme.block_size or -1
+
+
+def gemms(ts: list[TensorInfo], tp: int = 1) -> list[Gemm]:
+    groups: dict[tuple, list[TensorInfo]] = {}
+    for t in ts:
+        fuse = _FUSED.get(t.proj or "")
+        key = (t.module.rsplit(".", 1)[0], t.expert, fuse) if fuse else (t.name,)
+        groups.setdefault(key, []).append(t)
+    out = []
+    for members in groups.values():
+        t0 = members[0]
+        n = sum(t.shape[-2] for t in members)
+        k = t0.shape[-1]
+        row_parallel = (t0.proj or "") in _ROW_PARALLEL
+        if tp > 1:
+            if row_parallel:
+                k //= tp
+            else:
+                n //= tp
+        if t0.role == "experts":   # gate/up: [I, H] (fused: [2I, H]); down: [H, I]
+            hidden, inter = (n, k) if row_parallel else (k, n // 2 if (t0.proj in ("gate_up",) or len(members) > 1)
+                                                          else n)
+        else:
+            hidden, inter = k, n
+        out.append(Gemm(t0.name, n, k, hidden, inter, _group(t0), tuple(members), row_parallel))
+    return out
+
+
+def kernel_path(engine: Engine, kind: str, family: str, cc: CC, fmt: str, g: Gemm | None = None) -> KernelPath | None:
+    """The path ENGINE takes for a KIND ("linear"/"moe") GEMM of weight FAMILY on a GPU of compute
+    capability CC, for a checkpoint of format FMT (and, given G, its shape and group size); None:
+    no kernel this model knows of."""
+    for p in facts.KERNEL_PATHS:
+        if p.engine != engine or p.layer != kind or p.weights != family or not (p.cc_min <= cc <= p.cc_max):
+            continue
+        if p.formats and fmt not in p.formats:
+            continue
+        if g is not None:
+            if p.requires and p.requires.misses(g.n, g.k, g.hidden, g.intermediate):
+                continue
+            if p.group_sizes and g.group not in p.group_sizes:
+                continue
+        return p
+    return None
+
+
+def _examples(items: list[str]) -> str:
+    more = f" (+{len(items) - _MAX_EXAMPLES} more)" if len(items) > _MAX_EXAMPLES else ""
+    return ", ".join(items[:_MAX_EXAMPLES]) + more
+
+
+def _kernel_paths(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int, where: str) -> tuple[list[PathUse], list[Finding]]:
+    by: dict[tuple[str, str], list[TensorInfo]] = {}
+    for t in _linears(ckpt):
+        fam = weight_family(t)
+        assert fam is not None
+        by.setdefault((layer_kind(t), fam), []).append(t)
+    uses: list[PathUse] = []
+    out: list[Finding] = []
+    for (kind, fam), ts in by.items():
+        what = f"{fam} {'MoE experts' if kind == 'moe' else 'linear layers'}"
+        low = facts.MIN_CC.get((engine, fam.removesuffix("a16")))
+        if low and cc < low[0]:
+            out.append(Finding("engine_no_kernel", "error", f"{where}: {low[1].note}; {len(ts)} {what} cannot load",
+                               tensor=ts[0].name, source=low[1].source.cite()))
+            continue
+        chosen: dict[str, tuple[KernelPath, list[Gemm]]] = {}
+        unserved: list[Gemm] = []
+        for g in gemms(ts, tp):
+            p = kernel_path(engine, kind, fam, cc, ckpt.format, g)
+            if p is None:
+                unserved.append(g)
+            else:
+                chosen.setdefault(p.id, (p, []))[1].append(g)
+        if unserved:
+            why = facts.NO_PATH.get((engine, kind, fam))
+            if why is not None or any(q.engine == engine and q.layer == kind and q.weights == fam
+                                      for q in facts.KERNEL_PATHS):
+                out.append(Finding(
+                    "engine_no_kernel", "error",
+                    f"{where}: no kernel runs {len(unserved)} {what} "
+                    f"(e.g. {unserved[0].name}, N={unserved[0].n}, K={unserved[0].k}, group {unserved[0].group})"
+                    + (f": {why.note}" if why else f"; the engine's kernels for {fam} on this GPU all refuse them"),
+                    tensor=unserved[0].name, source=why.source.cite() if why else None))
+            # no row at all: the model knows nothing about this family here and claims nothing
+        for p, gs in chosen.values():
+            tensors = [t for g in gs for t in g.tensors]
+            uses.append(PathUse(p, len(tensors), tuple(sorted({t.role for t in tensors})),
+                                Counter(t.scheme.name for t in tensors).most_common(1)[0][0]))
+            out += _path_findings(p, gs, tensors, fam, kind, tp, where)
+    return uses, out
+
+
+def _path_findings(p: KernelPath, gs: list[Gemm], tensors: list[TensorInfo], fam: str, kind: str, tp: int,
+                   where: str) -> list[Finding]:
+    out = []
+    at_tp = f" per GPU at TP={tp}" if tp > 1 else ""
+    if p.fails:
+        bad = [g for g in gs if p.fails.misses(g.n, g.k, g.hidden, g.intermediate)]
+        if bad:
+            g = bad[0]
+            need = ", ".join(f"{d} a multiple of {m}" for d, m in (("N", p.fails.n), ("K", p.fails.k), (
+                "the hidden size", p.fails.hidden), ("the expert intermediate size", p.fails.intermediate)) if m > 1)
+            msg = p.fails.message.format(n=g.n, k=g.k, hidden=g.hidden, intermediate=g.intermediate, backend=p.kernel)
+            out.append(Finding(
+                "engine_shape", "error",
+                f"{where}: {p.kernel} needs {need}{at_tp}; {len(bad)} GEMMs are not "
+                f"({_examples([f'{b.name} (N={b.n}, K={b.k})' for b in bad])}): the engine fails at load "
+                f"('{msg}'); keep these layers unquantized, change the TP size, or use another GPU",
+                tensor=g.name, source=p.source.cite()))
+    if p.pads == "marlin" and kind == "linear":
+        legacy = [g for g in gs if g.n % 64 or g.k % 128]
+        if legacy:
+            out.append(Finding(
+                "engine_shape_padded", "warning",
+                f"{where}: {len(legacy)} {fam} GEMMs have N not a multiple of 64 or K not a multiple of 128"
+                f"{at_tp} ({_examples([f'{g.name} (N={g.n}, K={g.k})' for g in legacy])}); {p.kernel} zero-pads "
+                f"them (padded activations and outputs on every forward); {facts.MARLIN_LEGACY_SHAPE.note}",
+                tensor=legacy[0].name, source=f"{p.source.cite()}; {facts.MARLIN_LEGACY_SHAPE.source.ref}"))
+    ignored = [t for t in tensors if any(q.role in p.ignores for q in t.parts)]
+    if ignored:
+        roles = sorted({q.role for t in ignored for q in t.parts if q.role in p.ignores})
+        out.append(Finding(
+            "engine_scales_ignored", "info",
+            f"{where}: {len(ignored)} {fam} {'expert' if kind == 'moe' else 'linear'} tensors run weight-only "
+            f"({p.kernel}, {p.compute}): their {', '.join(r.replace('_', ' ') + 's' for r in roles)} are not used",
+            tensor=ignored[0].name, source=p.source.cite() + (f"; {p.note}" if p.note else "")))
+    return out
+
+
+# -- scales an engine needs ------------------------------------------------------------------
+
+def _expert_scales(ckpt: Checkpoint, uses: list[PathUse], where: str) -> list[Finding]:
+    """Experts without a static input scale where their siblings have one, on a W4A4 MoE path:
+    the engine's per-expert parameter keeps its initial value (vLLM: zeros -> 1/0 -> inf global
+    -> NaN on prompts routed there), or, since the fix, refuses the checkpoint."""
+    moe = [u for u in uses if u.path.layer == "moe" and "input_scale" not in u.path.ignores
+           and u.path.compute == "W4A4"]
+    if not moe:
+        return []
+    by_layer: dict[tuple, list[TensorInfo]] = {}
+    for t in ckpt.tensors.values():
+        if t.role == "experts" and t.scheme.name == "nvfp4" and t.expert is not None:
+            by_layer.setdefault((t.stack, t.layer), []).append(t)
+    lacking: list[TensorInfo] = []
+    for ts in by_layer.values():
+        if any(t.part("input_scale") is not None for t in ts):
+            lacking += [t for t in ts if t.part("input_scale") is None]
+    if not lacking:
+        return []
+    fact = facts.MISSING_EXPERT_INPUT_SCALE[uses[0].path.engine] if uses[0].path.engine in \
+        facts.MISSING_EXPERT_INPUT_SCALE else None
+    experts = sorted({(t.layer, t.expert) for t in lacking})
+    ex = ", ".join(f"layer {l} expert {e}" for l, e in experts[:_MAX_EXAMPLES])
+    more = f" (+{len(experts) - _MAX_EXAMPLES} more)" if len(experts) > _MAX_EXAMPLES else ""
+    return [Finding("engine_missing_expert_input_scale", "error",
+                    f"{where}: {len(experts)} experts have no input_scale while their layer's other experts do "
+                    f"({ex}{more}); {fact.note if fact else 'the W4A4 MoE kernel needs one per expert'}; "
+                    "recalibrate with more tokens, or give these experts their layer's maximum input scale",
+                    tensor=lacking[0].name, source=fact.source.cite() if fact else None)]
+
+
+# -- model loaders ---------------------------------------------------------------------------
+
+def _model_type(ckpt: Checkpoint) -> str:
+    if ckpt.arch is not None:
+        return ckpt.arch.model_type
+    return str(ckpt.config.get("model_type") or "")
+
+
+def _loaders(ckpt: Checkpoint, engine: Engine, where: str) -> list[Finding]:
+    mt = _model_type(ckpt)
+    out = []
+    for f in facts.LOADERS:
+        if f.engine != engine or mt not in f.model_types or ckpt.format not in f.formats:
+            continue
+        hit = [t for t in ckpt.tensors.values() if t.role == "experts" and weight_family(t) in f.weights
+               and (f.experts == "any" or (f.experts == "fused") == bool(t.n_experts_fused))]
+        if not hit:
+            continue
+        if f.fixed_in is None:
+            out.append(Finding("engine_loader", "error", f"{where}: {f.consequence} ({len(hit)} expert tensors, e.g. "
+                               f"{hit[0].name})", tensor=hit[0].name, source=f.source.cite()))
+        else:
+            out.append(Finding("engine_loader_old", "warning", f"{where}: {f.consequence} (vLLM {f.affected}; fixed in "
+                               f"{f.fixed_in})", tensor=hit[0].name, source=f.source.cite()))
+    return out
+
+
+# -- KV cache --------------------------------------------------------------------------------
+
+def kv_dtype_fact(engine: Engine, kv_dtype: str, cc: CC):
+    for f in facts.KV_DTYPES:
+        if f.engine == engine and f.kv_dtype == kv_dtype and f.cc_min <= cc <= f.cc_max:
+            return f
+    return None
+
+
+def _kv_dtype(engine: Engine, kv_dtype: str, cc: CC, where: str) -> list[Finding]:
+    f = kv_dtype_fact(engine, kv_dtype, cc)
+    if f is None or f.supported:
+        return []
+    return [Finding("engine_kv_dtype", "error", f"{where}: KV cache dtype {kv_dtype}: {f.note}", source=f.source.cite())]
+
+
+# -- GGUF ------------------------------------------------------------------------------------
+
+def _ggml_types(ckpt: Checkpoint) -> Counter:
+    return Counter(t.scheme.name for t in ckpt.tensors.values() if t.scheme.element == "ggml")
+
+
+def _ggml_fact(engine: Engine, ggml_type: str):
+    for f in facts.GGML_TYPES:
+        if f.engine == engine and f.ggml_type == ggml_type:
+            return f
+    return None
+
+
+def _gguf_elsewhere(ckpt: Checkpoint, engine: Engine, where: str) -> list[Finding]:
+    fmt = facts.FORMAT_SUPPORT.get((engine, "gguf"))
+    if fmt is not None and not fmt.supported:
+        return [Finding("engine_format", "error", f"{where}: {fmt.note}", source=fmt.source.cite())]
+    out = []
+    for ty, n in sorted(_ggml_types(ckpt).items()):
+        f = _ggml_fact(engine, ty)
+        if f is not None and f.since is None:
+            out.append(Finding("engine_ggml_type", "error",
+                               f"{where}: {n} tensors are {ty.upper()}, a GGML type {ENGINE_NAMES[engine]} does not "
+                               f"read{': ' + f.note if f.note else ''}; run it with llama.cpp, or convert to "
+                               f"safetensors (nvfp4tools convert --to compressed-tensors)", source=f.source.cite()))
+    return out
+
+
+def _llamacpp(ckpt: Checkpoint, where: str) -> list[Finding]:
+    if ckpt.format != "gguf":
+        f = facts.FORMAT_SUPPORT[("llamacpp", "safetensors")]
+        return [Finding("engine_format", "error", f"{where}: {f.note}", source=f.source.cite())]
+    out = []
+    for ty, n in sorted(_ggml_types(ckpt).items()):
+        f = _ggml_fact("llamacpp", ty)
+        if f is not None and f.since is not None and f.since != facts.OLDEST_CHECKED["llamacpp"]:
+            out.append(Finding("engine_min_version", "info",
+                               f"{where}: {n} tensors are {ty.upper()}; llama.cpp builds before {f.since} refuse "
+                               f"the file{' (' + f.note + ')' if f.note else ''}", source=f.source.cite()))
+    out += _llamacpp_graph_scales(ckpt, where)
+    return out
+
+
+def _llamacpp_graph_scales(ckpt: Checkpoint, where: str) -> list[Finding]:
+    """NVFP4 tensors whose per-tensor scale llama.cpp's graph for this architecture never applies."""
+    from nvfp4tools.formats.gguf_arch import scaled_in_llama_cpp
+
+    from nvfp4tools.formats.gguf_arch import GRAPH_SCALED
+
+    arch = str(ckpt.metadata.get("architecture") or "")
+    arch_key = arch.upper().replace("-", "_")   # GGUF "gpt-oss" is gguf.MODEL_ARCH.GPT_OSS
+
+    if arch_key not in GRAPH_SCALED:
+        return []
+    bad = [t for t in ckpt.tensors.values() if t.scheme.name == "nvfp4" and t.part("global_scale") is not None
+           and not scaled_in_llama_cpp(arch_key, t.name)]
+    if not bad:
+        return []
+    src = facts.LLAMACPP_GRAPH_SCALES
+    ex = ", ".join(t.name for t in bad[:_MAX_EXAMPLES])
+    return [Finding("engine_scale_unused", "error",
+                    f"{where}: {len(bad)} NVFP4 tensors carry a per-tensor scale that llama.cpp's {arch} graph never "
+                    f"multiplies in ({ex}); those layers compute at the wrong magnitude (NaN or garbage logits); "
+                    f"convert from the safetensors with nvfp4tools convert --to gguf, which refuses or keeps "
+                    f"them BF16", tensor=bad[0].name, source=src.cite())]
+
+
+# -- memory the engine adds by padding shapes ------------------------------------------------
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def marlin_padded_nk(n: int, k: int, group: int) -> tuple[int, int]:
+    """Marlin's padded (N, K): the smaller-area of (N to 64, K to lcm(128, g)) and (N to 128,
+    K to lcm(64, g)); ties to the smaller N + K (vLLM marlin_utils.marlin_padded_nk; SGLang 0.5.23
+    pads the same way)."""
+    import math
+
+    g = group if group > 0 else 1
+    a = (_round_up(n, 64), _round_up(k, math.lcm(128, g)))
+    b = (_round_up(n, 128), _round_up(k, math.lcm(64, g)))
+    return min(a, b, key=lambda nk: (nk[0] * nk[1], nk[0] + nk[1]))
+
+
+def _bytes_per_element(t: TensorInfo) -> float:
+    return t.nbytes / t.n_elements if t.n_elements else 0.0
+
+
+def padding_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tuple[int, list[KernelPath]]:
+    """Bytes the engine's kernels add to the weights by zero-padding shapes (all GPUs together),
+    and the padding paths that did so."""
+    by: dict[tuple[str, str], list[TensorInfo]] = {}
+    for t in _linears(ckpt):
+        fam = weight_family(t)
+        assert fam is not None
+        by.setdefault((layer_kind(t), fam), []).append(t)
+    total = 0.0
+    used: dict[str, KernelPath] = {}
+    for (kind, fam), ts in by.items():
+        for g in gemms(ts, tp):
+            p = kernel_path(engine, kind, fam, cc, ckpt.format, g)
+            if p is None or p.pads is None:
+                continue
+            bpe = _bytes_per_element(g.tensors[0])
+            lead = 1
+            for d in g.tensors[0].shape[:-2]:
+                lead *= d
+            if p.pads == "marlin":
+                n2, k2 = marlin_padded_nk(g.n, g.k, g.group)
+            elif p.pads == "native32":
+                n2, k2 = _round_up(g.n, 32), _round_up(g.k, 32)
+            elif p.pads == "marlin_moe":
+                # intermediate padded per gate/up shard, hidden never (prepare_nvfp4_moe_layer_for_marlin)
+                step = 64 if g.hidden % 128 == 0 else 128
+                i2 = _round_up(g.intermediate, step)
+                if g.row_parallel:                                # down: [H, I]
+                    n2, k2 = g.n, i2
+                else:                                             # gate/up shards: [shards * I, H]
+                    n2, k2 = (g.n // g.intermediate) * i2, g.k
+            else:
+                continue
+            extra = (n2 * k2 - g.n * g.k) * lead * tp
+            if extra:
+                total += extra * bpe
+                used[p.id] = p
+    return int(total), list(used.values())
