@@ -256,7 +256,6 @@ FORMAT_SUPPORT: dict[tuple[str, str], FormatFact] = {
     ("sglang", "gguf"): FormatFact(True, "SGLang reads single-file GGUFs (F32/F16/BF16, Q4_0-Q8_1, K- and I-quants)",
                                    Source("sglang/srt/model_loader/loader.py", "GGUFModelLoader", _S)),
 }
-OLDEST_CHECKED = {"llamacpp": ""}
 
 # llama.cpp applies a tensor's NVFP4 per-tensor scale only where its architecture's graph passes it
 # (the table itself lives with the GGUF writer, which must honour it: formats/gguf_arch.GRAPH_SCALED).

@@ -315,7 +315,15 @@ def _kv_dtype(engine: Engine, kv_dtype: str, cc: CC, where: str) -> list[Finding
 # -- GGUF ------------------------------------------------------------------------------------
 
 def _ggml_types(ckpt: Checkpoint) -> Counter:
-    return Counter(t.scheme.name for t in ckpt.tensors.values() if t.scheme.element == "ggml")
+    """GGML tensor types as stored (a GGUF's NVFP4 tensors read as the nvfp4 scheme, stored as type NVFP4)."""
+    out: Counter = Counter()
+    if ckpt.format != "gguf":
+        return out
+    for t in ckpt.tensors.values():
+        d = t.part("data")
+        if d is not None and d.stored_dtype.upper() not in ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"):
+            out[d.stored_dtype.lower()] += 1
+    return out
 
 
 def _ggml_fact(engine: Engine, ggml_type: str):
@@ -347,7 +355,7 @@ def _llamacpp(ckpt: Checkpoint, where: str) -> list[Finding]:
     out = []
     for ty, n in sorted(_ggml_types(ckpt).items()):
         f = _ggml_fact("llamacpp", ty)
-        if f is not None and f.since is not None and f.since != facts.OLDEST_CHECKED["llamacpp"]:
+        if f is not None and f.since is not None:
             out.append(Finding("engine_min_version", "info",
                                f"{where}: {n} tensors are {ty.upper()}; llama.cpp builds before {f.since} refuse "
                                f"the file{' (' + f.note + ')' if f.note else ''}", source=f.source.cite()))
