@@ -28,6 +28,16 @@ class LayerCase:
     global_scale: float | None = None  # multiplier
     input_scale: float | None = None   # multiplier
     mode: str = "w4a16"                # or "w4a4"
+    # the weight in a ggml block type, lossless (GGUF tensors as stored; NVFP4 / int4 / int8 repacked):
+    ggml_type: str | None = None       # formats._ggml_types name ("Q4_0", "NVFP4", ...)
+    ggml_bytes: np.ndarray | None = None   # uint8 [N, ggml_row_size(type, K)]
+    ggml_out_scale: float = 1.0        # multiplied into the output (a GGUF NVFP4 '.scale', an NVFP4 global)
+    ggml_missing: str | None = None    # why the layer has no ggml form (ggml backends skip it, saying so)
+
+
+class NotRunnable(ValueError):
+    """Raised by a backend's ``run`` for a layer it cannot compute (the message says why): verify
+    reports the layer as skipped by that backend, not as passed or failed."""
 
 
 @dataclass
@@ -56,6 +66,10 @@ class Backend:
     # Raises ValueError where this layer cannot run (say why). None: bench does not time it.
     timer: Callable[[DeviceCase], Callable[[], object]] | None = None
     timer_missing: str = "bench does not time this backend"
+    # LayerCase -> the float64 reference this backend is held to, where the backend converts the
+    # activations itself (ggml quantizes them to Q8): None, x @ w^T over the case's own x.
+    reference: Callable[[LayerCase], np.ndarray] | None = None
+    ggml_weight: bool = False    # run() needs LayerCase.ggml_type/ggml_bytes (verify fills them)
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -80,6 +94,31 @@ def _ref_run(case: LayerCase) -> np.ndarray:
 register(Backend(
     "ref", "numpy: weights dequantized to float32, float32 accumulation", 1e-5, lambda: None, _ref_run,
     "float32 accumulation over K terms: relative error ~ sqrt(K) * 2^-24 (< 1e-5 for K <= 2^16)"))
+
+
+def _ggml(attr: str) -> Callable:
+    def call(*args):
+        from . import ggml_backend
+        return getattr(ggml_backend, attr)(*args)
+    return call
+
+
+# ggml's CPU vec_dot kernels convert the activations to Q8_0 / Q8_1 / Q8_K first (ggml-cpu.c
+# type_traits_cpu[type].vec_dot_type): 5e-3 to 8e-3 from the float64 reference on Gaussian x. The
+# backend's reference mirrors that conversion bit for bit (ggml_backend.reference, from
+# quantize_row_q8_0 / _q8_1 / _q8_K, with Q8_1's fp16 block sums), so what remains is ggml's
+# float32 accumulation of per-block products d_w * d_x * sum(q_w * q_x) (integer sums exact):
+# <= 7e-7 measured for every type up to K = 28672. 1e-5 holds that with margin and sees one code
+# moved by one step in one block of a 2816 x 2112 Q4_0 layer (8e-5). llama.cpp's own bound,
+# tests/test-backend-ops.cpp (max_nmse_err 5e-4 for MUL_MAT: a relative error sqrt(5e-4) = 2.2e-2),
+# is against ggml's CPU backend, not against unquantized activations; it would hide such faults.
+register(Backend(
+    "ggml-cpu", "llama.cpp's ggml_mul_mat on the CPU (llama-cpp-python's libggml), the weight in its ggml type",
+    1e-5, _ggml("available"), _ggml("run"),
+    "reference over activations converted as ggml converts them (Q8_0/Q8_1/Q8_K, mirrored bit for bit): "
+    "ggml's float32 accumulation of block products, <= 7e-7 measured; llama.cpp test-backend-ops' MUL_MAT "
+    "bound (NMSE 5e-4, rel 2.2e-2) is against ggml's own CPU output", reference=_ggml("reference"),
+    ggml_weight=True))
 
 
 def _load_gpu_backends() -> None:

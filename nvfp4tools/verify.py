@@ -13,7 +13,9 @@ Per layer:
 * stacked experts ([E, out, in]: GGUF, fused safetensors) are verified expert by expert (rows
   carry ``expert``), the units ``--sample`` draws from.
 * per backend ``rel_err`` = ``||y - y_ref|| / ||y_ref||`` with ``y_ref = x @ W^T`` in float64, and
-  ``max_abs_err``; held to the backend's stated tolerance; NaN/inf never passes.
+  ``max_abs_err``; held to the backend's stated tolerance; NaN/inf never passes. A backend that
+  converts the activations itself (``ggml-cpu``: to Q8) is held to its own ``reference``; one that
+  cannot compute a layer (no lossless ggml type) skips it, listed in ``backends_skipped``.
 * ``w4a4_rel_err`` (when the layer has a static input scale): activations quantized to NVFP4 the
   Blackwell way, against W4A16: what W4A4 serving adds (information, not a verdict).
 * with ``against``: ``weight_sqnr_db`` and ``output_rel_err`` of the quantized layer against the
@@ -225,7 +227,7 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
            unavailable: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Verify SAMPLE (or every) quantized linear with BACKENDS; UNAVAILABLE lists backends that were
     asked for (``--backend all``) but cannot run here, {"name", "reason"}: reported, not run."""
-    from nvfp4tools.kernels_ref.dispatch import LayerCase
+    from nvfp4tools.kernels_ref.dispatch import LayerCase, NotRunnable
     from nvfp4tools.kernels_ref.gemm import gemm_reference, quantize_activations_nvfp4
     from nvfp4tools.tensors import canonical_nvfp4, dequantize
 
@@ -243,6 +245,7 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
         layers = [layers[i] for i in idx]
     orig = Original(against) if against is not None else None
     ran: dict[str, int] = {b.name: 0 for b in backends}
+    skipped: dict[str, dict[str, int]] = {b.name: {} for b in backends}   # backend -> reason -> layers
     rows: list[dict[str, Any]] = []
     for t in layers:
         row: dict[str, Any] = {"name": t.name, "role": t.role, "layer": t.layer, "expert": t.expert,
@@ -264,17 +267,28 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
             input_scale = float(c.input_scale[0]) if c.input_scale is not None and c.input_scale.size else None
             case_kw = dict(codes=c.codes, scale_bytes=c.scale_bytes, global_scale=float(c.global_scale.reshape(-1)[0]),
                            input_scale=input_scale)
-        results = []
+        if any(getattr(b, "ggml_weight", False) for b in backends):
+            case_kw = dict(case_kw, **ggml_weight(ckpt, t, case_kw))
+        results, skipped_here = [], []
         for b in backends:
             ref = y_ref
             kw = case_kw
             if getattr(b, "activations", "w4a16") == "w4a4":
-                if not case_kw:
+                if case_kw.get("codes") is None:
                     continue  # a W4A4 kernel needs NVFP4 weights
                 # a W4A16 layer has no static input scale: emulate with 1.0, the reference too
                 kw = dict(case_kw, input_scale=case_kw.get("input_scale") or 1.0)
                 ref = gemm_reference(quantize_activations_nvfp4(x, kw["input_scale"]), w)
-            y = np.asarray(b.run(LayerCase(t.name, x, w, **kw)), dtype=np.float64)
+            case = LayerCase(t.name, x, w, **kw)
+            try:
+                if getattr(b, "reference", None) is not None:
+                    # the backend converts the activations itself (ggml: to Q8); its reference does the same
+                    ref = b.reference(case)
+                y = np.asarray(b.run(case), dtype=np.float64)
+            except NotRunnable as e:
+                skipped[b.name][str(e)] = skipped[b.name].get(str(e), 0) + 1
+                skipped_here.append({"backend": b.name, "reason": str(e)})
+                continue
             ran[b.name] += 1
             finite = bool(np.all(np.isfinite(y))) and y.shape == ref.shape
             err = _rel(y, ref) if finite else float("inf")
@@ -282,6 +296,8 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
             results.append({"backend": b.name, "rel_err": err, "max_abs_err": max_abs, "tolerance_rel": b.tolerance_rel,
                             "pass": finite and err <= b.tolerance_rel})
         row["backends"] = results
+        if skipped_here:
+            row["backends_skipped"] = skipped_here
         if w4a4 and input_scale is not None and math.isfinite(input_scale) and input_scale > 0:
             row["w4a4_rel_err"] = _rel(gemm_reference(quantize_activations_nvfp4(x, input_scale), w), y_ref)
         against_ok = True
@@ -311,17 +327,72 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
         row["failed_checks"] = failed
         row["verdict"] = "fail" if failed else "pass"
         rows.append(row)
-    states = [_state(b, ran[b.name]) for b in backends] + [
+    states = [_state(b, ran[b.name], skipped[b.name]) for b in backends] + [
         {"name": u["name"], "state": "unavailable", "reason": u["reason"], "n_layers": 0} for u in unavailable or ()]
     return _report(ckpt, rows, backends, states, tokens, seed, sample, against)
 
 
-def _state(b, n_layers: int) -> dict[str, Any]:
+def _state(b, n_layers: int, skipped: dict[str, int] | None = None) -> dict[str, Any]:
+    skipped = skipped or {}
+    extra: dict[str, Any] = {}
+    if skipped:
+        # layers the backend could not compute, by reason (each layer row lists its own in backends_skipped)
+        extra = {"n_skipped": sum(skipped.values()),
+                 "skipped": [{"reason": r, "n_layers": n} for r, n in sorted(skipped.items(), key=lambda kv: -kv[1])]}
     if n_layers:
-        return {"name": b.name, "state": "ran", "reason": None, "n_layers": n_layers,
-                "tolerance_rel": b.tolerance_rel, "description": b.description}
+        why = None
+        if skipped:
+            why = f"skipped {extra['n_skipped']} layers: " + "; ".join(
+                f"{s['reason']} ({s['n_layers']})" for s in extra["skipped"][:3])
+        return {"name": b.name, "state": "ran", "reason": why, "n_layers": n_layers,
+                "tolerance_rel": b.tolerance_rel, "description": b.description, **extra}
+    reason = extra["skipped"][0]["reason"] if skipped else \
+        "no verified layer has the NVFP4 weights its W4A4 kernel needs"
     return {"name": b.name, "state": "not_applicable", "n_layers": 0, "tolerance_rel": b.tolerance_rel,
-            "description": b.description, "reason": "no verified layer has the NVFP4 weights its W4A4 kernel needs"}
+            "description": b.description, "reason": reason, **extra}
+
+
+def ggml_weight(ckpt: Checkpoint, t: TensorInfo, case_kw: dict[str, Any]) -> dict[str, Any]:
+    """The layer's weight in a ggml block type, without loss, as LayerCase fields (``ggml_type``,
+    ``ggml_bytes`` [rows, row bytes], ``ggml_out_scale``), or ``ggml_missing`` saying why there is none:
+    GGUF block tensors as stored (an NVFP4 ``.scale`` as the output multiplier, as llama.cpp applies
+    it); NVFP4 repacked to ``block_nvfp4`` with its global as the multiplier; compressed-tensors
+    int4 / int8 group-symmetric as Q4_0 / Q8_0 where the group scales are fp16 values."""
+    from nvfp4tools.kernels_ref.dispatch import NotRunnable
+    from nvfp4tools.kernels_ref.ggml_backend import int_sym_blocks, nvfp4_blocks
+    from nvfp4tools.tensors import load_part, scalar_part
+
+    data = t.part("data")
+    rows = int(np.prod(t.shape[:-1]))
+    try:
+        if _is_ggml(t):
+            if data.transposed:
+                raise NotRunnable(f"{data.stored_dtype} tensor stored transposed")
+            g = scalar_part(ckpt.root, t.part("global_scale"))
+            if g is not None and g.size != 1:
+                raise NotRunnable(f"{g.size} per-expert '.scale' values on a stack verified as one tensor")
+            raw = np.asarray(load_part(ckpt.root, data)).reshape(rows, -1)
+            return {"ggml_type": data.stored_dtype, "ggml_bytes": raw,
+                    "ggml_out_scale": 1.0 if g is None else float(g[0])}
+        if case_kw.get("codes") is not None:
+            return {"ggml_type": "NVFP4", "ggml_bytes": nvfp4_blocks(case_kw["codes"], case_kw["scale_bytes"]),
+                    "ggml_out_scale": case_kw["global_scale"]}
+        bs = t.part("block_scale")
+        if (data is not None and bs is not None and len(t.shape) == 2 and t.scheme.symmetric
+                and t.part("zero_point") is None and t.part("g_idx") is None):
+            scales = np.asarray(load_part(ckpt.root, bs), dtype=np.float32).reshape(t.shape[0], -1)
+            if t.scheme.element == "int4" and data.stored_dtype == "I32":
+                from nvfp4tools.kernels_ref.int4 import unpack_int32_to_int4
+                q = unpack_int32_to_int4(np.asarray(load_part(ckpt.root, data)), t.shape[-1])
+                name, raw = int_sym_blocks(q, scales, 4)
+                return {"ggml_type": name, "ggml_bytes": raw}
+            if t.scheme.element == "int8" and data.stored_dtype == "I8":
+                name, raw = int_sym_blocks(np.asarray(load_part(ckpt.root, data)), scales, 8)
+                return {"ggml_type": name, "ggml_bytes": raw}
+        raise NotRunnable(f"no ggml block type holds scheme {t.scheme.name} "
+                          f"({data.stored_dtype if data is not None else 'no data'}) exactly")
+    except NotRunnable as e:
+        return {"ggml_missing": str(e)}
 
 
 def _finite(v: float) -> float | None:
