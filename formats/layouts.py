@@ -69,13 +69,15 @@ def _base(name: str) -> tuple[str, str]:
 
 
 def _nvfp4_outs(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[str, ...], *, codes: str,
-                global_: str, input_: str, convention: str, kv_on_attention: bool) -> list[Out]:
+                global_: str, input_: str, convention: str, kv_on_attention: bool,
+                scalar_shape: tuple[int, ...] | None = None) -> list[Out]:
     """The stored parts of one NVFP4 tensor; the two safetensors layouts differ in names and the
     scale convention. Per-tensor scalars are 0-d ([E] for stacked experts) in both: ModelOpt
     writes 0-d, and compressed-tensors' own ModelOpt converter keeps them, so our output is
-    byte-identical to it. A fused 3-D parameter keeps its bare name for the codes."""
+    byte-identical to it (llm-compressor writes [1]: SCALAR_SHAPE overrides). A fused 3-D
+    parameter keeps its bare name for the codes."""
     p, sep = _base(name)
-    gshape = shape[:-2]
+    gshape = shape[:-2] if scalar_shape is None else scalar_shape
     outs = [Out(f"{p}{sep}{codes}" if sep == "." else p, "U8", shape[:-1] + (shape[-1] // 2,), "codes"),
             Out(f"{p}{sep}weight_scale", "F8_E4M3", shape[:-1] + (shape[-1] // 16,), "scales"),
             Out(f"{p}{sep}{global_}", "F32", gshape, "global", convention)]
@@ -111,15 +113,18 @@ class CTLayout:
     name = "compressed-tensors"
 
     @staticmethod
-    def nvfp4(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[str, ...] = ()) -> list[Out]:
+    def nvfp4(name: str, shape: tuple[int, ...], has_input: bool, kv: tuple[str, ...] = (),
+              scalar_shape: tuple[int, ...] | None = None) -> list[Out]:
         # compressed-tensors keeps k/v cache scales on the attention module
         return _nvfp4_outs(name, shape, has_input, kv, codes="weight_packed", global_="weight_global_scale",
-                           input_="input_global_scale", convention="divisor", kv_on_attention=True)
+                           input_="input_global_scale", convention="divisor", kv_on_attention=True,
+                           scalar_shape=scalar_shape)
 
     @staticmethod
     def int4(name: str, shape: tuple[int, ...], group: int, scale_dtype: str) -> list[Out]:
         p, sep = _base(name)
-        return [Out(f"{p}{sep}weight_packed", "I32", shape[:-1] + (-(-shape[-1] // 8),), "int4"),
+        # a fused 3-D parameter keeps its bare name for the codes, as for NVFP4 (the reader's rule)
+        return [Out(f"{p}.weight_packed" if sep == "." else p, "I32", shape[:-1] + (-(-shape[-1] // 8),), "int4"),
                 Out(f"{p}{sep}weight_scale", scale_dtype, shape[:-1] + (shape[-1] // group,), "int4_scales"),
                 Out(f"{p}{sep}weight_shape", "I64", (len(shape),), "shape")]
 

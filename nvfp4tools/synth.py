@@ -229,9 +229,10 @@ def synthesize(out_dir: str, *, preset: str = "gemma4-tiny", fmt: str = "modelop
                 excluded.add(name)
             continue
         quantized.append(name)
-        base = name  # module path, or fused parameter
-        sep = "_" if is_fused else "."
-        wkey = name if is_fused else name + (".weight" if fmt == "modelopt" else ".weight_packed")
+        # the formats' own names and shapes (formats/layouts.py), as the writers use them
+        from nvfp4tools.formats.layouts import CTLayout, ModelOptLayout
+
+        canon = name if is_fused else name + ".weight"
         out_f, in_f = shape[-2], shape[-1]
         lead = shape[:-2]
         n_lead = 1
@@ -260,20 +261,23 @@ def synthesize(out_dir: str, *, preset: str = "gemma4-tiny", fmt: str = "modelop
             return res
 
         input_scale = 4.0 / 2688.0  # static activation amax 4.0
+
+        def scalar(value: Callable[[], float], convention: str, n: int = n_lead) -> Callable[[], bytes]:
+            return lambda: _f32(value() if convention == "multiplier" else _recip32(value())) * n
+
         if fmt in ("modelopt", "compressed-tensors"):
-            plan.add(wkey, "U8", lead + (out_f, in_f // 2), lambda f=nvfp4_parts: f()[0])
-            plan.add(base + sep + "weight_scale", "F8_E4M3", lead + (out_f, in_f // 16), lambda f=nvfp4_parts: f()[1])
-            if fmt == "modelopt":
-                gshape = (n_lead,) if lead else ()
-                plan.add(base + sep + "weight_scale_2", "F32", gshape,
-                         lambda f=nvfp4_parts, n=n_lead: _f32(float(f()[2])) * n)
-                plan.add(base + sep + "input_scale", "F32", gshape, lambda n=n_lead: _f32(input_scale) * n)
-            else:
-                gshape = (n_lead,)
-                plan.add(base + sep + "weight_global_scale", "F32", gshape,
-                         lambda f=nvfp4_parts, n=n_lead: _f32(_recip32(f()[2])) * n)
-                plan.add(base + sep + "input_global_scale", "F32", gshape,
-                         lambda n=n_lead: _f32(_recip32(input_scale)) * n)
+            # llm-compressor writes compressed-tensors' per-tensor scalars as [1] (ModelOpt: 0-d)
+            outs = (ModelOptLayout.nvfp4(canon, shape, True) if fmt == "modelopt"
+                    else CTLayout.nvfp4(canon, shape, True, scalar_shape=(n_lead,)))
+            makers = {"codes": lambda f=nvfp4_parts: f()[0], "scales": lambda f=nvfp4_parts: f()[1]}
+            for o in outs:
+                if o.what == "global":
+                    maker = scalar(lambda f=nvfp4_parts: float(f()[2]), o.convention)
+                elif o.what == "input":
+                    maker = scalar(lambda: input_scale, o.convention)
+                else:
+                    maker = makers[o.what]
+                plan.add(o.key, o.dtype, o.shape, maker)
         else:  # compressed-tensors W4A16 pack-quantized
 
             def int4_parts(name=name, shape=shape):
@@ -286,10 +290,10 @@ def synthesize(out_dir: str, *, preset: str = "gemma4-tiny", fmt: str = "modelop
                         res = (pack_int4_to_int32(q).tobytes(), sc.tobytes())
                     tensor_cache["name"], tensor_cache["value"] = ("i4", name), res
                 return tensor_cache["value"]
-            plan.add(wkey, "I32", lead + (out_f, -(-in_f // 8)), lambda f=int4_parts: f()[0])
-            plan.add(base + sep + "weight_scale", "BF16", lead + (out_f, in_f // group_size), lambda f=int4_parts: f()[1])
-            plan.add(base + sep + "weight_shape", "I64", (len(shape),),
-                     lambda s=shape: struct.pack("<%dq" % len(s), *s))
+            makers = {"int4": lambda f=int4_parts: f()[0], "int4_scales": lambda f=int4_parts: f()[1],
+                      "shape": lambda s=shape: struct.pack("<%dq" % len(s), *s)}
+            for o in CTLayout.int4(canon, shape, group_size, "BF16"):
+                plan.add(o.key, o.dtype, o.shape, makers[o.what])
 
     # Shard on module boundaries so a weight and its scales stay in one file.
     from nvfp4tools.formats._st_writer import nbytes_of, shard_file_name, write_index, write_safetensors
