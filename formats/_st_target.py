@@ -275,9 +275,9 @@ class SafetensorsTarget:
         from nvfp4tools.convert.plan import Rearrange
         from nvfp4tools.convert.encode import rearranged_shape
 
-        from .gguf_restore import restore
+        from .gguf_restore import kept_schemes, restore
 
-        r = restore(src)
+        r = restore(src, kept_schemes(self.layout))
         p.config = r.config
         p.notes += r.notes
         why = tokenizer_unavailable(src)
@@ -297,7 +297,8 @@ class SafetensorsTarget:
                 if tg.merge is not None:
                     p.actions.append(self._merge_action(src, tg, half, view))
                     continue
-                shape = tuple(t.shape[1:]) if tg.expert is not None else tuple(t.shape)
+                lo, hi = tg.rows or (0, t.shape[1] if len(t.shape) > 1 else 0)
+                shape = (hi - lo,) + tuple(t.shape[2:]) if tg.expert is not None else tuple(t.shape)
                 rearrange = Rearrange(transpose=True, axis=-1) if tg.transpose else None
                 if rearrange is not None:
                     shape = rearranged_shape(shape, rearrange)
@@ -314,7 +315,7 @@ class SafetensorsTarget:
                 glob = (1.0,) * n_e if nv and t.part("global_scale") is None else None
                 p.actions.append(Action(
                     kind, (t.name,), tuple(outs), True, self.layout.out_name(outs[0].key),
-                    rows=RowSlice(tg.expert, 0, t.shape[1]) if tg.expert is not None else None,
+                    rows=RowSlice(tg.expert, lo, hi) if tg.expert is not None else None,
                     rearrange=rearrange, permute_heads=tg.unpermute_heads, unpermute=tg.unpermute_heads is not None,
                     global_override=glob))
         finally:
@@ -543,11 +544,14 @@ def tokenizer_from_gguf(src: Checkpoint, out_dir: str) -> None:
     and gpt2/BPE vocabularies). Skipped (the plan says so) when transformers is not installed."""
     if tokenizer_unavailable(src) is not None:
         return
-    from transformers import AutoTokenizer
+    import transformers
 
+    from .gguf_restore import family_of, key_values
+    cls = family_of(src, key_values(src)).tokenizer_class
     path = os.path.abspath(src.source)
     try:
-        tok = AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+        tok = getattr(transformers, cls or "AutoTokenizer").from_pretrained(os.path.dirname(path),
+                                                                             gguf_file=os.path.basename(path))
     except Exception as e:  # transformers' converter refuses a vocabulary type: say so, keep the weights
         raise UnsupportedError(f"{src.source}: transformers cannot rebuild this GGUF's tokenizer "
                                f"({type(e).__name__}: {e})", hint="convert the original checkpoint's tokenizer "

@@ -16,7 +16,7 @@ transform is the inverse of a row of :mod:`.gguf_arch`:
 
 What cannot be restored is said, not guessed: Llama 3's RoPE scaling parameters are not in a GGUF
 (only the ``rope_freqs`` they produced), DeepSeek's multi-token-prediction layers were never
-written, and Gemma 4 (norm and embedding transforms) is refused.
+written. Gemma 4 (names, config, what cannot be separated) is :mod:`.gguf_restore_gemma4`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import numpy as np
 from nvfp4tools.errors import UnsupportedError
 from nvfp4tools.model import Checkpoint
 
+from . import gguf_restore_gemma4 as gemma4
 from .gguf_metadata import GATING
 
 L = "model.layers.{L}."
@@ -59,6 +60,10 @@ class Family:
     unpermute_qk: bool = False
     source: str = ""
     no_tokenizer: str | None = None   # why the tokenizer is not rebuilt from the GGUF (None: it is)
+    # the transformers tokenizer class that rebuilds it (None: AutoTokenizer, which reads the
+    # architecture's config from the GGUF first; transformers' own GGUF config reader cannot read
+    # Gemma 4's per-layer head_count_kv)
+    tokenizer_class: str | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -87,6 +92,7 @@ FAMILIES: dict[str, Family] = {
         "ffn_gate_inp": L + "mlp.router"}, source="conversion/gpt_oss.py",
         no_tokenizer="transformers' rebuild of a gpt-oss GGUF vocabulary does not encode text as the original "
                      "tokenizer does (tested)"),
+    "gemma4": Family("gemma4_text", "Gemma4ForCausalLM", {}, source=gemma4.SOURCE, tokenizer_class="GemmaTokenizer"),
 }
 GENERATED = ("rope_freqs.weight",)   # written by the converter from config values
 
@@ -98,6 +104,7 @@ class Target:
     name: str
     sources: tuple[str, ...]
     expert: int | None = None          # this expert of a stacked source
+    rows: tuple[int, int] | None = None   # these rows of that expert (None: all)
     merge: str | None = None           # plan.Action.merge
     transpose: bool = False            # gpt-oss down experts / their biases: [E, out, in] -> [E, in, out]
     unpermute_heads: int | None = None
@@ -130,7 +137,15 @@ def family_of(src: Checkpoint, kv: dict[str, Any]) -> Family:
     return fam
 
 
-def restore(src: Checkpoint) -> Restoration:
+def kept_schemes(layout: Any) -> frozenset[str]:
+    """The GGUF schemes a safetensors LAYOUT holds exactly (its nvfp4 / int4 / int8 writers)."""
+    return frozenset(s for s, f in (("nvfp4", "nvfp4"), ("q4_0", "int4"), ("q8_0", "int8"))
+                     if getattr(layout, f, None) is not None)
+
+
+def restore(src: Checkpoint, keeps: frozenset[str] = frozenset()) -> Restoration:
+    """SRC's safetensors tensors, config and notes. KEEPS: the schemes the target format holds
+    exactly (Gemma 4's experts in such a scheme go one tensor per expert)."""
     kv = key_values(src)
     fam = family_of(src, kv)
     r = Restoration(fam, config(src, kv, fam))
@@ -148,7 +163,9 @@ def restore(src: Checkpoint) -> Restoration:
             layer, block = None, base
         by_layer_block[(layer, block + "." + suffix)] = gname
     for (layer, blk), gname in sorted(by_layer_block.items(), key=lambda kv_: (kv_[0][0] is None, kv_[0])):
-        r.targets += _targets(src, fam, kv, layer, blk, gname, by_layer_block, n_head)
+        r.targets += _targets(src, fam, kv, layer, blk, gname, by_layer_block, n_head, keeps)
+    if fam.model_type == "gemma4_text":
+        r.notes += gemma4.notes(src)
     if fam.model_type == "llama" and "rope_freqs.weight" in src.tensors:
         r.notes.append("Llama 3 RoPE scaling: the GGUF holds only the rope_freqs it produced, not its parameters "
                        "(factor, low/high frequency factors, original context); config.json has none")
@@ -159,7 +176,10 @@ def _k(kv: dict[str, Any], key: str) -> str:
     return f"{kv.get('general.architecture')}.{key}"
 
 
-def _targets(src, fam: Family, kv, layer, blk, gname, index, n_head) -> list[Target]:
+def _targets(src, fam: Family, kv, layer, blk, gname, index, n_head, keeps=frozenset()) -> list[Target]:
+    if fam.model_type == "gemma4_text":
+        return [Target(n, (gname,), expert=e, rows=rows)
+                for n, e, rows in gemma4.targets(src, layer, blk, gname, keeps)]
     block, _, suffix = blk.rpartition(".")
     hf_suffix = "bias" if suffix == "bias" else "weight"
     if layer is None:
@@ -204,6 +224,18 @@ def _targets(src, fam: Family, kv, layer, blk, gname, index, n_head) -> list[Tar
     return [Target(name, (gname,), unpermute_heads=heads)]
 
 
+def _small_array(src: Checkpoint, name: str) -> np.ndarray:
+    """The values of a small unquantized F32 tensor of SRC (Gemma 4's rope_freqs)."""
+    from nvfp4tools.io import PartReader
+
+    part = src.tensors[name].part("data")
+    if part.stored_dtype != "F32" or part.nbytes > 1 << 20:
+        raise UnsupportedError(f"{src.source}: '{name}' is {part.stored_dtype} ({part.nbytes} bytes), expected a "
+                               "small F32 tensor")
+    with PartReader(src.root) as r:
+        return np.frombuffer(r.read(part), "<f4")
+
+
 def config(src: Checkpoint, kv: dict[str, Any], fam: Family) -> dict[str, Any]:
     """config.json from the GGUF metadata (conversion/base.py TextModel.set_gguf_parameters read
     backwards; the keys each architecture adds, gguf_metadata._ARCH_KEYS)."""
@@ -215,25 +247,28 @@ def config(src: Checkpoint, kv: dict[str, Any], fam: Family) -> dict[str, Any]:
 
     t = src.tensors
     vocab = t["token_embd.weight"].shape[0] if "token_embd.weight" in t else int(g("vocab_size") or 0)
-    n_head = int(g("attention.head_count"))
-    hidden = int(g("embedding_length"))
-    cfg: dict[str, Any] = {
-        "architectures": [fam.architecture], "model_type": fam.model_type, "torch_dtype": "bfloat16",
-        "hidden_size": hidden, "num_hidden_layers": int(g("block_count")), "num_attention_heads": n_head,
-        "num_key_value_heads": int(g("attention.head_count_kv", n_head)), "vocab_size": vocab,
-        "max_position_embeddings": int(g("context_length", 4096)),
-        "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(g("rope.freq_base", 10000.0)),
-        "tie_word_embeddings": "output.weight" not in t,
-    }
-    if g("feed_forward_length") is not None:
-        cfg["intermediate_size"] = int(g("feed_forward_length"))
-    if g("attention.key_length") is not None and fam.model_type != "deepseek_v3":
-        cfg["head_dim"] = int(g("attention.key_length"))
+    cfg: dict[str, Any] = {"architectures": [fam.architecture], "model_type": fam.model_type,
+                           "torch_dtype": "bfloat16", "vocab_size": vocab,
+                           "tie_word_embeddings": "output.weight" not in t}
     for key, hf in (("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id"),
                     ("tokenizer.ggml.padding_token_id", "pad_token_id")):
         if kv.get(key) is not None:
             cfg[hf] = int(kv[key])
+    if fam.model_type == "gemma4_text":
+        return {**cfg, **gemma4.config(src, g, kv, lambda name: _small_array(src, name))}
+    n_head = int(g("attention.head_count"))
+    hidden = int(g("embedding_length"))
+    cfg.update({
+        "hidden_size": hidden, "num_hidden_layers": int(g("block_count")), "num_attention_heads": n_head,
+        "num_key_value_heads": int(g("attention.head_count_kv", n_head)),
+        "max_position_embeddings": int(g("context_length", 4096)),
+        "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon", 1e-6)),
+        "rope_theta": float(g("rope.freq_base", 10000.0)),
+    })
+    if g("feed_forward_length") is not None:
+        cfg["intermediate_size"] = int(g("feed_forward_length"))
+    if g("attention.key_length") is not None and fam.model_type != "deepseek_v3":
+        cfg["head_dim"] = int(g("attention.key_length"))
     scaling = g("rope.scaling.type")
     if scaling in ("linear", "yarn"):
         rs: dict[str, Any] = {"rope_type": scaling, "factor": float(g("rope.scaling.factor"))}

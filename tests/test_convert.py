@@ -259,13 +259,14 @@ def test_w4a16_group128_to_q4_0_repeats_scales(tmp_path, run_cli):
 
 
 def test_foreign_gemma4_gguf_cannot_go_back(tmp_path, run_cli):
-    """A Gemma 4 GGUF nvfp4tools did not write: its norm and embedding transforms are not undone
-    (formats/gguf_restore.py), so it is refused by name (tests/test_gguf_back.py: the families that go back)."""
+    """A Gemma 4 GGUF neither nvfp4tools nor llama.cpp wrote (no rope_freqs, from which llama.cpp's
+    Gemma 4 GGUFs give back the full layers' RoPE) is refused naming the missing tensor
+    (formats/gguf_restore_gemma4.py; tests/test_gguf_back.py: llama.cpp's Gemma 4 GGUFs go back)."""
     from nvfp4tools.synth_gguf import write_gemma4_gguf
 
     g = write_gemma4_gguf(str(tmp_path / "x.gguf"), qtype="q4_0")["path"]
     r = run_cli("convert", g, str(tmp_path / "o"), "--to", "compressed-tensors")
-    assert r.exit_code == 3 and "'gemma4' cannot be converted back" in r.stderr and not (tmp_path / "o").exists()
+    assert r.exit_code == 3 and "'rope_freqs.weight'" in r.stderr and not (tmp_path / "o").exists()
 
 
 @pytest.mark.interop
