@@ -19,7 +19,8 @@ GiB = 2**30
               help="GPU key from `nvfp4tools gpus`, 'auto' (local GPU via nvidia-smi), or 'all'.")
 @click.option("--vram", default=None, metavar="SIZE",
               help="Custom GPU memory with its unit (24GiB, 80GB, 512MiB); overrides the table's.")
-@click.option("--engine", type=click.Choice(["vllm", "sglang", "llamacpp"]), default="vllm", show_default=True)
+@click.option("--engine", type=click.Choice(["vllm", "sglang", "llamacpp"]), default=None,
+              help="Default: llamacpp for a GGUF, vllm otherwise.")
 @click.option("--context", type=int, default=None, help="Tokens per sequence (vLLM max-model-len, llama.cpp n_ctx). "
               "Default: min(model maximum, 8192).")
 @click.option("--kv-dtype", type=click.Choice(["auto", "bf16", "fp16", "fp8", "fp8_e5m2", "q8_0", "q4_0"]),
@@ -41,7 +42,7 @@ GiB = 2**30
 @click.option("--explain", is_flag=True, help="Show every term with its mechanism and source.")
 @format_option
 @click.pass_context
-def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None, engine: str, context: int | None,
+def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None, engine: str | None, context: int | None,
                  kv_dtype: str, mem_fraction: float | None, swa_ratio: float | None, max_seqs: int | None,
                  max_batched_tokens: int | None, tp: int, text_only: bool, weights_gib: float | None,
                  cudagraph_gib: float, explain: bool, fmt: str) -> None:
@@ -61,7 +62,7 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
     from nvfp4tools.estimate import Settings, estimate, gib_to_bytes
     from nvfp4tools.gpus import all_gpus, custom_gpu, detect_local, get_gpu, parse_size
 
-    s = Settings(engine=engine, context=context, kv_dtype=kv_dtype, mem_fraction=mem_fraction, swa_ratio=swa_ratio,
+    s = Settings(engine=engine or "vllm", context=context, kv_dtype=kv_dtype, mem_fraction=mem_fraction, swa_ratio=swa_ratio,
                  max_seqs=max_seqs, tp=tp, text_only=text_only, max_batched_tokens=max_batched_tokens,
                  weights_bytes_override=gib_to_bytes("--weights-gib", weights_gib),
                  cudagraph_bytes=gib_to_bytes("--cudagraph-gib", cudagraph_gib) or 0)
@@ -69,6 +70,11 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
     if vram_bytes is not None and vram_bytes <= 0:
         raise UsageError(f"--vram {vram!r} must be more than 0 bytes", hint="give the GPU's memory, e.g. 24GiB")
     ckpt = formats.read(path)
+    if engine is None and ckpt.format == "gguf":   # the engine that reads GGUF
+        import dataclasses
+
+        s = dataclasses.replace(s, engine="llamacpp")
+    engine = s.engine
     if gpu_name == "all":
         rows = []
         for g in all_gpus():
