@@ -20,7 +20,9 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     6: ("Q5_0", 32, 2 + 4 + 16),
     7: ("Q5_1", 32, 2 + 2 + 4 + 16),
     8: ("Q8_0", 32, 2 + 32),
-    9: ("Q8_1", 32, 4 + 4 + 32),
+    # ggml-common.h block_q8_1: fp16 d and s, then 32 int8 (static_assert 2*sizeof(ggml_half) + QK8_1);
+    # gguf-py's GGML_QUANT_SIZES says 4 + 4 + 32 (fp32 d and s, the pre-2023 layout): ggml wins
+    9: ("Q8_1", 32, 2 + 2 + 32),
     10: ("Q2_K", 256, 2 + 2 + 256 // 16 + 256 // 4),
     11: ("Q3_K", 256, 2 + 256 // 4 + 256 // 8 + 12),
     12: ("Q4_K", 256, 2 + 2 + 256 // 2 + 12),

@@ -46,14 +46,13 @@ def test_unavailable_reason_names_the_missing_library(monkeypatch):
 
 def test_library_agrees_with_the_type_table():
     """Every quantized type of formats._ggml_types: the library's name and block geometry match, and
-    ggml-cpu has a vec_dot for it, except the two that are activation-only (and Q8_1, whose block
-    gguf-py and our table give as 40 bytes; ggml's block_q8_1 is 36: fp16 d and s)."""
+    ggml-cpu has a vec_dot for it, except the two that are activation-only (Q8_1, Q8_K)."""
     from nvfp4tools.formats._ggml_types import BY_NAME, UNQUANTIZED
 
     lib = G.library()
     problems = {n: lib.type_problem(n) for n in BY_NAME if n not in UNQUANTIZED}
     assert {n for n, p in problems.items() if p} == {"Q8_1", "Q8_K"}, problems
-    assert "no vec_dot" in problems["Q8_K"] and "36" in problems["Q8_1"]
+    assert "no vec_dot" in problems["Q8_K"] and "no vec_dot" in problems["Q8_1"], problems
     assert {n: lib.vec_dot_type(n) for n in ("Q4_0", "Q4_1", "Q8_0", "NVFP4", "MXFP4", "Q4_K", "IQ4_XS")} == {
         "Q4_0": "Q8_0", "Q4_1": "Q8_1", "Q8_0": "Q8_0", "NVFP4": "Q8_0", "MXFP4": "Q8_0", "Q4_K": "Q8_K",
         "IQ4_XS": "Q8_K"}
