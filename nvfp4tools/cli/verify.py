@@ -107,6 +107,9 @@ def render_table(r: dict[str, Any], show_layers: bool = False) -> str:
     for b in r["backends"]:
         if b["state"] != "ran":
             lines.append(f"backend {b['name']}: {b['state'].replace('_', ' ')} ({b['reason']})")
+        elif b.get("n_skipped"):
+            lines.append(f"backend {b['name']}: ran on {b['n_layers']} layers, skipped {b['n_skipped']}: "
+                         + "; ".join(f"{x['reason']} ({x['n_layers']})" for x in b["skipped"][:3]))
     lines.append("")
     rows = []
     for role in s["by_role"]:
