@@ -234,11 +234,13 @@ def _ggml_block_scales(reader: PartReader, part, chunk: int) -> tuple[list[str],
     return [f"{n} {what[k]}" for k, n in bad.items() if n], not any_nonzero
 
 
-def deep_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
+def deep_checks(ckpt: Checkpoint, reader: PartReader, scale_stats: dict | None = None) -> list[Finding]:
     """Scan every E4M3 block-scale byte (NaN 0x7F/0xFF, negative: sign bit set, non-zero) and the
     scales inside GGUF blocks (fp16 NaN/inf, UE4M3 0x7F, E8M0 0xFF), and find degenerate layers:
     block scales all zero, or every code byte the same (a zeroed or constant layer computes
-    nothing, whatever the kernel)."""
+    nothing, whatever the kernel). SCALE_STATS, when given, receives each NVFP4 tensor's
+    largest positive block scale and its E4M3 subnormal counts (compat.rules.ScaleStats)."""
+    from nvfp4tools.compat.rules import ScaleStats
     from nvfp4tools.formats._ggml_types import BLOCK_SCALES
 
     nan_items: list[tuple[str, str]] = []
@@ -247,17 +249,26 @@ def deep_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
     degenerate: list[tuple[str, str]] = []
     chunk = 1 << 24
     drop_nonneg = bytes(range(0x81))  # translate(None, these) leaves only bytes 0x81..0xFF
+    drop_neg_nan = bytes(range(0x7F, 0x100))   # leaves the positive, non-NaN bytes 0x00..0x7E
     for t in ckpt.tensors.values():
         if not t.scheme.quantized:
             continue
         bs = t.part("block_scale")
         if bs is not None and bs.stored_dtype == "F8_E4M3":
-            n_nan = n_neg = n_zero = 0
+            n_nan = n_neg = n_zero = top = 0
+            small = [0] * 7
             for off in range(0, bs.nbytes, chunk):
                 data = reader.read(bs, min(chunk, bs.nbytes - off), off)
                 n_nan += data.count(b"\x7f") + data.count(b"\xff")
                 n_neg += len(data.translate(None, drop_nonneg)) - data.count(b"\xff")
                 n_zero += data.count(b"\x00") + data.count(b"\x80")
+                if scale_stats is not None and t.scheme.name == "nvfp4":
+                    pos = data.translate(None, drop_neg_nan)
+                    top = max(top, max(pos, default=0))
+                    for v in range(1, 8):
+                        small[v - 1] += pos.count(v)
+            if scale_stats is not None and t.scheme.name == "nvfp4":
+                scale_stats[t.name] = ScaleStats(top, tuple(small))
             if n_nan:
                 nan_items.append((t.name, f"{n_nan} NaN block scales"))
             if n_neg:
@@ -284,10 +295,28 @@ def deep_checks(ckpt: Checkpoint, reader: PartReader) -> list[Finding]:
     _add(findings, "block_scale_nonfinite", "error", nonfinite,
          "GGUF tensors have NaN or infinite scales inside their blocks")
     _add(findings, "block_scale_negative", "error", neg_items,
-         "tensors have negative E4M3 block scales (checkpoints store positive scales; Marlin rejects them)")
+         "tensors have negative E4M3 block scales (checkpoints store positive scales; Marlin FP4 assumes them "
+         "non-negative and degrades)")
     _add(findings, "degenerate_layer", "error", degenerate,
          "quantized layers are degenerate (they decode to zeros or to one repeated pattern)")
     return findings
+
+
+def _marlin_flush(ckpt: Checkpoint, stats: dict[str, Any], assessments: list[Any]) -> list[Finding]:
+    """Blocks vLLM's Marlin FP4 kernel zeroes, for each vLLM GPU class that runs it (deep only:
+    it needs every block scale). A warning: the numbers change, the engine still loads."""
+    from . import compat
+    from .compat.rules import marlin_flush_finding, marlin_flushed
+
+    flushed = marlin_flushed(ckpt, stats)
+    out = []
+    for a in assessments:
+        if a.engine == "vllm" and any(u.path.id.startswith("vllm.nvfp4.") and u.path.pads in ("marlin", "marlin_moe")
+                                      for u in a.paths):
+            f = marlin_flush_finding(compat.label(a), ckpt, flushed)
+            if f is not None:
+                out.append(f)
+    return out
 
 
 def semantic_findings(ckpt: Checkpoint) -> list[Finding]:
@@ -428,7 +457,9 @@ def build_report(ckpt: Checkpoint, *, deep: bool = False, expand_layers: bool = 
         with PartReader(ckpt.root) as reader:
             findings += scale_checks(ckpt, reader)
             if deep:
-                findings += deep_checks(ckpt, reader)
+                stats: dict[str, Any] = {}
+                findings += deep_checks(ckpt, reader, stats)
+                findings += _marlin_flush(ckpt, stats, assessments)
     roles, coverage, totals = _coverage(tensors)
     n_params, n_q = totals["n_parameters"], totals["n_parameters_quantized"]
     nbytes, qbytes = totals["nbytes"], totals["nbytes_quantized"]

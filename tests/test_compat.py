@@ -364,3 +364,38 @@ def test_docs_table_is_generated_from_the_facts():
     with open(path) as fh:
         doc = fh.read()
     assert render() in doc, "docs/engine-compat.md is stale: regenerate with python -m nvfp4tools.compat.table"
+
+
+# -- Marlin's block-scale re-encoding (inspect --deep) ----------------------------------------
+
+def test_marlin_zeroes_subnormal_block_scales(synth_dir, tmp_path, run_cli):
+    """vLLM's Marlin FP4 zeroes block scales below 2^-6 after its power-of-two rescale
+    (marlin_utils_fp4.nvfp4_marlin_process_scales); native FP4 kernels keep them."""
+    from tests.helpers import copy_ckpt, locate, poke
+
+    from nvfp4tools.compat.rules import ScaleStats, e4m3_value, marlin_flushed
+
+    assert e4m3_value(0x08) == 2.0 ** -6 and e4m3_value(0x07) == 7 / 8 * 2.0 ** -6 and e4m3_value(0x7E) == 448.0
+    src = synth_dir()
+    clean = json.loads(run_cli("inspect", src, "--deep", "--format", "json").stdout)
+    assert not [f for f in clean["findings"] if f["code"] == "engine_marlin_flush"]
+
+    ck = copy_ckpt(src, tmp_path / "ck")
+    key = "model.language_model.layers.0.mlp.down_proj.weight_scale"
+    _, t = locate(ck, key)
+    poke(ck, key, bytes([0x03, 0x05, 0x7E]))          # two subnormal blocks, and the largest scale 448
+    rep = json.loads(run_cli("inspect", ck, "--deep", "--format", "json").stdout)
+    flush = [f for f in rep["findings"] if f["code"] == "engine_marlin_flush"]
+    assert len(flush) == 1 and flush[0]["severity"] == "warning"
+    assert flush[0]["message"].startswith("vLLM on sm_80-sm_89: Marlin FP4 zeroes 2 blocks in 1 NVFP4 tensors")
+    assert "nvfp4_marlin_process_scales" in flush[0]["source"]
+
+    # the rescale: a layer whose largest scale is 224 gets sf = 2: 0x03 (3/8 * 2^-6) is still flushed,
+    # 0x05 (5/8 * 2^-6) survives; at 112, sf = 4 and both survive
+    ckpt = formats.read(src)
+    name = "model.language_model.layers.0.mlp.down_proj.weight"
+    small = (0, 0, 1, 0, 1, 0, 0)                      # one 0x03, one 0x05
+    assert e4m3_value(0x76) == 224.0 and e4m3_value(0x6E) == 112.0
+    assert marlin_flushed(ckpt, {name: ScaleStats(0x7E, small)}) == {name: 2}
+    assert marlin_flushed(ckpt, {name: ScaleStats(0x76, small)}) == {name: 1}
+    assert marlin_flushed(ckpt, {name: ScaleStats(0x6E, small)}) == {}

@@ -67,6 +67,11 @@ def assess_all(ckpt: Checkpoint, engines: Iterable[Engine] = ENGINES, gpus: Iter
     return out
 
 
+def label(a: Assessment) -> str:
+    """"vLLM on sm_80-sm_89": how findings name this assessment's engine and GPU classes."""
+    return _label(a.engine, list(a.ccs))
+
+
 def _same(a: Assessment, b: Assessment) -> bool:
     return a.loads == b.loads and [(u.path.id, u.n_tensors) for u in a.paths] == \
         [(u.path.id, u.n_tensors) for u in b.paths] and a.findings == b.findings

@@ -98,6 +98,10 @@ KERNEL_PATHS: tuple[KernelPath, ...] = (
     KernelPath("vllm.nvfp4a16.moe.marlin", "vllm", "moe", "nvfp4a16", (7, 5), (12, 9),
                "Marlin FP4 MoE", "W4A16", _VLLM_MOE_SELECT, pads="marlin_moe", note=_MARLIN_NOTE,
                fails=Shape(hidden=64, message="hidden_size = {hidden} unsupported by Marlin tiles")),
+    # vLLM MXFP4 linear (compressed-tensors, group 32, weight-only)
+    KernelPath("vllm.mxfp4.linear.marlin", "vllm", "linear", "mxfp4", (7, 5), (12, 9), "Marlin MXFP4", "W4A16",
+               Source("vllm/model_executor/kernels/linear/__init__.py", "init_mxfp4_linear_kernel; mxfp4/marlin.py", _V),
+               pads="marlin", note=_MARLIN_NOTE),
     # vLLM weight-only int4 (compressed-tensors pack-quantized, GPTQ, AWQ)
     KernelPath("vllm.int4.linear.machete", "vllm", "linear", "int4", (9, 0), (9, 0), "Machete", "W4A16", _VLLM_MP,
                requires=Shape(n=128, k=64), group_sizes=(-1, 64, 128)),
@@ -193,6 +197,12 @@ MARLIN_LEGACY_SHAPE = Note(
     "Marlin requires output_size_per_partition to be a multiple of 64'; NVIDIA Model-Optimizer PR #1687)",
     Source("vllm/model_executor/layers/quantization/utils/marlin_utils.py", "marlin_padded_nk", _V + "; " + _S,
            ref="NVIDIA/Model-Optimizer PR #1687"))
+
+# Marlin FP4 re-encodes E4M3 block scales as S0E5M3: after a power-of-two rescale it zeroes every
+# scale below 2^-6 (the E4M3 subnormals when the largest scale is near 448)
+MARLIN_FLUSH = Source("vllm/model_executor/layers/quantization/utils/marlin_utils_fp4.py",
+                      "_nvfp4_compute_scale_factor, nvfp4_marlin_process_scales "
+                      "('marlin_scales[marlin_scales < 2] = 0')", _V)
 
 # -- KV cache dtypes -------------------------------------------------------------------------
 

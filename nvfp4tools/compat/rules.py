@@ -447,3 +447,60 @@ def padding_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tupl
                 total += extra * bpe
                 used[p.id] = p
     return int(total), list(used.values())
+
+
+# -- block scales Marlin flushes to zero (needs the block-scale bytes: inspect --deep) ---------
+
+def e4m3_value(b: int) -> float:
+    """A positive E4M3 byte's value (OCP FP8 E4M3: bias 7, subnormals below 2^-6)."""
+    e, m = (b >> 3) & 0xF, b & 7
+    return (m / 8) * 2.0 ** -6 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7)
+
+
+@dataclass(frozen=True)
+class ScaleStats:
+    """What inspect --deep saw in one tensor's E4M3 block-scale bytes."""
+
+    max_byte: int                 # the largest positive, non-NaN byte (0 when none)
+    small: tuple[int, ...]        # counts of bytes 0x01..0x07 (E4M3 subnormals)
+
+
+def marlin_flushed(ckpt: Checkpoint, stats: dict[str, ScaleStats]) -> dict[str, int]:
+    """Blocks of each NVFP4 tensor whose scale Marlin FP4 sets to zero: it rescales the layer's
+    scales by sf = 2^floor(log2(448 / max scale)) (BF16 activations; one sf per fused layer, and
+    per MoE layer over all experts), multiplies by 2^7 and zeroes what is below 2 (vLLM
+    marlin_utils_fp4.py _nvfp4_compute_scale_factor, nvfp4_marlin_process_scales), i.e. every
+    block scale below 2^-6 / sf."""
+    import math
+
+    nv = [t for t in _linears(ckpt) if t.scheme.name == "nvfp4" and t.name in stats]
+    groups: list[list[TensorInfo]] = [list(g.tensors) for g in gemms([t for t in nv if t.role != "experts"])]
+    moe: dict[tuple, list[TensorInfo]] = {}
+    for t in nv:
+        if t.role == "experts":
+            moe.setdefault((t.stack, t.layer), []).append(t)
+    groups += list(moe.values())
+    out: dict[str, int] = {}
+    for ts in groups:
+        top = max(stats[t.name].max_byte for t in ts)
+        if top == 0:
+            continue
+        sf = 2.0 ** math.floor(math.log2(448 / e4m3_value(top))) if e4m3_value(top) < 448 else 1.0
+        for t in ts:
+            n = sum(c for v, c in enumerate(stats[t.name].small, start=1) if e4m3_value(v) * sf < 2.0 ** -6)
+            if n:
+                out[t.name] = n
+    return out
+
+
+def marlin_flush_finding(label: str, ckpt: Checkpoint, flushed: dict[str, int]) -> Finding | None:
+    if not flushed:
+        return None
+    worst = max(flushed, key=lambda n: flushed[n])
+    t = ckpt.tensors[worst]
+    blocks = t.n_elements // 16
+    return Finding("engine_marlin_flush", "warning",
+                   f"{label}: Marlin FP4 zeroes {sum(flushed.values())} blocks in {len(flushed)} NVFP4 tensors whose "
+                   f"E4M3 block scale is below 2^-6 after its rescale (BF16 activations): those 16 weights decode "
+                   f"as 0 (most: {worst}, {flushed[worst]} of {blocks} blocks); native FP4 kernels keep them",
+                   tensor=worst, source=facts.MARLIN_FLUSH.cite())

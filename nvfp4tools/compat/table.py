@@ -59,6 +59,9 @@ def render() -> str:
                    f"| {_esc(n.source.cite())} |")
     out.append(f"| Marlin shapes off its tiles | vLLM, SGLang | padded; {_esc(facts.MARLIN_LEGACY_SHAPE.note)} "
                f"| {_esc(facts.MARLIN_LEGACY_SHAPE.source.cite())} |")
+    out.append(f"| Marlin FP4 block-scale re-encoding | vLLM | block scales below 2^-6 after a power-of-two rescale "
+               f"(one per fused layer, per MoE layer over all experts) are set to zero: those blocks decode as 0 "
+               f"(inspect --deep counts them) | {_esc(facts.MARLIN_FLUSH.cite())} |")
     for f in facts.LOADERS:
         when = f"releases {f.affected}" + (f", fixed in {f.fixed_in}" if f.fixed_in else "")
         out.append(f"| `{f.id}` ({', '.join(f.model_types)}, {f.experts} experts, {', '.join(f.formats)}) "
