@@ -399,3 +399,18 @@ def test_marlin_zeroes_subnormal_block_scales(synth_dir, tmp_path, run_cli):
     assert marlin_flushed(ckpt, {name: ScaleStats(0x7E, small)}) == {name: 2}
     assert marlin_flushed(ckpt, {name: ScaleStats(0x76, small)}) == {name: 1}
     assert marlin_flushed(ckpt, {name: ScaleStats(0x6E, small)}) == {}
+
+
+def test_upstream_gemma4_checkpoints(oracles):
+    """Gemma 4 as ModelOpt exports it (all-linear and experts-only) and as compressed-tensors'
+    converter writes it: no error for vLLM on any GPU class; SGLang only where its loader is known
+    to drop fused 3-D expert scales."""
+    for name in ("modelopt_nvfp4", "modelopt_experts_only", "ct_nvfp4"):
+        ck = formats.read(oracles[name])
+        fused = any(t.n_experts_fused for t in ck.tensors.values() if t.role == "experts")
+        for a in compat.assess_all(ck, ("vllm", "sglang")):
+            errors = [f.code for f in _errors(a)]
+            if a.engine == "sglang" and fused:
+                assert errors == ["engine_loader"], (name, errors)
+            else:
+                assert errors == [], (name, a.engine, a.ccs, [f.message for f in _errors(a)])
