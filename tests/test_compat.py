@@ -363,7 +363,7 @@ def test_docs_table_is_generated_from_the_facts():
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "engine-compat.md")
     with open(path) as fh:
         doc = fh.read()
-    assert render() in doc, "docs/engine-compat.md is stale: regenerate with python -m nvfp4tools.compat.table"
+    assert render() in doc, "docs/engine-compat.md is stale: python -m nvfp4tools.compat.table --update docs/engine-compat.md"
 
 
 # -- Marlin's block-scale re-encoding (inspect --deep) ----------------------------------------
@@ -414,3 +414,28 @@ def test_upstream_gemma4_checkpoints(oracles):
                 assert errors == ["engine_loader"], (name, errors)
             else:
                 assert errors == [], (name, a.engine, a.ccs, [f.message for f in _errors(a)])
+
+
+def test_weight_only_int8_loads_only_packed(crafted):
+    """compressed-tensors weight-only int8: vLLM and SGLang build a WNA16 (Marlin) scheme only for
+    pack-quantized int32 words; stored as int8 (int-quantized) no scheme matches."""
+    from nvfp4tools.model import TensorPart
+
+    ck = crafted["ct_w4a16"]
+    scheme = int_group(8, 32, True)
+
+    def as_int8(dtype):
+        out = {}
+        for n, t in ck.tensors.items():
+            if t.scheme.quantized:
+                parts = tuple(p._replace(stored_dtype=dtype) if p.role == "data" else p for p in t.parts)
+                t = dataclasses.replace(t, scheme=scheme, parts=parts)
+            out[n] = t
+        return dataclasses.replace(ck, tensors=out)
+
+    for engine in ("vllm", "sglang"):
+        unpacked = _assess(as_int8("I8"), engine, SM89)
+        assert not unpacked.loads and "pack-quantized" in _errors(unpacked)[0].message
+        packed = _assess(as_int8("I32"), engine, SM89)
+        assert packed.loads and {u.path.weights for u in packed.paths} == {"int8a16"}
+    assert isinstance(TensorPart, type)

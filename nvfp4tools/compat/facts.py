@@ -115,6 +115,8 @@ KERNEL_PATHS: tuple[KernelPath, ...] = (
                requires=Shape(hidden=128), group_sizes=(-1, 32, 64, 128)),
     KernelPath("vllm.int4.moe.triton", "vllm", "moe", "int4", (0, 0), (12, 9), "Triton WNA16 MoE", "W4A16",
                _VLLM_WNA16_MOE),
+    KernelPath("vllm.int8a16.linear.marlin", "vllm", "linear", "int8a16", (7, 5), (12, 9), "Marlin", "W8A16", _VLLM_MP,
+               pads="marlin", group_sizes=(-1, 32, 64, 128)),
     # vLLM FP8 W8A8
     KernelPath("vllm.fp8.linear.native", "vllm", "linear", "fp8", (8, 9), (12, 9), "CUTLASS FP8 scaled-mm", "W8A8",
                _VLLM_FP8),
@@ -145,6 +147,8 @@ KERNEL_PATHS: tuple[KernelPath, ...] = (
                "Marlin FP4 MoE", "W4A16", _SG_FP4_MOE, note=_MARLIN_NOTE),
     # SGLang weight-only int4 and FP8
     KernelPath("sglang.int4.linear.marlin", "sglang", "linear", "int4", (8, 0), (12, 9), "Marlin", "W4A16", _SG_WNA16),
+    KernelPath("sglang.int8a16.linear.marlin", "sglang", "linear", "int8a16", (8, 0), (12, 9), "Marlin", "W8A16",
+               _SG_WNA16),
     KernelPath("sglang.fp8.linear.native", "sglang", "linear", "fp8", (8, 9), (12, 9), "FP8 W8A8 GEMM", "W8A8", _SG_FP8),
     KernelPath("sglang.fp8.linear.marlin", "sglang", "linear", "fp8", (8, 0), (8, 8), "Marlin FP8", "W8A16", _SG_FP8,
                ignores=_IN, note=_MARLIN_NOTE),
@@ -165,6 +169,17 @@ NO_PATH: dict[tuple[str, str, str], Note] = {
         Source("vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py",
                "CompressedTensorsConfig target-scheme parsing", _V)),
 }
+_CT_UNPACKED = ("a weight-only int8 tensor stored as int8 (compressed-tensors int-quantized) has no scheme: "
+                "weight-only integers load only as pack-quantized (int32 words); the int-quantized format is "
+                "for W8A8 checkpoints, which carry input activations")
+NO_PATH.update({
+    ("vllm", "linear", "int8a16-unpacked"): Note(_CT_UNPACKED, Source(
+        "vllm/model_executor/layers/quantization/compressed_tensors/compressed_tensors.py",
+        "_get_scheme_from_parts (WNA16 needs format pack-quantized; else 'No compressed-tensors compatible scheme')", _V)),
+    ("sglang", "linear", "int8a16-unpacked"): Note(_CT_UNPACKED, Source(
+        "sglang/srt/layers/quantization/compressed_tensors/compressed_tensors.py",
+        "_get_scheme_from_parts (CompressedTensorsWNA16 for pack-quantized only)", _S)),
+})
 # Below these compute capabilities the engine's quantization config refuses to load at all.
 MIN_CC: dict[tuple[str, str], tuple[CC, Note]] = {
     ("vllm", "nvfp4"): ((7, 5), Note("NVFP4 needs compute capability 7.5 or newer",

@@ -29,7 +29,9 @@ _MAX_EXAMPLES = 3
 
 def weight_family(t: TensorInfo) -> str | None:
     """The family a kernel table keys on, or None for unquantized tensors: nvfp4 (W4A4, a static
-    input scale stored), nvfp4a16, int4, int4-actorder, fp8, mxfp4, int8, ggml."""
+    input scale stored), nvfp4a16, int4, int4-actorder, int8a16 (weight-only int8 packed in int32
+    words: compressed-tensors pack-quantized), int8a16-unpacked (stored as int8: int-quantized),
+    int8 (W8A8), fp8, mxfp4, ggml."""
     s = t.scheme
     if not s.quantized:
         return None
@@ -37,8 +39,11 @@ def weight_family(t: TensorInfo) -> str | None:
         return "ggml"
     if s.name == "nvfp4":
         return "nvfp4" if s.activations else "nvfp4a16"
-    if s.name.startswith("int4"):
+    if s.element == "int4":
         return "int4-actorder" if s.name.endswith("-actorder") else "int4"
+    if s.element == "int8" and s.activations is None:
+        d = t.part("data")
+        return "int8a16-unpacked" if d is not None and d.stored_dtype == "I8" else "int8a16"
     return s.name
 
 

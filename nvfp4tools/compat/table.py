@@ -6,7 +6,7 @@ from __future__ import annotations
 from . import facts
 from .model import ENGINE_NAMES, cc_text
 
-BEGIN = "<!-- BEGIN GENERATED: python -m nvfp4tools.compat.table -->"
+BEGIN = "<!-- BEGIN GENERATED: python -m nvfp4tools.compat.table --update docs/engine-compat.md -->"
 END = "<!-- END GENERATED -->"
 
 
@@ -90,5 +90,19 @@ def _shape(s) -> str:
     return " and ".join(parts)
 
 
+def update(path: str) -> None:
+    """Replace the generated block of PATH (docs/engine-compat.md) with :func:`render`'s."""
+    with open(path) as fh:
+        doc = fh.read()
+    i, j = doc.index(BEGIN), doc.index(END) + len(END)
+    with open(path, "w") as fh:
+        fh.write(doc[:i] + render() + doc[j:])
+
+
 if __name__ == "__main__":
-    print(render())
+    import sys
+
+    if sys.argv[1:2] == ["--update"]:
+        update(sys.argv[2])
+    else:
+        print(render())
