@@ -397,6 +397,9 @@ def estimate(ckpt: Checkpoint, gpu: GPU, s: Settings, *, suggest: bool = True) -
         "engine_compat": engine_compat,
         "notes": notes,
     }
+    from .launch import launch_command
+
+    report["launch"] = launch_command(report, s.kv_dtype)
     return Result(report, fits, engine_compat["loads"])
 
 

@@ -149,9 +149,24 @@ def render_table(r: dict[str, Any], explain: bool = False) -> str:
             for t in terms:
                 lines.append(f"  {t['name']:<{width}} {_gib(t['bytes']):>11}  {t['mechanism']}"
                              + (f" [{t['source']}]" if t["source"] else ""))
-    for n in r["notes"]:
-        lines.append(f"note: {n}")
+    if r.get("launch"):
+        lines += ["", "launch (the settings above):", "  " + r["launch"]["command"]]
+        lines += [f"  ({n})" for n in r["launch"]["notes"]]
+    lines += _wrapped_notes(r["notes"])
     return "\n".join(lines)
+
+
+WIDTH = 100   # notes and the --gpu all table fit in 100 columns
+
+
+def _wrapped_notes(notes: list[str]) -> list[str]:
+    import textwrap
+
+    out: list[str] = []
+    for n in notes:
+        out += textwrap.wrap(n, WIDTH, initial_indent="note: ", subsequent_indent="      ",
+                             break_long_words=False, break_on_hyphens=False)
+    return out
 
 
 def _render_all(r: dict[str, Any]) -> str:
