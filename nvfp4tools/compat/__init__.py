@@ -16,7 +16,8 @@ from nvfp4tools.model import Checkpoint, Finding
 
 from . import facts
 from .model import CC, ENGINE_NAMES, ENGINES, Assessment, Engine, KernelPath, cc_text, parse_cc
-from .rules import Target, assess, kernel_path, kv_dtype_fact, marlin_padded_nk, padding_bytes, weight_family
+from .rules import (Target, assess, kernel_path, kv_dtype_fact, marlin_padded_nk, padding_bytes, prepare,
+                    weight_family)
 
 __all__ = ["ENGINES", "Assessment", "Target", "assess", "assess_all", "kernel_path", "kv_dtype_fact",
            "marlin_padded_nk", "padding_bytes", "weight_family", "as_dict", "facts"]
@@ -49,6 +50,7 @@ def assess_all(ckpt: Checkpoint, engines: Iterable[Engine] = ENGINES, gpus: Iter
 
         gpus = all_gpus()
     classes = _gpu_classes(gpus)
+    prep = prepare(ckpt, tp)
     out: list[Assessment] = []
     for engine in engines:
         if engine == "llamacpp":   # what llama.cpp loads does not depend on the GPU
@@ -57,7 +59,7 @@ def assess_all(ckpt: Checkpoint, engines: Iterable[Engine] = ENGINES, gpus: Iter
             continue
         merged: list[tuple[list[CC], Assessment]] = []
         for cc, keys in classes:
-            a = assess(ckpt, Target(engine, cc, keys, tp, kv_dtype), where=_WHERE)
+            a = assess(ckpt, Target(engine, cc, keys, tp, kv_dtype), where=_WHERE, prep=prep)
             if merged and _same(merged[-1][1], a):
                 ccs, prev = merged[-1]
                 merged[-1] = (ccs + [cc], replace(prev, ccs=prev.ccs + (cc,), gpus=prev.gpus + keys))

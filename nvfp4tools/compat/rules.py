@@ -11,7 +11,7 @@ warnings: such a checkpoint is not broken, only unfit for that one deployment.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nvfp4tools.model import Checkpoint, Finding, TensorInfo
 
@@ -66,9 +66,9 @@ class Target:
     kv_dtype: str | None = None     # the KV-cache dtype the deployment asks for (estimate, check)
 
 
-def assess(ckpt: Checkpoint, target: Target, where: str | None = None) -> Assessment:
+def assess(ckpt: Checkpoint, target: Target, where: str | None = None, prep: Prepared | None = None) -> Assessment:
     """What TARGET's engine does with CKPT on its GPU class. WHERE labels the findings
-    (default: "vLLM on sm_89")."""
+    (default: "vLLM on sm_89"); PREP is :func:`prepare`'s result when assessing many targets."""
     findings: list[Finding] = []
     uses: list[PathUse] = []
     engine = target.engine
@@ -81,11 +81,13 @@ def assess(ckpt: Checkpoint, target: Target, where: str | None = None) -> Assess
         findings += _gguf_elsewhere(ckpt, engine, where)
     else:
         assert target.cc is not None
-        u, f = _kernel_paths(ckpt, engine, target.cc, target.tp, where)
+        if prep is None or prep.tp != target.tp:
+            prep = prepare(ckpt, target.tp)
+        u, f = _kernel_paths(ckpt, engine, target.cc, prep, where)
         uses += u
         findings += f
-        findings += _expert_scales(ckpt, u, where)
-        findings += _loaders(ckpt, engine, where)
+        findings += _expert_scales(prep.lacking, u, where)
+        findings += _loaders(prep.loader_hits, engine, where)
     if target.kv_dtype and target.cc is not None:
         findings += _kv_dtype(engine, target.kv_dtype, target.cc, where)
     loads = not any(f.severity == "error" for f in findings)
@@ -163,54 +165,110 @@ def _examples(items: list[str]) -> str:
     return ", ".join(items[:_MAX_EXAMPLES]) + more
 
 
-def _kernel_paths(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int, where: str) -> tuple[list[PathUse], list[Finding]]:
+@dataclass
+class _Shape:
+    """The GEMMs of one weight family and layer kind that share a shape and group size: a kernel
+    path is chosen once per shape, not once per tensor (a 128-expert MoE has ~12,000 tensors and
+    a dozen shapes)."""
+
+    gemms: list[Gemm]
+    n_tensors: int = 0
+    roles: set = field(default_factory=set)
+    schemes: Counter = field(default_factory=Counter)
+    parts: dict = field(default_factory=dict)      # part role a kernel may ignore -> (tensors holding it, first name)
+
+    @property
+    def g(self) -> Gemm:
+        return self.gemms[0]
+
+
+@dataclass
+class Prepared:
+    """Everything an assessment needs from the checkpoint that does not depend on the engine or
+    the GPU, computed once for :func:`nvfp4tools.compat.assess_all`'s many targets."""
+
+    tp: int
+    shapes: dict[tuple[str, str], dict[tuple, _Shape]]
+    first: dict[tuple[str, str], TensorInfo]
+    counts: dict[tuple[str, str], int]
+    lacking: list[TensorInfo]                     # lacking_expert_input_scales
+    loader_hits: dict[str, list[TensorInfo]]
+
+
+def prepare(ckpt: Checkpoint, tp: int = 1) -> Prepared:
     by: dict[tuple[str, str], list[TensorInfo]] = {}
     for t in _linears(ckpt):
         fam = weight_family(t)
         assert fam is not None
         by.setdefault((layer_kind(t), fam), []).append(t)
+    ignorable = {r for p in facts.KERNEL_PATHS for r in p.ignores}
+    shapes: dict[tuple[str, str], dict[tuple, _Shape]] = {}
+    for key, ts in by.items():
+        per: dict[tuple, _Shape] = {}
+        for g in gemms(ts, tp):
+            sh = per.get(sig := (g.n, g.k, g.hidden, g.intermediate, g.group, g.row_parallel))
+            if sh is None:
+                sh = per[sig] = _Shape([])
+            sh.gemms.append(g)
+            sh.n_tensors += len(g.tensors)
+            for t in g.tensors:
+                sh.roles.add(t.role)
+                sh.schemes[t.scheme.name] += 1
+                for q in t.parts:
+                    if q.role in ignorable:
+                        n, first = sh.parts.get(q.role, (0, t.name))
+                        sh.parts[q.role] = (n + 1, first)
+        shapes[key] = per
+    return Prepared(tp, shapes, {k: v[0] for k, v in by.items()}, {k: len(v) for k, v in by.items()},
+                    lacking_expert_input_scales(ckpt), loader_hits(ckpt))
+
+
+def _kernel_paths(ckpt: Checkpoint, engine: Engine, cc: CC, prep: Prepared, where: str
+                  ) -> tuple[list[PathUse], list[Finding]]:
     uses: list[PathUse] = []
     out: list[Finding] = []
-    for (kind, fam), ts in by.items():
+    for (kind, fam), per in prep.shapes.items():
         what = f"{fam} {'MoE experts' if kind == 'moe' else 'linear layers'}"
         low = facts.MIN_CC.get((engine, fam.removesuffix("a16")))
         if low and cc < low[0]:
-            out.append(Finding("engine_no_kernel", "error", f"{where}: {low[1].note}; {len(ts)} {what} cannot load",
-                               tensor=ts[0].name, source=low[1].source.cite()))
+            out.append(Finding("engine_no_kernel", "error", f"{where}: {low[1].note}; {prep.counts[(kind, fam)]} "
+                               f"{what} cannot load", tensor=prep.first[(kind, fam)].name, source=low[1].source.cite()))
             continue
-        chosen: dict[str, tuple[KernelPath, list[Gemm]]] = {}
-        unserved: list[Gemm] = []
-        for g in gemms(ts, tp):
-            p = kernel_path(engine, kind, fam, cc, ckpt.format, g)
+        chosen: dict[str, tuple[KernelPath, list[_Shape]]] = {}
+        unserved: list[_Shape] = []
+        for sh in per.values():
+            p = kernel_path(engine, kind, fam, cc, ckpt.format, sh.g)
             if p is None:
-                unserved.append(g)
+                unserved.append(sh)
             else:
-                chosen.setdefault(p.id, (p, []))[1].append(g)
+                chosen.setdefault(p.id, (p, []))[1].append(sh)
         if unserved:
             why = facts.NO_PATH.get((engine, kind, fam))
             if why is not None or any(q.engine == engine and q.layer == kind and q.weights == fam
                                       for q in facts.KERNEL_PATHS):
+                g = unserved[0].g
                 out.append(Finding(
                     "engine_no_kernel", "error",
-                    f"{where}: no kernel runs {len(unserved)} {what} "
-                    f"(e.g. {unserved[0].name}, N={unserved[0].n}, K={unserved[0].k}, group {unserved[0].group})"
+                    f"{where}: no kernel runs {sum(len(u.gemms) for u in unserved)} {what} "
+                    f"(e.g. {g.name}, N={g.n}, K={g.k}, group {g.group})"
                     + (f": {why.note}" if why else f"; the engine's kernels for {fam} on this GPU all refuse them"),
-                    tensor=unserved[0].name, source=why.source.cite() if why else None))
+                    tensor=g.name, source=why.source.cite() if why else None))
             # no row at all: the model knows nothing about this family here and claims nothing
-        for p, gs in chosen.values():
-            tensors = [t for g in gs for t in g.tensors]
-            uses.append(PathUse(p, len(tensors), tuple(sorted({t.role for t in tensors})),
-                                Counter(t.scheme.name for t in tensors).most_common(1)[0][0]))
-            out += _path_findings(p, gs, tensors, fam, kind, tp, where)
+        for p, shs in chosen.values():
+            schemes: Counter = Counter()
+            for sh in shs:
+                schemes.update(sh.schemes)
+            uses.append(PathUse(p, sum(sh.n_tensors for sh in shs), tuple(sorted(set().union(*(sh.roles for sh in shs)))),
+                                schemes.most_common(1)[0][0]))
+            out += _path_findings(p, shs, fam, kind, prep.tp, where)
     return uses, out
 
 
-def _path_findings(p: KernelPath, gs: list[Gemm], tensors: list[TensorInfo], fam: str, kind: str, tp: int,
-                   where: str) -> list[Finding]:
+def _path_findings(p: KernelPath, shs: list[_Shape], fam: str, kind: str, tp: int, where: str) -> list[Finding]:
     out = []
     at_tp = f" per GPU at TP={tp}" if tp > 1 else ""
     if p.fails:
-        bad = [g for g in gs if p.fails.misses(g.n, g.k, g.hidden, g.intermediate)]
+        bad = [g for sh in shs if p.fails.misses(sh.g.n, sh.g.k, sh.g.hidden, sh.g.intermediate) for g in sh.gemms]
         if bad:
             g = bad[0]
             need = ", ".join(f"{d} a multiple of {m}" for d, m in (("N", p.fails.n), ("K", p.fails.k), (
@@ -223,7 +281,7 @@ def _path_findings(p: KernelPath, gs: list[Gemm], tensors: list[TensorInfo], fam
                 f"('{msg}'); keep these layers unquantized, change the TP size, or use another GPU",
                 tensor=g.name, source=p.source.cite()))
     if p.pads == "marlin" and kind == "linear":
-        legacy = [g for g in gs if g.n % 64 or g.k % 128]
+        legacy = [g for sh in shs if sh.g.n % 64 or sh.g.k % 128 for g in sh.gemms]
         if legacy:
             out.append(Finding(
                 "engine_shape_padded", "warning",
@@ -231,27 +289,22 @@ def _path_findings(p: KernelPath, gs: list[Gemm], tensors: list[TensorInfo], fam
                 f"{at_tp} ({_examples([f'{g.name} (N={g.n}, K={g.k})' for g in legacy])}); {p.kernel} zero-pads "
                 f"them (padded activations and outputs on every forward); {facts.MARLIN_LEGACY_SHAPE.note}",
                 tensor=legacy[0].name, source=f"{p.source.cite()}; {facts.MARLIN_LEGACY_SHAPE.source.ref}"))
-    ignored = [t for t in tensors if any(q.role in p.ignores for q in t.parts)]
-    if ignored:
-        roles = sorted({q.role for t in ignored for q in t.parts if q.role in p.ignores})
+    roles = sorted({r for sh in shs for r in sh.parts if r in p.ignores})
+    if roles:
+        n = sum(max(sh.parts[r][0] for r in roles if r in sh.parts) for sh in shs if any(r in sh.parts for r in roles))
+        first = next(sh.parts[r][1] for sh in shs for r in roles if r in sh.parts)
         out.append(Finding(
             "engine_scales_ignored", "info",
-            f"{where}: {len(ignored)} {fam} {'expert' if kind == 'moe' else 'linear'} tensors run weight-only "
+            f"{where}: {n} {fam} {'expert' if kind == 'moe' else 'linear'} tensors run weight-only "
             f"({p.kernel}, {p.compute}): their {', '.join(r.replace('_', ' ') + 's' for r in roles)} are not used",
-            tensor=ignored[0].name, source=p.source.cite() + (f"; {p.note}" if p.note else "")))
+            tensor=first, source=p.source.cite() + (f"; {p.note}" if p.note else "")))
     return out
 
 
 # -- scales an engine needs ------------------------------------------------------------------
 
-def _expert_scales(ckpt: Checkpoint, uses: list[PathUse], where: str) -> list[Finding]:
-    """Experts without a static input scale where their siblings have one, on a W4A4 MoE path:
-    the engine's per-expert parameter keeps its initial value (vLLM: zeros -> 1/0 -> inf global
-    -> NaN on prompts routed there), or, since the fix, refuses the checkpoint."""
-    moe = [u for u in uses if u.path.layer == "moe" and "input_scale" not in u.path.ignores
-           and u.path.compute == "W4A4"]
-    if not moe:
-        return []
+def lacking_expert_input_scales(ckpt: Checkpoint) -> list[TensorInfo]:
+    """Per-expert NVFP4 tensors without a static input scale in a layer whose other experts have one."""
     by_layer: dict[tuple, list[TensorInfo]] = {}
     for t in ckpt.tensors.values():
         if t.role == "experts" and t.scheme.name == "nvfp4" and t.expert is not None:
@@ -260,7 +313,16 @@ def _expert_scales(ckpt: Checkpoint, uses: list[PathUse], where: str) -> list[Fi
     for ts in by_layer.values():
         if any(t.part("input_scale") is not None for t in ts):
             lacking += [t for t in ts if t.part("input_scale") is None]
-    if not lacking:
+    return lacking
+
+
+def _expert_scales(lacking: list[TensorInfo], uses: list[PathUse], where: str) -> list[Finding]:
+    """Experts without a static input scale where their siblings have one, on a W4A4 MoE path:
+    the engine's per-expert parameter keeps whatever it was created with (vLLM: torch.empty ->
+    1/0 -> inf -> NaN on prompts routed there; SGLang: 1.0)."""
+    moe = [u for u in uses if u.path.layer == "moe" and "input_scale" not in u.path.ignores
+           and u.path.compute == "W4A4"]
+    if not moe or not lacking:
         return []
     fact = facts.MISSING_EXPERT_INPUT_SCALE[uses[0].path.engine] if uses[0].path.engine in \
         facts.MISSING_EXPERT_INPUT_SCALE else None
@@ -282,15 +344,25 @@ def _model_type(ckpt: Checkpoint) -> str:
     return str(ckpt.config.get("model_type") or "")
 
 
-def _loaders(ckpt: Checkpoint, engine: Engine, where: str) -> list[Finding]:
+def loader_hits(ckpt: Checkpoint) -> dict[str, list[TensorInfo]]:
+    """LoaderFact id -> the checkpoint's expert tensors it concerns (facts that do not apply: absent)."""
     mt = _model_type(ckpt)
-    out = []
+    out = {}
     for f in facts.LOADERS:
-        if f.engine != engine or mt not in f.model_types or ckpt.format not in f.formats:
+        if mt not in f.model_types or ckpt.format not in f.formats:
             continue
         hit = [t for t in ckpt.tensors.values() if t.role == "experts" and weight_family(t) in f.weights
                and (f.experts == "any" or (f.experts == "fused") == bool(t.n_experts_fused))]
-        if not hit:
+        if hit:
+            out[f.id] = hit
+    return out
+
+
+def _loaders(hits: dict[str, list[TensorInfo]], engine: Engine, where: str) -> list[Finding]:
+    out = []
+    for f in facts.LOADERS:
+        hit = hits.get(f.id)
+        if f.engine != engine or not hit:
             continue
         if f.fixed_in is None:
             out.append(Finding("engine_loader", "error", f"{where}: {f.consequence} ({len(hit)} expert tensors, e.g. "
