@@ -32,6 +32,12 @@ class GPU:
     def cc_major(self) -> int:
         return int(self.compute_capability.split(".")[0])
 
+    @property
+    def unverified(self) -> tuple[str, ...]:
+        """The figures whose source the table marks UNVERIFIED ("memory", "bandwidth")."""
+        return tuple(what for what, src in (("memory", self.memory_source), ("bandwidth", self.bandwidth_source))
+                     if "UNVERIFIED" in src.upper())
+
 
 @lru_cache(maxsize=1)
 def _table() -> dict:
@@ -56,6 +62,22 @@ def all_gpus() -> list[GPU]:
 
 def table_rows() -> list[dict]:
     return list(_table()["gpus"])
+
+
+def get_gpus(spec: str) -> list[GPU]:
+    """``all`` (the whole table, in its order) or a comma-separated list of keys (``a,b,c``), each
+    resolved by :func:`get_gpu`; a key given twice counts once."""
+    if spec.strip().lower() == "all":
+        return all_gpus()
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"--gpu {spec!r} names no GPU", hint=f"known: {', '.join(g.key for g in all_gpus())}, or 'all'")
+    out: list[GPU] = []
+    for n in names:
+        g = get_gpu(n)
+        if g.key not in {x.key for x in out}:
+            out.append(g)
+    return out
 
 
 def get_gpu(name: str) -> GPU:

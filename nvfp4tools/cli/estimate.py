@@ -16,7 +16,7 @@ GiB = 2**30
 @click.command("estimate")
 @click.argument("path")
 @click.option("--gpu", "gpu_name", default="rtx4090", show_default=True,
-              help="GPU key from `nvfp4tools gpus`, 'auto' (local GPU via nvidia-smi), or 'all'.")
+              help="GPU key from `nvfp4tools gpus`, several as a,b,c, 'all', or 'auto' (local GPU via nvidia-smi).")
 @click.option("--vram", default=None, metavar="SIZE",
               help="Custom GPU memory with its unit (24GiB, 80GB, 512MiB); overrides the table's.")
 @click.option("--engine", type=click.Choice(["vllm", "sglang", "llamacpp"]), default=None,
@@ -75,21 +75,19 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
 
         s = dataclasses.replace(s, engine="llamacpp")
     engine = s.engine
-    if gpu_name == "all":
+    if gpu_name.strip().lower() == "all" or "," in gpu_name:
+        from nvfp4tools.gpus import get_gpus
+
         rows = []
-        for g in all_gpus():
+        for g in get_gpus(gpu_name):
             # one row per GPU: no what-if suggestions (a dozen re-runs each)
             r = estimate(ckpt, custom_gpu(vram_bytes, g) if vram_bytes is not None else g, s, suggest=False).report
-            rows.append({"gpu": g.key, "memory_total_bytes": r["gpu"]["memory_total_bytes"], "fp4": g.fp4,
-                         "fits": r["fits"], "loads": r["engine_compat"]["loads"], "margin_bytes": r["margin_bytes"], "shortfall_bytes": r["shortfall_bytes"],
-                         "weights_bytes": r["weights"]["bytes_per_gpu"],
-                         "kv_pool_bytes": r["capacity"].get("kv_pool_bytes", 0),
-                         "kv_pool_tokens": r["capacity"].get("kv_pool_tokens", 0),
-                         "max_concurrency": r["capacity"].get("max_concurrency", 0),
-                         "decode_tokens_per_s_ceiling": r["decode"]["tokens_per_s_ceiling"]})
+            rows.append(_row(g, r, vram_bytes is not None))
         from nvfp4tools._version import __version__
         report = {"schema": "nvfp4tools/estimate-all/v1", "tool_version": __version__, "source": path,
-                  "engine": engine, "settings": r["settings"], "rows": rows}
+                  "engine": engine, "settings": {k: v for k, v in r["settings"].items()
+                                                 if k not in ("max_batched_tokens", "max_seqs")},
+                  "rows": rows, "notes": _inversion_notes(engine, rows)}
         emit(report, fmt, _render_all)
         ctx.exit(0 if any(x["fits"] and x["loads"] for x in rows) else 1)
     gpu = detect_local() if gpu_name == "auto" else get_gpu(gpu_name)
@@ -169,14 +167,74 @@ def _wrapped_notes(notes: list[str]) -> list[str]:
     return out
 
 
+def _row(g: Any, r: dict[str, Any], custom_vram: bool) -> dict[str, Any]:
+    c = r["capacity"]
+    st = r["settings"]
+    unverified = [u for u in g.unverified if not (u == "memory" and custom_vram)]
+    return {"gpu": g.key, "memory_total_bytes": r["gpu"]["memory_total_bytes"], "fp4": g.fp4,
+            "fits": r["fits"], "loads": r["engine_compat"]["loads"], "margin_bytes": r["margin_bytes"],
+            "shortfall_bytes": r["shortfall_bytes"], "weights_bytes": r["weights"]["bytes_per_gpu"],
+            "kv_pool_bytes": c.get("kv_pool_bytes", 0), "kv_pool_tokens": c.get("kv_pool_tokens", 0),
+            "max_concurrency": c.get("max_concurrency", 0),
+            "decode_tokens_per_s_ceiling": r["decode"]["tokens_per_s_ceiling"],
+            "unverified": unverified,
+            # vLLM's defaults depend on the GPU's memory: they explain rows that look inverted
+            "max_batched_tokens": st.get("max_batched_tokens"), "max_seqs": st.get("max_seqs"),
+            "blocks_per_request": c.get("blocks_per_request"),
+            "profile_bytes": sum(t["bytes"] for t in r["memory"]["terms"]
+                                 if t["name"] in ("activation_forward", "activation_sampler"))}
+
+
+def _inversion_notes(engine: str, rows: list[dict[str, Any]]) -> list[str]:
+    """One note when a GPU with more memory shows fewer KV tokens than one with less, and vLLM's
+    GPU-dependent defaults differ between them (max_num_batched_tokens 8192 / max_num_seqs 1024
+    at 70 GiB or more, 2048 / 256 below): the larger profile run takes memory, and a sliding-window
+    group holds window - 1 + max_num_batched_tokens tokens per request."""
+    if engine != "vllm":
+        return []
+    low: dict[str, dict[str, Any]] = {}
+    for a in rows:
+        for b in rows:
+            if (a["memory_total_bytes"] > b["memory_total_bytes"] and a["kv_pool_tokens"] < b["kv_pool_tokens"]
+                    and (a["max_batched_tokens"], a["max_seqs"]) != (b["max_batched_tokens"], b["max_seqs"])):
+                if a["gpu"] not in low or b["kv_pool_tokens"] > low[a["gpu"]]["kv_pool_tokens"]:
+                    low[a["gpu"]] = b
+    if not low:
+        return []
+    a = next(x for x in rows if x["gpu"] in low)
+    b = low[a["gpu"]]
+    more = f"{(a['profile_bytes'] - b['profile_bytes']) / GiB:.2f} GiB"
+    blocks = (f"; a request needs {a['blocks_per_request']:,} KV blocks on {a['gpu']} against "
+              f"{b['blocks_per_request']:,} on {b['gpu']}" if a.get("blocks_per_request") and b.get("blocks_per_request")
+              else "")
+    return [f"KV tokens look inverted: {', '.join(low)} {'shows' if len(low) == 1 else 'show'} fewer than {b['gpu']} with more memory because vLLM's "
+            f"defaults follow GPU memory (max_num_batched_tokens {a['max_batched_tokens']} and max_num_seqs "
+            f"{a['max_seqs']} on {a['gpu']}, {b['max_batched_tokens']} and {b['max_seqs']} on {b['gpu']}; "
+            f"8192 / 1024 at 70 GiB or more): the profile run there takes {more} more{blocks} "
+            "(sliding-window groups hold window - 1 + max_num_batched_tokens tokens); pass --max-batched-tokens "
+            "and --max-seqs to compare like with like"]
+
+
 def _render_all(r: dict[str, Any]) -> str:
-    rows = [[x["gpu"], _gib(x["memory_total_bytes"]), x["fp4"], "yes" if x["fits"] else "no",
-             "yes" if x["loads"] else "no", _gib(x["margin_bytes"]),
-             _gib(x["weights_bytes"]), f"{x['kv_pool_tokens']:,}", f"{x['max_concurrency']}x",
-             x["decode_tokens_per_s_ceiling"]]
-            for x in r["rows"]]
-    return tabulate(rows, headers=["gpu", "memory", "fp4", "fits", "loads", "margin", "weights", "KV tokens", "concurrency",
-                                   "decode tok/s ceiling"], tablefmt="simple")
+    st = r["settings"]
+    head = (f"{r['source']}: {r['engine']}, context {st['context']}, KV {st['kv_dtype']}"
+            + (f", TP {st['tp']}" if st.get("tp", 1) > 1 else ""))
+    rows = []
+    for x in r["rows"]:
+        mark = {u: "*" for u in x.get("unverified", [])}
+        rows.append([x["gpu"], f"{x['memory_total_bytes'] / GiB:.2f}{mark.get('memory', '')}", x["fp4"],
+                     "yes" if x["fits"] else "no", "yes" if x["loads"] else "no",
+                     f"{x['margin_bytes'] / GiB:.2f}", f"{x['weights_bytes'] / GiB:.2f}",
+                     f"{x['kv_pool_tokens']:,}", f"{x['max_concurrency']:.2f}x",
+                     f"{x['decode_tokens_per_s_ceiling']:.0f}{mark.get('bandwidth', '')}"])
+    lines = [head, "",
+             tabulate(rows, headers=["gpu", "GiB", "fp4", "fits", "loads", "margin", "weights", "KV tokens",
+                                     "conc.", "tok/s"], tablefmt="simple", disable_numparse=True),
+             "", "GiB: memory the driver reports; margin and weights in GiB per GPU; tok/s: decode ceiling at batch 1"]
+    if any(x.get("unverified") for x in r["rows"]):
+        lines.append("*: the GPU table marks this figure UNVERIFIED (nvfp4tools gpus --format json gives its source)")
+    lines += _wrapped_notes(r.get("notes", []))
+    return "\n".join(lines)
 
 
 @click.command("gpus")
