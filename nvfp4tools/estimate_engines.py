@@ -125,8 +125,82 @@ def _vllm(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
 # ---------------------------------------------------------------------------------------------
 # SGLang
 
+# SGLang 0.5.23 handle_gpu_memory_settings: GPU-memory tiers (MiB) -> (chunked_prefill_size, decode
+# CUDA-graph max_bs at TP < 4, at TP >= 4) (sglang/srt/arg_groups/memory_hook.py L89-176)
+SGLANG_TIERS = ((20 * 1024, 2048, 8, 8), (35 * 1024, 4096, 48, 160), (60 * 1024, 4096, 32, 160),
+                (90 * 1024, 8192, 256, 512), (160 * 1024, 8192, 256, 512), (float("inf"), 16384, 512, 512))
+
+
+def sglang_prefill_graph_sizes(max_bs: int) -> list[int]:
+    """generate_prefill_cuda_graph_batch_sizes (sglang/srt/arg_groups/cuda_graph_hook.py L480-497)."""
+    sizes = (list(range(4, 33, 4)) + list(range(48, 257, 16)) + list(range(288, 513, 32))
+             + list(range(576, 1025, 64)) + list(range(1280, 4097, 256)) + list(range(4608, max_bs + 1, 512)))
+    return [x for x in sizes if x <= max_bs]
+
+
+def sglang_default_mem_fraction(ckpt, arch, gpu, s) -> tuple[float, list[Term]]:
+    """SGLang's mem_fraction_static when --mem-fraction-static is not given, as
+    handle_gpu_memory_settings computes it (sglang 0.5.23 sglang/srt/arg_groups/memory_hook.py
+    L281-343, reserve_for_graph_mb L357-397, adjust_mem_fraction_for_vlm L417-462):
+
+    ``round((gpu_mem - reserved) / gpu_mem, 3)`` with gpu_mem the GPU's memory in MiB and
+    ``reserved = 512 + 1.5 x max(chunked_prefill_size, 2048) + tp x pp / 8 x 1024 + 2 x decode
+    graph max_bs + 8 x len(prefill graph sizes)`` MiB (1536 instead of the last term for MLA
+    models), at least 10 GiB above 60 GiB of memory; a multimodal model that loads its vision
+    tower is then scaled by ``0.95 x clamp(1 - 0.1 x (vit_layers x vit_hidden^2 / (24 x 1024^2) -
+    1), 0.8, 1.05)``. The chunk and graph sizes follow the GPU-memory tiers (SGLANG_TIERS).
+    Post-capture KV sizing (SGLANG_ENABLE_POST_CAPTURE_KV_SIZING, off by default), DeepEP, DP
+    attention and PD disaggregation are not modelled."""
+    gpu_mem = gpu.memory_total_bytes / 2**20
+    chunk, bs_lo, bs_hi = next((c, lo, hi) for top, c, lo, hi in SGLANG_TIERS if gpu_mem < top)
+    if s.max_batched_tokens is not None:      # estimate's --max-batched-tokens is SGLang's chunk too
+        chunk = s.max_batched_tokens
+    decode_bs = bs_lo if s.tp < 4 else bs_hi
+    mla = any(l.mla_latent_dim for l in arch.layers)
+    # non-MLA prefill graphs capture up to the chunk; MLA ones up to min(8192, chunk)
+    prefill = 1536 if mla else 8 * len(sglang_prefill_graph_sizes(chunk))
+    act = 1.5 * max(chunk, 2048)
+    par = s.tp * 1 / 8 * 1024
+    reserved = 512 + act + par + 2 * decode_bs + prefill
+    floor = gpu_mem > 60 * 1024 and reserved < 10 * 1024
+    if floor:
+        reserved = 10 * 1024
+    mfs = round((gpu_mem - reserved) / gpu_mem, 3)
+    src = "sglang 0.5.23 arg_groups/memory_hook.py handle_gpu_memory_settings"
+    terms = [Term("default_reserved_mib", int(reserved * 2**20),
+                  f"--mem-fraction-static not given: reserved = 512 + 1.5 x max(chunked_prefill_size {chunk}, 2048) "
+                  f"+ tp {s.tp} x pp 1 / 8 x 1024 + 2 x decode graph max_bs {decode_bs} + "
+                  + ("1536 (MLA prefill graphs)" if mla else f"8 x {prefill // 8} prefill graph sizes")
+                  + f" MiB = {512 + act + par + 2 * decode_bs + prefill:g} MiB"
+                  + (", raised to the 10 GiB floor above 60 GiB" if floor else "")
+                  + f"; mem_fraction_static = round(({gpu_mem:.0f} - {reserved:g}) / {gpu_mem:.0f}, 3) = {mfs} "
+                  "(gpu_mem is nvidia-smi's total in SGLang, a few hundred MiB above the driver total used here)",
+                  src)]
+    vc = (ckpt.config or {}).get("vision_config")
+    if arch.has_vision and not s.text_only and isinstance(vc, dict):
+        layers = vc.get("num_hidden_layers", 24)
+        hidden = vc.get("hidden_size", 1024)
+        ratio = layers * hidden**2 / (24 * 1024**2)
+        factor = 0.95 * max(0.8, min(1.05, 1.0 - 0.1 * (ratio - 1.0)))
+        mfs2 = mfs * factor
+        terms.append(Term("default_vlm_adjustment", 0,
+                          f"multimodal model with its vision tower ({layers} layers x hidden {hidden}: "
+                          f"{ratio:.3f}x a ViT-L/14): mem_fraction_static x 0.95 x clamp(1 - 0.1 x ({ratio:.3f} - 1), "
+                          f"0.8, 1.05) = {mfs} x {factor:.4f} = {mfs2:.4f} (--text-only, i.e. --language-model-only, "
+                          "skips it)", "sglang 0.5.23 arg_groups/memory_hook.py adjust_mem_fraction_for_vlm"))
+        mfs = mfs2
+    return mfs, terms
+
+
 def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
-    mfs = s.mem_fraction if s.mem_fraction is not None else 0.88
+    default_terms: list[Term] = []
+    if s.mem_fraction is not None:
+        mfs = s.mem_fraction
+    else:
+        mfs, default_terms = sglang_default_mem_fraction(ckpt, arch, gpu, s)
+        if mfs <= 0:
+            notes.append(f"SGLang's default mem_fraction_static is {mfs:.3f} on this GPU (its reserve is larger than "
+                         "the memory): nothing is left for weights and KV; pass --mem-fraction")
     ctx = context_overhead_bytes()
     pre_free = gpu.memory_total_bytes - ctx
     kv_pool = int(mfs * pre_free - weights)
@@ -141,7 +215,13 @@ def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
              "+ KV pool; the rest is left for activations and CUDA graphs",
              "sglang model_runner_kv_cache_mixin / pool_configurator"),
         Term("weights", weights, "free-memory drop during load (see weights.terms)"),
-    ]
+    ] + default_terms
+    if s.tp > 1:
+        notes.append(f"SGLang at TP {s.tp} measures the memory free before loading after distributed "
+                     "initialisation, as the minimum over ranks (distributed/bootstrap.py "
+                     "measure_pre_model_load_memory): NCCL's and the custom all-reduce's buffers (sized at run "
+                     "time) are charged against the pool and are not in this estimate; the default "
+                     "mem_fraction_static reserves tp / 8 GiB for them")
     if gpu.fp4 != "native" and any(t.scheme.name == "nvfp4" for t in ckpt.tensors.values()) \
             and s.weights_bytes_override is None:
         notes.append("SGLang on a GPU without FP4 tensor cores (Marlin fallback): the weights include SGLang's unused "
@@ -186,7 +266,8 @@ def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
                     "max_concurrency": round(tokens / context, 3), "required_kv_bytes": math.ceil(required)})
         margin = kv_pool - required
     return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap,
-             "settings": {"mem_fraction": mfs, "swa_ratio": r}}, margin)
+             "settings": {"mem_fraction": round(mfs, 4), "mem_fraction_default": s.mem_fraction is None,
+                          "swa_ratio": r}}, margin)
 
 
 # ---------------------------------------------------------------------------------------------

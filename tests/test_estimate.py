@@ -289,7 +289,7 @@ def test_sglang_plain_and_llamacpp_margins_hand_computed(small):
     ctx = 512 * 2**20                                # CUDA context (gpus.json context_overhead_bytes)
     one_request = 4096 * 16 * 4 * (128 + 128) * 2
     weights_ckpt = 16 * SMALL_LINEAR_ELEMENTS_PER_LAYER * 2 + SMALL_EMBED_AND_HEAD
-    sg = estimate(small, _tiny_gpu(2 * GiB), Settings(engine="sglang", context=4096)).report
+    sg = estimate(small, _tiny_gpu(2 * GiB), Settings(engine="sglang", context=4096, mem_fraction=0.88)).report
     pool = int(0.88 * (2 * GiB - ctx) - (weights_ckpt + 4096 * 128 * 2))
     assert pool < 0 and sg["margin_bytes"] == pool - one_request and sg["shortfall_bytes"] == one_request - pool
     lc = estimate(small, _tiny_gpu(2 * GiB), Settings(engine="llamacpp", context=4096)).report
@@ -316,7 +316,8 @@ def test_sglang_hybrid_margin_counts_the_swa_pool_minimum(g26):
 def test_bf16_26b_on_rtx4090_short_by_the_weights(bf16_26b, engine):
     """48.47 GiB of BF16 weights on a 23.65 GiB card: short by more than 24 GiB in every engine
     (not by one sequence's KV cache)."""
-    r = estimate(bf16_26b, get_gpu("rtx4090"), Settings(engine=engine)).report
+    mf = 0.88 if engine == "sglang" else None     # the suggestions, not SGLang's default fraction, under test
+    r = estimate(bf16_26b, get_gpu("rtx4090"), Settings(engine=engine, mem_fraction=mf)).report
     assert r["weights"]["bytes_per_gpu"] > 48 * GiB
     assert r["fits"] is False and r["margin_bytes"] <= -24 * GiB and r["shortfall_bytes"] > 24 * GiB
     changes = {x["change"]: x for x in r["suggestions"]}
@@ -362,14 +363,15 @@ def test_nvfp4_suggestion_matches_a_real_nvfp4_checkpoint(bf16_26b, g26):
 @pytest.mark.parametrize("engine", ["vllm", "sglang", "llamacpp"])
 def test_context_suggestion_is_the_largest_that_fits(g26, engine):
     ck = g26["experts-only"]
-    r = estimate(ck, get_gpu("rtx4090"), Settings(engine=engine, context=262144)).report
+    mf = 0.88 if engine == "sglang" else None
+    r = estimate(ck, get_gpu("rtx4090"), Settings(engine=engine, context=262144, mem_fraction=mf)).report
     assert r["fits"] is False
     ctx = [x for x in r["suggestions"] if x["change"].startswith("--context")]
     assert len(ctx) == 1 and ctx[0]["fits"]
     c = ctx[0]["settings"]["context"]
     assert ctx[0]["change"] == f"--context {c}"
-    assert estimate(ck, get_gpu("rtx4090"), Settings(engine=engine, context=c)).fits
-    assert not estimate(ck, get_gpu("rtx4090"), Settings(engine=engine, context=c + 1)).fits
+    assert estimate(ck, get_gpu("rtx4090"), Settings(engine=engine, context=c, mem_fraction=mf)).fits
+    assert not estimate(ck, get_gpu("rtx4090"), Settings(engine=engine, context=c + 1, mem_fraction=mf)).fits
 
 
 def test_suggestions_do_not_recurse(small, monkeypatch):
