@@ -16,7 +16,7 @@ from nvfp4tools.model import Checkpoint
 from .base import FormatSpec
 
 _REGISTRY: dict[str, FormatSpec] = {}
-PRIORITY = ("compressed-tensors", "modelopt", "gguf", "safetensors")
+PRIORITY = ("compressed-tensors", "modelopt", "mxfp4", "gguf", "safetensors")
 
 
 def _key(name: str) -> str:
@@ -35,8 +35,8 @@ def register(spec: FormatSpec) -> FormatSpec:
 
 # Built-in formats register on import; detection imports them one at a time in PRIORITY order,
 # so reading a safetensors checkpoint never pays for the GGUF modules and vice versa.
-_BUILTIN = {"compressed-tensors": "compressed_tensors", "modelopt": "modelopt", "gguf": "gguf_format",
-            "safetensors": "safetensors_plain"}
+_BUILTIN = {"compressed-tensors": "compressed_tensors", "modelopt": "modelopt", "mxfp4": "openai_mxfp4",
+            "gguf": "gguf_format", "safetensors": "safetensors_plain"}
 
 
 def _load(key: str) -> FormatSpec | None:

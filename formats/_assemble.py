@@ -26,6 +26,9 @@ class Suffix:
     suffix: str
     role: PartRole
     stored_as: StoredAs = "value"
+    # follows a fused 3-D parameter's name with "_" although no bare parameter is stored
+    # (gpt-oss MXFP4: experts.gate_up_proj_blocks + experts.gate_up_proj_scales)
+    fused: bool = False
 
 
 # Expectation hook: what the quantization config says this module should be (None = left
@@ -129,8 +132,12 @@ class Assembler:
         if scheme.element == "e2m1":
             if not s:
                 raise FormatError(f"{data.file}: tensor '{data.key}' is 0-d, expected packed [out, in/2] uint8")
-            shape = s[:-1] + (s[-1] * 2,)
             bs = parts.get("block_scale")
+            if len(s) >= 3 and bs is not None and bs.stored_shape == s[:-1] and scheme.block_size == 2 * s[-1]:
+                # gpt-oss MXFP4 blocks [.., out, in/32, 16] with scales [.., out, in/32]: a row's bytes
+                # are the [out, in/2] packing
+                return s[:-2] + (s[-2] * s[-1] * 2,)
+            shape = s[:-1] + (s[-1] * 2,)
             if bs is not None and scheme.block_size:
                 want = shape[:-1] + (-(-shape[-1] // scheme.block_size),)
                 # gpt-oss's fused experts as ModelOpt exports them keep transformers' [E, in, out]:
@@ -176,7 +183,8 @@ class Assembler:
         kv: list[tuple[str, RawTensor]] = []
         loose: list[TensorPart] = []
         by_last = {sfx.suffix: sfx for sfx in self.suffixes}
-        fused_sfx = [sfx for sfx in self.suffixes if sfx.role != "data"]
+        fused_sfx = [sfx for sfx in self.suffixes if sfx.role != "data" or sfx.fused]
+        fused_data: set[str] = set()   # modules whose data part is a fused "<param>_<suffix>"
         kv_set = set(KV_SUFFIXES)
         raw_all = self.raw
         new = tuple.__new__  # TensorPart(...) without the NamedTuple's Python-level __new__ frame
@@ -190,8 +198,10 @@ class Assembler:
                 # Fused 3-D parameters carry no ".weight": experts.gate_up_proj + experts.gate_up_proj_weight_scale
                 if "_" in last:
                     for f in fused_sfx:
-                        if last.endswith("_" + f.suffix) and name[: -len(f.suffix) - 1] in raw_all:
+                        if last.endswith("_" + f.suffix) and (f.fused or name[: -len(f.suffix) - 1] in raw_all):
                             module, sfx = name[: -len(f.suffix) - 1], f
+                            if f.role == "data":
+                                fused_data.add(module)
                             break
                 if sfx is None:
                     module, sfx = name, _DATA
@@ -225,8 +235,8 @@ class Assembler:
                     loose.append(p)
                 continue
             key = data.key
-            if key == module:  # a parameter stored without a ".weight"-style suffix
-                name = key
+            if key == module or module in fused_data:  # a parameter stored without a ".weight"-style suffix
+                name = module
             elif key.endswith((".weight", ".weight_packed")):
                 name = module + ".weight"
             else:
@@ -255,7 +265,7 @@ class Assembler:
             if hit is None:
                 scheme = self._scheme(module, parts, expected)
                 shape = tuple(self._logical_shape(module, scheme, parts))
-                transposed = scheme.element == "e2m1" and len(shape) == 3 and \
+                transposed = scheme.element == "e2m1" and len(shape) == 3 and len(data.stored_shape) == 3 and \
                     shape[-1] != data.stored_shape[-1] * 2
                 extra = [r for r in parts if r in _QUANT_PARTS]
                 if extra and scheme.name in ("int", "bool"):

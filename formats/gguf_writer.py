@@ -241,6 +241,11 @@ class GGUFWriter:
 
         from nvfp4tools.convert.encode import rearranged_shape
 
+        if t.scheme.name == "mxfp4" and not any(p.transposed for p in t.parts):
+            raise UnsupportedError(f"{t.name}: gpt-oss's own MXFP4 experts are not written to GGUF by nvfp4tools "
+                                   "(llama.cpp's convert_hf_to_gguf.py repacks them to its MXFP4 type)",
+                                   hint="run llama.cpp's converter on this checkpoint; nvfp4tools inspects and "
+                                        "verifies the GGUF it writes")
         if t.scheme.quantized:
             raise UnsupportedError(f"{t.name}: {t.scheme.name} gpt-oss experts stored [E, in, out] cannot be "
                                    "rearranged into llama.cpp's [E, out, in] layout exactly",

@@ -276,6 +276,13 @@ def deep_checks(ckpt: Checkpoint, reader: PartReader, scale_stats: dict | None =
             if bs.nbytes and n_zero == bs.nbytes:
                 degenerate.append((t.name, "all block scales are zero"))
                 continue
+        elif bs is not None and t.scheme.name == "mxfp4" and bs.stored_dtype in ("U8", "F8_E8M0"):
+            # E8M0 shared scales (OCP MX v1.0 5.4): 0xFF is NaN; E8M0 has no zero
+            n_nan = 0
+            for off in range(0, bs.nbytes, chunk):
+                n_nan += reader.read(bs, min(chunk, bs.nbytes - off), off).count(b"\xff")
+            if n_nan:
+                nonfinite.append((t.name, f"{n_nan} E8M0 block scales 0xFF (NaN in OCP MX)"))
         elif bs is not None and bs.nbytes and _uniform_byte(reader, bs, chunk) == 0:
             degenerate.append((t.name, "all block scales are zero"))
             continue
@@ -293,7 +300,7 @@ def deep_checks(ckpt: Checkpoint, reader: PartReader, scale_stats: dict | None =
     findings: list[Finding] = []
     _add(findings, "block_scale_nan", "error", nan_items, "tensors have NaN E4M3 block scales")
     _add(findings, "block_scale_nonfinite", "error", nonfinite,
-         "GGUF tensors have NaN or infinite scales inside their blocks")
+         "tensors have NaN or infinite block scales (inside GGUF blocks, or E8M0 0xFF)")
     _add(findings, "block_scale_negative", "error", neg_items,
          "tensors have negative E4M3 block scales (checkpoints store positive scales; Marlin FP4 assumes them "
          "non-negative and degrades)")

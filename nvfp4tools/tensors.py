@@ -120,6 +120,13 @@ def dequantize(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
         for e in range(t.shape[0]):
             out[e] = dequantize_nvfp4(NVFP4Tensor(pack_nibbles_hf(c.codes[e]), c.scale_bytes[e], c.global_scale[e]))
         return out
+    if s.name == "mxfp4" and t.part("block_scale") is not None:
+        # codes [.., out, in/2] (gpt-oss: [.., out, in/32, 16], the same bytes), E8M0 scales [.., out, in/32]
+        from nvfp4tools.kernels_ref.mxfp4 import dequantize_mxfp4
+
+        codes = np.asarray(load_part(ckpt.root, data), dtype=np.uint8).reshape(t.shape[:-1] + (t.shape[-1] // 2,))
+        sc = np.asarray(load_part(ckpt.root, t.part("block_scale")), dtype=np.uint8)
+        return dequantize_mxfp4(codes, sc.reshape(t.shape[:-1] + (-1,)))
     if s.element.startswith("int") and t.part("data").stored_dtype == "I32":
         return _dequant_ct_int(ckpt, t)
     if s.element == "int8" and data.stored_dtype == "I8" and t.part("block_scale") is not None \
@@ -132,8 +139,8 @@ def dequantize(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
     if not s.quantized:
         return np.asarray(load_part(ckpt.root, t.part("data")), dtype=np.float32).reshape(t.shape)
     raise UnsupportedError(f"{t.name}: dequantizing scheme {s.name} is not supported yet",
-                           hint="supported: nvfp4, compressed-tensors int4/int8 pack-quantized, bf16/fp16/fp32, "
-                                "every GGUF block type")
+                           hint="supported: nvfp4, mxfp4, compressed-tensors int4/int8 pack-quantized, "
+                                "bf16/fp16/fp32, every GGUF block type")
 
 
 # GGUF block types decoded by kernels_ref.ggml_quants (the float types load as numpy dtypes)

@@ -24,7 +24,7 @@ from ._output import emit, format_option, human_bytes, human_count
                    "tokenizer, RoPE; arrays as length and first items), or config.json, hf_quant_config.json "
                    "and each safetensors file's __metadata__.")
 @click.option("--input-format", "input_format", default=None, metavar="NAME",
-              help="Skip detection and read as this format (modelopt, compressed-tensors, safetensors, gguf).")
+              help="Skip detection and read as this format (modelopt, compressed-tensors, mxfp4, safetensors, gguf).")
 @click.option("--engine", "engines", multiple=True, type=click.Choice(["vllm", "sglang", "llamacpp"]),
               help="Assess this engine (repeatable; default: all three, their refusals as warnings).")
 @click.option("--gpu", "gpu_names", multiple=True, metavar="NAME",

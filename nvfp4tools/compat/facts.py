@@ -60,6 +60,8 @@ _SG_FP8 = Source("sglang/srt/layers/quantization/compressed_tensors/schemes/comp
 
 _VLLM_HUMMING = Source("vllm/model_executor/layers/quantization/utils/humming/priority.py",
                        "prefers_humming (_HUMMING_PREFERRED_CAPABILITIES = {90}); kernels/linear/nvfp4/humming.py", _V)
+_VLLM_MXFP4 = Source("vllm/model_executor/layers/fused_moe/oracle/mxfp4.py",
+                     "select_mxfp4_moe_backend, mxfp4_round_up_hidden_size_and_intermediate_size", _V)
 _IN = ("input_scale",)
 # humming-kernels is a dependency of the vLLM 0.34.0 wheel; on sm_90 it is tried before Marlin
 _HUMMING_NOTE = "weight-only; where the humming package does not import, Marlin runs instead"
@@ -102,6 +104,13 @@ KERNEL_PATHS: tuple[KernelPath, ...] = (
     KernelPath("vllm.mxfp4.linear.marlin", "vllm", "linear", "mxfp4", (7, 5), (12, 9), "Marlin MXFP4", "W4A16",
                Source("vllm/model_executor/kernels/linear/__init__.py", "init_mxfp4_linear_kernel; mxfp4/marlin.py", _V),
                pads="marlin", note=_MARLIN_NOTE),
+    # vLLM gpt-oss MXFP4 MoE (GptOssMxfp4MoEMethod): padding from mxfp4_round_up_hidden_size_and_intermediate_size
+    KernelPath("vllm.mxfp4.moe.trtllm", "vllm", "moe", "mxfp4", (10, 0), (10, 3), "FlashInfer TRT-LLM MXFP4 MoE",
+               "W4A16", _VLLM_MXFP4, formats=("mxfp4",), pad_hidden=256, pad_intermediate=128),
+    KernelPath("vllm.mxfp4.moe.triton", "vllm", "moe", "mxfp4", (9, 0), (9, 0), "Triton (triton_kernels) MXFP4 MoE",
+               "W4A16", _VLLM_MXFP4, formats=("mxfp4",), pad_intermediate=64),
+    KernelPath("vllm.mxfp4.moe.marlin", "vllm", "moe", "mxfp4", (8, 0), (12, 9), "Marlin MXFP4 MoE", "W4A16",
+               _VLLM_MXFP4, formats=("mxfp4",), pad_hidden=256, pad_intermediate=128, note=_MARLIN_NOTE),
     # vLLM weight-only int4 (compressed-tensors pack-quantized, GPTQ, AWQ)
     KernelPath("vllm.int4.linear.machete", "vllm", "linear", "int4", (9, 0), (9, 0), "Machete", "W4A16", _VLLM_MP,
                requires=Shape(n=128, k=64), group_sizes=(-1, 64, 128)),
@@ -185,6 +194,9 @@ MIN_CC: dict[tuple[str, str], tuple[CC, Note]] = {
     ("vllm", "nvfp4"): ((7, 5), Note("NVFP4 needs compute capability 7.5 or newer",
                                      Source("vllm/model_executor/layers/quantization/modelopt.py",
                                             "ModelOptNvFp4Config.get_min_capability", _V))),
+    ("vllm", "mxfp4"): ((8, 0), Note("MXFP4 needs compute capability 8.0 or newer",
+                                     Source("vllm/model_executor/layers/quantization/mxfp4.py",
+                                            "Mxfp4Config.get_min_capability", _V))),
     ("sglang", "nvfp4"): ((8, 0), Note("ModelOpt NVFP4 needs compute capability 8.0 ('Minimum capability: 80')",
                                        Source("sglang/srt/layers/quantization/modelopt_quant.py",
                                               "ModelOptFp4Config.get_min_capability", _S))),

@@ -103,6 +103,8 @@ class KernelPath:
     fails: Shape | None = None        # ... or fails at load
     group_sizes: tuple[int, ...] = ()  # accepted group sizes (-1: per channel); others go to the next kernel
     pads: str | None = None      # how the engine pads shapes in memory: "marlin", "marlin_moe", "native32"
+    pad_hidden: int = 1          # MoE: hidden size rounded up to a multiple at weight creation
+    pad_intermediate: int = 1    # MoE: expert intermediate size (per GPU) rounded up likewise
     ignores: tuple[str, ...] = ()      # stored parts the kernel does not use (PartRole names)
     input_scale: str | None = None     # MoE W4A4: "max" (one maximum over experts) or None (per expert)
     note: str = ""

@@ -499,7 +499,7 @@ def padding_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tupl
     for (kind, fam), ts in by.items():
         for g in gemms(ts, tp):
             p = kernel_path(engine, kind, fam, cc, ckpt.format, g)
-            if p is None or p.pads is None:
+            if p is None or (p.pads is None and p.pad_hidden == 1 and p.pad_intermediate == 1):
                 continue
             bpe = _bytes_per_element(g.tensors[0])
             lead = 1
@@ -517,8 +517,10 @@ def padding_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tupl
                     n2, k2 = g.n, i2
                 else:                                             # gate/up shards: [shards * I, H]
                     n2, k2 = (g.n // g.intermediate) * i2, g.k
-            else:
-                continue
+            else:   # MoE sizes rounded up at weight creation (MXFP4)
+                h2, i2 = _round_up(g.hidden, p.pad_hidden), _round_up(g.intermediate, p.pad_intermediate)
+                shards = max(1, g.n // g.intermediate) if not g.row_parallel else 1
+                n2, k2 = (h2, i2) if g.row_parallel else (shards * i2, h2)
             extra = (n2 * k2 - g.n * g.k) * lead * tp
             if extra:
                 total += extra * bpe

@@ -44,6 +44,8 @@ def render() -> str:
         if p.pads:
             cons.append({"marlin": "pads N, K to Marlin tiles", "marlin_moe": "pads the expert intermediate size",
                          "native32": "pads N, K to 32"}[p.pads])
+        if p.pad_hidden > 1 or p.pad_intermediate > 1:
+            cons.append(f"rounds hidden up to {p.pad_hidden}, intermediate to {p.pad_intermediate}")
         if p.input_scale == "max":
             cons.append("one input scale: max over experts")
         out.append(f"| `{p.id}` | {_cc(p.cc_min, p.cc_max)} | {p.layer} | {p.weights} | {', '.join(p.formats) or 'any'} "
