@@ -1,14 +1,50 @@
 #!/usr/bin/env bash
-# The GPU figures in one run on a GPU machine: install (offline, no dependency resolution), check
-# every GPU backend against the float64 reference on full-size Gemma-4 shapes (tests/test_gpu.py)
-# and on the tiny fixture (verify --backend all), then time them against cuBLAS bf16
-# (bench/gpu_bench_cli.py: `nvfp4tools bench`, both timing methods). Writes logs under ${OUT:-bench/out}.
+# The GPU figures in one run on a GPU machine: install (offline, no dependency resolution), build
+# llama.cpp's ggml with CUDA for the `ggml-cuda` backend (bench/build_ggml_cuda.sh; skipped when
+# NVFP4TOOLS_GGML_LIB_DIR or .cache/ggml-cuda/lib already holds a build), check every GPU backend
+# against the float64 reference on full-size Gemma-4 shapes, planted faults and upstream checkpoints
+# (tests/test_gpu.py), `verify --backend all` on the tiny fixture and on the upstream checkpoints
+# (ModelOpt NVFP4, its compressed-tensors conversion, llama.cpp's NVFP4 and Q4_0 GGUFs, from
+# tests/oracles/families.py in .cache/gpu-fixtures/llama), then time them against cuBLAS bf16
+# (bench/gpu_bench_cli.py: `nvfp4tools bench`, both timing methods). Logs under ${OUT:-bench/out}.
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
+T0=$(date +%s)
+stamp() { echo "[gpu.sh] $1: $(( $(date +%s) - T0 )) s"; }
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || {
   echo "install failed"; tail -20 "$OUT/install.log"; }
+if ! python3 -c "import gguf" 2>/dev/null && ls .cache/whl/gguf-*.whl >/dev/null 2>&1; then
+  # gguf-py (a core dependency) from a carried wheel where the machine has no index
+  python3 -m pip install -q --no-index --no-deps --target /tmp/nvfp4tools-site .cache/whl/gguf-*.whl >>"$OUT/install.log" 2>&1
+  export PYTHONPATH=/tmp/nvfp4tools-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [[ -z "${NVFP4TOOLS_GGML_LIB_DIR:-}" || ! -f "${NVFP4TOOLS_GGML_LIB_DIR}/libggml-cuda.so" ]]; then
+  if [[ -f .cache/ggml-cuda/lib/libggml-cuda.so ]]; then
+    echo "ggml-cuda: using the build in .cache/ggml-cuda/lib"
+  elif [[ -f .cache/ggml-src/src/ggml-cuda/ggml-cuda.cu ]]; then
+    bash bench/build_ggml_cuda.sh >"$OUT/ggml_build.log" 2>&1; tail -2 "$OUT/ggml_build.log"
+  else
+    echo "ggml-cuda: no sources in .cache/ggml-src (bash bench/build_ggml_cuda.sh --fetch-src); its tests skip"
+  fi
+  export NVFP4TOOLS_GGML_LIB_DIR=$PWD/.cache/ggml-cuda/lib
+fi
+stamp "installed and built"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$OUT/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -s 2>&1 | tee "$OUT/gpu_tests.log"
-python3 -m nvfp4tools verify "$(python3 -c 'from nvfp4tools.synth import synthesize; import tempfile; d=tempfile.mkdtemp(); synthesize(d+"/t"); print(d+"/t")')" --backend all 2>&1 | tee "$OUT/verify_all.log"
+stamp "tests/test_gpu.py"
+tiny=$(python3 -c 'from nvfp4tools.synth import synthesize; import tempfile; d=tempfile.mkdtemp(); synthesize(d+"/t"); print(d+"/t")')
+echo "\$ nvfp4tools verify <tiny Gemma-4 NVFP4> --backend all" | tee "$OUT/verify_all.log"
+python3 -m nvfp4tools verify "$tiny" --backend all 2>&1 | tee -a "$OUT/verify_all.log"
+FIX=${NVFP4TOOLS_GPU_FIXTURES:-.cache/gpu-fixtures/llama}
+if [[ -d "$FIX/modelopt_nvfp4" ]]; then
+  ct=$(mktemp -d)/ct
+  python3 -m nvfp4tools convert "$FIX/modelopt_nvfp4" "$ct" --to compressed-tensors >/dev/null
+  for p in "$FIX/modelopt_nvfp4" "$ct" "$FIX/nvfp4.gguf" "$FIX/q4_0.gguf"; do
+    echo "\$ nvfp4tools verify $p --backend all" | tee -a "$OUT/verify_all.log"
+    python3 -m nvfp4tools verify "$p" --backend all 2>&1 | tee -a "$OUT/verify_all.log"
+  done
+fi
+stamp "verify --backend all"
 python3 bench/gpu_bench_cli.py --json-dir "$OUT" 2>&1 | tee "$OUT/gpu_bench_cli.log"
+stamp "bench"

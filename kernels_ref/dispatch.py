@@ -70,6 +70,10 @@ class Backend:
     # activations itself (ggml quantizes them to Q8): None, x @ w^T over the case's own x.
     reference: Callable[[LayerCase], np.ndarray] | None = None
     ggml_weight: bool = False    # run() needs LayerCase.ggml_type/ggml_bytes (verify fills them)
+    # bench, for a backend that runs on its own CUDA stream (ggml): ([DeviceCase per weight copy],
+    # timing) -> microseconds per call, measured by the backend itself. Raises ValueError where the
+    # layer cannot run (say why).
+    self_timer: Callable[[list, str], float] | None = None
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -121,9 +125,29 @@ register(Backend(
     ggml_weight=True))
 
 
+def _ggml_cuda(attr: str) -> Callable:
+    def call(*args):
+        from . import ggml_cuda
+        return getattr(ggml_cuda, attr)(*args)
+    return call
+
+
+# llama.cpp's CUDA kernels (MMVQ for M <= 8, MMQ above) quantize the activations to Q8_1 with the
+# GPU's fast-math divisions, which no numpy mirror reproduces tie for tie; the backend's reference
+# reads back what ggml-cuda made of them (identity-weight mul_mats on the same kernels,
+# ggml_cuda.reference) and multiplies the checkpoint's weights in float64, so that what remains
+# is ggml's float32 accumulation, as for ggml-cpu: 1e-5.
+register(Backend(
+    "ggml-cuda", "llama.cpp's ggml_mul_mat on the CUDA backend (MMVQ for row 0, MMQ for the rest), the weight in "
+    "its ggml type", 1e-5, _ggml_cuda("available"), _ggml_cuda("run"),
+    "reference over the activations as ggml-cuda quantized them (read back through identity-weight mul_mats on "
+    "the same kernels): ggml's float32 accumulation of block products", reference=_ggml_cuda("reference"),
+    ggml_weight=True, self_timer=_ggml_cuda("time_cases")))
+
+
 def _load_gpu_backends() -> None:
     try:
-        from . import gpu  # noqa: F401  (registers torch/triton/scaled_mm/vllm/flashinfer when present)
+        from . import gpu  # noqa: F401  (registers torch/triton/triton-w4a4/scaled_mm when torch is present)
     except ImportError:
         pass
 

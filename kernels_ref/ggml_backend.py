@@ -52,6 +52,16 @@ def _suffix() -> str:
 
 
 def lib_dir() -> str | None:
+    """The folder of libggml-base / libggml-cpu: ``$NVFP4TOOLS_GGML_LIB_DIR`` when it holds them (a
+    ggml build such as ``bench/build_ggml_cuda.sh`` makes: then ``ggml-cpu`` and ``ggml-cuda`` share
+    one libggml-base), else llama-cpp-python's ``lib`` folder, or None."""
+    env = os.environ.get("NVFP4TOOLS_GGML_LIB_DIR")
+    if env and os.path.isfile(os.path.join(env, "libggml-cpu" + _suffix())):
+        return env
+    return llama_cpp_lib_dir()
+
+
+def llama_cpp_lib_dir() -> str | None:
     """llama-cpp-python's ``lib`` folder (found without importing llama_cpp), or None."""
     try:
         spec = importlib.util.find_spec("llama_cpp")
@@ -180,7 +190,8 @@ class GGML:
 def _load() -> tuple[GGML | None, str | None]:
     d = lib_dir()
     if d is None:
-        return None, f"llama-cpp-python's libggml not found (no llama_cpp/lib/libggml-cpu{_suffix()}); {_INSTALL}"
+        return None, (f"llama-cpp-python's libggml not found (no llama_cpp/lib/libggml-cpu{_suffix()}, and "
+                      f"NVFP4TOOLS_GGML_LIB_DIR names no ggml build); {_INSTALL}")
     try:
         return GGML(d), None
     except (OSError, AttributeError) as e:

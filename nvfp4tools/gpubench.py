@@ -1,5 +1,6 @@
 """``bench``: for each NVFP4 linear shape of a checkpoint, time every GPU backend that can be timed
-(``Backend.timer``: triton, triton-w4a4, torch) against cuBLAS bf16 at M = 1, 16, 128 on this GPU,
+(``Backend.timer``: triton, triton-w4a4, torch; ``Backend.self_timer``: ggml-cuda, llama.cpp's CUDA
+kernels on the weight repacked to block_nvfp4) against cuBLAS bf16 at M = 1, 16, 128 on this GPU,
 with the effective weight bandwidth and the memory-roofline limit (bf16 bytes / NVFP4 bytes =
 2 / 0.5625 = 3.56x).
 
@@ -9,6 +10,10 @@ Two timing methods (``timing``):
   copies to exceed the L2 cache several times over, as successive layers of a model do) and the
   calls are replayed from one CUDA graph, so host launch cost drops out. Kernels that decide on a
   launch path while a graph is captured (the MMA GEMM's TMA loads) take it here.
+* ``ggml-cuda`` runs on ggml's own stream, outside torch's graph: it is timed by wall clock around
+  ``ggml_backend_graph_compute`` of one ggml graph holding a mul_mat per weight copy (``graph``;
+  ggml replays it as its own CUDA graph once warm, synchronized at the end) or a single mul_mat
+  (``single``; launch and synchronisation included, L2 not flushed), per mul_mat.
 * ``single``: ``triton.testing.do_bench`` (median of single calls, L2 flushed before each). This
   includes the host's launch cost, which on a busy host can be several times the kernel's own time
   (bench/RESULTS.md has runs where it read 40 us for an 8 us kernel).
@@ -107,8 +112,11 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
     if not backends:
         raise UsageError("no GPU backend to time (ref is the CPU reference)",
                          hint="--backend all, or a list such as triton,torch")
-    not_timed = {b.name: b.timer_missing for b in backends if b.timer is None}
-    timed = [b for b in backends if b.timer is not None]
+    def times_itself(b) -> bool:
+        return getattr(b, "self_timer", None) is not None
+
+    not_timed = {b.name: b.timer_missing for b in backends if b.timer is None and not times_itself(b)}
+    timed = [b for b in backends if b.timer is not None or times_itself(b)]
     for s in dispatch.status():
         if s["name"] != "ref" and not s["available"] and s["name"] not in not_timed:
             not_timed[s["name"]] = s["reason"]
@@ -130,12 +138,16 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
             per: dict[str, Any] = {}
             skipped: dict[str, str] = {}
             for b in timed:
+                cases = [dispatch.DeviceCase(x, p, s, gw.global_scale, inp) for p, s in qs]
                 try:
-                    calls = [b.timer(dispatch.DeviceCase(x, p, s, gw.global_scale, inp)) for p, s in qs]
+                    if times_itself(b):
+                        # its own CUDA stream (ggml): the backend times the same weight copies itself
+                        us = b.self_timer(cases, timing)
+                    else:
+                        us = _time([b.timer(c) for c in cases], timing)
                 except ValueError as e:
                     skipped[b.name] = str(e)
                     continue
-                us = _time(calls, timing)
                 per[b.name] = {"us": us, "speedup_vs_bf16": t_bf16 / us,
                                "weight_GBps": gw.nbytes / (us * 1e-6) / 1e9}
             kernel, config = default_config(m, n, k, in_graph=in_graph)

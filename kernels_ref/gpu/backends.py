@@ -13,7 +13,10 @@ vLLM's NVFP4 GEMM tests use atol/rtol 1e-1, its Marlin FP4 test a mean relative 
   activations only the fp32 accumulation order differs: 1e-4.
 * ``scaled_mm``: torch._scaled_mm with FP4 operands and swizzled block scales: needs FP4 tensor cores
   (compute capability 10.x/12.x); 1e-2.
-* ``vllm``, ``flashinfer``: their NVFP4 kernels when importable.
+* ``ggml-cuda`` (llama.cpp's CUDA kernels) is registered in ``kernels_ref/dispatch.py``: it needs no torch.
+
+vLLM's and FlashInfer's NVFP4 GEMMs are not registered: a backend is registered only when it can
+run somewhere (bench/RESULTS.md says what wiring them up needs).
 """
 
 from __future__ import annotations
@@ -165,17 +168,6 @@ def _run_scaled_mm(case: LayerCase) -> np.ndarray:
     return y.cpu().numpy()
 
 
-def _import_reason(mod: str, what: str) -> str | None:
-    why = _cuda_reason()
-    if why:
-        return why
-    import importlib.util
-
-    if importlib.util.find_spec(mod) is None:
-        return f"{mod} is not installed: {what}"
-    return "its NVFP4 GEMM entry point is not wired up in this nvfp4tools version"
-
-
 # -- bench: the same backends as device-only calls (see Backend.timer) ------------------------------
 
 def _time_torch(dc: DeviceCase):
@@ -211,10 +203,6 @@ def _time_triton_w4a4(dc: DeviceCase):
     return lambda: nvfp4_w4a4_gemm(x, dc.packed, dc.scales, dc.global_scale, dc.input_scale)
 
 
-def _never(case: LayerCase) -> np.ndarray:  # pragma: no cover
-    raise RuntimeError("unavailable backend called")
-
-
 register(Backend("torch", "torch ops: GPU dequantization, float32 matmul (TF32 off)", 1e-5, _cuda_reason, _run_torch,
                  "float32 accumulation on the GPU", timer=_time_torch))
 register(Backend("triton", "nvfp4tools' fused Triton NVFP4 W4A16 kernels: row 0 GEMV, rows 1-7 skinny mma.sync, "
@@ -231,9 +219,3 @@ register(Backend("scaled_mm", "torch._scaled_mm with FP4 operands and 128x4-swiz
                  activations="w4a4",
                  timer_missing="bench does not time scaled_mm yet: no GPU with FP4 tensor cores was at hand to "
                                "check a timing path on"))
-register(Backend("vllm", "vLLM's NVFP4 CUTLASS / Marlin FP4 GEMM", 4e-2,
-                 lambda: _import_reason("vllm", "pip install vllm on a CUDA machine"), _never,
-                 "vLLM test_marlin_gemm: mean relative error < 0.04"))
-register(Backend("flashinfer", "FlashInfer mm_fp4", 1e-1,
-                 lambda: _import_reason("flashinfer", "pip install flashinfer-python"), _never,
-                 "vLLM/FlashInfer NVFP4 tests: atol/rtol 1e-1"))

@@ -23,7 +23,7 @@ def _ms(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ..
 @click.command("bench")
 @click.argument("path")
 @click.option("--backend", default="all", show_default=True,
-              help="Backends to time: a comma list (triton, triton-w4a4, torch) or 'all' (every available one). "
+              help="Backends to time: a comma list (triton, triton-w4a4, torch, ggml-cuda) or 'all' (every available one). "
                    "An unavailable backend named here is an error.")
 @click.option("--ms", "ms", default="1,16,128", show_default=True, callback=_ms,
               help="Activation rows (tokens) to time, comma-separated.")
