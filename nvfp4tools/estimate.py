@@ -67,6 +67,8 @@ class Settings:
     weights_bytes_override: int | None = None
     cudagraph_bytes: int = 0
     ubatch: int = 512
+    n_gpu_layers: int | None = None   # llama.cpp -ngl (None: all layers and the output on the GPU)
+    n_cpu_moe: int = 0                # llama.cpp --n-cpu-moe: experts of the first N layers on the CPU
 
     def __post_init__(self) -> None:
         self.check()
@@ -85,6 +87,11 @@ class Settings:
         _at_least("--max-batched-tokens", self.max_batched_tokens, 1, "leave it out for the engine default")
         _at_least("--tp", self.tp, 1, "--tp 1 is one GPU")
         _at_least("ubatch", self.ubatch, 1, "llama.cpp's default n_ubatch is 512")
+        _at_least("--ngl", self.n_gpu_layers, 0, "leave --ngl out to put every layer on the GPU")
+        _at_least("--n-cpu-moe", self.n_cpu_moe, 0, "0 keeps every expert on the GPU")
+        if self.engine != "llamacpp" and (self.n_gpu_layers is not None or self.n_cpu_moe):
+            raise UsageError("--ngl and --n-cpu-moe are llama.cpp settings",
+                             hint="use --engine llamacpp, or leave them out")
         for opt, v in (("--mem-fraction", self.mem_fraction), ("--swa-ratio", self.swa_ratio)):
             # written as a negated range so NaN fails too
             if v is not None and not (isinstance(v, (int, float)) and 0 < v <= 1):

@@ -278,43 +278,70 @@ def _pad(x: int, n: int) -> int:
 
 
 def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
+    from .estimate_offload import layer_split
+
     n_seq = s.max_seqs or 1
     n_ctx = _pad(context * n_seq, LLAMA_PAD)  # unified cache: n_ctx cells shared by the sequences
     ub = s.ubatch
-    full_bytes = swa_bytes = 0.0
+    split = layer_split(ckpt, arch, s.n_gpu_layers, s.n_cpu_moe)
+    full_bytes = swa_bytes = cpu_kv = 0.0
     swa_cells = None
-    for l in arch.layers:
+    for il, l in enumerate(arch.layers):
         per = layer_kv_bytes_per_token(l, b, s.tp)
         if per == 0:
             continue
         if l.kind == "sliding" and l.window:
             # llama-kv-cache-iswa.cpp: size_swa = GGML_PAD(min(size_base, n_swa * n_seq + n_ubatch), 256)
             swa_cells = _pad(min(n_ctx, l.window * n_seq + ub), LLAMA_PAD)
-            swa_bytes += swa_cells * per
+            cells = swa_cells
         else:
-            full_bytes += n_ctx * per
+            cells = n_ctx
+        if il < len(split["on_gpu"]) and not split["on_gpu"][il]:
+            cpu_kv += cells * per                      # the layer's cache lives with the layer (offload_kqv)
+        elif l.kind == "sliding" and l.window:
+            swa_bytes += cells * per
+        else:
+            full_bytes += cells * per
     kv_total = int(full_bytes + swa_bytes)
-    compute = ub * arch.vocab_size * 4 + ub * arch.hidden_size * 4 * 8
+    logits = ub * arch.vocab_size * 4
+    hidden_act = ub * arch.hidden_size * 4 * 8
+    compute = (logits if split["output_on_gpu"] else 0) + hidden_act
     budget = gpu.memory_total_bytes - context_overhead_bytes()
+    gpu_weights = max(0, weights - split["cpu_weight_bytes"])
+    offloaded = split["all_on_gpu"]
     terms = [
         Term("budget", budget, "total memory minus the CUDA context", "gemma4-memory.md section 6"),
-        Term("weights", weights, "all layers offloaded (-ngl 99): GGUF tensor bytes"),
+        Term("weights", gpu_weights, "all layers offloaded (-ngl all): GGUF tensor bytes" if offloaded else
+             f"-ngl {split['n_gpu_layers']}: {split['layers_on_gpu']} of {split['n_layers']} layers"
+             + (" and the output layer" if split["output_on_gpu"] else "") + " on the GPU"
+             + (f", experts of the first {s.n_cpu_moe} layers on the CPU" if s.n_cpu_moe else "")
+             + f"; {split['cpu_weight_bytes']:,} B of weights stay in system RAM",
+             "llama.cpp llama-model.cpp load_tensors (i_gpu_start = n_layer + 1 - ngl); common/arg.cpp --n-cpu-moe"),
         Term("kv_full_layers", int(full_bytes), f"{n_ctx} cells (n_ctx x -np {n_seq}, padded to {LLAMA_PAD}) x "
-             "per-token bytes of the full-attention layers", "llama.cpp llama-kv-cache.cpp"),
+             "per-token bytes of the full-attention layers on the GPU", "llama.cpp llama-kv-cache.cpp"),
         Term("kv_sliding_layers", int(swa_bytes), f"{swa_cells} cells = PAD(min(n_ctx, window x n_seq + n_ubatch "
-             f"{ub}), 256) per sliding layer", "llama.cpp llama-kv-cache-iswa.cpp"),
-        Term("compute_buffer", compute, f"n_ubatch {ub} x (fp32 logits over the vocabulary + a few fp32 hidden-size "
-             "activations)", "llama.cpp ggml-backend graph allocation (estimate)"),
+             f"{ub}), 256) per sliding layer on the GPU", "llama.cpp llama-kv-cache-iswa.cpp"),
+        Term("compute_buffer", compute, f"n_ubatch {ub} x (fp32 logits over the vocabulary"
+             + ("" if split["output_on_gpu"] else ", on the CPU with the output layer,")
+             + " + a few fp32 hidden-size activations)", "llama.cpp ggml-backend graph allocation (estimate)"),
     ]
     # llama.cpp allocates the whole cache (n_ctx cells for -np sequences) at start, so that is
     # what must fit, not one request's share of it
-    margin = budget - (weights + kv_total + compute)
+    margin = budget - (gpu_weights + kv_total + compute)
     cap = {"n_ctx": n_ctx, "n_seq": n_seq, "swa_cells": swa_cells, "kv_bytes": kv_total,
            "kv_pool_bytes": kv_total, "kv_pool_tokens": n_ctx, "max_concurrency": n_seq,
            "required_kv_bytes": kv_total}
     if kv_dtype in ("q8_0", "q4_0"):
         notes.append("quantized V cache in llama.cpp needs flash attention (-fa)")
-    return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap,
+    offload = {k: v for k, v in split.items() if k != "on_gpu"}
+    offload.update({"gpu_weight_bytes": gpu_weights, "cpu_kv_bytes": int(cpu_kv),
+                    "system_ram_bytes": split["cpu_weight_bytes"] + int(cpu_kv)
+                    + (0 if split["output_on_gpu"] else logits)})
+    if not offloaded:
+        notes.append(f"partial offload: {offload['system_ram_bytes'] / GiB:.2f} GiB of system RAM for the CPU "
+                     "layers' weights and KV cache (mmap'd weights count as page cache); CPU layers run at "
+                     "system-memory bandwidth, and the decode ceiling above assumes every weight on the GPU")
+    return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap, "offload": offload,
              "settings": {"n_seq": n_seq, "ubatch": ub}}, margin)
 
 

@@ -39,13 +39,20 @@ GiB = 2**30
               help="Use this weight VRAM (e.g. from the engine's load log) instead of the prediction.")
 @click.option("--cudagraph-gib", type=float, default=0.0, show_default=True,
               help="vLLM >= 0.21 subtracts its CUDA-graph estimate; give it from a log.")
+@click.option("--ngl", type=int, default=None, help="llama.cpp -ngl: layers on the GPU, the output layer first "
+              "(default: all).")
+@click.option("--n-cpu-moe", type=int, default=0, help="llama.cpp --n-cpu-moe: experts of the first N layers stay on "
+              "the CPU.")
+@click.option("--solve", "solves", multiple=True, type=click.Choice(["context", "seqs", "ngl"]),
+              help="Solve for the largest context, parallel sequences (-np / requests) or -ngl that fits; repeatable.")
 @click.option("--explain", is_flag=True, help="Show every term with its mechanism and source.")
 @format_option
 @click.pass_context
 def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None, engine: str | None, context: int | None,
                  kv_dtype: str, mem_fraction: float | None, swa_ratio: float | None, max_seqs: int | None,
                  max_batched_tokens: int | None, tp: int, text_only: bool, weights_gib: float | None,
-                 cudagraph_gib: float, explain: bool, fmt: str) -> None:
+                 cudagraph_gib: float, ngl: int | None, n_cpu_moe: int, solves: tuple[str, ...], explain: bool,
+                 fmt: str) -> None:
     """Will this checkpoint fit, and how many KV-cache tokens and concurrent sequences will it get?
 
     Reads headers only (any format inspect reads). Exit 1 when it does not fit, or when the engine
@@ -65,7 +72,9 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
     s = Settings(engine=engine or "vllm", context=context, kv_dtype=kv_dtype, mem_fraction=mem_fraction, swa_ratio=swa_ratio,
                  max_seqs=max_seqs, tp=tp, text_only=text_only, max_batched_tokens=max_batched_tokens,
                  weights_bytes_override=gib_to_bytes("--weights-gib", weights_gib),
-                 cudagraph_bytes=gib_to_bytes("--cudagraph-gib", cudagraph_gib) or 0)
+                 cudagraph_bytes=gib_to_bytes("--cudagraph-gib", cudagraph_gib) or 0,
+                 **({"engine": "llamacpp"} if engine is None and (ngl is not None or n_cpu_moe) else {}),
+                 n_gpu_layers=ngl, n_cpu_moe=n_cpu_moe)
     vram_bytes = parse_size(vram, option="--vram", require_unit=True) if vram is not None else None
     if vram_bytes is not None and vram_bytes <= 0:
         raise UsageError(f"--vram {vram!r} must be more than 0 bytes", hint="give the GPU's memory, e.g. 24GiB")
@@ -94,6 +103,10 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
     if vram_bytes is not None:
         gpu = custom_gpu(vram_bytes, gpu)
     res = estimate(ckpt, gpu, s)
+    if solves:
+        from nvfp4tools.estimate_offload import solve
+
+        res.report["solve"] = [solve(ckpt, gpu, s, w) for w in dict.fromkeys(solves)]
     emit(res.report, fmt, lambda r: render_table(r, explain))
     ctx.exit(0 if res.fits and res.loads else 1)
 
@@ -147,6 +160,15 @@ def render_table(r: dict[str, Any], explain: bool = False) -> str:
             for t in terms:
                 lines.append(f"  {t['name']:<{width}} {_gib(t['bytes']):>11}  {t['mechanism']}"
                              + (f" [{t['source']}]" if t["source"] else ""))
+    off = r.get("offload")
+    if off and not off["all_on_gpu"]:
+        lines.insert(3, f"offload: -ngl {off['n_gpu_layers']} ({off['layers_on_gpu']}/{off['n_layers']} layers"
+                        + (" + output" if off["output_on_gpu"] else "") + " on the GPU"
+                        + (f", --n-cpu-moe {off['n_cpu_moe']}" if off["n_cpu_moe"] else "")
+                        + f"); GPU weights {_gib(off['gpu_weight_bytes'])}, system RAM {_gib(off['system_ram_bytes'])}")
+    for x in r.get("solve", []):
+        v = "none fits" if x["value"] is None else f"{x['value']:,}"
+        lines.append(f"solve {x['what']}: {v} ({x['meaning']})")
     if r.get("launch"):
         lines += ["", "launch (the settings above):", "  " + r["launch"]["command"]]
         lines += [f"  ({n})" for n in r["launch"]["notes"]]
