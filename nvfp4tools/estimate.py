@@ -276,16 +276,6 @@ def weight_terms(ckpt: Checkpoint, gpu: GPU, s: Settings) -> list[Term]:
                           "whichever is smaller; MoE: the expert intermediate size per shard)",
                           "; ".join(sorted({p.source.cite() for p in paths})) or
                           "vLLM marlin_utils.py marlin_padded_nk (docs/engine-compat.md)"))
-    if s.engine == "vllm":
-        mx, backend = vllm_mxfp4_moe_padding(ckpt, gpu, s.tp)
-        if backend:
-            terms.append(Term("mxfp4_moe_padding", mx,
-                              f"vLLM's MXFP4 MoE on cc {gpu.compute_capability} runs {backend[0]}, which rounds the "
-                              f"expert intermediate size per TP shard up to a multiple of {backend[1]}"
-                              + (f" and the hidden size to {backend[2]}" if backend[2] else ", hidden unchanged")
-                              + " at weight creation (zero-filled expert weight and scale memory)",
-                              "vLLM 0.34.0 fused_moe/oracle/mxfp4.py mxfp4_round_up_hidden_size_and_intermediate_size "
-                              "and select_mxfp4_moe_backend; quantization/mxfp4.py maybe_roundup_sizes"))
     if s.engine == "sglang" and gpu.fp4 != "native" and 8 <= gpu.cc_major < 10:
         dead = _sglang_dead_swizzled_scales(tensors)
         if dead:
@@ -304,57 +294,6 @@ def weight_terms(ckpt: Checkpoint, gpu: GPU, s: Settings) -> list[Term]:
                               "dtype (2 B), one per distinct RoPE configuration (sliding and full layers differ)",
                               "vLLM/SGLang rotary_embedding.py RotaryEmbedding._compute_cos_sin_cache"))
     return terms
-
-
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
-def vllm_mxfp4_moe_backend(cc: str) -> tuple[str, int, int | None] | None:
-    """vLLM 0.34.0's default MXFP4 MoE backend for gpt-oss on a CUDA GPU and its rounding of
-    (intermediate per shard, hidden): select_mxfp4_moe_backend walks FlashInfer TRT-LLM (cc 10.x),
-    OpenAI Triton kernels (9.0 <= cc < 13.0, moved after Marlin on 11.x/12.x), FlashInfer CUTLASS
-    (cc 9.0 exactly, after Triton), Marlin (cc >= 7.5; Mxfp4Config needs cc >= 8.0);
-    mxfp4_round_up_hidden_size_and_intermediate_size pads TRT-LLM and Marlin to (128, 256) and
-    everything else not listed (Triton included) to (64, unchanged)."""
-    major, minor = (int(x) for x in cc.split(".")[:2])
-    if major == 10:
-        return ("FlashInfer TRT-LLM MXFP4 (BF16 activations)", 128, 256)
-    if (major, minor) >= (9, 0) and major < 11:
-        return ("Triton MXFP4 MoE (OpenAI triton_kernels)", 64, None)
-    if major >= 8:
-        return ("Marlin MXFP4 MoE", 128, 256)
-    return None
-
-
-def vllm_mxfp4_moe_padding(ckpt: Checkpoint, gpu: GPU, tp: int) -> tuple[int, tuple[str, int, int | None] | None]:
-    """Bytes vLLM's MXFP4 MoE adds to MXFP4 expert weights by rounding their sizes up (all GPUs
-    together), and the backend that does it; (0, None) when the checkpoint has no MXFP4 experts.
-    gate/up rows are shards x intermediate, down columns the intermediate; the hidden size is the
-    other dimension. gpt-oss (hidden 2880, intermediate 2880): 2944 x 3072 on Marlin and TRT-LLM
-    (+9.0% of the expert bytes), unchanged on Hopper's Triton path (vllm_kernels.md G)."""
-    arch = ckpt.arch
-    experts = [t for t in ckpt.tensors.values() if t.role == "experts" and t.scheme.name == "mxfp4"
-               and len(t.shape) >= 2 and t.n_elements]
-    if not experts or arch is None or not arch.expert_intermediate_size:
-        return 0, None
-    backend = vllm_mxfp4_moe_backend(gpu.compute_capability)
-    if backend is None:
-        return 0, None
-    inter, hidden = arch.expert_intermediate_size, arch.hidden_size
-    i2 = _round_up(-(-inter // tp), backend[1]) * tp
-    h2 = _round_up(hidden, backend[2]) if backend[2] else hidden
-    extra = 0.0
-    for t in experts:
-        rows, cols = t.shape[-2], t.shape[-1]
-        lead = math.prod(t.shape[:-2])
-        if t.proj == "down":                         # [hidden, intermediate]
-            n2, k2 = h2 if rows == hidden else rows, i2 if cols == inter else cols
-        else:                                        # [shards x intermediate, hidden]
-            n2 = (rows // inter) * i2 if rows % inter == 0 else rows
-            k2 = h2 if cols == hidden else cols
-        extra += (n2 * k2 - rows * cols) * lead * (t.nbytes / t.n_elements)
-    return int(extra), backend
 
 
 def _sglang_dead_swizzled_scales(tensors: list[TensorInfo]) -> int:
