@@ -264,19 +264,21 @@ def weight_terms(ckpt: Checkpoint, gpu: GPU, s: Settings) -> list[Term]:
             terms.append(Term("k_eq_v_duplicate", kdup, "K=V layers have no v_proj; the engine loads k_proj into "
                               "the K and the V slot of its fused QKV weight, so those bytes exist twice",
                               "vLLM models/gemma4.py; SGLang gemma4_causal.py _get_k_eq_v_layers"))
-    # Kernel padding: the same engine model (compat) that names the kernel path decides it.
+    # Kernel padding and repacks: the same engine model (compat) that names the kernel path decides them.
     if s.engine in ("vllm", "sglang"):
         from . import compat
         from .compat.model import parse_cc
 
-        pad, paths = compat.padding_bytes(ckpt, s.engine, parse_cc(gpu.compute_capability), s.tp)
-        kernels = ", ".join(sorted({p.kernel for p in paths})) or "no padding kernel"
-        terms.append(Term("kernel_padding", pad, f"{kernels} on cc {gpu.compute_capability}: shapes its tiles do not "
-                          "cover are zero-padded in memory (Marlin: N to 64 and K to 128, or N to 128 and K to 64, "
-                          "whichever is smaller; MoE: the expert intermediate size per shard)",
-                          "; ".join(sorted({p.source.cite() for p in paths})) or
-                          "vLLM marlin_utils.py marlin_padded_nk (docs/engine-compat.md)"))
-    if s.engine == "sglang" and gpu.fp4 != "native" and 8 <= gpu.cc_major < 10:
+        cc = parse_cc(gpu.compute_capability)
+        pad, paths = compat.padding_bytes(ckpt, s.engine, cc, s.tp)
+        rules = "; ".join(f"{p.kernel}: {compat.padding_rule(p)}" for p in sorted(paths, key=lambda p: p.id))
+        terms.append(Term("kernel_padding", pad, f"on cc {gpu.compute_capability} the engine's kernels zero-pad shapes "
+                          f"their tiles do not cover, in memory ({rules or 'no kernel here pads'})",
+                          "; ".join(sorted({p.source.cite() for p in paths})) or "docs/engine-compat.md"))
+    sglang_moe = None
+    if s.engine == "sglang":
+        sglang_moe = compat.kernel_path("sglang", "moe", "nvfp4", cc, ckpt.format)
+    if sglang_moe is not None and sglang_moe.id == "sglang.nvfp4.moe.marlin":
         dead = _sglang_dead_swizzled_scales(tensors)
         if dead:
             terms.append(Term(

@@ -16,11 +16,11 @@ from nvfp4tools.model import Checkpoint, Finding
 
 from . import facts
 from .model import CC, ENGINE_NAMES, ENGINES, Assessment, Engine, KernelPath, cc_text, parse_cc
-from .rules import (Target, assess, kernel_path, kv_dtype_fact, marlin_padded_nk, padding_bytes, prepare,
-                    weight_family)
+from .rules import (Target, assess, kernel_path, kv_dtype_fact, marlin_padded_nk, padding_bytes, padding_rule,
+                    prepare, weight_family)
 
 __all__ = ["ENGINES", "Assessment", "Target", "assess", "assess_all", "kernel_path", "kv_dtype_fact",
-           "marlin_padded_nk", "padding_bytes", "weight_family", "as_dict", "facts"]
+           "marlin_padded_nk", "padding_bytes", "padding_rule", "weight_family", "as_dict", "facts"]
 
 _WHERE = "\x00"   # placeholder for the engine/GPU label, filled once GPU classes are merged
 

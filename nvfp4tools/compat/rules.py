@@ -486,6 +486,19 @@ def _bytes_per_element(t: TensorInfo) -> float:
     return t.nbytes / t.n_elements if t.n_elements else 0.0
 
 
+def padding_rule(p: KernelPath) -> str:
+    """How path P pads shapes in memory, in words (docs table, estimate's kernel_padding term)."""
+    if p.pads == "marlin":
+        return "N to 64 and K to 128, or N to 128 and K to 64, whichever adds less"
+    if p.pads == "marlin_moe":
+        return "the experts' intermediate size per shard to 64 (to 128 when the hidden size is not a multiple of 128)"
+    if p.pads == "native32":
+        return "N and K to 32"
+    if p.pad_hidden > 1 or p.pad_intermediate > 1:
+        return f"the hidden size to {p.pad_hidden} and the experts' intermediate size to {p.pad_intermediate}"
+    return "none"
+
+
 def padding_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tuple[int, list[KernelPath]]:
     """Bytes the engine's kernels add to the weights by zero-padding shapes (all GPUs together),
     and the padding paths that did so."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from . import facts
 from .model import ENGINE_NAMES, cc_text
+from .rules import padding_rule
 
 BEGIN = "<!-- BEGIN GENERATED: python -m nvfp4tools.compat.table --update docs/engine-compat.md -->"
 END = "<!-- END GENERATED -->"
@@ -41,11 +42,8 @@ def render() -> str:
             cons.append("groups " + "/".join(map(str, p.group_sizes)) + " (else next row)")
         if p.fails:
             cons.append("fails at load unless " + _shape(p.fails))
-        if p.pads:
-            cons.append({"marlin": "pads N, K to Marlin tiles", "marlin_moe": "pads the expert intermediate size",
-                         "native32": "pads N, K to 32"}[p.pads])
-        if p.pad_hidden > 1 or p.pad_intermediate > 1:
-            cons.append(f"rounds hidden up to {p.pad_hidden}, intermediate to {p.pad_intermediate}")
+        if padding_rule(p) != "none":
+            cons.append("pads " + padding_rule(p))
         if p.input_scale == "max":
             cons.append("one input scale: max over experts")
         out.append(f"| `{p.id}` | {_cc(p.cc_min, p.cc_max)} | {p.layer} | {p.weights} | {', '.join(p.formats) or 'any'} "
