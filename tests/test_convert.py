@@ -517,10 +517,13 @@ def test_stream_rides_over_gaps_and_writes_after_the_copies_that_cover_them(tmp_
     class Recorder(Stream):
         def __init__(self) -> None:
             self.ops = []
-            self.run, self.small = None, {}
+            self.run, self.small, self.unresolved = None, {}, []
 
         def _submit(self, pos, d) -> None:
             self.ops.append((pos, d))
+
+        def _submit_small(self, writes) -> None:
+            self.ops.extend(writes)
 
     def apply(ops) -> bytes:
         out = bytearray(len(data))
@@ -544,6 +547,131 @@ def test_stream_rides_over_gaps_and_writes_after_the_copies_that_cover_them(tmp_
         assert apply(s.ops) == bytes(want), max_run
         if max_run == 10_000:
             assert sum(isinstance(d, CopyFrom) for _, d in s.ops) == 1  # one merged copy
+
+
+def test_stream_small_writes_follow_their_copy_and_marks_wait_for_them(tmp_path):
+    """Small writes riding behind a copy are handed to the main thread only once that copy is done,
+    and a mark holds only once everything put before it is in the file, small writes included."""
+    import threading
+
+    from nvfp4tools.convert.encode import CopyFrom
+    from nvfp4tools.convert.stream import Stream
+
+    data = bytes(range(256)) * 64
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    dst = tmp_path / "dst.bin"
+    dst.write_bytes(b"\0" * len(data))
+    gate = threading.Event()
+
+    class Held(Stream):
+        def _apply(self, pos, d):
+            gate.wait(10)   # the writer thread copies only once the test lets it
+            super()._apply(pos, d)
+
+    fd = os.open(dst, os.O_WRONLY)
+    s = Held(fd)
+    half = len(data) // 2
+    s.put(0, CopyFrom(str(src), 0, half - 4))
+    s.put(half - 4, b"\xaa\xbb\xcc\xdd")             # rides behind the copy: the gap is source bytes
+    s.put(half, CopyFrom(str(src), half, half))
+    s.mark("all")
+    s.flush()
+    assert s.run is None and "all" in s.marks and s.done < s.submitted
+    s.apply_small()                                       # not its turn yet: nothing written
+    assert open(dst, "rb").read(half)[half - 4:] == b"\0" * 4
+    gate.set()
+    assert s.wait_mark("all")
+    want = bytearray(data)
+    want[half - 4:half] = b"\xaa\xbb\xcc\xdd"
+    assert dst.read_bytes() == bytes(want)
+    s.close()
+    os.close(fd)
+
+
+def test_copies_between_equally_aligned_offsets_start_on_64_kib(tmp_path, monkeypatch):
+    """Where source and output offsets agree modulo 64 KiB, the first request stops at the boundary
+    and the rest starts on it; otherwise one request. The bytes are the same either way."""
+    import nvfp4tools.convert.stream as st
+    from nvfp4tools.convert.encode import CopyFrom
+
+    data = os.urandom(300_000)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    calls = []
+    orig = st.copy_once
+
+    def rec(s, d, n, so, do, name):
+        calls.append((n, so, do))
+        return orig(s, d, n, so, do, name)
+
+    monkeypatch.setattr(st, "copy_once", rec)
+    for src_off, dst_off, split in ((1000, 1000 + 65536, True), (1000, 1008, False)):
+        calls.clear()
+        dst = tmp_path / f"dst{dst_off}.bin"
+        dst.write_bytes(b"\0" * (dst_off + len(data)))
+        fd = os.open(dst, os.O_WRONLY)
+        s = st.Stream(fd)
+        s.put(dst_off, CopyFrom(str(src), src_off, len(data) - src_off))
+        s.close()
+        os.close(fd)
+        assert dst.read_bytes()[dst_off:dst_off + len(data) - src_off] == data[src_off:]
+        if split:
+            assert len(calls) == 2 and calls[1][2] % st.COPY_ALIGN == 0 and calls[1][1] % st.COPY_ALIGN == 0
+        else:
+            assert len(calls) == 1
+
+
+def test_a_corrupt_copy_is_caught_while_the_rest_is_still_copying(synth_dir, tmp_path, monkeypatch):
+    """The output is re-read and checked tensor by tensor while later copies are still running: a
+    kernel copy that lands one byte wrong (a planted fault in the copy step) fails the conversion,
+    the writer thread is stopped, and nothing is left at DST or beside it."""
+    import nvfp4tools.convert.stream as st
+    from nvfp4tools.convert import convert
+    from nvfp4tools.errors import FormatError
+
+    orig = st.copy_once
+    hit = []
+
+    def faulty(s, d, n, so, do, name):
+        k = orig(s, d, n, so, do, name)
+        if not hit:
+            hit.append(do + k - 1)
+            b = os.pread(s, 1, so + k - 1)
+            os.pwrite(d, bytes([b[0] ^ 0x01]), do + k - 1)
+        return k
+
+    monkeypatch.setattr(st, "copy_once", faulty)
+    monkeypatch.setattr(st.Stream, "MAX_RUN", 4096)   # many copies, so some are in flight during the check
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    with pytest.raises(FormatError, match="differ"):
+        convert(src, str(tmp_path / "ct"), "compressed-tensors")
+    assert hit and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("verify", ["sampled", "full"])
+def test_a_slow_copy_is_waited_for_not_misread(synth_dir, tmp_path, monkeypatch, verify):
+    """With the writer thread slowed down, the overlapped check waits for each tensor's bytes (and
+    the small writes behind its copy) instead of reading them early: the conversion passes and the
+    output equals the one written without overlap."""
+    import time
+
+    import nvfp4tools.convert.stream as st
+    from nvfp4tools.convert import convert
+
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    convert(src, str(tmp_path / "plain"), "compressed-tensors")
+    orig = st.Stream._apply
+
+    def slow(self, pos, d):
+        time.sleep(0.002)
+        orig(self, pos, d)
+
+    monkeypatch.setattr(st.Stream, "_apply", slow)
+    monkeypatch.setattr(st.Stream, "MAX_RUN", 64 * 1024)
+    rep = convert(src, str(tmp_path / "slow"), "compressed-tensors", verify=verify)
+    assert rep["verified_tensors"] > 50
+    assert _tensors(str(tmp_path / "slow")) == _tensors(str(tmp_path / "plain"))
 
 
 def _with_extra_tensors(src: str, dst: str, extra: dict) -> str:

@@ -68,7 +68,7 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
     """Convert SRC_PATH into DST (see the module doc); returns the report."""
     from nvfp4tools import formats
 
-    from . import check, publish
+    from . import publish
     from .stream import Progress
 
     opts = Options(to, experts, allow_lossy, quantize, max_shard_bytes, verify)
@@ -78,20 +78,25 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
     view = View(src)
     try:
         p = make_plan(src, opts, view)
-        report = p.as_dict()
         if dry_run:
-            return report
+            return p.as_dict()
         publish.remove_stale(dst)
         tmp = publish.temp_path_for(dst)
         lossy: list[dict[str, Any]] = []
-        progress = Progress(sum(a.nbytes for a in p.actions))
+        # the writer returns while the last file's bytes are still being copied (Progress: overlap);
+        # the report, the re-read of the output and the check of every tensor whose bytes are final
+        # run meanwhile, and publishing waits for the end
+        progress = Progress(lambda: sum(a.nbytes for a in p.actions), overlap=True)
         restore_sigterm = publish.terminate_as_interrupt()  # a cancelled CI job cleans up like Ctrl-C
         try:
             files = writer.write(p, view, tmp, opts, lossy, progress)
-            progress.close()
+            report = p.as_dict()
             folder = writer.suffix is None
             out = formats.read(tmp, to)
-            report["verified_tensors"] = check.verify_output(p, view, out, verify)
+            from . import check
+            report["verified_tensors"] = check.verify_output(p, view, out, verify, ready=progress.ready)
+            progress.settle()
+            progress.close()
             report["verification"] = verify
             if lossy:
                 # a NaN or Inf error figure (the source weight held NaN) is null: the report is strict
@@ -108,6 +113,7 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
                                                                                 "model.safetensors.index.json"})
             publish.publish(tmp, dst)
         except BaseException:
+            progress.settle(abort=True)
             if os.path.isdir(tmp) and not os.path.islink(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
             elif os.path.lexists(tmp):

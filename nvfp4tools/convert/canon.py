@@ -23,18 +23,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from nvfp4tools.errors import FormatError, UnsupportedError
 from nvfp4tools.io import PartReader, decode_values
 from nvfp4tools.model import Checkpoint, TensorInfo, TensorPart
-from nvfp4tools.tensors import NP_DTYPES
 
 from . import scales
 
-# safetensors dtype -> numpy dtype of the stored bits: the value table, with 16-bit floats as their
-# bits so that they copy exactly
-BITS_DTYPE = {**NP_DTYPES, "BF16": np.uint16, "F16": np.uint16}
+# numpy is imported where arrays are made, not with the module: planning and copying never need
+# it, so a conversion's kernel copies start before numpy is loaded (style: heavy imports in functions)
+
+
+def bits_dtype(stored_dtype: str):
+    """The numpy dtype of a stored dtype's bits, 16-bit floats as their bits so that they copy exactly
+    (None: a ggml block type)."""
+    import numpy as np
+
+    from nvfp4tools.tensors import NP_DTYPES
+
+    return np.uint16 if stored_dtype in ("BF16", "F16") else NP_DTYPES.get(stored_dtype)
 
 
 @dataclass
@@ -55,6 +61,8 @@ class Canon:
 
     def rows_permuted(self, perm: np.ndarray) -> "Canon":
         """The same tensor with its rows (axis -2) in the order PERM."""
+        import numpy as np
+
         def take(a):
             if a is None:
                 return None
@@ -100,6 +108,8 @@ class View:
     def _read(self, part: TensorPart, start: int, nbytes: int) -> np.ndarray:
         """NBYTES of PART from byte START, read into a fresh buffer (pread: memory is the block read,
         whatever the file size; a long-lived mmap would keep every page read mapped)."""
+        import numpy as np
+
         fs = self._bulk.get(part.file)
         if fs is None:
             path = os.path.join(self.ckpt.root, part.file)
@@ -143,9 +153,12 @@ class View:
                lead: int = 0) -> np.ndarray:
         """A part's stored array (bits kept), optionally only rows START:STOP (of EXPERT).
         LEAD: leading expert count of a stacked part (0: none)."""
-        dt = np.dtype(BITS_DTYPE.get(part.stored_dtype, np.uint8))
+        import numpy as np
+
+        bits = bits_dtype(part.stored_dtype)
+        dt = np.dtype(bits or np.uint8)
         shape = tuple(part.stored_shape)
-        if part.stored_dtype not in BITS_DTYPE:   # a ggml block type: [.., rows, bytes per row]
+        if bits is None:   # a ggml block type: [.., rows, bytes per row]
             nrows = 1
             for d in shape[:-1]:
                 nrows *= d
@@ -172,6 +185,8 @@ class View:
 
     def canon(self, t: TensorInfo, expert: int | None = None, rows: tuple[int, int] | None = None) -> Canon:
         """Tensor T (or expert EXPERT of a stacked T, or rows START:STOP of it) in canonical form."""
+        import numpy as np
+
         data = t.part("data")
         if data is None:
             raise FormatError(f"{t.name}: no data part")
@@ -214,6 +229,8 @@ class View:
                                hint="lossless conversion covers NVFP4, int4 group-symmetric and Q4_0")
 
     def _nvfp4(self, t: TensorInfo, data: TensorPart, expert, r, lead, out_shape) -> Canon:
+        import numpy as np
+
         if data.stored_dtype == "NVFP4":
             from nvfp4tools.kernels_ref.fp4 import hf_from_gguf_nvfp4_blocks
             blocks = self.stored(data, r, expert)
@@ -240,11 +257,15 @@ def llama_permutation(rows: int, n_head: int) -> np.ndarray:
     """Row order of llama.cpp's Q/K permutation (convert_hf_to_gguf.py, ``LlamaModel.permute``:
     ``w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2).reshape(rows, cols)``): HF's
     rotate-half RoPE pairs rows i and i + d/2 of a head, ggml's normal RoPE pairs 2i and 2i + 1."""
+    import numpy as np
+
     idx = np.arange(rows)
     return idx.reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(rows)
 
 
 def unpermute(perm: np.ndarray) -> np.ndarray:
+    import numpy as np
+
     inv = np.empty_like(perm)
     inv[perm] = np.arange(perm.size)
     return inv

@@ -14,15 +14,15 @@ row block at a time.
 
 from __future__ import annotations
 
-
-import numpy as np
+from typing import Callable
 
 from nvfp4tools.errors import FormatError
 from nvfp4tools.model import Checkpoint, TensorInfo
 
+from . import scales
 from .canon import Canon, View
 from .encode import direct_parts, pieces, read_piece, scalar_bytes, scalar_mults, logical_shape, as_f32
-from .plan import Kind, Plan
+from .plan import Action, Kind, Plan
 
 WINDOW = 4 * 2**10
 WINDOW_EVERY = 64 * 2**20
@@ -52,16 +52,24 @@ def _same_bytes(src: View, out: View, part, q, key: str, sampled: bool) -> None:
             raise _bug(f"bytes of '{key}' differ from the source")
 
 
-def _bits32(vals) -> np.ndarray:
-    return np.asarray(vals, np.float32).reshape(-1).view(np.uint32)
+def _bits32(vals) -> bytes:
+    """The float32 bits of VALS (as numpy's float32 cast gives them: overflow to infinity)."""
+    return b"".join(scales.F32.pack(scales.f32_round(v)) for v in vals)
 
+
+# numpy is imported where arrays are compared: a conversion whose parts are all copied byte for byte
+# checks bytes and scalars only, and never loads it
 
 def _values(c: Canon) -> np.ndarray:
+    import numpy as np
+
     return np.asarray(as_f32(c.array, c.dtype) if c.dtype in ("BF16", "F16", "F32") else c.array,
                       np.float64).reshape(-1)
 
 
 def _same(a: Canon, b: Canon) -> bool:
+    import numpy as np
+
     if a.kind == "nvfp4":
         return b.kind == "nvfp4" and np.array_equal(a.packed, b.packed) and np.array_equal(a.scale_bytes, b.scale_bytes)
     if a.kind in ("int4", "int8"):
@@ -87,8 +95,11 @@ def _out_rows(t_out: TensorInfo, out_row: int, n: int) -> tuple[int | None, tupl
     return None, (out_row, out_row + n)
 
 
-def verify_output(p: Plan, src_view: View, out: Checkpoint, mode: str = "sampled") -> int:
-    """Compare OUT, the written output, with the source; returns how many tensors were checked."""
+def verify_output(p: Plan, src_view: View, out: Checkpoint, mode: str = "sampled",
+                  ready: Callable[[Action], None] | None = None) -> int:
+    """Compare OUT, the written output, with the source; returns how many tensors were checked.
+    READY(action), when given, waits until that action's output bytes are final: each tensor is
+    checked as soon as it is written, while later ones are still being copied."""
     out_view = View(out)
     sampled = mode == "sampled"
     checked = 0
@@ -96,6 +107,8 @@ def verify_output(p: Plan, src_view: View, out: Checkpoint, mode: str = "sampled
         for a in p.actions:
             if a.kind == Kind.GENERATE or not a.exact:
                 continue
+            if ready is not None:
+                ready(a)
             t_out = out.tensors.get(a.out_name or "")
             if t_out is None:
                 raise _bug(f"'{a.out_name}' is missing from the output")
@@ -127,7 +140,7 @@ def verify_output(p: Plan, src_view: View, out: Checkpoint, mode: str = "sampled
                 t_out.scheme.name == "nvfp4" else None
             if want is not None:
                 got = out_view.mults(t_out, "global_scale") or [1.0] * max(1, len(want))
-                if not np.array_equal(_bits32(want), _bits32(got if len(got) == len(want) else got * len(want))):
+                if _bits32(want) != _bits32(got if len(got) == len(want) else got * len(want)):
                     raise _bug(f"global scale of '{a.out_name}' differs")
             logical = logical_shape(a, src_view)
             for o in a.outs:

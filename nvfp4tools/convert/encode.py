@@ -16,8 +16,6 @@ import struct
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
-
 from nvfp4tools.errors import UnsupportedError
 from nvfp4tools.formats.layouts import Out
 from nvfp4tools.model import TensorInfo
@@ -123,6 +121,7 @@ def merged(a: Action, view: View, p: Piece) -> Canon:
     * ``interleave_rows``: gpt-oss gate and up experts [E, I, H] -> gate_up_proj [E, H, 2I], rows
       interleaved (gate 0::2, up 1::2) then transposed (the inverse of the GGUF writer's Rearrange);
     * ``interleave_cols``: their biases [E, I] -> [E, 2I], interleaved."""
+    import numpy as np
     from dataclasses import replace
 
     parts = [view.canon(view.ckpt.tensors[n], p.expert) for n in a.sources]
@@ -179,6 +178,7 @@ def rearranged_shape(shape: tuple[int, ...], r: Rearrange) -> tuple[int, ...]:
 def rearranged(c: Canon, r: Rearrange) -> Canon:
     """C's values as :class:`~.plan.Rearrange` R orders them (unquantized tensors only: a 4-bit
     tensor's blocks run along its input axis and do not survive a transpose)."""
+    import numpy as np
     from dataclasses import replace
 
     if c.kind != "raw":
@@ -195,6 +195,7 @@ def rearranged(c: Canon, r: Rearrange) -> Canon:
 def mla_part(c: Canon, m: MLASplit) -> Canon:
     """attn_k_b or attn_v_b of a whole unquantized kv_b_proj (see :class:`~.plan.MLASplit`): the same
     values, rearranged; a quantized kv_b has no exact transposed form (the planner refuses it)."""
+    import numpy as np
     from dataclasses import replace
 
     if c.kind != "raw":
@@ -208,10 +209,15 @@ def mla_part(c: Canon, m: MLASplit) -> Canon:
     return replace(c, array=out, shape=out.shape)
 
 
+# numpy is imported in the functions that make arrays, not with the module: a conversion that only
+# copies (ModelOpt <-> compressed-tensors) starts its kernel copies before numpy is loaded
+
 # -- row-shaped parts ----------------------------------------------------------------------------
 
 def encode_rows(c: Canon, o: Out, name: str) -> bytes:
     """Output part O's bytes for the rows canonical C holds."""
+    import numpy as np
+
     w = o.what
     if w == "codes":
         return np.ascontiguousarray(_need(c, "nvfp4", o, name).packed).tobytes()
@@ -246,6 +252,8 @@ def _need(c: Canon, kind: str, o: Out, name: str) -> Canon:
 
 
 def _f16_bits(x: np.ndarray) -> np.ndarray | None:
+    import numpy as np
+
     with np.errstate(over="ignore", invalid="ignore"):
         h = x.astype(np.float16)
     ok = np.array_equal(h.astype(np.float32), x, equal_nan=True)
@@ -254,6 +262,7 @@ def _f16_bits(x: np.ndarray) -> np.ndarray | None:
 
 def as_f32(bits: np.ndarray, dtype: str) -> np.ndarray:
     """Stored float bits (BF16/F16 as uint16, or F32) as float32 values."""
+    import numpy as np
     from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
     if dtype == "BF16":
         return bf16_bits_to_f32(bits)
@@ -264,6 +273,8 @@ def as_f32(bits: np.ndarray, dtype: str) -> np.ndarray:
 
 def _scales_as(s: np.ndarray, have: str, want: str, name: str) -> bytes:
     """Group scales stored as HAVE, in dtype WANT exactly (or refused)."""
+    import numpy as np
+
     if have == want:
         return np.ascontiguousarray(s).tobytes()
     f = as_f32(s, have)
@@ -287,6 +298,7 @@ def _scales_as(s: np.ndarray, have: str, want: str, name: str) -> bytes:
 def _q4_0_bytes(c: Canon, name: str) -> bytes:
     """int4 group-symmetric -> ggml block_q4_0: nibble = q + 8, d = the group scale in fp16,
     repeated for groups of 64/128 (ggml ``quantize_row_q4_0_ref`` layout)."""
+    import numpy as np
     from nvfp4tools.kernels_ref.ggml_quants import q4_0_join
 
     if c.group % 32:
@@ -298,6 +310,8 @@ def _q4_0_bytes(c: Canon, name: str) -> bytes:
 
 
 def _cast_exact(c: Canon, want: str, name: str) -> bytes:
+    import numpy as np
+
     a, have = c.array, c.dtype
     if have == want:
         return np.ascontiguousarray(a).tobytes()
@@ -343,6 +357,8 @@ def scalar_mults(a: Action, view: View, role: str) -> list[float] | None:
         if a.global_override is not None:
             vals = list(a.global_override)
         elif a.fold is not None:
+            import numpy as np
+
             pes = view.canon(tensors[a.fold])
             f = np.asarray(as_f32(pes.array, pes.dtype), np.float32).reshape(-1)
             vals = [float(np.float32(v) * f[e]) for e, v in enumerate(vals)]

@@ -1,9 +1,16 @@
-"""Writing a file's tensor bytes: one background thread applies positioned writes and kernel
-copies while the main thread decodes and encodes the next pieces.
+"""Writing a file's tensor bytes: one background thread applies kernel copies and large
+positioned writes while the main thread decodes and encodes the next pieces, applies the small
+writes, and checks what is already final.
 
 ``copy_file_range`` and ``pwrite`` release the GIL, so the Python work of a conversion overlaps
 the copy. Payloads waiting in the queue are bounded (:attr:`Stream.MAX_PENDING`), so memory stays
 flat whatever the model size; adjacent kernel copies are merged into one request.
+
+The writer thread leaves small writes (a converted 4-byte scale) to the main thread: it hands each
+group of them over once every operation submitted before them is done, and goes on copying. Each
+small write would otherwise cost the writer thread a GIL hand-over, up to the interpreter's switch
+interval whenever the main thread is busy in Python (re-reading the output, checking it), which
+would hold up the copies behind it.
 """
 
 from __future__ import annotations
@@ -13,16 +20,20 @@ import os
 import sys
 import threading
 import time
-from typing import Any
-
-import numpy as np
+from typing import Any, Callable
 
 from nvfp4tools.filecopy import copy_once
 
 from .encode import CopyFrom
 
 ZERO_SKIP = 64 * 2**10        # chunks at least this large are checked for being all zero
-COPY_REQUEST = 0x7FFFF000   # Linux's MAX_RW_COUNT: the most one copy_file_range call moves
+COPY_ALIGN = 64 * 2**10       # copy_file_range runs ~25% faster from 64 KiB boundaries on both sides (see Stream._apply)
+COPY_REQUEST = 0x7FFF0000     # the most one copy_file_range call moves (Linux's MAX_RW_COUNT, 0x7FFFF000), in
+                              # whole COPY_ALIGN units so that every request after the first starts aligned
+
+
+class _Small(list):
+    """Small writes [(dst pos, bytes)], one queue entry: the main thread applies them."""
 
 
 class Stream:
@@ -34,6 +45,12 @@ class Stream:
     along in the copy and the small writes, applied after it, overwrite them. A lossless ModelOpt
     <-> compressed-tensors conversion becomes a few large copies instead of two per tensor. A small
     write is never applied before a copy that covers its bytes.
+
+    Every operation is applied once every operation submitted before it is done, except that the
+    main thread applies small writes (:meth:`apply_small`) while the writer thread goes on with the
+    operations after them: no two operations write the same byte but a copy and the small writes
+    that overwrite the gap it rode over, and those are ordered. :meth:`mark` names the point where
+    everything submitted so far (an action's bytes) is written; :meth:`wait_mark` waits for it.
     """
 
     MAX_PENDING = 128 * 2**20
@@ -52,9 +69,15 @@ class Stream:
         self.closing = False
         self.run: list[Any] | None = None    # [path, src offset, dst pos, nbytes]: a copy being merged
         self.small: dict[int, bytes] = {}    # dst pos -> bytes: small writes held until the copy is out
+        self.submitted = 0                   # queue entries submitted
+        self.done = 0                        # queue entries the writer thread is through with
+        self.ready: list[tuple[_Small, int]] = []   # small writes whose turn has come, for the main thread
+        self.marks: dict[Any, int] = {}      # mark -> entries that must be done before it holds
+        self.unresolved: list[Any] = []      # marks whose bytes are still held (run, small)
         self.thread = threading.Thread(target=self._loop, name="nvfp4tools-writer", daemon=True)
         self.thread.start()
 
+    # -- submitting (main thread) ----------------------------------------------------------------
     def put(self, pos: int, data: Any) -> None:
         if isinstance(data, CopyFrom):
             r = self.run
@@ -74,7 +97,23 @@ class Stream:
             self.small[pos] = bytes(data)
             return
         self._flush_run()
-        self._submit(pos, data)
+        if len(data) <= self.SMALL:
+            self._submit_small([(pos, bytes(data))])
+        else:
+            self._submit(pos, data)
+
+    def mark(self, key: Any) -> None:
+        """Name the point where everything put so far is written (see :meth:`wait_mark`)."""
+        if self.run is None and not self.small:
+            self.marks[key] = self.submitted
+        else:
+            self.unresolved.append(key)
+
+    def _resolve(self) -> None:
+        if self.unresolved and self.run is None and not self.small:
+            for k in self.unresolved:
+                self.marks[k] = self.submitted
+            self.unresolved.clear()
 
     def _covered(self, start: int, n: int) -> bool:
         q = start
@@ -95,32 +134,84 @@ class Stream:
             self._submit(pos, CopyFrom(path, off, n))
             end = pos + n
         if partial and end is not None:
-            for q in [q for q in self.small if q < end]:
-                self._submit(q, self.small.pop(q))
-            return
-        for q, b in self.small.items():
-            self._submit(q, b)
-        self.small.clear()
+            inside = [q for q in self.small if q < end]
+            if inside:
+                self._submit_small([(q, self.small.pop(q)) for q in inside])
+        elif self.small:
+            self._submit_small(list(self.small.items()))
+            self.small.clear()
+        self._resolve()
+
+    def _submit_small(self, writes: list[tuple[int, bytes]]) -> None:
+        self._submit(0, _Small(writes))
 
     def _submit(self, pos: int, data: Any) -> None:
-        size = 0 if isinstance(data, CopyFrom) else len(data)
+        size = 0 if isinstance(data, CopyFrom) else (sum(len(b) for _, b in data) if isinstance(data, _Small)
+                                                     else len(data))
+        if self.ready:
+            self.apply_small()
         with self.cv:
             while self.pending and self.pending + size > self.MAX_PENDING and self.error is None:
+                if self.ready:
+                    self.cv.release()
+                    try:
+                        self.apply_small()
+                    finally:
+                        self.cv.acquire()
+                    continue
                 self.cv.wait()
             if self.error is not None:
                 raise self.error
             self.ops.append((pos, data, size))
+            self.submitted += 1
             self.pending += size
             self.cv.notify_all()
 
+    # -- the main thread's share -----------------------------------------------------------------
+    def apply_small(self) -> None:
+        """Apply the small writes whose turn has come (main thread)."""
+        with self.cv:
+            batches, self.ready = self.ready, []
+        size = 0
+        try:
+            for writes, n in batches:
+                for pos, b in writes:
+                    _pwrite_all(self.dst, b, pos)
+                size += n
+        finally:
+            with self.cv:
+                self.pending -= size
+                self.cv.notify_all()
+
+    def wait_mark(self, key: Any) -> bool:
+        """Wait until everything put before :meth:`mark` KEY is written (False: no such mark);
+        re-raises the writer thread's error."""
+        want = self.marks.get(key)
+        if want is None:
+            return False
+        while True:
+            with self.cv:
+                while self.done < want and self.error is None and not self.ready:
+                    self.cv.wait()
+                if self.error is not None:
+                    raise self.error
+                reached = self.done >= want
+            self.apply_small()
+            if reached:
+                return True
+
+    # -- the writer thread -----------------------------------------------------------------------
     def _apply(self, pos: int, data: Any) -> None:
         if not isinstance(data, CopyFrom):
             view = memoryview(data).cast("B")
             # every writer extends its file to full size before streaming (truncate), so an unwritten
             # range reads as zeros: an all-zero chunk stays a hole. Sparse input (header-only test
             # checkpoints) then gives sparse output; real weights have no all-zero megabyte ranges.
-            if len(view) >= ZERO_SKIP and not np.frombuffer(view, np.uint8).any():
-                return
+            if len(view) >= ZERO_SKIP:
+                import numpy as np   # (only bytes the main thread encoded come here: it has numpy loaded)
+
+                if not np.frombuffer(view, np.uint8).any():
+                    return
             done = 0
             while done < len(view):
                 done += os.pwrite(self.dst, view[done:], pos + done)
@@ -128,10 +219,15 @@ class Stream:
         src = self.src_fds.get(data.path)
         if src is None:
             src = self.src_fds[data.path] = os.open(data.path, os.O_RDONLY)
+        # where both sides sit at the same offset within COPY_ALIGN, the first request stops at the
+        # boundary and the rest is copied aligned (page cache copies measured 1.32 s unaligned vs 1.0 s
+        # aligned for this 2.9 GiB file on ext4, Linux 6.18; bench/RESULTS.md "convert")
+        aligned = (pos - data.offset) % COPY_ALIGN == 0
         done = 0
         while done < data.nbytes:
-            done += copy_once(src, self.dst, min(COPY_REQUEST, data.nbytes - done), data.offset + done, pos + done,
-                              data.path)
+            head = -(pos + done) % COPY_ALIGN if aligned else 0
+            done += copy_once(src, self.dst, min(head or COPY_REQUEST, data.nbytes - done), data.offset + done,
+                              pos + done, data.path)
 
     def _loop(self) -> None:
         while True:
@@ -141,6 +237,14 @@ class Stream:
                 if not self.ops:
                     return
                 pos, data, size = self.ops.popleft()
+                if isinstance(data, _Small):   # every entry before it is done: its turn has come
+                    if self.error is None:
+                        self.ready.append((data, size))
+                    else:
+                        self.pending -= size
+                    self.done += 1
+                    self.cv.notify_all()
+                    continue
             try:
                 if self.error is None:
                     self._apply(pos, data)
@@ -149,22 +253,43 @@ class Stream:
                     self.error = e
             with self.cv:
                 self.pending -= size
+                self.done += 1
                 self.cv.notify_all()
+
+    # -- the end ---------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Submit everything still held (after the last put; every mark is then resolved)."""
+        self._flush_run()
 
     def close(self, abort: bool = False) -> None:
         """Wait until every operation is applied (ABORT: drop the rest) and re-raise the thread's error."""
         if not abort:
             try:
                 self._flush_run()
+                self._drain()
             except BaseException:
                 self._stop(abort=True)
                 raise
         self._stop(abort)
 
+    def _drain(self) -> None:
+        """Wait for the writer thread to be through the queue, applying small writes meanwhile."""
+        while True:
+            with self.cv:
+                while self.done < self.submitted and self.error is None and not self.ready:
+                    self.cv.wait()
+                if self.error is not None:
+                    raise self.error
+                through = self.done >= self.submitted
+            self.apply_small()
+            if through:
+                return
+
     def _stop(self, abort: bool) -> None:
         with self.cv:
             if abort:
                 self.ops.clear()
+                self.ready.clear()
                 self.pending = 0
             self.closing = True
             self.cv.notify_all()
@@ -177,12 +302,24 @@ class Stream:
 
 
 class Progress:
-    """A progress line on a terminal's stderr (nothing otherwise)."""
+    """The writes of one conversion: a progress line on a terminal's stderr (nothing otherwise)
+    and, with OVERLAP, the one output file whose writes are still in flight.
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.t0 = total, 0, time.monotonic()
+    With OVERLAP, :func:`write_actions` returns once every byte of its file is submitted, and hands
+    its stream over: the writer goes on (configs, the index), the caller re-reads and checks each
+    tensor as soon as :meth:`ready` says its bytes are final, while the rest is still being copied,
+    and :meth:`settle` waits for the end. One file at a time is in flight (the next file's
+    write_actions settles the previous one first), so memory stays bounded as without it.
+    TOTAL (bytes, or a function giving them) is only worked out for the progress line."""
+
+    def __init__(self, total: int | Callable[[], int], overlap: bool = False) -> None:
+        self.done, self.t0 = 0, time.monotonic()
         self.tty = sys.stderr.isatty()
+        self.total = (total() if callable(total) else total) if self.tty else 0
         self.shown = 0.0
+        self.overlap = overlap
+        self.stream: Stream | None = None   # the file in flight and its descriptor
+        self.fd = -1
 
     def add(self, n: int) -> None:
         self.done += n
@@ -204,13 +341,37 @@ class Progress:
         if self.tty:
             sys.stderr.write("\n")
 
+    def hold(self, stream: Stream, fd: int) -> None:
+        """Take over STREAM, writing into FD, until :meth:`settle`."""
+        self.stream, self.fd = stream, fd
+
+    def ready(self, action: Any) -> None:
+        """Wait until ACTION's output bytes are final (at once unless they are in flight)."""
+        if self.stream is not None:
+            self.stream.wait_mark(id(action))
+
+    def settle(self, abort: bool = False) -> None:
+        """Wait until every write in flight is done (ABORT: drop them) and re-raise its error."""
+        stream, self.stream = self.stream, None
+        if stream is None:
+            return
+        try:
+            stream.close(abort)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
 
 def write_actions(path: str, base: int, offsets: dict[str, int], actions, view, lossy: list,
                   progress: Progress, skip: frozenset[str] = frozenset()) -> None:
     """Stream ACTIONS' bytes into the file at PATH (already holding its header): output part KEY
-    starts at BASE + OFFSETS[KEY]. Parts named in SKIP are not written."""
+    starts at BASE + OFFSETS[KEY]. Parts named in SKIP are not written. Returns once every byte is
+    written, or, when PROGRESS overlaps, once every byte is submitted (see :class:`Progress`)."""
     from .encode import chunks
 
+    overlap = isinstance(progress, Progress) and progress.overlap
+    if overlap:
+        progress.settle()
     fd = os.open(path, os.O_WRONLY)
     stream = Stream(fd)
     try:
@@ -218,11 +379,28 @@ def write_actions(path: str, base: int, offsets: dict[str, int], actions, view, 
             for o, rel, data in chunks(a, view, lossy):
                 if o.key in skip:
                     continue
-                stream.put(base + offsets[o.key] + rel, data)
+                if o.what == "shape":
+                    # the one part a reader reads besides headers (compressed-tensors' weight_shape
+                    # gives an int tensor its logical shape): written at once, never held behind a
+                    # copy, so the output can be re-read while its tensors are still being copied
+                    _pwrite_all(fd, data, base + offsets[o.key] + rel)
+                else:
+                    stream.put(base + offsets[o.key] + rel, data)
                 progress.add(len(data))
+            stream.mark(id(a))
+        if overlap:
+            stream.flush()
+            progress.hold(stream, fd)
+            return
         stream.close()
     except BaseException:
         stream.close(abort=True)
-        raise
-    finally:
         os.close(fd)
+        raise
+    os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    view, done = memoryview(data).cast("B"), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], pos + done)
