@@ -147,6 +147,26 @@ def parse_gguf(root: str, rel: str, *, trusted: bool = False) -> GGUFFile:
             buf.close()
 
 
+PREFIX_FIRST = 1 << 22       # bytes of a remote GGUF read first (a header with a 262k-token vocabulary: ~6 MiB)
+
+
+def parse_gguf_prefix(fetch: Any, rel: str, size: int) -> GGUFFile:
+    """The header of a GGUF of SIZE bytes read through FETCH(n) -> its first n bytes (HTTP range
+    reads of a Hub file): a prefix that ends inside the header is read again four times longer,
+    so only the header travels, never the tensor data."""
+    n = min(size, PREFIX_FIRST)
+    while True:
+        buf = fetch(n)
+        if len(buf) != n:
+            raise FormatError(f"{rel}: asked for the first {n} bytes, got {len(buf)}", hint="try again")
+        try:
+            return _parse(buf, rel, size)
+        except FormatError as e:
+            if n >= size or "the file ends at" not in e.message:
+                raise
+            n = min(size, n * 4)
+
+
 def _parse(buf: Any, rel: str, size: int) -> GGUFFile:
     if buf[:4] != GGUF_MAGIC:
         raise FormatError(f"{rel}: bad magic {bytes(buf[:4])!r}, expected b'GGUF'")

@@ -131,6 +131,12 @@ def read(path: str) -> Checkpoint:
     root, files = found
     named = os.path.basename(path) if os.path.isfile(path) else None  # read wherever the user's file links
     parsed: list[GGUFFile] = [parse_gguf(root, f, trusted=f == named) for f in files]
+    return from_parsed(path, root, files, parsed)
+
+
+def from_parsed(path: str, root: str, files: list[str], parsed: list[GGUFFile], *, remote: bool = False) -> Checkpoint:
+    """The checkpoint of PARSED GGUF headers (a file and its split parts, read locally or, REMOTE,
+    from a Hub repository's HTTP range reads: then no tensor byte is ever read)."""
     findings: list[Finding] = _check_split(parsed)
     kv: dict[str, Any] = {}
     lengths: dict[str, int] = {}
@@ -227,7 +233,7 @@ def read(path: str) -> Checkpoint:
         file_bytes=sum(g.size for g in parsed), config=_embedded_config(kv, files[0]), arch=arch,
         producer=str(kv.get("general.quantized_by") or ("nvfp4tools" if "nvfp4tools.hf_names" in kv else "llama.cpp/gguf")),
         producer_version=None, quant_method="gguf", algorithm=meta["general.file_type"],
-        kv_cache_scheme=None, findings=tuple(findings), metadata=meta)
+        kv_cache_scheme=None, findings=tuple(findings), metadata={**meta, **({"remote": True} if remote else {})})
 
 
 def _check_split(parsed: list[GGUFFile]) -> list[Finding]:

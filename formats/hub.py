@@ -34,7 +34,7 @@ from ._safetensors import RawTensor, Source
 if TYPE_CHECKING:
     from nvfp4tools.model import Checkpoint
 
-_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+?))?(?::(?P<sel>[\w.-]+))?$")
 # A path ending like one of these names a file, never a Hub repository.
 _FILE_SUFFIXES = (".safetensors", ".gguf", ".json", ".bin", ".pt")
 _TRUE = ("1", "ON", "YES", "TRUE")  # huggingface_hub.constants.ENV_VARS_TRUE_VALUES
@@ -73,6 +73,12 @@ def _split(path: str) -> tuple[str, str | None]:
     m = _HUB_ID.match(path)
     assert m is not None
     return m.group("repo"), m.group("rev")
+
+
+def _selector(path: str) -> str | None:
+    """The GGUF file selector of ``org/name:Q4_K_M`` (None without one)."""
+    m = _HUB_ID.match(path)
+    return m.group("sel") if m else None
 
 
 def offline_var() -> str | None:
@@ -149,6 +155,8 @@ def read(path: str, format: str | None = None) -> Checkpoint:
     """Read Hub id PATH: from a complete cached snapshot (a full local read), else its remote headers."""
     from . import detect, get
 
+    if _selector(path) is not None or format == "gguf":
+        return read_gguf(path)
     folder, missing = cached_snapshot(path)
     if folder is not None and not missing:
         spec = get(format) if format else detect(folder)
@@ -160,8 +168,120 @@ def read(path: str, format: str | None = None) -> Checkpoint:
             raise not_cached(path, var)
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise not_cached(path, var, f": the cached snapshot {folder} lacks {shown}")
-    spec = get(format) if format else detect(path)
+    try:
+        spec = get(format) if format else detect(path)
+    except NoSafetensors:
+        return read_gguf(path)   # a GGUF repository (read_gguf says so when it holds no GGUF either)
     return spec.read(path)
+
+
+# -- GGUF repositories ------------------------------------------------------------------------------
+
+_SPLIT_PART = re.compile(r"^(?P<stem>.*)-(?P<i>\d{5})-of-(?P<n>\d{5})\.gguf$")
+
+
+def choose_gguf(path: str, files: list[str]) -> list[str]:
+    """The GGUF file (a split: all its parts, first first) that ``org/name[:SELECTOR]`` names among a
+    repository's FILES. The selector matches a quantization tag in the file name (``Q4_K_M``,
+    ``UD-Q4_K_XL``, ``BF16``), case-insensitively, between separators; ``mmproj`` files (vision
+    projectors) never count. No selector: the repository must hold exactly one model."""
+    sel = _selector(path)
+    ggufs = [f for f in files if f.endswith(".gguf") and "mmproj" not in os.path.basename(f).lower()]
+    if sel:
+        pat = re.compile(rf"(^|[-_./]){re.escape(sel)}([-_.]|$)", re.I)
+        ggufs = [f for f in ggufs if pat.search(os.path.basename(f))]
+    models: dict[str, list[str]] = {}
+    for f in ggufs:
+        m = _SPLIT_PART.match(f)
+        models.setdefault(m.group("stem") if m else f[: -len(".gguf")], []).append(f)
+    repo = _split(path)[0]
+    if not models:
+        what = f"no GGUF file matching ':{sel}'" if sel else "no GGUF file"
+        shown = ", ".join(sorted({_tag(f) for f in files if f.endswith(".gguf")})[:8])
+        raise UnsupportedError(f"{path}: the Hub repository {repo} has {what}" + (f" (its GGUFs: {shown})" if shown else
+                               " and no model.safetensors"), hint=f"name one: {repo}:Q4_K_M" if shown else None)
+    if len(models) > 1:
+        raise UnsupportedError(f"{path}: {len(models)} GGUF models match ({', '.join(sorted(models)[:6])})",
+                               hint=f"pick one with a selector, e.g. {repo}:{_tag(sorted(models)[0])}")
+    return sorted(next(iter(models.values())))
+
+
+def _tag(name: str) -> str:
+    """A file name's last separator-delimited field before .gguf (its quantization, usually)."""
+    stem = os.path.basename(name)[: -len(".gguf")]
+    m = _SPLIT_PART.match(os.path.basename(name))
+    if m:
+        stem = m.group("stem")
+    return re.split(r"[-.]", stem)[-1]
+
+
+def read_gguf(path: str) -> Checkpoint:
+    """A GGUF in a Hub repository: the cached file when the local cache has it (every split part),
+    else its header through HTTP range reads (no tensor data)."""
+    from . import gguf_format
+    from ._gguf_container import parse_gguf_prefix
+
+    repo, rev = _split(path)
+    folder, _ = cached_snapshot(path)
+    if folder is not None:
+        local = [os.path.relpath(os.path.join(d, n), folder) for d, _, ns in os.walk(folder) for n in ns]
+        try:
+            chosen = choose_gguf(path, local)
+        except UnsupportedError:
+            chosen = []
+        if chosen and all(os.path.isfile(os.path.join(folder, f)) for f in chosen):
+            ckpt = gguf_format.read(os.path.join(folder, chosen[0]))
+            return dataclasses.replace(ckpt, source=path, metadata={**ckpt.metadata, "hub_cache": folder})
+    var = offline_var()
+    if var is not None:
+        raise not_cached(path, var, " (GGUF)")
+    files = list_files(path)
+    chosen = choose_gguf(path, files)
+    parsed = []
+    for f in chosen:
+        size, fetch = remote_file(path, f)
+        parsed.append(parse_gguf_prefix(fetch, f, size))
+    return gguf_format.from_parsed(path, "", chosen, parsed, remote=True)
+
+
+def list_files(path: str) -> list[str]:
+    """The files of the repository PATH names, at its revision."""
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise BackendUnavailable("reading a Hub id needs huggingface_hub", hint="pip install huggingface_hub") from None
+    repo, rev = _split(path)
+    try:
+        return list(HfApi().list_repo_files(repo, revision=rev))
+    except Exception as e:
+        raise network_error(path, e) from e
+
+
+def remote_file(path: str, name: str) -> tuple[int, Any]:
+    """(size, fetch) of file NAME of PATH's repository: fetch(n) returns its first n bytes through one
+    HTTP range request (huggingface_hub's session and auth headers)."""
+    from huggingface_hub import get_hf_file_metadata, get_session, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    repo, rev = _split(path)
+    url = hf_hub_url(repo, name, revision=rev)
+    try:
+        size = get_hf_file_metadata(url).size
+    except Exception as e:
+        raise network_error(path, e) from e
+    if not isinstance(size, int) or size <= 0:
+        raise FormatError(f"{path}/{name}: the Hub gives no size for it", hint="download the file and pass its path")
+
+    def fetch(n: int) -> bytes:
+        try:
+            r = get_session().get(url, headers={**build_hf_headers(), "Range": f"bytes=0-{n - 1}"},
+                                  follow_redirects=True)
+            r.raise_for_status()
+        except Exception as e:
+            raise network_error(path, e) from e
+        return bytes(r.content[:n])
+
+    return size, fetch
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -236,6 +356,10 @@ def network_error(path: str, exc: BaseException) -> NetworkError:
                         hint=f"check the id and your network, {_DOWNLOAD}")
 
 
+class NoSafetensors(UnsupportedError):
+    """The repository exists and holds no safetensors weights (it may hold GGUFs)."""
+
+
 def _no_safetensors(path: str, api: Any, repo: str, rev: str | None) -> Nvfp4ToolsError:
     """The Hub found no safetensors weights: huggingface_hub says so for a missing or private repository
     too (its file checks swallow those), so ask for the repository itself to tell them apart."""
@@ -243,9 +367,7 @@ def _no_safetensors(path: str, api: Any, repo: str, rev: str | None) -> Nvfp4Too
         api.repo_info(repo, revision=rev)
     except Exception as e:  # no such repository / revision, gated, no network
         return network_error(path, e)
-    return UnsupportedError(f"{path}: the Hub repository has no model.safetensors or model.safetensors.index.json",
-                            hint="a Hub id is read from its safetensors headers; for GGUF, download the file "
-                                 "and pass its path")
+    return NoSafetensors(f"{path}: the Hub repository has no model.safetensors or model.safetensors.index.json")
 
 
 @lru_cache(maxsize=8)

@@ -186,9 +186,13 @@ def test_missing_repo_as_huggingface_hub_2_reports_it(hub_calls, monkeypatch, ru
     err = assert_one_line_exit_3(run_cli("inspect", "acme/nope"), "acme/nope")
     assert err.startswith("NetworkError: ") and "no such repository" in err
 
+    # the repository exists and holds no safetensors: its GGUFs are looked for (none here)
+    from nvfp4tools.formats import hub
+
     monkeypatch.setattr(hf.HfApi, "repo_info", lambda self, repo_id, revision=None, **kw: object())
-    err = assert_one_line_exit_3(run_cli("inspect", "acme/gguf-only"), "acme/gguf-only")
-    assert err.startswith("UnsupportedError: ") and "no model.safetensors" in err
+    monkeypatch.setattr(hub, "list_files", lambda path: ["README.md", "weights.bin"])
+    err = assert_one_line_exit_3(run_cli("inspect", "acme/no-weights"), "acme/no-weights")
+    assert err.startswith("UnsupportedError: ") and "no GGUF file and no model.safetensors" in err
 
 
 def test_side_file_failure_is_network_error(hub_calls, monkeypatch, synth_dir, run_cli):
