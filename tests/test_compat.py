@@ -439,3 +439,22 @@ def test_weight_only_int8_loads_only_packed(crafted):
         packed = _assess(as_int8("I32"), engine, SM89)
         assert packed.loads and {u.path.weights for u in packed.paths} == {"int8a16"}
     assert isinstance(TensorPart, type)
+
+
+def test_llamacpp_conversion_obstacles(crafted):
+    """Safetensors on llama.cpp: beside 'convert first', what its own converter and the GGUF
+    NVFP4 block refuse."""
+    odd = _assess(crafted["odd_shapes"], "llamacpp", None)
+    conv = [f for f in odd.findings if f.code == "engine_converter"]
+    assert len(conv) == 1 and conv[0].severity == "info" and "multiple of 64" in conv[0].message
+    assert "QK_NVFP4" in conv[0].source
+    assert "engine_converter" not in _codes(_assess(crafted["w4a4"], "llamacpp", None))
+    # compressed-tensors with an FP8 group beside the NVFP4 one: llama.cpp's converter refuses it
+    ck = crafted["ct"]
+    qc = copy.deepcopy(dict(ck.config["quantization_config"]))
+    qc["config_groups"] = {"group_0": dict(next(iter(qc["config_groups"].values()))),
+                           "group_1": {"format": "float-quantized", "targets": ["re:.*self_attn.*"]}}
+    mixed = dataclasses.replace(ck, config={**ck.config, "quantization_config": qc})
+    msgs = [f.message for f in _assess(mixed, "llamacpp", None).findings if f.code == "engine_converter"]
+    assert len(msgs) == 1 and "several config groups" in msgs[0]
+    assert "engine_converter" not in _codes(_assess(ck, "llamacpp", None))

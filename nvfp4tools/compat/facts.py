@@ -294,6 +294,18 @@ FORMAT_SUPPORT: dict[tuple[str, str], FormatFact] = {
                                    Source("sglang/srt/model_loader/loader.py", "GGUFModelLoader", _S)),
 }
 
+# llama.cpp's own converter (convert_hf_to_gguf.py) on a safetensors checkpoint
+_LL_CONVERT = Source("conversion/base.py", "ModelBase.dequant_model, _generate_nvfp4_tensors", _L)
+LLAMACPP_CONVERTER_GROUPS = Note(
+    "llama.cpp's convert_hf_to_gguf.py refuses a compressed-tensors checkpoint with several config groups "
+    "unless every group is nvfp4-pack-quantized ('Can't handle multiple config groups for compressed-tensors yet')",
+    _LL_CONVERT)
+# GGUF NVFP4 blocks are 64 elements (ggml-common.h QK_NVFP4): a row of another length has no NVFP4 form
+LLAMACPP_NVFP4_ROW = Note(
+    "a GGUF NVFP4 row is whole 64-element blocks (ggml QK_NVFP4; the loader refuses 'not a multiple of block "
+    "size (64)', and llama.cpp's converter fails reshaping it)",
+    Source("ggml/src/ggml-common.h", "QK_NVFP4; ggml/src/gguf.cpp gguf_init_from_reader", _L))
+
 # llama.cpp applies a tensor's NVFP4 per-tensor scale only where its architecture's graph passes it
 # (the table itself lives with the GGUF writer, which must honour it: formats/gguf_arch.GRAPH_SCALED).
 LLAMACPP_GRAPH_SCALES = Source("src/models/*.cpp", "build_lora_mm/build_ffn/build_moe_ffn *_s arguments; "

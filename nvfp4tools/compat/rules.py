@@ -428,7 +428,8 @@ def _gguf_elsewhere(ckpt: Checkpoint, engine: Engine, where: str) -> list[Findin
 def _llamacpp(ckpt: Checkpoint, where: str) -> list[Finding]:
     if ckpt.format != "gguf":
         f = facts.FORMAT_SUPPORT[("llamacpp", "safetensors")]
-        return [Finding("engine_format", "error", f"{where}: {f.note}", source=f.source.cite())]
+        return [Finding("engine_format", "error", f"{where}: {f.note}", source=f.source.cite())] + \
+            _llamacpp_conversion(ckpt, where)
     out = []
     for ty, n in sorted(_ggml_types(ckpt).items()):
         f = _ggml_fact("llamacpp", ty)
@@ -437,6 +438,30 @@ def _llamacpp(ckpt: Checkpoint, where: str) -> list[Finding]:
                                f"{where}: {n} tensors are {ty.upper()}; llama.cpp builds before {f.since} refuse "
                                f"the file{' (' + f.note + ')' if f.note else ''}", source=f.source.cite()))
     out += _llamacpp_graph_scales(ckpt, where)
+    return out
+
+
+def _llamacpp_conversion(ckpt: Checkpoint, where: str) -> list[Finding]:
+    """What stands between this safetensors checkpoint and a GGUF llama.cpp runs (info: the
+    checkpoint is not at fault, the conversion path is)."""
+    out = []
+    qc = ckpt.config.get("quantization_config") if isinstance(ckpt.config, dict) else None
+    groups = qc.get("config_groups") if isinstance(qc, dict) and ckpt.format == "compressed-tensors" else None
+    if isinstance(groups, dict) and len(groups) > 1:
+        fmts = {str(g.get("format") or qc.get("format")) for g in groups.values() if isinstance(g, dict)}
+        if fmts != {"nvfp4-pack-quantized"}:
+            n = facts.LLAMACPP_CONVERTER_GROUPS
+            out.append(Finding("engine_converter", "info", f"{where}: {n.note} ({len(groups)} groups: "
+                               f"{', '.join(sorted(fmts))}); nvfp4tools convert --to gguf converts it",
+                               source=n.source.cite()))
+    odd = [t for t in ckpt.tensors.values() if t.scheme.name == "nvfp4" and t.shape[-1] % 64]
+    if odd:
+        n = facts.LLAMACPP_NVFP4_ROW
+        out.append(Finding("engine_converter", "info", f"{where}: {len(odd)} NVFP4 tensors have in_features not a "
+                           f"multiple of 64 (e.g. {odd[0].name}, {odd[0].shape[-1]}): {n.note}; this checkpoint has "
+                           "no GGUF NVFP4 form (nvfp4tools convert --to gguf refuses it too): serve it with vLLM or "
+                           "SGLang", tensor=odd[0].name,
+                           source=n.source.cite()))
     return out
 
 

@@ -66,6 +66,8 @@ def render() -> str:
         when = f"releases {f.affected}" + (f", fixed in {f.fixed_in}" if f.fixed_in else "")
         out.append(f"| `{f.id}` ({', '.join(f.model_types)}, {f.experts} experts, {', '.join(f.formats)}) "
                    f"| {ENGINE_NAMES[f.engine]} | {_esc(f.consequence)} ({when}) | {_esc(f.source.cite())} |")
+    for n in (facts.LLAMACPP_CONVERTER_GROUPS, facts.LLAMACPP_NVFP4_ROW):
+        out.append(f"| converting to GGUF | llama.cpp | {_esc(n.note)} | {_esc(n.source.cite())} |")
     out.append(f"| NVFP4 `.scale` the graph never applies | llama.cpp | per architecture: "
                f"formats/gguf_arch.py GRAPH_SCALED | {_esc(facts.LLAMACPP_GRAPH_SCALES.cite())} |")
     out += ["", "### KV-cache dtypes", "", "| engine | dtype | GPUs | supported | note | source |", "|---|---|---|---|---|---|"]
