@@ -112,6 +112,7 @@ def run_bench(ckpt: Checkpoint, ms: tuple[int, ...] = (1, 16, 128), max_shapes: 
     if not backends:
         raise UsageError("no GPU backend to time (ref is the CPU reference)",
                          hint="--backend all, or a list such as triton,torch")
+
     def times_itself(b) -> bool:
         return getattr(b, "self_timer", None) is not None
 

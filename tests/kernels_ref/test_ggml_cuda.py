@@ -66,3 +66,81 @@ def test_check_activations_refuses_what_is_not_a_q8_quantization():
     C._check_activations(x, (np.round(b / d) * d).reshape(x.shape), "t")
     with pytest.raises(RuntimeError, match="not a Q8 quantization"):
         C._check_activations(x, (np.round(b / d) * d).reshape(x.shape) * 1.01, "t")
+
+
+# -- the reference's algebra, on a numpy model of ggml-cuda's arithmetic -----------------------------------
+
+def _roundf(v):
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)      # C roundf: halves away from zero
+
+
+class _ModelCuda:
+    """ggml-cuda's mul_mat as its sources compute it (Hopper): MMVQ for <= 8 rows (quantize_q8_1: d =
+    amax/127, q = roundf(x/d), d and s = sum(x) as fp16; Q4_0's dot d_w (d sum(nib q) - 8 s)), MMQ above
+    (quantize_mmq_q8_1: q = roundf(x * 127/amax), d = 1/(127/amax), fp16 for Q4_0's DS4 layout)."""
+
+    cc = (9, 0)
+
+    def type_problem(self, name, k, rows):
+        return None
+
+    def mul_mats(self, weights, xs, pairs):
+        from nvfp4tools.formats._ggml_types import BY_NAME
+
+        out = []
+        for i, j in pairs:
+            name, raw = weights[i]
+            x = np.asarray(xs[j], np.float32)
+            block, size = BY_NAME[name]
+            k = raw.shape[1] // size * block
+            w = dequantize_blocks(name, raw.reshape(-1, size)).reshape(raw.shape[0], k).astype(np.float64)
+            b = x.reshape(x.shape[0], -1, 32)
+            amax = np.max(np.abs(b), axis=-1, keepdims=True)
+            if x.shape[0] <= C.MMVQ_MAX_ROWS:
+                d = (amax / np.float32(127)).astype(np.float32)
+                q = _roundf(b / d)
+                dx = d.astype(np.float16).astype(np.float64)
+            else:
+                inv = (np.float32(127) / amax).astype(np.float32)
+                q = _roundf(b * inv)
+                dx = (np.float32(1) / inv).astype(np.float32).astype(np.float64)
+                if name == "Q4_0":
+                    dx = dx.astype(np.float16).astype(np.float64)
+            y = (q * dx).reshape(x.shape) @ w.T
+            if name == "Q4_0" and x.shape[0] <= C.MMVQ_MAX_ROWS:
+                s = b.sum(axis=-1).astype(np.float16).astype(np.float64)          # [M, K/32]
+                d4 = raw.reshape(raw.shape[0], -1, 18)[..., :2].copy().view("<f2")[..., 0].astype(np.float64)
+                y = y + 8 * ((dx[..., 0] * q.sum(axis=-1)) - s) @ d4.T           # d4 (8 d sum(q) - 8 s)
+            out.append(y.astype(np.float32))
+        return out
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q8_0", "NVFP4"])
+def test_reference_algebra_on_a_model_of_ggml_cuda(monkeypatch, name):
+    """With ggml-cuda replaced by a numpy model of its arithmetic, the reference (identity probes,
+    the Q4_0 offset probe) equals the model's output to float32 rounding, for MMVQ and MMQ rows;
+    the CPU mirror of ggml-cpu's quantizer does not (ggml-cuda quantizes differently)."""
+    from nvfp4tools.kernels_ref.dispatch import LayerCase
+    from nvfp4tools.kernels_ref.ggml_quants import quantize_q4_0, quantize_q8_0
+    from nvfp4tools.kernels_ref.nvfp4 import dequantize_nvfp4, quantize_nvfp4
+    from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
+
+    monkeypatch.setattr(C, "library", lambda: _ModelCuda())
+    rng = np.random.default_rng(4)
+    n, k = 48, 256
+    wf = rng.standard_normal((n, k)).astype(np.float32)
+    scale = 1.0
+    if name == "NVFP4":
+        q = quantize_nvfp4(wf)
+        raw = G.nvfp4_blocks(unpack_nibbles_hf(q.packed), q.block_scale)
+        scale = float(q.global_scale)
+        w = dequantize_nvfp4(q)
+    else:
+        raw = (quantize_q4_0 if name == "Q4_0" else quantize_q8_0)(wf).reshape(n, -1)
+        w = dequantize_blocks(name, raw.reshape(-1, raw.shape[1] // (k // 32))).reshape(n, k)
+    x = rng.standard_normal((16, k)).astype(np.float32)
+    case = LayerCase("l", x, w, ggml_type=name, ggml_bytes=raw, ggml_out_scale=scale)
+    y, ref = C.run(case).astype(np.float64), C.reference(case)
+    assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 1e-6
+    cpu = G.activations_as_ggml(x, "Q8_0").astype(np.float64) @ np.asarray(w, np.float64).T
+    assert np.linalg.norm(y - cpu) / np.linalg.norm(cpu) > 1e-5
