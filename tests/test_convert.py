@@ -622,6 +622,32 @@ def test_copies_between_equally_aligned_offsets_start_on_64_kib(tmp_path, monkey
             assert len(calls) == 1
 
 
+def test_header_pad_puts_the_first_copied_part_at_its_source_offset_mod_64_kib(synth_dir):
+    """header_pad: what a safetensors writer may add to its header (spaces) so that the copies of a
+    lossless ModelOpt -> compressed-tensors conversion start aligned on both sides."""
+    from nvfp4tools.convert import Options, make_plan
+    from nvfp4tools.convert.canon import View
+    from nvfp4tools.convert.encode import direct_parts
+    from nvfp4tools.convert.stream import COPY_ALIGN, header_pad
+
+    ck = formats.read(synth_dir(fmt="modelopt", recipe="all-linear"))
+    view = View(ck)
+    try:
+        p = make_plan(ck, Options("compressed-tensors"), view)
+        offsets, off = {}, 0
+        for o in (o for a in p.actions for o in a.outs):
+            offsets[o.key], off = off, off + o.nbytes
+        o, part = next(x for a in p.actions for x in (direct_parts(a, view) or {}).items())
+        for start in (8 + 1000, 8 + 123456):   # header ends (8-byte aligned, as the writer pads)
+            pad = header_pad(start, offsets, p.actions, view)
+            assert 0 <= pad < COPY_ALIGN and pad % 8 == (part.offset - start) % 8 == 0
+            assert (start + pad + offsets[o.key] - part.offset) % COPY_ALIGN == 0
+        assert header_pad(8 + 1001, offsets, p.actions, view) == 0   # would unalign the data: none
+        assert header_pad(8 + 1000, offsets, [], view) == 0          # nothing copied: none
+    finally:
+        view.close()
+
+
 def test_a_corrupt_copy_is_caught_while_the_rest_is_still_copying(synth_dir, tmp_path, monkeypatch):
     """The output is re-read and checked tensor by tensor while later copies are still running: a
     kernel copy that lands one byte wrong (a planted fault in the copy step) fails the conversion,

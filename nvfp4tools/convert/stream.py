@@ -301,6 +301,21 @@ class Stream:
             raise self.error
 
 
+def header_pad(data_start: int, offsets: dict[str, int], actions, view) -> int:
+    """Bytes of padding a writer may add to a file header ending at DATA_START (where output part
+    KEY will start at DATA_START + OFFSETS[KEY]) so that the first part copied byte for byte from a
+    source sits at its source offset modulo :data:`COPY_ALIGN`: the merged kernel copies of the
+    parts after it then start aligned on both sides (:meth:`Stream._apply`), ~25% faster. 0 when
+    nothing is copied, or when the padding would break the data section's 8-byte alignment."""
+    from .encode import direct_parts
+
+    for a in actions:
+        for o, part in (direct_parts(a, view) or {}).items():
+            pad = (part.offset - offsets[o.key] - data_start) % COPY_ALIGN
+            return pad if (data_start + pad) % 8 == data_start % 8 else 0
+    return 0
+
+
 class Progress:
     """The writes of one conversion: a progress line on a terminal's stderr (nothing otherwise)
     and, with OVERLAP, the one output file whose writes are still in flight.
