@@ -1,8 +1,9 @@
 """``convert``: read a checkpoint's headers, let the target format's writer plan it (typed actions,
 :mod:`.plan`), stream every action's bytes through the one encoder (:mod:`.encode`) into a hidden
-temporary output, check the output against the source (:mod:`.check`), and publish it atomically
-(:mod:`.publish`). No step here knows which format is which: formats register their writers
-(``FormatSpec.writer``).
+temporary output, check the output against the source (:mod:`.check`: re-read through the
+target's reader, each tensor as soon as its bytes are final, while the kernel copies of later ones
+still run: :class:`.stream.Progress`), and publish it atomically (:mod:`.publish`). No step here
+knows which format is which: formats register their writers (``FormatSpec.writer``).
 
 Everything a conversion holds (open files, cached scalars, the requantization report) lives in
 objects it creates, so conversions in one process never share state.
