@@ -79,11 +79,12 @@ class Assembler:
             return schemes.MXFP4
         if d == "I32" and b is not None:
             group = None
-            shape = self._logical_int_shape(module, parts)
+            bits = self._bits(expected, parts)
+            shape = self._logical_int_shape(module, parts, bits)
             if b is not None and bs.stored_shape and shape[-1]:
                 cols = bs.stored_shape[-1]
                 group = shape[-1] // cols if cols else None
-            return schemes.int_group(self.int_bits, group, "zero_point" not in parts, "g_idx" in parts)
+            return schemes.int_group(bits, group, "zero_point" not in parts, "g_idx" in parts)
         if d == "U8" and b in ("F16", "BF16", "F32"):
             # ModelOpt W4A16_AWQ: signed int4 packed along the output dim (pack_int4_in_uint8).
             cols = bs.stored_shape[-1] if bs.stored_shape else 0
@@ -101,10 +102,30 @@ class Assembler:
             return schemes.int_group(8, group, True) if group else schemes.INT8_A16
         return schemes.UNQUANTIZED_BY_DTYPE.get(d, schemes.INT_PLAIN)
 
-    def _logical_int_shape(self, module: str, parts: dict[PartRole, TensorPart]) -> tuple[int, ...]:
+    def _bits(self, expected: QuantScheme | None, parts: dict[PartRole, TensorPart]) -> int:
+        """Bits per integer packed in an int32 word: the configured group's (a mixed checkpoint may pack
+        int4 and int8), else what the stored weight_shape says (an excluded-by-name tensor such as an
+        embedding carries no group), else the checkpoint's."""
+        if expected is not None and expected.quantized and expected.element in ("int4", "int8"):
+            return int(expected.bits)
+        data, shp = parts["data"], parts.get("shape")
+        if shp is not None and data.stored_shape and shp.stored_dtype in ("I64", "I32") and _prod(shp.stored_shape) >= 1:
+            try:
+                raw = self.read_bytes(shp)
+            except FormatError:
+                raw = None
+            if raw is not None:
+                n = _prod(shp.stored_shape)
+                cols = struct.unpack("<%d%s" % (n, "q" if shp.stored_dtype == "I64" else "i"), raw)[-1]
+                for bits in (4, 8):
+                    if cols > 0 and -(-cols * bits // 32) == data.stored_shape[-1]:
+                        return bits
+        return self.int_bits
+
+    def _logical_int_shape(self, module: str, parts: dict[PartRole, TensorPart], bits: int) -> tuple[int, ...]:
         data = parts["data"]
         if not data.stored_shape:
-            raise FormatError(f"{data.file}: tensor '{data.key}' is 0-d, expected packed [out, in/{32 // self.int_bits}] "
+            raise FormatError(f"{data.file}: tensor '{data.key}' is 0-d, expected packed [out, in/{32 // bits}] "
                               f"int32 words")
         shp = parts.get("shape")
         if shp is not None and shp.stored_dtype in ("I64", "I32") and _prod(shp.stored_shape) == len(data.stored_shape):
@@ -118,13 +139,13 @@ class Assembler:
             fmt = "<%d%s" % (_prod(shp.stored_shape), "q" if shp.stored_dtype == "I64" else "i")  # type: ignore[union-attr]
             vals = struct.unpack(fmt, raw)
             if len(vals) == len(data.stored_shape) and all(v >= 0 for v in vals):
-                expect_cols = -(-vals[-1] * self.int_bits // 32)
+                expect_cols = -(-vals[-1] * bits // 32)
                 if vals[:-1] != data.stored_shape[:-1] or expect_cols != data.stored_shape[-1]:
                     raise FormatError(f"{data.file}: tensor '{shp.key}' says shape {list(vals)} but "
                                       f"'{data.key}' is {list(data.stored_shape)} (expected last dim {expect_cols} "
-                                      f"for int{self.int_bits} packed in int32)")
+                                      f"for int{bits} packed in int32)")
                 return tuple(vals)
-        return data.stored_shape[:-1] + (data.stored_shape[-1] * 32 // self.int_bits,)
+        return data.stored_shape[:-1] + (data.stored_shape[-1] * 32 // bits,)
 
     def _logical_shape(self, module: str, scheme: QuantScheme, parts: dict[PartRole, TensorPart]) -> tuple[int, ...]:
         data = parts["data"]
@@ -153,7 +174,7 @@ class Assembler:
             return shape
         if scheme.quantized and scheme.element.startswith("int") and data.stored_dtype == "I32":
             # (an unquantized I32 buffer, INT_PLAIN, is not packed: its stored shape is its shape)
-            return self._logical_int_shape(module, parts)
+            return self._logical_int_shape(module, parts, int(scheme.bits))
         if scheme.element == "int4" and data.stored_dtype == "U8":
             if not s:
                 raise FormatError(f"{data.file}: tensor '{data.key}' is 0-d, expected packed [out/2, in] uint8")

@@ -469,7 +469,8 @@ class SafetensorsTarget:
     def summary(p: Plan) -> dict[str, Any]:
         """What the output holds: quantized kinds, W4A4 or weight-only, int4 groups, kv scales."""
         whats = {o.what for a in p.actions for o in a.outs}
-        int8_groups = sorted({a.outs[0].shape[-1] // o.shape[-1] for a in p.actions for o in a.outs
+        # int8 codes are packed four per int32 word (layouts.CTLayout.int8)
+        int8_groups = sorted({a.outs[0].shape[-1] * 4 // o.shape[-1] for a in p.actions for o in a.outs
                               if o.what == "int8_scales"})
         groups = sorted({o.shape[-1] and a.outs[0].shape[-1] * 8 // o.shape[-1]
                          for a in p.actions for o in a.outs if o.what == "int4_scales"})

@@ -47,16 +47,18 @@ class CTWriter(SafetensorsTarget):
             groups.append(({"targets": ["Linear"], "weights": w, "format": "pack-quantized", "input_activations": None,
                             "output_activations": None}, "pack-quantized"))
         if qs["int8"]:
-            # GGUF Q8_0 written back: int8 group 32 with fp16 scales, compressed-tensors' int-quantized
-            # (naive_quantized IntQuantizationCompressor: weight int8, weight_scale, no zero point)
+            # GGUF Q8_0 written back: int8 group 32 with fp16 scales, pack-quantized 8-bit (four per
+            # int32 word): the weight-only int8 layout vLLM's and SGLang's WNA16 schemes load
             w = {"num_bits": 8, "type": "int", "symmetric": True, "group_size": qs["int8_groups"][0],
                  "strategy": "group", "dynamic": False}
-            groups.append(({"targets": ["Linear"], "weights": w, "format": "int-quantized", "input_activations": None,
-                            "output_activations": None}, "int-quantized"))
+            groups.append(({"targets": ["Linear"], "weights": w, "format": "pack-quantized", "input_activations": None,
+                            "output_activations": None}, "pack-quantized"))
         if len(groups) > 1:   # each group targets its own modules by exact name
             by_kind = self.modules_by_kind(p)
-            for grp, f in groups:
-                grp["targets"] = sorted(by_kind[{"pack-quantized": "int4", "int-quantized": "int8"}.get(f, "codes")])
+            for grp, _ in groups:
+                kind = ("codes" if grp["weights"]["type"] == "float" else
+                        "int8" if grp["weights"]["num_bits"] == 8 else "int4")
+                grp["targets"] = sorted(by_kind[kind])
         fmt = groups[0][1] if len(groups) == 1 else "mixed-precision"
         grp = groups[0][0]
         qc = {"config_groups": {f"config_group_{i}": g for i, (g, _) in enumerate(groups)}, "format": fmt, "ignore": self.exclusions(p, regex_ok=True),

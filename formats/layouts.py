@@ -130,11 +130,14 @@ class CTLayout:
 
     @staticmethod
     def int8(name: str, shape: tuple[int, ...], group: int, scale_dtype: str) -> list[Out]:
-        """int-quantized (compressed-tensors naive_quantized IntQuantizationCompressor): int8 weight
-        under the weight's own name, group scales beside it, no zero point (symmetric)."""
+        """Weight-only int8, pack-quantized as compressed-tensors packs 8 bits (four per int32 word;
+        ``pack_to_int32``): the only weight-only int layout vLLM and SGLang load (their WNA16 schemes
+        require pack-quantized; an int-quantized int8 weight with no input activations has no
+        scheme there, docs/engine-compat.md)."""
         p, sep = _base(name)
-        return [Out(f"{p}{sep}weight", "I8", shape, "int8"),
-                Out(f"{p}{sep}weight_scale", scale_dtype, shape[:-1] + (shape[-1] // group,), "int8_scales")]
+        return [Out(f"{p}.weight_packed" if sep == "." else p, "I32", shape[:-1] + (shape[-1] // 4,), "int8"),
+                Out(f"{p}{sep}weight_scale", scale_dtype, shape[:-1] + (shape[-1] // group,), "int8_scales"),
+                Out(f"{p}{sep}weight_shape", "I64", (len(shape),), "shape")]
 
     @staticmethod
     def out_name(key: str) -> str:

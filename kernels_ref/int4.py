@@ -45,3 +45,20 @@ def unpack_int32_to_int4(words: np.ndarray, n: int) -> np.ndarray:
     shifts = (np.arange(8, dtype=np.uint32) * 4)
     vals = ((u[..., None] >> shifts) & 0xF).astype(np.int8) - 8
     return vals.reshape(u.shape[:-1] + (-1,))[..., :n]
+
+
+def pack_int8_to_int32(q: np.ndarray) -> np.ndarray:
+    """int8 values [..., n] (n a multiple of 4) -> int32 words [..., n/4]: compressed-tensors'
+    pack-quantized 8-bit layout (``pack_to_int32``: value + 128 as an unsigned byte, element i of a
+    word at bits 8i), i.e. the offset bytes in order, read as little-endian words."""
+    q = np.asarray(q, dtype=np.int8)
+    if q.shape[-1] % 4:
+        raise ValueError(f"{q.shape[-1]} int8 values do not fill int32 words")
+    u = (q.astype(np.int16) + 128).astype(np.uint8)
+    return np.ascontiguousarray(u).view("<i4")
+
+
+def unpack_int32_to_int8(words: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_int8_to_int32`: int32 [..., n/4] -> int8 [..., n]."""
+    u = np.ascontiguousarray(np.asarray(words, dtype="<i4")).view(np.uint8)
+    return (u.astype(np.int16) - 128).astype(np.int8)[..., :n]

@@ -199,13 +199,14 @@ def expert_slice(t: TensorInfo, e: int) -> TensorInfo | None:
 
 
 def _dequant_ct_int(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
-    from nvfp4tools.kernels_ref.int4 import unpack_int32_to_int4
+    from nvfp4tools.kernels_ref.int4 import unpack_int32_to_int4, unpack_int32_to_int8
 
     bits = int(t.scheme.element[3:])
-    if bits != 4:
+    if bits not in (4, 8) or (bits == 8 and t.part("zero_point") is not None):
         raise UnsupportedError(f"{t.name}: int{bits} pack-quantized dequantization is not supported yet")
     out_f, in_f = t.shape[-2], t.shape[-1]
-    q = unpack_int32_to_int4(np.asarray(load_part(ckpt.root, t.part("data"))), in_f).astype(np.float32)
+    unpack = unpack_int32_to_int4 if bits == 4 else unpack_int32_to_int8
+    q = unpack(np.asarray(load_part(ckpt.root, t.part("data"))), in_f).astype(np.float32)
     scale = np.asarray(load_part(ckpt.root, t.part("block_scale")), dtype=np.float32)
     zp_part = t.part("zero_point")
     g_part = t.part("g_idx")

@@ -458,3 +458,19 @@ def test_llamacpp_conversion_obstacles(crafted):
     msgs = [f.message for f in _assess(mixed, "llamacpp", None).findings if f.code == "engine_converter"]
     assert len(msgs) == 1 and "several config groups" in msgs[0]
     assert "engine_converter" not in _codes(_assess(ck, "llamacpp", None))
+
+
+def test_q8_0_written_back_loads_in_vllm_and_sglang(family_oracle, tmp_path, run_cli):
+    """A GGUF Q8_0 converted to compressed-tensors is pack-quantized 8-bit: the weight-only int8
+    layout vLLM's and SGLang's WNA16 (Marlin) schemes load."""
+    out = str(tmp_path / "ct")
+    r = run_cli("convert", family_oracle("qwen3", "q8_0.gguf"), out, "--to", "compressed-tensors")
+    assert r.exit_code == 0, r.stderr
+    with open(f"{out}/config.json") as fh:
+        qc = json.load(fh)["quantization_config"]
+    assert {g["format"] for g in qc["config_groups"].values()} == {"pack-quantized"}
+    ck = formats.read(out)
+    for engine in ("vllm", "sglang"):
+        a = _assess(ck, engine, SM89)
+        assert a.loads, [f.message for f in _errors(a)]
+        assert "int8a16" in {u.path.weights for u in a.paths}

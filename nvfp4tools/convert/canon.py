@@ -72,12 +72,14 @@ class Canon:
 
 
 def is_int8_sym(t: TensorInfo) -> bool:
-    """int8 group-symmetric (compressed-tensors int-quantized, group scales): GGUF Q8_0's exact form."""
+    """int8 group-symmetric, weight-only (compressed-tensors pack-quantized 8-bit in int32 words, or
+    int8 as stored by int-quantized; group scales): GGUF Q8_0's exact form."""
     if t.scheme.name == "q8_0":
         return True
     d, bs = t.part("data"), t.part("block_scale")
     return (t.scheme.element == "int8" and t.scheme.symmetric and t.scheme.block_size is not None and d is not None
-            and d.stored_dtype == "I8" and bs is not None and t.part("zero_point") is None)
+            and d.stored_dtype in ("I8", "I32") and bs is not None and t.part("zero_point") is None
+            and t.scheme.activations is None)
 
 
 def is_int4_sym(t: TensorInfo) -> bool:
@@ -212,7 +214,11 @@ class View:
             return Canon(t.name, "int8", out_shape, q=q, group_scales=d, group=32, scale_dtype="F16")
         if is_int8_sym(t):
             bs = t.part("block_scale")
-            q = self.stored(data, r, expert).view(np.int8)
+            if data.stored_dtype == "I32":
+                from nvfp4tools.kernels_ref.int4 import unpack_int32_to_int8
+                q = unpack_int32_to_int8(self.stored(data, r, expert), t.shape[-1])
+            else:
+                q = self.stored(data, r, expert).view(np.int8)
             return Canon(t.name, "int8", out_shape, q=q.reshape(out_shape), group_scales=self.stored(bs, r, expert),
                          group=t.shape[-1] // bs.stored_shape[-1], scale_dtype=bs.stored_dtype)
         if is_int4_sym(t):

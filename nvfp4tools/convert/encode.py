@@ -235,8 +235,9 @@ def encode_rows(c: Canon, o: Out, name: str) -> bytes:
     if w == "int4_scales":
         c = _need(c, "int4", o, name)
         return _scales_as(c.group_scales, c.scale_dtype, o.dtype, name)
-    if w == "int8":
-        return np.ascontiguousarray(_need(c, "int8", o, name).q, np.int8).tobytes()
+    if w == "int8":   # pack-quantized: four int8 per int32 word (layouts.CTLayout.int8)
+        from nvfp4tools.kernels_ref.int4 import pack_int8_to_int32
+        return pack_int8_to_int32(_need(c, "int8", o, name).q).tobytes()
     if w == "int8_scales":
         c = _need(c, "int8", o, name)
         return _scales_as(c.group_scales, c.scale_dtype, o.dtype, name)
