@@ -379,7 +379,7 @@ class SafetensorsTarget:
 
     # -- writing -------------------------------------------------------------------------------
     def write(self, p: Plan, view: View, tmp: str, opts: Options, lossy: list, progress) -> list[str]:
-        from nvfp4tools.convert.stream import write_actions
+        from nvfp4tools.convert.stream import header_pad, write_actions
 
         from ._st_writer import shard_file_name, write_index
 
@@ -408,6 +408,9 @@ class SafetensorsTarget:
                 off += o.nbytes
             blob = json.dumps(header, separators=(",", ":")).encode()
             blob += b" " * ((-len(blob)) % 8)
+            # spaces (safetensors' header padding) so that copied parts sit at their source offsets
+            # modulo 64 KiB: the kernel copies then run aligned on both sides
+            blob += b" " * header_pad(8 + len(blob), offsets, actions, view)
             path = os.path.join(tmp, fname)
             with open(path, "wb") as fh:
                 fh.write(len(blob).to_bytes(8, "little"))
