@@ -77,7 +77,9 @@ def test_modelopt_experts_only(oracles):
     roles = {r["role"]: r for r in rep["roles"]}
     assert roles["experts"]["share_quantized"] == 1.0
     assert roles["attention"]["share_quantized"] == roles["mlp"]["share_quantized"] == 0.0
-    assert rep["findings"] == []  # every exclude pattern matches, no bad scales
+    # every exclude pattern matches, no bad scales; what engines do with it is information only
+    assert [f for f in rep["findings"] if not f["code"].startswith("engine_")] == []
+    assert {f["severity"] for f in rep["findings"]} <= {"info"}
 
 
 def test_compressed_tensors_converted(oracles):
