@@ -188,16 +188,15 @@ CASES: list[Case] = [
     Case("goss-llama-kv-full", "gpt-oss-120b", "llama_kv_cache: non-SWA KV size",
          "https://github.com/ollama/ollama/issues/16480", "llama.cpp in ollama 0.30.2", "ROCm GPU",
          "n_ctx 262144, n_seq_max 2 (n_ctx_seq 131072), kv_unified false, f16 K/V, n_ubatch 1024", 9216.0, "MiB",
-         "gpt-oss-120b", "h100-sxm", dict(engine="llamacpp", context=131072, max_seqs=2, ubatch=1024),
+         "gpt-oss-120b", "h100-sxm", dict(engine="llamacpp", context=131072, max_seqs=2, ubatch=1024, kv_unified=False),
          _term("kv_full_layers"), "kv", note="18 full layers x 8 KV heads x 64 x 2 x 2 B x 262,144 cells"),
     Case("goss-llama-kv-swa", "gpt-oss-120b", "llama_kv_cache: SWA KV size",
          "https://github.com/ollama/ollama/issues/16480", "llama.cpp in ollama 0.30.2", "ROCm GPU", "as above",
-         90.0, "MiB", "gpt-oss-120b", "h100-sxm", dict(engine="llamacpp", context=131072, max_seqs=2, ubatch=1024),
+         90.0, "MiB", "gpt-oss-120b", "h100-sxm",
+         dict(engine="llamacpp", context=131072, max_seqs=2, ubatch=1024, kv_unified=False),
          _term("kv_sliding_layers"), "kv",
-         note="MISS, settings differ from the modelled ones: the run has kv_unified false, so each of the 2 "
-              "sequences gets its own SWA stream of PAD(min(131072, 128 + 1024), 256) = 1280 cells (2,560 in "
-              "all); estimate models the unified cache its launch command asks for (-kvu: one stream of "
-              "PAD(128 x 2 + 1024, 256) = 1280 cells)"),
+         note="kv_unified false (--no-kv-unified): each of the 2 sequences has its own SWA stream of "
+              "PAD(min(131072, 128 + 1024), 256) = 1280 cells, 2,560 in all (llama-kv-cache-iswa.cpp)"),
     # --- DeepSeek-V2-Lite (MLA, MoE), BF16 ------------------------------------------------------
     Case("dsv2-vllm-w", "DeepSeek-V2-Lite", "Loading model weights took",
          "https://github.com/vllm-project/vllm/pull/4650", "vLLM 0.5.0.post1", "not stated",

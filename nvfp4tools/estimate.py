@@ -67,6 +67,7 @@ class Settings:
     weights_bytes_override: int | None = None
     cudagraph_bytes: int = 0
     ubatch: int = 512
+    kv_unified: bool = True   # llama.cpp: one KV stream shared by the -np sequences (-kvu); False: one per sequence
     n_gpu_layers: int | None = None   # llama.cpp -ngl (None: all layers and the output on the GPU)
     n_cpu_moe: int = 0                # llama.cpp --n-cpu-moe: experts of the first N layers on the CPU
 

@@ -282,6 +282,10 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
 
     n_seq = s.max_seqs or 1
     n_ctx = _pad(context * n_seq, LLAMA_PAD)  # unified cache: n_ctx cells shared by the sequences
+    # without -kvu every sequence has its own stream of n_ctx / n_seq cells (llama-kv-cache.cpp:
+    # n_stream = unified ? 1 : n_seq_max; llama-model.cpp create_memory passes cparams.n_ctx_seq)
+    n_stream = 1 if s.kv_unified or n_seq == 1 else n_seq
+    n_ctx_seq = n_ctx // n_stream
     ub = s.ubatch
     split = layer_split(ckpt, arch, s.n_gpu_layers, s.n_cpu_moe)
     full_bytes = swa_bytes = cpu_kv = 0.0
@@ -291,8 +295,9 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
         if per == 0:
             continue
         if l.kind == "sliding" and l.window:
-            # llama-kv-cache-iswa.cpp: size_swa = GGML_PAD(min(size_base, n_swa * n_seq + n_ubatch), 256)
-            swa_cells = _pad(min(n_ctx, l.window * n_seq + ub), LLAMA_PAD)
+            # llama-kv-cache-iswa.cpp: size_swa = GGML_PAD(min(size_base, n_swa * (unified ? n_seq_max : 1)
+            # + n_ubatch), 256) cells per stream
+            swa_cells = n_stream * _pad(min(n_ctx_seq, l.window * (n_seq if n_stream == 1 else 1) + ub), LLAMA_PAD)
             cells = swa_cells
         else:
             cells = n_ctx
@@ -319,8 +324,10 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
              "llama.cpp llama-model.cpp load_tensors (i_gpu_start = n_layer + 1 - ngl); common/arg.cpp --n-cpu-moe"),
         Term("kv_full_layers", int(full_bytes), f"{n_ctx} cells (n_ctx x -np {n_seq}, padded to {LLAMA_PAD}) x "
              "per-token bytes of the full-attention layers on the GPU", "llama.cpp llama-kv-cache.cpp"),
-        Term("kv_sliding_layers", int(swa_bytes), f"{swa_cells} cells = PAD(min(n_ctx, window x n_seq + n_ubatch "
-             f"{ub}), 256) per sliding layer on the GPU", "llama.cpp llama-kv-cache-iswa.cpp"),
+        Term("kv_sliding_layers", int(swa_bytes), (f"{swa_cells} cells = PAD(min(n_ctx, window x n_seq + n_ubatch "
+             f"{ub}), 256) per sliding layer on the GPU") if n_stream == 1 else
+             (f"{swa_cells} cells = {n_stream} streams (no -kvu) x PAD(min(n_ctx / n_seq, window + n_ubatch {ub}), "
+              "256) per sliding layer on the GPU"), "llama.cpp llama-kv-cache-iswa.cpp"),
         Term("compute_buffer", compute, f"n_ubatch {ub} x (fp32 logits over the vocabulary"
              + ("" if split["output_on_gpu"] else ", on the CPU with the output layer,")
              + " + a few fp32 hidden-size activations)", "llama.cpp ggml-backend graph allocation (estimate)"),
@@ -342,7 +349,7 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
                      "layers' weights and KV cache (mmap'd weights count as page cache); CPU layers run at "
                      "system-memory bandwidth, and the decode ceiling above assumes every weight on the GPU")
     return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap, "offload": offload,
-             "settings": {"n_seq": n_seq, "ubatch": ub}}, margin)
+             "settings": {"n_seq": n_seq, "ubatch": ub, "kv_unified": n_stream == 1}}, margin)
 
 
 ENGINES = {"vllm": _vllm, "sglang": _sglang, "llamacpp": _llamacpp}

@@ -144,7 +144,7 @@ def launch_command(report: dict[str, Any], kv_dtype_requested: str, model: str |
         n_ctx = -(-st["context"] * n_seq // LLAMA_PAD) * LLAMA_PAD
         ctype = _KV_NAME["llamacpp"][kv]
         parts += [("model", model), ("ctx_size", n_ctx), ("parallel", n_seq)]
-        if n_seq > 1:
+        if n_seq > 1 and st.get("kv_unified", True):
             parts.append(("kv_unified", True))
         off = report.get("offload") or {}
         ngl = off.get("n_gpu_layers")

@@ -21,7 +21,6 @@ ef = importlib.import_module("estimate_figures")
 # id -> (documented error, why); docs/estimate-figures.md "The misses"
 DOCUMENTED_MISSES = {
     "goss-vllm-triton-w": (-0.056, "triton_kernels' Hopper MXFP4 layout padding differs by version"),
-    "goss-llama-kv-swa": (-0.50, "the run's cache is not unified: one SWA stream per sequence"),
     "q235-sgl-tok": (+0.100, "TP 4: NCCL / custom all-reduce buffers not charged"),
     "q235-sgl-k": (+0.101, "the same pool as q235-sgl-tok"),
 }

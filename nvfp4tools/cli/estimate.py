@@ -43,6 +43,9 @@ GiB = 2**30
               "(default: all).")
 @click.option("--n-cpu-moe", type=int, default=0, help="llama.cpp --n-cpu-moe: experts of the first N layers stay on "
               "the CPU.")
+@click.option("--kv-unified/--no-kv-unified", default=True, show_default=True,
+              help="llama.cpp -kvu: the -np sequences share one KV stream (the launch command passes -kvu); "
+                   "--no-kv-unified: one stream per sequence, llama.cpp's default without -kvu (ollama).")
 @click.option("--solve", "solves", multiple=True, type=click.Choice(["context", "seqs", "ngl"]),
               help="Solve for the largest context, parallel sequences (-np / requests) or -ngl that fits; repeatable.")
 @click.option("--explain", is_flag=True, help="Show every term with its mechanism and source.")
@@ -51,8 +54,8 @@ GiB = 2**30
 def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None, engine: str | None, context: int | None,
                  kv_dtype: str, mem_fraction: float | None, swa_ratio: float | None, max_seqs: int | None,
                  max_batched_tokens: int | None, tp: int, text_only: bool, weights_gib: float | None,
-                 cudagraph_gib: float, ngl: int | None, n_cpu_moe: int, solves: tuple[str, ...], explain: bool,
-                 fmt: str) -> None:
+                 cudagraph_gib: float, ngl: int | None, n_cpu_moe: int, kv_unified: bool, solves: tuple[str, ...],
+                 explain: bool, fmt: str) -> None:
     """Will this checkpoint fit, and how many KV-cache tokens and concurrent sequences will it get?
 
     Reads headers only (any format inspect reads). Exit 1 when it does not fit, or when the engine
@@ -71,7 +74,7 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
 
     s = Settings(engine=engine or "vllm", context=context, kv_dtype=kv_dtype, mem_fraction=mem_fraction, swa_ratio=swa_ratio,
                  max_seqs=max_seqs, tp=tp, text_only=text_only, max_batched_tokens=max_batched_tokens,
-                 weights_bytes_override=gib_to_bytes("--weights-gib", weights_gib),
+                 kv_unified=kv_unified, weights_bytes_override=gib_to_bytes("--weights-gib", weights_gib),
                  cudagraph_bytes=gib_to_bytes("--cudagraph-gib", cudagraph_gib) or 0,
                  **({"engine": "llamacpp"} if engine is None and (ngl is not None or n_cpu_moe) else {}),
                  n_gpu_layers=ngl, n_cpu_moe=n_cpu_moe)
