@@ -259,7 +259,7 @@ def list_files(path: str) -> list[str]:
 
 def remote_file(path: str, name: str) -> tuple[int, Any]:
     """(size, fetch) of file NAME of PATH's repository: fetch(n) returns its first n bytes through one
-    HTTP range request (huggingface_hub's session and auth headers)."""
+    HTTP range request (huggingface_hub's HTTP client and auth headers)."""
     from huggingface_hub import get_hf_file_metadata, get_session, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
 
