@@ -41,6 +41,33 @@ class _InitParams(ctypes.Structure):
     _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
 
 
+_P, _S, _I64, _I = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_int
+# (name, restype, argtypes) of the libggml-base calls every ggml backend here uses (ggml.h)
+BASE_CALLS = (
+    ("ggml_init", _P, [_InitParams]),
+    ("ggml_free", None, [_P]),
+    ("ggml_new_tensor_2d", _P, [_P, _I, _I64, _I64]),
+    ("ggml_mul_mat", _P, [_P, _P, _P]),
+    ("ggml_new_graph", _P, [_P]),
+    ("ggml_build_forward_expand", None, [_P, _P]),
+    ("ggml_nbytes", _S, [_P]),
+    ("ggml_row_size", _S, [_I, _I64]),
+    ("ggml_blck_size", _I64, [_I]),
+    ("ggml_type_size", _S, [_I]),
+    ("ggml_type_name", ctypes.c_char_p, [_I]),
+    ("ggml_tensor_overhead", _S, []),
+    ("ggml_graph_overhead", _S, []),
+)
+
+
+def bind(obj: object, lib: ctypes.CDLL, calls) -> None:
+    """Declare CALLS' signatures on LIB and set each as OBJ._<name without 'ggml_'>."""
+    for name, res, args in calls:
+        f = getattr(lib, name)
+        f.restype, f.argtypes = res, args
+        setattr(obj, "_" + name[5:], f)
+
+
 class _TraitsCPU(ctypes.Structure):
     # ggml-cpu.h struct ggml_type_traits_cpu
     _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p), ("vec_dot_type", ctypes.c_int),
@@ -85,28 +112,11 @@ class GGML:
         self.base = ctypes.CDLL(os.path.join(d, "libggml-base" + sfx), mode=mode)
         self.cpu = ctypes.CDLL(os.path.join(d, "libggml-cpu" + sfx), mode=mode)
         self.path = d
-        P, S, I64, I = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_int
-        for lib, name, res, args in (
-                (self.base, "ggml_init", P, [_InitParams]),
-                (self.base, "ggml_free", None, [P]),
-                (self.base, "ggml_new_tensor_2d", P, [P, I, I64, I64]),
-                (self.base, "ggml_mul_mat", P, [P, P, P]),
-                (self.base, "ggml_new_graph", P, [P]),
-                (self.base, "ggml_build_forward_expand", None, [P, P]),
-                (self.base, "ggml_get_data", P, [P]),
-                (self.base, "ggml_nbytes", S, [P]),
-                (self.base, "ggml_row_size", S, [I, I64]),
-                (self.base, "ggml_blck_size", I64, [I]),
-                (self.base, "ggml_type_size", S, [I]),
-                (self.base, "ggml_type_name", ctypes.c_char_p, [I]),
-                (self.base, "ggml_tensor_overhead", S, []),
-                (self.base, "ggml_graph_overhead", S, []),
-                (self.cpu, "ggml_cpu_init", None, []),
-                (self.cpu, "ggml_get_type_traits_cpu", ctypes.POINTER(_TraitsCPU), [I]),
-                (self.cpu, "ggml_graph_compute_with_ctx", I, [P, P, I])):
-            f = getattr(lib, name)
-            f.restype, f.argtypes = res, args
-            setattr(self, "_" + name[5:], f)
+        P, I = ctypes.c_void_p, ctypes.c_int
+        bind(self, self.base, BASE_CALLS + (("ggml_get_data", P, [P]),))
+        bind(self, self.cpu, (("ggml_cpu_init", None, []),
+                              ("ggml_get_type_traits_cpu", ctypes.POINTER(_TraitsCPU), [I]),
+                              ("ggml_graph_compute_with_ctx", I, [P, P, I])))
         self._cpu_init()
         cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
         self.n_threads = max(1, len(cores))

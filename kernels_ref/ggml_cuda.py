@@ -90,8 +90,7 @@ def lib_dir() -> str | None:
     return None
 
 
-class _InitParams(ctypes.Structure):
-    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+_InitParams = G._InitParams
 
 
 class GGMLCuda:
@@ -103,34 +102,18 @@ class GGMLCuda:
         self.base = ctypes.CDLL(os.path.join(d, "libggml-base" + sfx), mode=mode)
         self.cuda = ctypes.CDLL(os.path.join(d, "libggml-cuda" + sfx), mode=mode)
         self.path, self.cc = d, cc
-        P, S, I64, I, B = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_int, ctypes.c_bool
-        for lib, name, res, args in (
-                (self.base, "ggml_init", P, [_InitParams]),
-                (self.base, "ggml_free", None, [P]),
-                (self.base, "ggml_new_tensor_2d", P, [P, I, I64, I64]),
-                (self.base, "ggml_mul_mat", P, [P, P, P]),
-                (self.base, "ggml_new_graph", P, [P]),
-                (self.base, "ggml_build_forward_expand", None, [P, P]),
-                (self.base, "ggml_nbytes", S, [P]),
-                (self.base, "ggml_row_size", S, [I, I64]),
-                (self.base, "ggml_blck_size", I64, [I]),
-                (self.base, "ggml_type_size", S, [I]),
-                (self.base, "ggml_type_name", ctypes.c_char_p, [I]),
-                (self.base, "ggml_tensor_overhead", S, []),
-                (self.base, "ggml_graph_overhead", S, []),
-                (self.base, "ggml_backend_alloc_ctx_tensors", P, [P, P]),
-                (self.base, "ggml_backend_buffer_free", None, [P]),
-                (self.base, "ggml_backend_tensor_set", None, [P, P, S, S]),
-                (self.base, "ggml_backend_tensor_get", None, [P, P, S, S]),
-                (self.base, "ggml_backend_graph_compute", I, [P, P]),
-                (self.base, "ggml_backend_supports_op", B, [P, P]),
-                (self.base, "ggml_backend_free", None, [P]),
-                (self.cuda, "ggml_backend_cuda_init", P, [I]),
-                (self.cuda, "ggml_backend_cuda_get_device_count", I, []),
-                (self.cuda, "ggml_backend_cuda_get_device_description", None, [I, ctypes.c_char_p, S])):
-            f = getattr(lib, name)
-            f.restype, f.argtypes = res, args
-            setattr(self, "_" + name[5:], f)
+        P, S, I, B = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_bool
+        G.bind(self, self.base, G.BASE_CALLS + (
+            ("ggml_backend_alloc_ctx_tensors", P, [P, P]),
+            ("ggml_backend_buffer_free", None, [P]),
+            ("ggml_backend_tensor_set", None, [P, P, S, S]),
+            ("ggml_backend_tensor_get", None, [P, P, S, S]),
+            ("ggml_backend_graph_compute", I, [P, P]),
+            ("ggml_backend_supports_op", B, [P, P]),
+            ("ggml_backend_free", None, [P])))
+        G.bind(self, self.cuda, (("ggml_backend_cuda_init", P, [I]),
+                                 ("ggml_backend_cuda_get_device_count", I, []),
+                                 ("ggml_backend_cuda_get_device_description", None, [I, ctypes.c_char_p, S])))
         if self._backend_cuda_get_device_count() < 1:
             raise OSError("ggml-cuda sees no CUDA device")
         self.backend = self._backend_cuda_init(0)
