@@ -6,6 +6,9 @@
 #   bash bench/build_ggml_cuda.sh                 # sources in .cache/ggml-src, libraries to .cache/ggml-cuda/lib
 #   bash bench/build_ggml_cuda.sh --fetch-src     # first make .cache/ggml-src (needs the network: pip download)
 #   export NVFP4TOOLS_GGML_LIB_DIR=$PWD/.cache/ggml-cuda/lib   # what the backends load
+#   bash bench/build_ggml_cuda.sh --pack DIR      # the built lib folder as xz parts of 15 MiB in DIR (a GPU
+#                                                 # host's files come back in parts of at most 16 MiB)
+#   bash bench/build_ggml_cuda.sh --unpack DIR    # those parts back into .cache/ggml-cuda/lib (no rebuild)
 #
 # Options as llama.cpp's CUDA build for one architecture (CUDA_ARCH, default: this GPU's, else 90),
 # flash-attention kernels off (GGML_CUDA_FA=OFF: mul_mat needs none of them), CUDA graphs on as
@@ -31,6 +34,15 @@ if [[ "${1:-}" == "--fetch-src" ]]; then
   rm -rf "$tmp"
   echo "sources in $SRC ($(du -sh "$SRC" | cut -f1))"
   exit 0
+fi
+
+if [[ "${1:-}" == "--pack" ]]; then
+  mkdir -p "$2" && tar -C "$(dirname "$LIB")" -cf - "$(basename "$LIB")" | xz -T0 -3 | split -b 15M - "$2/ggmllib.part."
+  ls -la "$2"; exit 0
+fi
+if [[ "${1:-}" == "--unpack" ]]; then
+  mkdir -p "$(dirname "$LIB")" && cat "$2"/ggmllib.part.* | xz -d | tar -C "$(dirname "$LIB")" -xf -
+  echo "ggml-cuda unpacked from $2 into $LIB"; exit 0
 fi
 
 [[ -f "$SRC/src/ggml-cuda/ggml-cuda.cu" ]] || {

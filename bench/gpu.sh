@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures in one run on a GPU machine: install (offline, no dependency resolution), build
 # llama.cpp's ggml with CUDA for the `ggml-cuda` backend (bench/build_ggml_cuda.sh; skipped when
-# NVFP4TOOLS_GGML_LIB_DIR or .cache/ggml-cuda/lib already holds a build), check every GPU backend
+# NVFP4TOOLS_GGML_LIB_DIR or .cache/ggml-cuda/lib already holds a build, or .cache/ggml-cuda-pack holds
+# one packed by `build_ggml_cuda.sh --pack`), check every GPU backend
 # against the float64 reference on full-size Gemma-4 shapes, planted faults and upstream checkpoints
 # (tests/test_gpu.py), `verify --backend all` on the tiny fixture and on the upstream checkpoints
 # (ModelOpt NVFP4, its compressed-tensors conversion, llama.cpp's NVFP4 and Q4_0 GGUFs, from
@@ -20,6 +21,9 @@ if ! python3 -c "import gguf" 2>/dev/null && ls .cache/whl/gguf-*.whl >/dev/null
   export PYTHONPATH=/tmp/nvfp4tools-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 if [[ -z "${NVFP4TOOLS_GGML_LIB_DIR:-}" || ! -f "${NVFP4TOOLS_GGML_LIB_DIR}/libggml-cuda.so" ]]; then
+  if [[ ! -f .cache/ggml-cuda/lib/libggml-cuda.so ]] && ls .cache/ggml-cuda-pack/ggmllib.part.* >/dev/null 2>&1; then
+    bash bench/build_ggml_cuda.sh --unpack .cache/ggml-cuda-pack   # an earlier build on this kind of GPU
+  fi
   if [[ -f .cache/ggml-cuda/lib/libggml-cuda.so ]]; then
     echo "ggml-cuda: using the build in .cache/ggml-cuda/lib"
   elif [[ -f .cache/ggml-src/src/ggml-cuda/ggml-cuda.cu ]]; then

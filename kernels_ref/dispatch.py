@@ -125,10 +125,24 @@ register(Backend(
     ggml_weight=True))
 
 
-# kernels_ref/ggml_cuda.py (llama.cpp's CUDA mul_mat through the ggml-backend API) is not registered:
-# its first run on an H100 (2026-12-07, bench/RESULTS.md) corrupted the process's heap right after
-# ggml_cuda_init ("free(): invalid pointer", then a segfault in the next allocation). A backend is
-# registered only where it runs; this one returns when that is found.
+def _ggml_cuda(attr: str) -> Callable:
+    def call(*args):
+        from . import ggml_cuda
+        return getattr(ggml_cuda, attr)(*args)
+    return call
+
+
+# llama.cpp's CUDA kernels (MMVQ for M <= 8, MMQ above) quantize the activations to Q8_1 with the
+# GPU's fast-math divisions, which no numpy mirror reproduces tie for tie; the backend's reference
+# reads back what ggml-cuda made of them (identity-weight mul_mats on the same kernels,
+# ggml_cuda.reference) and multiplies the checkpoint's weights in float64, so that what remains
+# is ggml's float32 accumulation, as for ggml-cpu: 1e-5.
+register(Backend(
+    "ggml-cuda", "llama.cpp's ggml_mul_mat on the CUDA backend (MMVQ for row 0, MMQ for the rest), the weight in "
+    "its ggml type", 1e-5, _ggml_cuda("available"), _ggml_cuda("run"),
+    "reference over the activations as ggml-cuda quantized them (read back through identity-weight mul_mats on "
+    "the same kernels): ggml's float32 accumulation of block products", reference=_ggml_cuda("reference"),
+    ggml_weight=True, self_timer=_ggml_cuda("time_cases")))
 
 
 def _load_gpu_backends() -> None:

@@ -266,14 +266,8 @@ def library() -> GGMLCuda:
     return lib
 
 
-# Its first GPU run (H100, 2026-12-07) corrupted the heap right after ggml_cuda_init; until that is
-# found nothing loads libggml-cuda into the process (kernels_ref/dispatch.py does not register it)
-NOT_ENABLED = ("ggml-cuda is not enabled: its first GPU run (H100, 2026-12-07) corrupted the process's heap right "
-               "after ggml_cuda_init (free(): invalid pointer); see bench/RESULTS.md")
-
-
 def available() -> str | None:
-    return NOT_ENABLED
+    return _load()[1]
 
 
 # -- the identity probes: what ggml-cuda made of the activations ----------------------------------------

@@ -28,10 +28,12 @@ SHAPES = [(2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (
 def test_registered_backends_run_somewhere_and_say_why_not_here():
     """No placeholders: every registered backend has a run path; one that cannot run here says why."""
     rows = {s["name"]: s for s in status()}
-    assert set(names()) == {"ref", "ggml-cpu", "torch", "triton", "triton-w4a4", "scaled_mm"}
+    assert set(names()) == {"ref", "ggml-cpu", "ggml-cuda", "torch", "triton", "triton-w4a4", "scaled_mm"}
     for name, row in rows.items():
         if not row["available"]:
             assert row["reason"], name
+    if not _CUDA:
+        assert "CUDA" in rows["ggml-cuda"]["reason"] or "NVIDIA driver" in rows["ggml-cuda"]["reason"]
 
 
 @needs_cuda

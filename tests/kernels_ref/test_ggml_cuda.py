@@ -22,32 +22,23 @@ def fresh(monkeypatch):
     C._driver.cache_clear()
 
 
-def _why() -> str | None:
-    """Why the library could not be loaded here (what available() would say once it is enabled)."""
-    return C._load()[1]
-
-
-def test_not_enabled_until_its_gpu_crash_is_found():
-    assert C.available() == C.NOT_ENABLED and "heap" in C.NOT_ENABLED
-
-
 def test_no_driver_is_the_reason_without_a_gpu(fresh):
     fresh.setattr(C, "_driver", lambda: ("no NVIDIA driver here (libcuda.so.1 cannot be loaded): ggml-cuda needs a "
                                          "CUDA GPU", None))
-    assert _why().startswith("no NVIDIA driver here")
+    assert C.available().startswith("no NVIDIA driver here")
 
 
 def test_missing_library_says_how_to_build_it(fresh, tmp_path):
     fresh.setattr(C, "_driver", lambda: (None, (9, 0)))
     fresh.setattr(G, "llama_cpp_lib_dir", lambda: str(tmp_path))     # a CPU-only llama-cpp-python
     fresh.delenv(C.ENV, raising=False)
-    why = _why()
+    why = C.available()
     assert why.startswith("no ggml CUDA library (NVFP4TOOLS_GGML_LIB_DIR is not set; llama-cpp-python here is a "
                           "CPU-only build)")
     assert "bash bench/build_ggml_cuda.sh" in why and "CMAKE_ARGS=-DGGML_CUDA=on" in why
     fresh.setenv(C.ENV, str(tmp_path))
     C._load.cache_clear()
-    assert f"{C.ENV}={tmp_path} has no libggml-cuda" in _why()
+    assert f"{C.ENV}={tmp_path} has no libggml-cuda" in C.available()
 
 
 @pytest.mark.parametrize("k", [64, 2112])
