@@ -22,7 +22,7 @@ run somewhere (bench/RESULTS.md says what wiring them up needs).
 from __future__ import annotations
 
 import numpy as np
-from nvfp4tools.kernels_ref.dispatch import Backend, DeviceCase, LayerCase, register
+from nvfp4tools.kernels_ref.dispatch import Backend, DeviceCase, LayerCase, NotRunnable, register
 
 
 def _cuda_reason() -> str | None:
@@ -91,7 +91,7 @@ def _run_triton(case: LayerCase) -> np.ndarray:
     from .nvfp4_gemm import _config, nvfp4_w4a16_gemm, pack_for_kernel
 
     if case.codes is None:
-        raise ValueError("the triton backend needs NVFP4 weights")
+        raise NotRunnable("nvfp4tools' Triton kernels compute NVFP4 weights only; this layer is not NVFP4")
     packed, scales = pack_for_kernel(case.codes, case.scale_bytes)
     x = _torch_x(case).to(torch.bfloat16)
     # the three kernels a deployment runs, each on its own rows of the same activations: row 0
@@ -116,7 +116,7 @@ def _run_triton_w4a4(case: LayerCase) -> np.ndarray:
     from .nvfp4_gemm import nvfp4_w4a4_gemm, pack_for_kernel
 
     if case.codes is None:
-        raise ValueError("the triton-w4a4 backend needs NVFP4 weights")
+        raise NotRunnable("the W4A4 emulation computes NVFP4 weights only; this layer is not NVFP4")
     if case.input_scale is None:
         raise ValueError("the triton-w4a4 backend needs a static input scale (W4A4 checkpoints carry one)")
     packed, scales = pack_for_kernel(case.codes, case.scale_bytes)
@@ -158,6 +158,8 @@ def _run_scaled_mm(case: LayerCase) -> np.ndarray:
     from nvfp4tools.kernels_ref.nvfp4 import quantize_nvfp4
     from nvfp4tools.kernels_ref.swizzle import swizzle_128x4
 
+    if case.codes is None:
+        raise NotRunnable("torch._scaled_mm's FP4 path computes NVFP4 weights only; this layer is not NVFP4")
     n, k = case.codes.shape
     xq = quantize_nvfp4(case.x, np.float32(case.input_scale or 1.0))
     a = torch.from_numpy(xq.packed).cuda().view(torch.float4_e2m1fn_x2)
