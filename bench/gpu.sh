@@ -35,7 +35,7 @@ if [[ -z "${NVFP4TOOLS_GGML_LIB_DIR:-}" || ! -f "${NVFP4TOOLS_GGML_LIB_DIR}/libg
 fi
 stamp "installed and built"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$OUT/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py -s 2>&1 | tee "$OUT/gpu_tests.log"
+python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py -s 2>&1 | tee "$OUT/gpu_tests.log"
 stamp "tests/test_gpu.py"
 tiny=$(python3 -c 'from nvfp4tools.synth import synthesize; import tempfile; d=tempfile.mkdtemp(); synthesize(d+"/t"); print(d+"/t")')
 echo "\$ nvfp4tools verify <tiny Gemma-4 NVFP4> --backend all" | tee "$OUT/verify_all.log"
