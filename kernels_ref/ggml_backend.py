@@ -108,9 +108,12 @@ class GGML:
 
     def __init__(self, d: str) -> None:
         sfx = _suffix()
-        mode = getattr(ctypes, "RTLD_GLOBAL", 0)
-        self.base = ctypes.CDLL(os.path.join(d, "libggml-base" + sfx), mode=mode)
-        self.cpu = ctypes.CDLL(os.path.join(d, "libggml-cpu" + sfx), mode=mode)
+        # RTLD_LOCAL (ctypes' default): the backend library finds libggml-base through its own
+        # DT_NEEDED (by soname, already loaded); loaded globally, a ggml build that links libstdc++
+        # statically (nvcc 13's CUDA build does) would interpose its uninitialised std::ostream on
+        # every extension imported later (ml_dtypes' str() crashed in it on an H100)
+        self.base = ctypes.CDLL(os.path.join(d, "libggml-base" + sfx))
+        self.cpu = ctypes.CDLL(os.path.join(d, "libggml-cpu" + sfx))
         self.path = d
         P, I = ctypes.c_void_p, ctypes.c_int
         bind(self, self.base, BASE_CALLS + (("ggml_get_data", P, [P]),))

@@ -98,9 +98,12 @@ class GGMLCuda:
 
     def __init__(self, d: str, cc: tuple[int, int]) -> None:
         sfx = G._suffix()
-        mode = getattr(ctypes, "RTLD_GLOBAL", 0)
-        self.base = ctypes.CDLL(os.path.join(d, "libggml-base" + sfx), mode=mode)
-        self.cuda = ctypes.CDLL(os.path.join(d, "libggml-cuda" + sfx), mode=mode)
+        # RTLD_LOCAL (ctypes' default): the backend library finds libggml-base through its own
+        # DT_NEEDED (by soname, already loaded); loaded globally, a ggml build that links libstdc++
+        # statically (nvcc 13's CUDA build does) would interpose its uninitialised std::ostream on
+        # every extension imported later (ml_dtypes' str() crashed in it on an H100)
+        self.base = ctypes.CDLL(os.path.join(d, "libggml-base" + sfx))
+        self.cuda = ctypes.CDLL(os.path.join(d, "libggml-cuda" + sfx))
         self.path, self.cc = d, cc
         P, S, I, B = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_bool
         G.bind(self, self.base, G.BASE_CALLS + (
