@@ -291,11 +291,25 @@ def weight_terms(ckpt: Checkpoint, gpu: GPU, s: Settings) -> list[Term]:
                 "sglang modelopt_quant.py ModelOptNvFp4FusedMoEMethod.create_weights; sgl-project/sglang PR #38092 "
                 "(open fix: 'Skip dead blockscale_swizzled allocation on Marlin fallback')"))
     if arch and s.engine in ("vllm", "sglang"):
-        rope = _rope_bytes(ckpt, arch)
+        # SGLang keeps the cos/sin cache in FP32 on CUDA ("cache needs to be in FP32 for numerical
+        # stability": RotaryEmbedding.__init__ casts to the model dtype only off CUDA/HIP/XPU, and
+        # forward_cuda hands the FP32 cache to apply_rope_with_cos_sin_cache_inplace for head sizes
+        # 64/128/256/512, so it is never cast later); vLLM casts it to the model dtype.
+        elem = 4 if s.engine == "sglang" else 2
+        rope = _rope_bytes(ckpt, arch, elem)
         if rope:
-            terms.append(Term("rope_cache", rope, "cos/sin cache [max_position_embeddings, rotary_dim] in the model "
-                              "dtype (2 B), one per distinct RoPE configuration (sliding and full layers differ)",
-                              "vLLM/SGLang rotary_embedding.py RotaryEmbedding._compute_cos_sin_cache"))
+            if s.engine == "sglang":
+                terms.append(Term("rope_cache", rope, "cos/sin cache [max_position_embeddings, rotary_dim] kept in "
+                                  "FP32 (4 B) on CUDA, one per distinct RoPE configuration (get_rope caches by "
+                                  "head size, rotary dim, base, scaling); Gemma 4's proportional RoPE passes "
+                                  "head_size as rotary_dim, so the full layers' cache spans all 512 dims",
+                                  "sglang srt/layers/rotary_embedding/base.py RotaryEmbedding.__init__ (FP32 unless "
+                                  "not CUDA/HIP/XPU) and forward_cuda; factory.py get_rope (_ROPE_DICT); "
+                                  "rope_variant.py Gemma4RotaryEmbedding.__init__"))
+            else:
+                terms.append(Term("rope_cache", rope, "cos/sin cache [max_position_embeddings, rotary_dim] in the "
+                                  "model dtype (2 B), one per distinct RoPE configuration (sliding and full layers "
+                                  "differ)", "vLLM rotary_embedding.py RotaryEmbedding._compute_cos_sin_cache"))
     return terms
 
 
@@ -323,11 +337,13 @@ def _sglang_dead_swizzled_scales(tensors: list[TensorInfo]) -> int:
     return total
 
 
-def _rope_bytes(ckpt: Checkpoint, arch: ArchInfo) -> int:
+def _rope_bytes(ckpt: Checkpoint, arch: ArchInfo, elem_bytes: int = 2) -> int:
+    """Bytes of the cos/sin caches: [max_position, rotary_dim] of ELEM_BYTES per distinct layer kind
+    and head size (sliding and full layers have their own RoPE base, Gemma 4 its own head size)."""
     if arch.max_position_embeddings is None or any(l.mla_latent_dim for l in arch.layers):
         return 0
     dims = {(l.kind, l.head_dim_k) for l in arch.layers}
-    return sum(arch.max_position_embeddings * hd * 2 for _, hd in dims)
+    return sum(arch.max_position_embeddings * hd * elem_bytes for _, hd in dims)
 
 
 # ---------------------------------------------------------------------------------------------

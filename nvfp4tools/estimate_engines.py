@@ -14,6 +14,54 @@ from .gpus import context_overhead_bytes
 from .model import ArchInfo
 
 # ---------------------------------------------------------------------------------------------
+# KV terms for --explain: what one token costs per layer kind, and how many tokens each kind holds
+
+def kv_layer_terms(arch: ArchInfo, b: float, tp: int, kv_dtype: str, cells: dict[str, tuple[int, str]],
+                   suffix: str, source: str) -> list[Term]:
+    """One term per layer kind (full, sliding), named ``kv_<kind>_layers<SUFFIX>``: layers x KV
+    heads per GPU x (K head dim + V head dim) x bytes per element = bytes per token, times the
+    tokens CELLS gives that kind (kind -> (tokens, how the engine arrives at them)). K=V layers
+    (Gemma 4 full attention) still cache V; layers sharing another layer's cache cost nothing;
+    MLA caches one latent per token."""
+    out: list[Term] = []
+    for kind in ("full", "sliding"):
+        layers = [l for l in arch.layers if l.kind == kind and l.kv_shared_from is None]
+        if not layers:
+            continue
+        shapes: dict[tuple, int] = {}
+        for l in layers:
+            heads = 0 if l.mla_latent_dim else (max(1, math.ceil(l.n_kv_heads / tp)) if l.n_kv_heads >= tp else 1)
+            key = (heads, l.head_dim_k, l.head_dim_v, l.mla_latent_dim, l.k_eq_v, l.window)
+            shapes[key] = shapes.get(key, 0) + 1
+        parts = []
+        per_tok = 0.0
+        for (heads, hk, hv, mla, keqv, window), n in shapes.items():
+            if mla:
+                t = n * mla * b
+                parts.append(f"{n} MLA layers x latent {mla} x {_fmt_b(b)} B = {_num(t):,} B")
+            else:
+                t = n * heads * (hk + hv) * b
+                parts.append(f"{n} layers x {heads} KV heads/GPU x (K {hk} + V {hv}) x {_fmt_b(b)} B = {_num(t):,} B"
+                             + (" (K=V: V cached anyway)" if keqv else ""))
+            per_tok += t
+        shared = sum(1 for l in arch.layers if l.kind == kind and l.kv_shared_from is not None)
+        n_cells, how = cells.get(kind, (0, "not sized"))
+        win = layers[0].window if kind == "sliding" else None
+        what = "; ".join(parts) + f" per token ({kv_dtype})"
+        if shared:
+            what += f"; {shared} layers share another layer's cache (no bytes)"
+        if win:
+            what += f"; window {win}"
+        what += f"; x {n_cells:,} tokens: {how}"
+        out.append(Term(f"kv_{kind}_layers{suffix}", int(per_tok * n_cells), what, source))
+    return out
+
+
+def _fmt_b(b: float) -> str:
+    return f"{b:g}" if float(b).is_integer() else f"{b:.5g}"
+
+
+# ---------------------------------------------------------------------------------------------
 # vLLM
 
 def _vllm_groups(arch: ArchInfo, b: float, tp: int) -> list[dict[str, Any]]:
@@ -115,6 +163,21 @@ def _vllm(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
             "kv_pool_tokens": int(concurrency * context),
             "kv_pool_tokens_legacy": legacy_tokens,
         })
+        blocks = {g["kind"]: g["block_size"] for g in groups}
+        sw_tokens = next((min(g["window"] - 1 + mbt, context) for g in groups if g["kind"] == "sliding"), 0)
+        terms += kv_layer_terms(arch, b, s.tp, kv_dtype, {
+            "full": (context, "one request of --context tokens"),
+            "sliding": (sw_tokens, "one request: min(window - 1 + max_num_batched_tokens, context)")},
+            "_per_request", "vLLM v1/kv_cache_interface.py FullAttentionSpec / SlidingWindowSpec")
+        terms.append(Term("kv_blocks", num_blocks * bytes_per_block,
+                          f"page = {VLLM_BLOCK} tokens x the largest per-layer bytes/token = {page:,} B; smaller pages "
+                          f"get bigger blocks ({', '.join(f'{k} {v} tokens' for k, v in blocks.items())}); "
+                          f"{len(groups)} groups of up to {gsize} layers share one pool of blocks of {gsize} pages: "
+                          f"num_blocks = pool // {bytes_per_block:,} B = {num_blocks:,}; one request needs {need} "
+                          "blocks (full: cdiv(context, block); sliding: cdiv(min(window - 1 + "
+                          "max_num_batched_tokens, context), block) + 1)",
+                          "vLLM v1/core/kv_cache_utils.py unify_kv_cache_spec_page_size, "
+                          "_get_kv_cache_groups_uniform_page_size, get_num_blocks"))
         notes.append("vLLM logs 'GPU KV cache size: N tokens': since ~0.2x that is max_concurrency x max_model_len "
                      "(kv_pool_tokens); the 0.19-era line users compare against is num_blocks // groups x block "
                      "(kv_pool_tokens_legacy), which charges every layer at full length")
@@ -226,11 +289,12 @@ def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
             and s.weights_bytes_override is None:
         notes.append("SGLang on a GPU without FP4 tensor cores (Marlin fallback): the weights include SGLang's unused "
                      "swizzled copies of the expert block scales (term moe_blockscale_swizzled_unused; gone once "
-                     "sgl-project/sglang PR #38092 lands). A published Gemma-4 all-linear NVFP4 log on an RTX 3090 "
-                     "shows 17.81 GiB where this model predicts 17.00 GiB (-4.5%); the remaining 0.8 GiB has no "
-                     "measured mechanism (docs/estimate-figures.md), and the KV pool is what is left after the "
-                     "weights, so it moves by that much. For exact pool sizes pass the 'Load weight end ... mem "
-                     "usage' figure from your log as --weights-gib")
+                     "sgl-project/sglang PR #38092 lands). Published Gemma-4 NVFP4 logs on an RTX 3090 show 17.81 "
+                     "GiB (all-linear) and 20.07 GiB (experts-only) where this model predicts 17.38 and 19.60 GiB "
+                     "(-2.4%, -2.3%); the remaining 0.43-0.47 GiB has no mechanism found in SGLang's code "
+                     "(docs/estimate-figures.md), and the KV pool is what is left after the weights, so it moves "
+                     "by that much. For exact pool sizes pass the 'Load weight end ... mem usage' figure from your "
+                     "log as --weights-gib")
     cap: dict[str, Any] = {"kv_pool_bytes": max(0, kv_pool)}
     r = None
     if swa and full:
@@ -258,10 +322,17 @@ def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
         terms.append(Term("kv_pool", max(0, kv_pool), f"cell = full {_num(full_tok)} B + {r} x sliding "
                           f"{_num(swa_tok)} B per token; full tokens = pool // cell, SWA tokens = full x ratio",
                           "sglang HybridSWAPoolConfigurator"))
+        terms += kv_layer_terms(arch, b, s.tp, kv_dtype, {
+            "full": (full_tokens, f"full pool = kv_pool // cell ({_num(cell):,} B)"),
+            "sliding": (swa_tokens, f"SWA pool = int(full pool x --swa-ratio {r})")},
+            "", "sglang model_runner_kv_cache_mixin / HybridSWAPoolConfigurator (cell = full + r x sliding)")
     else:
         cell = full_tok + swa_tok
         tokens = int(max(0, kv_pool) // cell) if cell else 0
         required = context * cell   # one request's context in the token pool
+        terms += kv_layer_terms(arch, b, s.tp, kv_dtype, {
+            k: (tokens, f"kv_pool // cell ({_num(cell):,} B, every layer)") for k in ("full", "sliding")},
+            "", "sglang model_runner_kv_cache_mixin profile_max_num_token (max_total_num_tokens = rest // cell)")
         cap.update({"cell_bytes": _num(cell), "kv_pool_tokens": tokens,
                     "max_concurrency": round(tokens / context, 3), "required_kv_bytes": math.ceil(required)})
         margin = kv_pool - required
@@ -332,6 +403,11 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
              + ("" if split["output_on_gpu"] else ", on the CPU with the output layer,")
              + " + a few fp32 hidden-size activations)", "llama.cpp ggml-backend graph allocation (estimate)"),
     ]
+    per_layer = {t.name: t.mechanism for t in kv_layer_terms(arch, b, s.tp, kv_dtype, {
+        "full": (n_ctx, "n_ctx cells"), "sliding": (swa_cells or 0, "the SWA cells")}, "", "")}
+    for t in terms:
+        if t.name in per_layer:
+            t.mechanism = per_layer[t.name].rsplit("; x ", 1)[0] + "; " + t.mechanism
     # llama.cpp allocates the whole cache (n_ctx cells for -np sequences) at start, so that is
     # what must fit, not one request's share of it
     margin = budget - (gpu_weights + kv_total + compute)

@@ -49,3 +49,34 @@ def zero_part(ckpt: str, part) -> None:
     with open(os.path.join(ckpt, part.file), "r+b") as fh:
         fh.seek(part.offset)
         fh.write(b"\0" * part.nbytes)
+
+
+# -- estimate tests (tests/test_estimate_*.py) ------------------------------------------------
+
+GiB = 2**30
+MiB = 2**20
+
+
+def gemma4_26b(tmp_path_factory, recipe: str = "all-linear"):
+    """A header-only, full-size Gemma-4-26B-A4B ModelOpt checkpoint in one of the published NVFP4
+    layouts (``all-linear``, ``mlp-experts``, ``experts-only``), read back (for module fixtures)."""
+    from nvfp4tools.formats import read
+    from nvfp4tools.synth import synthesize
+
+    p = str(tmp_path_factory.mktemp(recipe))
+    synthesize(p, preset="gemma4-26b-a4b", fmt="modelopt", recipe=recipe, header_only=True)
+    return read(p)
+
+
+def estimate_of(ck, gpu="rtx4090", settings=None, **kw):
+    """``estimate(CK, GPU, SETTINGS or Settings(**KW), suggest=False)``; GPU is a table key or a GPU."""
+    from nvfp4tools.estimate import Settings, estimate
+    from nvfp4tools.gpus import get_gpu
+
+    g = get_gpu(gpu) if isinstance(gpu, str) else gpu
+    return estimate(ck, g, settings if settings is not None else Settings(**kw), suggest=False)
+
+
+def report(ck, gpu="rtx4090", settings=None, **kw) -> dict:
+    """The report of :func:`estimate_of`."""
+    return estimate_of(ck, gpu, settings, **kw).report

@@ -120,15 +120,17 @@ def test_vllm_rtx5090_fusenai(g26):
 
 def test_sglang_rtx3090_pools(g26):
     """SGLang, RTX 3090, all-linear NVFP4, FP8 KV, mfs 0.91, swa ratio 0.05: full ~232K, SWA ~11.6K,
-    KV 3.33 GiB, given the logged weights (17.81 GiB)."""
+    KV 3.33 GiB, given the logged weights (17.81 GiB). Within 5%: the published run had 23.22 GiB
+    free before loading; the table's 23.58 GiB total (a 2025 driver) less the 0.5 GiB CUDA context
+    measured on H100/H200 gives 0.14 GiB less (docs/estimate-figures.md)."""
     s = Settings(engine="sglang", context=8192, kv_dtype="fp8", mem_fraction=0.91, swa_ratio=0.05,
                  weights_bytes_override=int(17.81 * GiB))
     r = estimate(g26["all-linear"], get_gpu("rtx3090"), s).report
     c = r["capacity"]
     assert c["cell_bytes"] == 15_360
-    assert rel(c["full_pool_tokens"], 232_000) < 0.02
-    assert rel(c["swa_pool_tokens"], 11_600) < 0.02
-    assert rel(c["kv_pool_bytes"] / GiB, 3.33) < 0.02
+    assert rel(c["full_pool_tokens"], 232_000) < 0.05
+    assert rel(c["swa_pool_tokens"], 11_600) < 0.05
+    assert rel(c["kv_pool_bytes"] / GiB, 3.33) < 0.05
 
 
 def test_sglang_rtx3090_predicted_weights_within_5_percent(g26):
@@ -290,7 +292,8 @@ def test_sglang_plain_and_llamacpp_margins_hand_computed(small):
     one_request = 4096 * 16 * 4 * (128 + 128) * 2
     weights_ckpt = 16 * SMALL_LINEAR_ELEMENTS_PER_LAYER * 2 + SMALL_EMBED_AND_HEAD
     sg = estimate(small, _tiny_gpu(2 * GiB), Settings(engine="sglang", context=4096, mem_fraction=0.88)).report
-    pool = int(0.88 * (2 * GiB - ctx) - (weights_ckpt + 4096 * 128 * 2))
+    # SGLang's RoPE cos/sin cache stays FP32 on CUDA: 4096 positions x 128 dims x 4 B
+    pool = int(0.88 * (2 * GiB - ctx) - (weights_ckpt + 4096 * 128 * 4))
     assert pool < 0 and sg["margin_bytes"] == pool - one_request and sg["shortfall_bytes"] == one_request - pool
     lc = estimate(small, _tiny_gpu(2 * GiB), Settings(engine="llamacpp", context=4096)).report
     compute = 512 * 32000 * 4 + 512 * 2048 * 4 * 8   # n_ubatch x (vocab logits + 8 hidden activations) x fp32

@@ -14,25 +14,19 @@ import shlex
 
 import pytest
 
-from nvfp4tools.estimate import Settings, estimate
-from nvfp4tools.gpus import get_gpu
 from nvfp4tools.launch import FLAGS, parse_args
 
-GiB = 2**30
+from tests.helpers import gemma4_26b, report
+
 
 
 @pytest.fixture(scope="module")
 def g26(tmp_path_factory):
-    from nvfp4tools.formats import read
-    from nvfp4tools.synth import synthesize
-
-    p = str(tmp_path_factory.mktemp("all-linear"))
-    synthesize(p, preset="gemma4-26b-a4b", fmt="modelopt", recipe="all-linear", header_only=True)
-    return read(p)
+    return gemma4_26b(tmp_path_factory, "all-linear")
 
 
 def _launch(ck, gpu="rtx4090", **kw):
-    r = estimate(ck, get_gpu(gpu), Settings(**kw), suggest=False).report
+    r = report(ck, gpu, **kw)
     lc = r["launch"]
     assert shlex.split(lc["command"]) == lc["argv"]
     return r, lc, parse_args(r["engine"], lc["argv"])

@@ -7,22 +7,17 @@ import dataclasses
 
 import pytest
 
-from nvfp4tools.estimate import Settings, estimate, weight_terms
+from nvfp4tools.estimate import Settings, weight_terms
 from nvfp4tools.estimate_engines import sglang_default_mem_fraction, sglang_prefill_graph_sizes
 from nvfp4tools.gpus import get_gpu
 
-GiB = 2**30
-MiB = 2**20
+from tests.helpers import GiB, MiB, gemma4_26b, report
+
 
 
 @pytest.fixture(scope="module")
 def g26(tmp_path_factory):
-    from nvfp4tools.formats import read
-    from nvfp4tools.synth import synthesize
-
-    p = str(tmp_path_factory.mktemp("all-linear"))
-    synthesize(p, preset="gemma4-26b-a4b", fmt="modelopt", recipe="all-linear", header_only=True)
-    return read(p)
+    return gemma4_26b(tmp_path_factory, "all-linear")
 
 
 def test_prefill_graph_sizes_as_sglang_generates_them():
@@ -32,9 +27,9 @@ def test_prefill_graph_sizes_as_sglang_generates_them():
 
 
 def test_sglang_default_mem_fraction_hand_computed(g26):
-    """memory_hook.handle_gpu_memory_settings by hand. RTX 3090 (23.70 GiB = 24,269 MiB, the
+    """memory_hook.handle_gpu_memory_settings by hand. RTX 3090 (23.58 GiB = 24,146 MiB, the
     24-35 GiB tier: chunk 4096, decode graphs to bs 48, 50 prefill graph sizes):
-    512 + 1.5 x 4096 + 1/8 x 1024 + 2 x 48 + 8 x 50 = 7,280 MiB -> round(17,989 / 24,269, 3);
+    512 + 1.5 x 4096 + 1/8 x 1024 + 2 x 48 + 8 x 50 = 7,280 MiB -> round(16,866 / 24,146, 3);
     Gemma 4's vision tower (27 x 1152^2 = 1.4238 ViT-L) then scales it by 0.95 x 0.95762."""
     a = g26.arch
     gpu = get_gpu("rtx3090")
@@ -61,13 +56,13 @@ def test_sglang_default_mem_fraction_hand_computed(g26):
 
 
 def test_sglang_estimate_uses_the_default_and_says_so(g26):
-    r = estimate(g26, get_gpu("h100-sxm"), Settings(engine="sglang", text_only=True), suggest=False).report
+    r = report(g26, "h100-sxm", engine="sglang", text_only=True)
     assert r["settings"]["mem_fraction_default"] is True
     assert r["settings"]["mem_fraction"] == sglang_default_mem_fraction(
         g26, g26.arch, get_gpu("h100-sxm"), Settings(engine="sglang", text_only=True))[0]
     assert any(t["name"] == "default_reserved_mib" for t in r["memory"]["terms"])
     assert "--mem-fraction-static" in r["launch"]["argv"]
-    given = estimate(g26, get_gpu("h100-sxm"), Settings(engine="sglang", mem_fraction=0.9), suggest=False).report
+    given = report(g26, "h100-sxm", engine="sglang", mem_fraction=0.9)
     assert given["settings"]["mem_fraction_default"] is False and given["settings"]["mem_fraction"] == 0.9
 
 
@@ -83,14 +78,14 @@ def test_tied_but_stored_lm_head_is_not_loaded(g26, engine):
     assert g26.arch.tie_word_embeddings
     ck, nbytes = _with_stored_lm_head(g26)
     s = Settings(engine=engine, mem_fraction=0.9)
-    plain = estimate(g26, get_gpu("h100-sxm"), s, suggest=False).report
-    stored = estimate(ck, get_gpu("h100-sxm"), s, suggest=False).report
+    plain = report(g26, "h100-sxm", s)
+    stored = report(ck, "h100-sxm", s)
     assert stored["weights"]["bytes_total"] == plain["weights"]["bytes_total"]
     t = {x["name"]: x for x in stored["weights"]["terms"]}
     assert t["lm_head"]["bytes"] == 0 and f"{nbytes:,} B" in t["lm_head"]["mechanism"]
     # untied, the stored head is loaded: the weights grow by exactly its bytes
     untied = dataclasses.replace(ck, arch=dataclasses.replace(ck.arch, tie_word_embeddings=False))
-    u = estimate(untied, get_gpu("h100-sxm"), s, suggest=False).report
+    u = report(untied, "h100-sxm", s)
     assert u["weights"]["bytes_total"] == plain["weights"]["bytes_total"] + nbytes
 
 
@@ -132,3 +127,50 @@ def test_vllm_mxfp4_moe_padding_gpt_oss(gpu, factor):
     if factor > 1:
         assert "MXFP4 MoE" in terms["kernel_padding"].mechanism
     assert "kernel_padding" not in {t.name for t in weight_terms(ck, get_gpu(gpu), Settings(engine="llamacpp"))}
+
+
+def test_sglang_rope_cache_stays_fp32_on_cuda(g26):
+    """SGLang's RotaryEmbedding keeps cos_sin_cache in FP32 on CUDA (base.py __init__ casts to the
+    model dtype only off CUDA/HIP/XPU); Gemma 4's proportional RoPE spans the full 512-dim head.
+    vLLM casts it to bf16. Two configurations: sliding (256) and full (512), 262,144 positions."""
+    def rope(engine):
+        return next(t for t in report(g26, "rtx3090", engine=engine)["weights"]["terms"] if t["name"] == "rope_cache")
+
+    assert rope("sglang")["bytes"] == 262_144 * (256 + 512) * 4
+    assert "FP32" in rope("sglang")["mechanism"] and "rotary_embedding/base.py" in rope("sglang")["source"]
+    assert rope("vllm")["bytes"] == 262_144 * (256 + 512) * 2
+
+
+def test_rtx3090_memory_is_the_sourced_driver_total():
+    """The figure the engines size against: torch's 23.58 GiB total on a 2025 driver (24,146 MiB)."""
+    g = get_gpu("rtx3090")
+    assert g.memory_total_bytes == 24_146 * MiB
+    assert f"{g.memory_total_bytes / GiB:.2f}" == "23.58" and "23.58 GiB" in g.memory_source
+
+
+@pytest.mark.parametrize("engine", ["vllm", "sglang", "llamacpp"])
+def test_explain_covers_the_kv_terms(g26, engine, run_cli):
+    """Per layer kind: layers x KV heads per GPU x (K + V head dims) x bytes = bytes per token, and
+    the tokens the engine's pool formula gives it (vLLM: one request, and the block pool)."""
+    kw = {"kv_dtype": "q8_0"} if engine == "llamacpp" else {"kv_dtype": "fp8", "mem_fraction": 0.91, "swa_ratio": 0.05}
+    r = report(g26, "rtx3090", engine=engine, context=8192, **kw)
+    terms = {t["name"]: t for t in r["memory"]["terms"]}
+    suffix = "_per_request" if engine == "vllm" else ""
+    full, swa = terms[f"kv_full_layers{suffix}"], terms[f"kv_sliding_layers{suffix}"]
+    b = 34 / 32 if engine == "llamacpp" else 1
+    assert "5 layers x 2 KV heads/GPU x (K 512 + V 512)" in full["mechanism"] and "K=V" in full["mechanism"]
+    assert "25 layers x 8 KV heads/GPU x (K 256 + V 256)" in swa["mechanism"] and "window 1024" in swa["mechanism"]
+    if engine == "sglang":
+        c = r["capacity"]
+        assert full["bytes"] == c["full_pool_tokens"] * 10_240 and swa["bytes"] == c["swa_pool_tokens"] * 102_400
+    if engine == "vllm":
+        assert full["bytes"] == 8192 * 10_240 and swa["bytes"] == (1023 + 2048) * 102_400
+        assert terms["kv_blocks"]["bytes"] == r["capacity"]["num_blocks"] * r["capacity"]["bytes_per_block"]
+        assert "full 32 tokens" in terms["kv_blocks"]["mechanism"]
+    if engine == "llamacpp":
+        assert full["bytes"] == int(8192 * 5 * 2 * 1024 * b)
+    out = run_cli("estimate", g26.source, "--gpu", "rtx3090", "--engine", engine, "--kv-dtype", kw["kv_dtype"],
+                  "--explain").output
+    assert f"kv_full_layers{suffix}" in out and "KV heads/GPU" in out
+    notes = [line for line in out.splitlines() if line.startswith(("note: ", "      "))]
+    assert notes and all(len(line) <= 100 for line in notes)

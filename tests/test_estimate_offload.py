@@ -9,21 +9,17 @@ import dataclasses
 import pytest
 
 from nvfp4tools.errors import UsageError
-from nvfp4tools.estimate import Settings, estimate
+from nvfp4tools.estimate import Settings
 from nvfp4tools.estimate_offload import layer_split, solve
 from nvfp4tools.gpus import get_gpu
 
-GiB = 2**30
+from tests.helpers import GiB, estimate_of, gemma4_26b, report
+
 
 
 @pytest.fixture(scope="module")
 def g26(tmp_path_factory):
-    from nvfp4tools.formats import read
-    from nvfp4tools.synth import synthesize
-
-    p = str(tmp_path_factory.mktemp("experts-only"))
-    synthesize(p, preset="gemma4-26b-a4b", fmt="modelopt", recipe="experts-only", header_only=True)
-    return read(p)
+    return gemma4_26b(tmp_path_factory, "experts-only")
 
 
 def _gpu(gib: float):
@@ -59,9 +55,9 @@ def test_layer_split_hand_computed(g26):
 
 def test_partial_offload_estimate_and_launch(g26):
     s = Settings(engine="llamacpp", context=32768, n_gpu_layers=16, n_cpu_moe=2)
-    r = estimate(g26, get_gpu("rtx3090"), s, suggest=False).report
+    r = report(g26, "rtx3090", s)
     off = r["offload"]
-    full = estimate(g26, get_gpu("rtx3090"), Settings(engine="llamacpp", context=32768), suggest=False).report
+    full = report(g26, "rtx3090", engine="llamacpp", context=32768)
     assert off["gpu_weight_bytes"] == full["weights"]["bytes_per_gpu"] - off["cpu_weight_bytes"]
     assert off["system_ram_bytes"] >= off["cpu_weight_bytes"] + off["cpu_kv_bytes"] > off["cpu_weight_bytes"]
     assert r["margin_bytes"] > full["margin_bytes"]
@@ -78,10 +74,10 @@ def test_solved_context_fits_and_one_more_block_does_not(g26, engine):
     x = solve(g26, g, s, "context")
     c = x["value"]
     assert c is not None and c < x["max"]
-    assert estimate(g26, g, dataclasses.replace(s, context=c), suggest=False).fits
-    assert not estimate(g26, g, dataclasses.replace(s, context=c + 1), suggest=False).fits
+    assert estimate_of(g26, g, dataclasses.replace(s, context=c)).fits
+    assert not estimate_of(g26, g, dataclasses.replace(s, context=c + 1)).fits
     block = 256 if engine == "llamacpp" else 16
-    assert not estimate(g26, g, dataclasses.replace(s, context=c + block), suggest=False).fits
+    assert not estimate_of(g26, g, dataclasses.replace(s, context=c + block)).fits
 
 
 @pytest.mark.parametrize("engine", ["llamacpp", "vllm"])
@@ -104,12 +100,12 @@ def test_more_vram_never_fewer_tokens_or_layers(g26, engine):
 def test_solved_seqs_and_ngl_are_the_largest(g26):
     s = Settings(engine="llamacpp", context=8192)
     n = solve(g26, _gpu(24), s, "seqs")["value"]
-    assert estimate(g26, _gpu(24), dataclasses.replace(s, max_seqs=n), suggest=False).fits
-    assert not estimate(g26, _gpu(24), dataclasses.replace(s, max_seqs=n + 1), suggest=False).fits
+    assert estimate_of(g26, _gpu(24), dataclasses.replace(s, max_seqs=n)).fits
+    assert not estimate_of(g26, _gpu(24), dataclasses.replace(s, max_seqs=n + 1)).fits
     k = solve(g26, _gpu(14), s, "ngl")["value"]
     assert k is not None and 0 < k < g26.arch.n_layers + 1
-    assert estimate(g26, _gpu(14), dataclasses.replace(s, n_gpu_layers=k), suggest=False).fits
-    assert not estimate(g26, _gpu(14), dataclasses.replace(s, n_gpu_layers=k + 1), suggest=False).fits
+    assert estimate_of(g26, _gpu(14), dataclasses.replace(s, n_gpu_layers=k)).fits
+    assert not estimate_of(g26, _gpu(14), dataclasses.replace(s, n_gpu_layers=k + 1)).fits
     with pytest.raises(UsageError, match="llamacpp"):
         solve(g26, _gpu(14), Settings(engine="vllm"), "ngl")
 
