@@ -1,22 +1,19 @@
-"""Reading tensor bytes (numpy) and decoding a logical tensor to canonical quantized parts.
+"""Reading tensor bytes (numpy) and dequantizing a logical tensor to float32.
 
-Used by verify and convert; inspect and estimate never import this module.
+Canonical quantized parts come from :mod:`nvfp4tools.convert.canon`, the one decoder convert also
+reads through. Used by verify, bench and convert; inspect and estimate never import this module.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 
+from .convert.canon import Canon, View, np_dtype
 from .errors import FormatError, UnsupportedError
-from .formats._dtypes import DTYPES
 from .formats._ggml_types import BY_NAME
 from .model import Checkpoint, TensorInfo, TensorPart
-
-# safetensors dtype -> numpy type of its values (formats/_dtypes.py: 8-bit floats as their bytes; BF16 has none)
-NP_DTYPES = {name: np.dtype(d.numpy).type for name, d in DTYPES.items() if d.numpy}
 
 
 def map_part(root: str, part: TensorPart, dtype) -> np.ndarray:
@@ -49,20 +46,10 @@ def _load_stored(root: str, part: TensorPart) -> np.ndarray:
     if part.stored_dtype == "BF16":
         from nvfp4tools.kernels_ref.bf16 import bf16_bits_to_f32
         return bf16_bits_to_f32(map_part(root, part, np.uint16)).reshape(part.stored_shape)
-    dt = NP_DTYPES.get(part.stored_dtype)
+    dt = np_dtype(part.stored_dtype)
     if dt is None:  # GGUF block types are handled by their reader
         return map_part(root, part, np.uint8)
     return map_part(root, part, dt).reshape(part.stored_shape)
-
-
-@dataclass
-class CanonicalNVFP4:
-    codes: np.ndarray          # uint8 E2M1 codes [..., out, in] (HF element order)
-    scale_bytes: np.ndarray    # uint8 E4M3 [..., out, in/16]
-    global_scale: np.ndarray   # float32 multiplier, shape () or [E]
-    input_scale: np.ndarray | None  # float32 multiplier
-    stored_global: np.ndarray  # as stored (ModelOpt multiplier or CT divisor)
-    stored_as: str
 
 
 def scalar_part(root: str, part: TensorPart | None) -> np.ndarray | None:
@@ -71,42 +58,20 @@ def scalar_part(root: str, part: TensorPart | None) -> np.ndarray | None:
     return np.asarray(load_part(root, part), dtype=np.float32).reshape(-1)
 
 
-def canonical_nvfp4(ckpt: Checkpoint, t: TensorInfo) -> CanonicalNVFP4:
-    """Decode an NVFP4 tensor of any reader to HF-order codes, E4M3 bytes and a multiplier global."""
-    from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
-
-    data, bs, g = t.part("data"), t.part("block_scale"), t.part("global_scale")
-    if data is None:
-        raise UnsupportedError(f"{t.name}: no data part")
-    raw = load_part(ckpt.root, data)
-    if data.stored_dtype == "NVFP4":
-        # GGUF block_nvfp4: scale bytes inside the blocks; no '.scale' sidecar means a global of 1.0
-        from nvfp4tools.kernels_ref.ggml_quants import gguf_blocks_to_nvfp4
-        codes, scales = gguf_blocks_to_nvfp4(np.asarray(raw).reshape(t.shape[:-1] + (-1,)))
-        if g is None:
-            lead = t.shape[0] if len(t.shape) == 3 else 1
-            one = np.ones(lead, np.float32)
-            inp = scalar_part(ckpt.root, t.part("input_scale"))
-            return CanonicalNVFP4(codes.reshape(t.shape), scales.reshape(t.shape[:-1] + (-1,)), one, inp, one,
-                                  "multiplier")
-    else:
-        if bs is None or g is None:
-            raise UnsupportedError(f"{t.name}: NVFP4 tensor lacks its block or global scale; cannot decode")
-        codes = unpack_nibbles_hf(np.asarray(raw))
-        scales = np.asarray(load_part(ckpt.root, bs), dtype=np.uint8)
-    stored = scalar_part(ckpt.root, g)
-    gl = (np.float32(1.0) / stored).astype(np.float32) if g.stored_as == "divisor" else stored.astype(np.float32)
-    inp = scalar_part(ckpt.root, t.part("input_scale"))
-    ip = t.part("input_scale")
-    if inp is not None and ip is not None and ip.stored_as == "divisor":
-        inp = (np.float32(1.0) / inp).astype(np.float32)
-    return CanonicalNVFP4(codes.reshape(t.shape), scales.reshape(t.shape[:-1] + (-1,)), gl, inp, stored, g.stored_as)
+def canonical_nvfp4(ckpt: Checkpoint, t: TensorInfo) -> Canon:
+    """NVFP4 tensor T of any reader in canonical form, decoded as convert decodes it
+    (:meth:`View.canon <nvfp4tools.convert.canon.View.canon>`): ``.codes`` (uint8 E2M1 [.., out, in],
+    HF element order), ``.scale_bytes`` (E4M3 [.., out, in/16]), ``.global_scale`` and
+    ``.input_scale`` (float32 multipliers [1] or [E]; the latter None without a static input scale)."""
+    if t.scheme.name != "nvfp4":
+        raise UnsupportedError(f"{t.name}: scheme {t.scheme.name} is not NVFP4")
+    with View(ckpt) as view:
+        return view.canon(t)
 
 
 def dequantize(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
     """Float32 weights of any supported scheme (canonical path)."""
     from nvfp4tools.kernels_ref.nvfp4 import NVFP4Tensor, dequantize_nvfp4
-    from nvfp4tools.kernels_ref.fp4 import pack_nibbles_hf
 
     s = t.scheme
     data = t.part("data")
@@ -114,11 +79,12 @@ def dequantize(ckpt: Checkpoint, t: TensorInfo) -> np.ndarray:
         return _dequant_ggml(ckpt, t)
     if s.name == "nvfp4":
         c = canonical_nvfp4(ckpt, t)
-        if c.global_scale.size == 1:
-            return dequantize_nvfp4(NVFP4Tensor(pack_nibbles_hf(c.codes), c.scale_bytes, c.global_scale.reshape(())[()]))
+        g = c.global_scale
+        if g.size == 1:
+            return dequantize_nvfp4(NVFP4Tensor(c.packed, c.scale_bytes, g[0]))
         out = np.empty(t.shape, np.float32)
         for e in range(t.shape[0]):
-            out[e] = dequantize_nvfp4(NVFP4Tensor(pack_nibbles_hf(c.codes[e]), c.scale_bytes[e], c.global_scale[e]))
+            out[e] = dequantize_nvfp4(NVFP4Tensor(c.packed[e], c.scale_bytes[e], g[e]))
         return out
     if s.name == "mxfp4" and t.part("block_scale") is not None:
         # codes [.., out, in/2] (gpt-oss: [.., out, in/32, 16], the same bytes), E8M0 scales [.., out, in/32]

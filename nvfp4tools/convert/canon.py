@@ -15,7 +15,8 @@ every writer's bytes are encoded from.
 
 A :class:`View` reads one checkpoint for one conversion: it owns its open files and caches, so
 two conversions in one process never share state. Reads can be limited to a block of rows (of one
-expert), which bounds memory whatever the tensor size.
+expert), which bounds memory whatever the tensor size. ``verify`` and ``bench`` read NVFP4 layers
+through the same decoding (``tensors.canonical_nvfp4``): one decoder per quantized kind, whoever reads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from nvfp4tools.errors import FormatError, UnsupportedError
+from nvfp4tools.formats._dtypes import DTYPES
 from nvfp4tools.io import PartReader, decode_values
 from nvfp4tools.model import Checkpoint, TensorInfo, TensorPart
 
@@ -33,14 +35,16 @@ from . import scales
 # it, so a conversion's kernel copies start before numpy is loaded (style: heavy imports in functions)
 
 
-def bits_dtype(stored_dtype: str):
-    """The numpy dtype of a stored dtype's bits, 16-bit floats as their bits so that they copy exactly
-    (None: a ggml block type)."""
+def np_dtype(stored_dtype: str, bits: bool = False):
+    """The numpy dtype an array of STORED_DTYPE is read as (formats/_dtypes.py: 8-bit floats as their
+    bytes), or None where numpy has none (BF16, sub-byte floats, a ggml block type). BITS: 16-bit
+    floats as their uint16 bits, so that they copy exactly."""
     import numpy as np
 
-    from nvfp4tools.tensors import NP_DTYPES
-
-    return np.uint16 if stored_dtype in ("BF16", "F16") else NP_DTYPES.get(stored_dtype)
+    if bits and stored_dtype in ("BF16", "F16"):
+        return np.dtype(np.uint16)
+    d = DTYPES.get(stored_dtype)
+    return np.dtype(d.numpy) if d is not None and d.numpy else None
 
 
 @dataclass
@@ -58,6 +62,28 @@ class Canon:
     scale_dtype: str = ""
     array: np.ndarray | None = None            # raw: stored bits
     dtype: str = ""                            # raw: stored safetensors dtype (or ggml F32/F16/BF16)
+
+    # nvfp4, as arrays (verify, bench and the GPU backends take these)
+    @property
+    def codes(self) -> np.ndarray:
+        """The E2M1 codes unpacked, uint8 [.., rows, in] in HF element order (a new array each time)."""
+        from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
+
+        return unpack_nibbles_hf(self.packed)
+
+    @property
+    def global_scale(self) -> np.ndarray:
+        """The global multipliers, float32 [1] or [E]."""
+        import numpy as np
+
+        return np.asarray(self.global_mult, np.float32)
+
+    @property
+    def input_scale(self) -> np.ndarray | None:
+        """The input multipliers, float32 [1] or [E], or None (no static input scale)."""
+        import numpy as np
+
+        return None if self.input_mult is None else np.asarray(self.input_mult, np.float32)
 
     def rows_permuted(self, perm: np.ndarray) -> "Canon":
         """The same tensor with its rows (axis -2) in the order PERM."""
@@ -107,6 +133,12 @@ class View:
             os.close(fd)
         self._bulk.clear()
 
+    def __enter__(self) -> "View":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _read(self, part: TensorPart, start: int, nbytes: int) -> np.ndarray:
         """NBYTES of PART from byte START, read into a fresh buffer (pread: memory is the block read,
         whatever the file size; a long-lived mmap would keep every page read mapped)."""
@@ -151,14 +183,12 @@ class View:
         return scales.multipliers(part, self.values(part), self.exact)
 
     # -- arrays ----------------------------------------------------------------------------------
-    def stored(self, part: TensorPart, rows: tuple[int, int] | None = None, expert: int | None = None,
-               lead: int = 0) -> np.ndarray:
-        """A part's stored array (bits kept), optionally only rows START:STOP (of EXPERT).
-        LEAD: leading expert count of a stacked part (0: none)."""
+    def stored(self, part: TensorPart, rows: tuple[int, int] | None = None, expert: int | None = None) -> np.ndarray:
+        """A part's stored array (bits kept), optionally only rows START:STOP (of EXPERT)."""
         import numpy as np
 
-        bits = bits_dtype(part.stored_dtype)
-        dt = np.dtype(bits or np.uint8)
+        bits = np_dtype(part.stored_dtype, bits=True)
+        dt = np.dtype(np.uint8) if bits is None else bits
         shape = tuple(part.stored_shape)
         if bits is None:   # a ggml block type: [.., rows, bytes per row]
             nrows = 1
