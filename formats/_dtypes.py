@@ -6,7 +6,7 @@ Per dtype: bits per element; the numpy dtype an array of its values is read as (
 their bytes, decoded by ``kernels_ref``; None where numpy has no plain view: BF16 is read as its
 uint16 bits and widened, F4/F6 are sub-byte, C64 is not read); the ``struct`` code of one
 little-endian scalar, for the dtypes a per-tensor scale may have (None: not read as a scale).
-The readers (``_safetensors``, ``hub``, ``nvfp4tools.io``, ``nvfp4tools.tensors``), the writers
+The readers (``_safetensors``, ``hub``, ``nvfp4tools.io``, ``nvfp4tools.convert.canon``), the writers
 (``_st_writer``, ``layouts``) and ``synth`` size and read tensors from it.
 """
 

@@ -60,12 +60,13 @@ def scalar_part(root: str, part: TensorPart | None) -> np.ndarray | None:
 
 def canonical_nvfp4(ckpt: Checkpoint, t: TensorInfo) -> Canon:
     """NVFP4 tensor T of any reader in canonical form, decoded as convert decodes it
-    (:meth:`View.canon <nvfp4tools.convert.canon.View.canon>`): ``.codes`` (uint8 E2M1 [.., out, in],
+    (:meth:`View.canon <nvfp4tools.convert.canon.View.canon>`) but from the stored scales alone: ``.codes`` (uint8 E2M1 [.., out, in],
     HF element order), ``.scale_bytes`` (E4M3 [.., out, in/16]), ``.global_scale`` and
     ``.input_scale`` (float32 multipliers [1] or [E]; the latter None without a static input scale)."""
     if t.scheme.name != "nvfp4":
         raise UnsupportedError(f"{t.name}: scheme {t.scheme.name} is not NVFP4")
-    with View(ckpt) as view:
+    # as an engine decodes it: a divisor global is fp32(1 / stored), never nvfp4tools' own record
+    with View(ckpt, recorded_originals=False) as view:
         return view.canon(t)
 
 

@@ -54,11 +54,12 @@ def test_divisor_globals_are_correctly_rounded_reciprocals(synth_dir):
             assert got.tobytes() == want.tobytes()
 
 
-def test_converted_compressed_tensors_dequantizes_as_its_source(synth_dir, tmp_path):
+def test_verify_decodes_stored_divisors_as_engines_do_and_convert_takes_the_record(synth_dir, tmp_path):
     """A compressed-tensors checkpoint converted from ModelOpt records the originals of the globals whose
-    reciprocal does not round-trip; verify's decoding takes them, as convert does: every NVFP4 weight
-    dequantizes bit-identically to the ModelOpt source's."""
+    reciprocal does not round-trip. verify's decoding ignores that record and takes fp32(1 / stored), as
+    vLLM and SGLang do (it checks what deploys); convert's View takes the record (the bit-exact way back)."""
     from nvfp4tools.convert import convert
+    from nvfp4tools.convert.canon import View
     from nvfp4tools.convert.scales import round_trips
     from nvfp4tools.tensors import canonical_nvfp4, dequantize
 
@@ -66,13 +67,19 @@ def test_converted_compressed_tensors_dequantizes_as_its_source(synth_dir, tmp_p
     convert(src.root, str(tmp_path / "ct"), "compressed-tensors", verify="none")
     ct = formats.read(str(tmp_path / "ct"))
     trapped = 0
-    for t in _nvfp4(src):
-        out = ct.tensors[t.name]
-        assert out.part("global_scale").stored_as == "divisor"
-        g = canonical_nvfp4(src, t).global_scale
-        assert canonical_nvfp4(ct, out).global_scale.tobytes() == g.tobytes()
-        assert dequantize(ct, out).tobytes() == dequantize(src, t).tobytes()
-        trapped += not round_trips(float(g[0]))
+    with View(ct) as view:
+        for t in _nvfp4(src):
+            out = ct.tensors[t.name]
+            assert out.part("global_scale").stored_as == "divisor"
+            g = canonical_nvfp4(src, t).global_scale
+            stored = np.asarray(view.values(out.part("global_scale")), np.float32)
+            engine = (np.float32(1.0) / stored).astype(np.float32)
+            assert canonical_nvfp4(ct, out).global_scale.tobytes() == engine.tobytes()
+            assert view.canon(out).global_scale.tobytes() == g.tobytes()
+            if round_trips(float(g[0])):
+                assert dequantize(ct, out).tobytes() == dequantize(src, t).tobytes()
+            else:
+                trapped += 1
     assert trapped   # the synthetic model has globals in the 1-ulp reciprocal trap
 
 

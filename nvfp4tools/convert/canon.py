@@ -120,10 +120,13 @@ def is_int4_sym(t: TensorInfo) -> bool:
 class View:
     """One checkpoint, read for one conversion (its files, the small scalars, recorded originals)."""
 
-    def __init__(self, ckpt: Checkpoint) -> None:
+    def __init__(self, ckpt: Checkpoint, recorded_originals: bool = True) -> None:
+        """RECORDED_ORIGINALS: take the fp32 originals an earlier nvfp4tools convert recorded for
+        divisor globals whose reciprocal does not round-trip (convert: the bit-exact way back); off,
+        a divisor is decoded as an engine decodes it, fp32(1 / stored) (verify: what deploys)."""
         self.ckpt = ckpt
         self.reader = PartReader(ckpt.root)
-        self.exact = scales.exact_meta(ckpt)
+        self.exact = scales.exact_meta(ckpt) if recorded_originals else {}
         self._values: dict[tuple[str, int], list[float]] = {}
         self._bulk: dict[str, tuple[int, int]] = {}   # file -> (descriptor for block reads, size)
 
