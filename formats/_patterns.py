@@ -218,7 +218,6 @@ class Automaton:
                 self.unsupported[p] = str(e)
             except (re.error, RecursionError, OverflowError, ValueError) as e:
                 self.unsupported[p] = f"not a valid regular expression ({e})"
-        self._start_nfa = starts
         self._ids: dict[frozenset[int], int] = {}
         self._sets: list[frozenset[int]] = []
         self._next: list[dict[str, int]] = []

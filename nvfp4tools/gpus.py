@@ -29,10 +29,6 @@ class GPU:
     unified_memory: bool = False
 
     @property
-    def cc_major(self) -> int:
-        return int(self.compute_capability.split(".")[0])
-
-    @property
     def unverified(self) -> tuple[str, ...]:
         """The figures whose source the table marks UNVERIFIED ("memory", "bandwidth")."""
         return tuple(what for what, src in (("memory", self.memory_source), ("bandwidth", self.bandwidth_source))
