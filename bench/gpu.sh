@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures in one run on a GPU machine: install (offline, no dependency resolution), build
-# llama.cpp's ggml with CUDA for the `ggml-cuda` backend (bench/build_ggml_cuda.sh; skipped when
+# llama.cpp's ggml with CUDA for the `ggml-cuda` backend and vLLM's Marlin FP4 GEMM for `vllm-marlin`
+# (bench/build_marlin_fp4.sh, from .cache/vllm-marlin-src), (bench/build_ggml_cuda.sh; skipped when
 # NVFP4TOOLS_GGML_LIB_DIR or .cache/ggml-cuda/lib already holds a build, or .cache/ggml-cuda-pack holds
 # one packed by `build_ggml_cuda.sh --pack`), check every GPU backend
 # against the float64 reference on full-size Gemma-4 shapes, planted faults and upstream checkpoints
@@ -33,9 +34,16 @@ if [[ -z "${NVFP4TOOLS_GGML_LIB_DIR:-}" || ! -f "${NVFP4TOOLS_GGML_LIB_DIR}/libg
   fi
   export NVFP4TOOLS_GGML_LIB_DIR=$PWD/.cache/ggml-cuda/lib
 fi
+if [[ -z "${NVFP4TOOLS_MARLIN_LIB:-}" && ! -f .cache/vllm-marlin/libnvfp4tools_marlin.so ]]; then
+  if [[ -d .cache/vllm-marlin-src/csrc ]]; then
+    bash bench/build_marlin_fp4.sh >"$OUT/marlin_build.log" 2>&1; tail -2 "$OUT/marlin_build.log"
+  else
+    echo "vllm-marlin: no sources in .cache/vllm-marlin-src (bash bench/build_marlin_fp4.sh --fetch-src); its tests skip"
+  fi
+fi
 stamp "installed and built"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$OUT/gpu.txt"
-python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py -s 2>&1 | tee "$OUT/gpu_tests.log"
+python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_gpu_marlin.py -s 2>&1 | tee "$OUT/gpu_tests.log"
 stamp "tests/test_gpu.py"
 tiny=$(python3 -c 'from nvfp4tools.synth import synthesize; import tempfile; d=tempfile.mkdtemp(); synthesize(d+"/t"); print(d+"/t")')
 echo "\$ nvfp4tools verify <tiny Gemma-4 NVFP4> --backend all" | tee "$OUT/verify_all.log"

@@ -203,3 +203,12 @@ def status() -> list[dict[str, object]]:
     _load_gpu_backends()
     return [{"name": b.name, "available": b.available() is None, "reason": b.available(),
              "tolerance_rel": b.tolerance_rel, "description": b.description} for b in _BACKENDS.values()]
+
+
+# vLLM's Marlin FP4 W4A16 GEMM (kernels_ref/vllm_marlin.py: a build of vLLM 0.26.0's own kernels, the weights
+# prepared as vLLM prepares them); its reference rounds activations and output to bf16 as Marlin does
+from . import vllm_marlin as _vllm_marlin  # noqa: E402  (it imports LayerCase / NotRunnable from here)
+
+register(Backend(_vllm_marlin.BACKEND_NAME, _vllm_marlin.DESCRIPTION, _vllm_marlin.TOLERANCE_REL,
+                 _vllm_marlin.available, _vllm_marlin.run, _vllm_marlin.TOLERANCE_SOURCE,
+                 reference=_vllm_marlin.reference, timer=_vllm_marlin.timer))

@@ -340,3 +340,23 @@ def reference(case: LayerCase) -> np.ndarray:
 
     _check(case)
     return round_bf16(gemm_reference(round_bf16(case.x), case.w))
+
+
+# -- bench ---------------------------------------------------------------------------------------------
+
+def timer(dc):
+    """``bench``: the layer prepared once as vLLM prepares it at load time (outside the timing), then a call
+    of ``marlin_gemm`` on the bf16 activations (what vLLM's forward pass runs; graph-capturable, as vLLM
+    captures it). ValueError where Marlin cannot take the layer."""
+    import torch
+
+    from .fp4 import unpack_nibbles_hf
+
+    _require()
+    packed = dc.packed.cpu().numpy()
+    codes = unpack_nibbles_hf(packed)
+    if codes.shape[1] % GROUP_SIZE:
+        raise ValueError(f"K = {codes.shape[1]} is not a multiple of 16")
+    prepared = prepare(codes, dc.scales.cpu().numpy(), float(dc.global_scale), dc.x.device, torch.bfloat16)
+    x = dc.x.to(torch.bfloat16).contiguous()
+    return lambda: marlin_gemm(x, prepared)

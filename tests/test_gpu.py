@@ -28,7 +28,7 @@ SHAPES = [(2816, 4096), (4096, 2816), (2816, 2112), (2112, 2816), (704, 2816), (
 def test_registered_backends_run_somewhere_and_say_why_not_here():
     """No placeholders: every registered backend has a run path; one that cannot run here says why."""
     rows = {s["name"]: s for s in status()}
-    assert set(names()) == {"ref", "ggml-cpu", "ggml-cuda", "torch", "triton", "triton-w4a4", "scaled_mm"}
+    assert set(names()) == {"ref", "ggml-cpu", "ggml-cuda", "torch", "triton", "triton-w4a4", "scaled_mm", "vllm-marlin"}
     for name, row in rows.items():
         if not row["available"]:
             assert row["reason"], name
@@ -99,11 +99,13 @@ def test_bench_timers_compute_the_backend_result():
     import torch
 
     from nvfp4tools.kernels_ref.dispatch import DeviceCase, resolve
+    from nvfp4tools.kernels_ref.fp4 import unpack_nibbles_hf
     from nvfp4tools.kernels_ref.gemm import quantize_activations_nvfp4
     from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import random_weight
 
     gw = random_weight(515, 1056, np.random.default_rng(3))
     w = gw.w.double().cpu().numpy()
+    codes = unpack_nibbles_hf(gw.packed.cpu().numpy())
     timed = [b for b in resolve("all") if b.timer is not None]
     assert {"torch", "triton", "triton-w4a4"} <= {b.name for b in timed}
     for m in (1, 9, 40):
@@ -115,6 +117,9 @@ def test_bench_timers_compute_the_backend_result():
             y = y.double().cpu().numpy()
             xr = quantize_activations_nvfp4(xs, inp) if b.activations == "w4a4" else xs
             ref = xr.astype(np.float64) @ w.T
+            if b.reference is not None:   # vllm-marlin: its output is bf16, and so is its reference
+                ref = b.reference(LayerCase("t", xs, w, codes=codes, scale_bytes=gw.scales.cpu().numpy(),
+                                            global_scale=float(gw.global_scale)))
             err = np.linalg.norm(y - ref) / np.linalg.norm(ref)
             assert np.isfinite(y).all() and err <= b.tolerance_rel, (b.name, m, err)
     with pytest.raises(ValueError, match="input scale"):
@@ -487,7 +492,7 @@ def test_planted_faults_fail_every_backend(capsys):
                     good, bad_b = case, bad
                     if b.ggml_weight and case.ggml_bytes is None:
                         continue
-                    if b.name in ("torch", "triton") and case.codes is None:
+                    if b.name in ("torch", "triton", "vllm-marlin") and case.codes is None:
                         continue
                     ref = b.reference(good) if b.reference is not None else gemm_reference(case.x, case.w)
                 y = np.asarray(b.run(bad_b), np.float64)
@@ -502,6 +507,12 @@ def test_planted_faults_fail_every_backend(capsys):
         print("\n".join(lines))
 
 
+def _vllm_marlin_reason():
+    from nvfp4tools.kernels_ref import vllm_marlin
+
+    return vllm_marlin.available()
+
+
 def _ggml_ok() -> bool:
     from nvfp4tools.kernels_ref import ggml_backend
 
@@ -512,7 +523,8 @@ def _ggml_ok() -> bool:
 @needs_fixtures
 def test_verify_all_passes_on_upstream_checkpoints(run_cli, tmp_path, capsys):
     """verify --backend all on ModelOpt's NVFP4 export, its compressed-tensors conversion and llama.cpp's
-    NVFP4 and Q4_0 GGUFs: every layer PASS, ggml-cpu and ggml-cuda among the backends that ran."""
+    NVFP4 and Q4_0 GGUFs: every layer PASS, ggml-cpu and ggml-cuda among the backends that ran, and vLLM's
+    Marlin FP4 on the three NVFP4 checkpoints where it is built."""
     import json
 
     ct = str(tmp_path / "ct")
@@ -527,6 +539,8 @@ def test_verify_all_passes_on_upstream_checkpoints(run_cli, tmp_path, capsys):
         states = {b["name"]: b for b in rep["backends"]}
         if _ggml_ok():
             assert states["ggml-cuda"]["state"] == "ran" and states["ggml-cpu"]["state"] == "ran", states
+        if label != "q4_0.gguf" and _vllm_marlin_reason() is None:
+            assert states["vllm-marlin"]["state"] == "ran", states
         for b in rep["backends"]:
             errs = [x["rel_err"] for layer in rep["layers"] for x in layer["backends"] if x["backend"] == b["name"]]
             lines.append(f"{label:<19} {b['name']:<12} {b['state']:<15} {b['n_layers']:>3} {b.get('n_skipped', 0):>3}  "
