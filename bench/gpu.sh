@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The GPU figures in one run on a GPU machine: install (offline, no dependency resolution), build
-# llama.cpp's ggml with CUDA for the `ggml-cuda` backend and vLLM's Marlin FP4 GEMM for `vllm-marlin`
-# (bench/build_marlin_fp4.sh, from .cache/vllm-marlin-src), (bench/build_ggml_cuda.sh; skipped when
-# NVFP4TOOLS_GGML_LIB_DIR or .cache/ggml-cuda/lib already holds a build, or .cache/ggml-cuda-pack holds
-# one packed by `build_ggml_cuda.sh --pack`), check every GPU backend
-# against the float64 reference on full-size Gemma-4 shapes, planted faults and upstream checkpoints
-# (tests/test_gpu.py), `verify --backend all` on the tiny fixture and on the upstream checkpoints
-# (ModelOpt NVFP4, its compressed-tensors conversion, llama.cpp's NVFP4 and Q4_0 GGUFs, from
-# tests/oracles/families.py in .cache/gpu-fixtures/llama), then time them against cuBLAS bf16
-# (bench/gpu_bench_cli.py: `nvfp4tools bench`, both timing methods). Logs under ${OUT:-bench/out}.
+# The GPU figures in one run on a GPU machine: install (offline, no dependency resolution); build
+# llama.cpp's ggml with CUDA for the `ggml-cuda` backend (bench/build_ggml_cuda.sh; skipped when
+# NVFP4TOOLS_GGML_LIB_DIR or .cache/ggml-cuda/lib already holds a build, or .cache/ggml-cuda-pack
+# holds one packed by `build_ggml_cuda.sh --pack`) and vLLM's Marlin FP4 GEMM for `vllm-marlin`
+# (bench/build_marlin_fp4.sh, from .cache/vllm-marlin-src); check every GPU backend against the
+# float64 reference on full-size Gemma-4 shapes, planted faults and upstream checkpoints
+# (tests/test_gpu.py, tests/test_gpu_marlin.py), `verify --backend all` on the tiny fixture and on
+# the upstream checkpoints (ModelOpt NVFP4, its compressed-tensors conversion, llama.cpp's NVFP4 and
+# Q4_0 GGUFs, from tests/oracles/families.py in .cache/gpu-fixtures/llama), then time them against
+# cuBLAS bf16 (bench/gpu_bench_cli.py: `nvfp4tools bench`, both timing methods). Logs under
+# ${OUT:-bench/out}. Carry: .cache/ggml-cuda-pack (or .cache/ggml-src), .cache/vllm-marlin-src,
+# .cache/gpu-fixtures, .cache/whl.
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
