@@ -1,6 +1,7 @@
 """``convert``: read a checkpoint's headers, let the target format's writer plan it (typed actions,
-:mod:`.plan`), stream every action's bytes through the one encoder (:mod:`.encode`) into a hidden
-temporary output, check the output against the source (:mod:`.check`: re-read through the
+:mod:`.plan`; a safetensors writer starts copying the source's first tensors meanwhile:
+:class:`.stream.Early`), stream every action's bytes through the one encoder (:mod:`.encode`) into
+a hidden temporary output, check the output against the source (:mod:`.check`: re-read through the
 target's reader, each tensor as soon as its bytes are final, while the kernel copies of later ones
 still run: :class:`.stream.Progress`), and publish it atomically (:mod:`.publish`). No step here
 knows which format is which: formats register their writers (``FormatSpec.writer``).
@@ -78,19 +79,23 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
     src = formats.read(src_path)
     view = View(src)
     try:
-        p = make_plan(src, opts, view)
         if dry_run:
-            return p.as_dict()
+            return make_plan(src, opts, view).as_dict()
         publish.remove_stale(dst)
         tmp = publish.temp_path_for(dst)
         lossy: list[dict[str, Any]] = []
-        # the writer returns while the last file's bytes are still being copied (Progress: overlap);
-        # the report, the re-read of the output and the check of every tensor whose bytes are final
-        # run meanwhile, and publishing waits for the end
-        progress = Progress(lambda: sum(a.nbytes for a in p.actions), overlap=True)
+        early = progress = None
         restore_sigterm = publish.terminate_as_interrupt()  # a cancelled CI job cleans up like Ctrl-C
         try:
-            files = writer.write(p, view, tmp, opts, lossy, progress)
+            # the source's first tensors start copying into the output while the plan is made (a
+            # writer's begin: stream.Early), then the writer returns while the last file's bytes are
+            # still being copied (Progress: overlap); the report, the re-read of the output and the
+            # check of every tensor whose bytes are final run meanwhile, and publishing waits for the end
+            begin = getattr(writer, "begin", None)
+            early = begin(src, view, tmp, opts) if begin is not None else None
+            p = make_plan(src, opts, view)
+            progress = Progress(lambda: sum(a.nbytes for a in p.actions), overlap=True)
+            files = writer.write(p, view, tmp, opts, lossy, progress, **({"early": early} if early else {}))
             report = p.as_dict()
             folder = writer.suffix is None
             out = formats.read(tmp, to)
@@ -114,7 +119,12 @@ def convert(src_path: str, dst: str, to: str, *, experts: str | None = None, all
                                                                                 "model.safetensors.index.json"})
             publish.publish(tmp, dst)
         except BaseException:
-            progress.settle(abort=True)
+            try:
+                if early is not None:
+                    early.abort()
+            finally:
+                if progress is not None:
+                    progress.settle(abort=True)
             if os.path.isdir(tmp) and not os.path.islink(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
             elif os.path.lexists(tmp):

@@ -58,9 +58,16 @@ class Stream:
     SMALL = 4096             # writes up to this size wait for the copy that may cover them
     MAX_RUN = 512 * 2**20    # a merged copy this long goes to the writer thread at once, so copying
                              # starts while later tensors are still being encoded
+    TAIL_RUN = 16 * 2**20    # near the file's end a merged copy goes out once it is as long as what
+                             # follows it (halving down to this): the tensors of each are checked
+                             # while the next is copied, so little checking is left after the last
+    end: int | None = None   # the file's length, when known (None: runs of MAX_RUN to the end)
+    filled: tuple[int, int] = (0, 0)   # a range of the file already holding bytes (Early): written in
+                                       # full, never left as a hole where a chunk is all zero
 
-    def __init__(self, dst_fd: int) -> None:
+    def __init__(self, dst_fd: int, end: int | None = None) -> None:
         self.dst = dst_fd
+        self.end = end
         self.src_fds: dict[str, int] = {}
         self.ops: collections.deque[tuple[int, Any, int]] = collections.deque()
         self.cv = threading.Condition()
@@ -85,12 +92,12 @@ class Stream:
                 gap = data.offset - (r[1] + r[3])
                 if 0 <= gap <= self.GAP and pos - (r[2] + r[3]) == gap and self._covered(r[2] + r[3], gap):
                     r[3] += gap + data.nbytes
-                    if r[3] >= self.MAX_RUN:
+                    if self._long(r):
                         self._flush_run(partial=True)
                     return
             self._flush_run()
             self.run = [data.path, data.offset, pos, data.nbytes]
-            if data.nbytes >= self.MAX_RUN:
+            if self._long(self.run):
                 self._flush_run(partial=True)
             return
         if (self.run is not None or self.small) and len(data) <= self.SMALL:
@@ -101,6 +108,13 @@ class Stream:
             self._submit_small([(pos, bytes(data))])
         else:
             self._submit(pos, data)
+
+    def _long(self, r: list[Any]) -> bool:
+        """Whether merged copy R is to go to the writer thread now (MAX_RUN; TAIL_RUN near the end)."""
+        n = r[3]
+        if n >= self.MAX_RUN:
+            return True
+        return self.end is not None and n >= max(self.TAIL_RUN, self.end - (r[2] + n))
 
     def mark(self, key: Any) -> None:
         """Name the point where everything put so far is written (see :meth:`wait_mark`)."""
@@ -207,7 +221,8 @@ class Stream:
             # every writer extends its file to full size before streaming (truncate), so an unwritten
             # range reads as zeros: an all-zero chunk stays a hole. Sparse input (header-only test
             # checkpoints) then gives sparse output; real weights have no all-zero megabyte ranges.
-            if len(view) >= ZERO_SKIP:
+            lo, hi = self.filled
+            if len(view) >= ZERO_SKIP and not (pos < hi and pos + len(view) > lo):
                 import numpy as np   # (only bytes the main thread encoded come here: it has numpy loaded)
 
                 if not np.frombuffer(view, np.uint8).any():
@@ -378,27 +393,38 @@ class Progress:
 
 
 def write_actions(path: str, base: int, offsets: dict[str, int], actions, view, lossy: list,
-                  progress: Progress, skip: frozenset[str] = frozenset()) -> None:
+                  progress: Progress, skip: frozenset[str] = frozenset(), early: "Early | None" = None) -> None:
     """Stream ACTIONS' bytes into the file at PATH (already holding its header): output part KEY
-    starts at BASE + OFFSETS[KEY]. Parts named in SKIP are not written. Returns once every byte is
-    written, or, when PROGRESS overlaps, once every byte is submitted (see :class:`Progress`)."""
+    starts at BASE + OFFSETS[KEY]. Parts named in SKIP are not written. EARLY: the file's first
+    bytes are already being copied there (:class:`Early`, whose stream goes on). Returns once every
+    byte is written, or, when PROGRESS overlaps, once every byte is submitted (see :class:`Progress`)."""
     from .encode import chunks
 
     overlap = isinstance(progress, Progress) and progress.overlap
     if overlap:
         progress.settle()
-    fd = os.open(path, os.O_WRONLY)
-    stream = Stream(fd)
+    end = base + sum(o.nbytes for a in actions for o in a.outs)
+    if early is not None:
+        fd, stream = early.hand_over()
+        stream.end = end
+    else:
+        fd = os.open(path, os.O_WRONLY)
+        stream = Stream(fd, end)
     try:
         for a in actions:
             for o, rel, data in chunks(a, view, lossy):
                 if o.key in skip:
+                    progress.add(len(data))
                     continue
                 if o.what == "shape":
                     # the one part a reader reads besides headers (compressed-tensors' weight_shape
                     # gives an int tensor its logical shape): written at once, never held behind a
-                    # copy, so the output can be re-read while its tensors are still being copied
-                    _pwrite_all(fd, data, base + offsets[o.key] + rel)
+                    # copy, so the output can be re-read while its tensors are still being copied;
+                    # where the early copy may still be writing, once it is done
+                    at = base + offsets[o.key] + rel
+                    if at < stream.filled[1] and at + len(data) > stream.filled[0]:
+                        stream.wait_mark(Early.MARK)
+                    _pwrite_all(fd, data, at)
                 else:
                     stream.put(base + offsets[o.key] + rel, data)
                 progress.add(len(data))
@@ -413,6 +439,90 @@ def write_actions(path: str, base: int, offsets: dict[str, int], actions, view, 
         os.close(fd)
         raise
     os.close(fd)
+
+
+class Early:
+    """The first bytes of a safetensors output, copied while the conversion is still planned.
+
+    Before the plan exists, neither the output header's length nor where each tensor goes is
+    known. Early guesses both: the output's data section starts at DATA_START, a reservation for a
+    header somewhat longer than the source's (the rest is padded with spaces, as safetensors allows),
+    at the source's data offset modulo :data:`COPY_ALIGN` (the copies then run aligned), and its
+    first LENGTH bytes mirror the source's first parts (as when a ModelOpt <-> compressed-tensors
+    conversion renames its tensors). A writer thread copies those bytes at once. Once the plan and
+    header are made, :meth:`keep` says which output parts the copy already wrote (a part whose
+    source bytes are its own, at the mirrored place); the stream writes the rest over it. When the
+    header does not fit the reservation or nothing matches, :meth:`discard` drops the file and the
+    output is written as without it."""
+
+    MARK = "early"   # the stream's mark for the early copy's end
+
+    def __init__(self, path: str, src_path: str, src_base: int, length: int, data_start: int) -> None:
+        self.path, self.src_path, self.src_base, self.length, self.data_start = \
+            path, src_path, src_base, length, data_start
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.stream: Stream | None = None
+        try:
+            self.stream = Stream(self.fd)
+            self.stream.filled = (data_start, data_start + length)
+            self.stream.put(data_start, CopyFrom(src_path, src_base, length))
+            self.stream.mark(self.MARK)
+            self.stream.flush()
+        except BaseException:
+            self.abort()
+            raise
+
+    def keep(self, header_end: int, offsets: dict[str, int], actions, view) -> frozenset[str]:
+        """The output parts the early copy wrote in full, when the header (ending at HEADER_END, a
+        multiple of 8) fits the reservation; empty: :meth:`discard` it."""
+        from .encode import direct_parts
+
+        if header_end > self.data_start:
+            return frozenset()
+        keys = set()
+        for a in actions:
+            for o, part in (direct_parts(a, view) or {}).items():
+                rel = offsets[o.key]
+                if rel + o.nbytes > self.length:
+                    continue
+                if os.path.join(view.ckpt.root, part.file) == self.src_path and part.offset - self.src_base == rel:
+                    keys.add(o.key)
+            if not a.outs or offsets[a.outs[0].key] >= self.length:
+                break
+        return frozenset(keys)
+
+    def write_header(self, path: str, blob: bytes, total: int) -> None:
+        """Write the file's header (BLOB, padded to the reserved data start) and size it to TOTAL,
+        moved to PATH (the file name the plan gives it)."""
+        blob += b" " * (self.data_start - 8 - len(blob))
+        _pwrite_all(self.fd, len(blob).to_bytes(8, "little") + blob, 0)
+        os.ftruncate(self.fd, total)
+        if path != self.path:
+            os.rename(self.path, path)
+            self.path = path
+
+    def hand_over(self) -> tuple[int, Stream]:
+        """The file's descriptor and stream, for the writer to go on with (they are then its own)."""
+        fd, stream = self.fd, self.stream
+        self.fd, self.stream = -1, None
+        assert stream is not None
+        return fd, stream
+
+    def discard(self) -> None:
+        """Wait for the early copy and remove the file: the output is written as without it."""
+        self.abort(wait=True)
+        os.remove(self.path)
+
+    def abort(self, wait: bool = False) -> None:
+        """Stop the copy (WAIT: let it finish) and close the file (nothing if handed over)."""
+        stream, self.stream = self.stream, None
+        try:
+            if stream is not None:
+                stream.close(abort=not wait)
+        finally:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
 
 
 def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
