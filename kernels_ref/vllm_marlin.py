@@ -54,7 +54,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from .dispatch import LayerCase, NotRunnable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # dispatch imports this module to register it: no import back at load time
+    from .dispatch import LayerCase
 
 BACKEND_NAME = "vllm-marlin"
 DESCRIPTION = ("vLLM 0.26.0's Marlin FP4 W4A16 GEMM (marlin_gemm, what vLLM runs for NVFP4 on compute capability "
@@ -291,6 +294,8 @@ def _require() -> None:
 # -- run and reference -------------------------------------------------------------------------------------
 
 def _check(case: LayerCase) -> tuple[int, int]:
+    from .dispatch import NotRunnable
+
     if case.codes is None or case.scale_bytes is None or case.global_scale is None:
         raise NotRunnable("not an NVFP4 layer: vLLM's Marlin FP4 path takes NVFP4 weights (E2M1 codes, E4M3 scales "
                           "per 16, a global scale) only")
