@@ -217,12 +217,14 @@ class SafetensorsTarget:
         """Original fp32 multipliers whose reciprocal does not round-trip (scales.reciprocal_exact)."""
         for a in p.actions:
             for o in a.outs:
-                if o.convention != "divisor" or not a.exact or a.kind == Kind.STACK:
+                if o.convention != "divisor" or not a.exact:
                     continue
                 from nvfp4tools.convert.encode import scalar_mults
                 vals = scalar_mults(a, view, "global_scale" if o.what == "global" else "input_scale")
-                if vals is not None and len(vals) == 1 and not scales.round_trips(vals[0]):
-                    p.exact_meta[o.key] = scales.F32.pack(vals[0]).hex()
+                if vals is not None and not all(scales.round_trips(v) for v in vals):
+                    # one value, or one per expert of a fused tensor ([E] divisors): all of them, in order
+                    bits = [scales.F32.pack(v).hex() for v in vals]
+                    p.exact_meta[o.key] = bits[0] if len(bits) == 1 else bits
 
     def _plan_from_gguf(self, src: Checkpoint, p: Plan, opts: Options) -> Plan:
         """GGUF -> safetensors from the ``nvfp4tools.hf_names`` record an nvfp4tools-written GGUF

@@ -105,7 +105,8 @@ class Plan:
     src: Checkpoint
     to: str
     actions: list[Action]
-    exact_meta: dict[str, str] = field(default_factory=dict)   # output key -> original fp32 bits (hex)
+    # output key -> original fp32 bits (hex), or a list of them for per-expert values
+    exact_meta: dict[str, str | list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)   # source tensors the target does not carry
     config: dict[str, Any] | None = None   # config.json for an output whose source has none (a GGUF)

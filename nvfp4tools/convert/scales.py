@@ -62,12 +62,17 @@ def round_trips(v: float) -> bool:
     return F32.pack(recip32(recip32(v))) == F32.pack(v)
 
 
-def multipliers(part: TensorPart, stored: Iterable[float], exact: Mapping[str, float]) -> list[float]:
-    """A scale part's stored values as float32 multipliers (EXACT: recorded originals by key)."""
+def multipliers(part: TensorPart, stored: Iterable[float],
+                exact: Mapping[str, float | list[float]]) -> list[float]:
+    """A scale part's stored values as float32 multipliers (EXACT: recorded originals by key, one
+    value or one per stored value)."""
     vals = list(stored)
     if part.stored_as == "divisor":
-        original = exact.get(part.key) if len(vals) == 1 else None   # recorded for single values only
-        return [reciprocal_exact(v, original) for v in vals]
+        original = exact.get(part.key)
+        if isinstance(original, list) and len(original) == len(vals):
+            return [reciprocal_exact(v, o) for v, o in zip(vals, original)]
+        one = original if isinstance(original, float) and len(vals) == 1 else None
+        return [reciprocal_exact(v, one) for v in vals]
     if part.stored_dtype not in ("F32", "BF16", "F16"):
         return [f32_round(v) for v in vals]
     return vals
@@ -84,15 +89,17 @@ def encode(mults: list[float], convention: str, n: int, what: str) -> bytes:
     return struct.pack(f"<{len(vals)}f", *vals)
 
 
-def exact_meta(ckpt: Checkpoint) -> dict[str, float]:
-    """Original fp32 values recorded by an earlier nvfp4tools convert (see reciprocal_exact)."""
+def exact_meta(ckpt: Checkpoint) -> dict[str, float | list[float]]:
+    """Original fp32 values recorded by an earlier nvfp4tools convert (see reciprocal_exact): one
+    value per key, or a list (per-expert values of a fused tensor)."""
     per_file = ckpt.metadata.get("safetensors_metadata") if isinstance(ckpt.metadata, dict) else None
-    out: dict[str, float] = {}
+    out: dict[str, float | list[float]] = {}
     for meta in (per_file or {}).values():
         if isinstance(meta, dict) and EXACT_META_KEY in meta:
             try:
-                for k, hexbits in json.loads(meta[EXACT_META_KEY]).items():
-                    out[str(k)] = F32.unpack(bytes.fromhex(hexbits))[0]
+                for k, bits in json.loads(meta[EXACT_META_KEY]).items():
+                    out[str(k)] = [F32.unpack(bytes.fromhex(b))[0] for b in bits] if isinstance(bits, list) \
+                        else F32.unpack(bytes.fromhex(bits))[0]
             except (ValueError, TypeError, AttributeError, struct.error):
                 pass   # a damaged record only costs the bit-exact way back, never correctness
     return out
