@@ -11,7 +11,6 @@ tensor bytes; stdlib only.
 from __future__ import annotations
 
 import json
-import marshal
 import os
 import signal
 import struct

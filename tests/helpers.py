@@ -10,6 +10,19 @@ import struct
 from nvfp4tools.formats._safetensors import parse_header
 
 
+def tensor_bytes(path: str) -> dict:
+    """name -> (dtype, shape, bytes) straight from a folder's safetensors files."""
+    out = {}
+    for n in sorted(os.listdir(path)):
+        if n.endswith(".safetensors"):
+            pf = parse_header(path, n)
+            with open(os.path.join(path, n), "rb") as fh:
+                for k, t in pf.tensors.items():
+                    fh.seek(t.offset)
+                    out[k] = (t.dtype, t.shape, fh.read(t.nbytes))
+    return out
+
+
 def copy_ckpt(src: str, dst) -> str:
     dst = str(dst)
     shutil.copytree(src, dst)

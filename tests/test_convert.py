@@ -11,24 +11,9 @@ import numpy as np
 import pytest
 
 from nvfp4tools import formats
-from tests.helpers import copy_ckpt, poke_f32
+from tests.helpers import copy_ckpt, poke_f32, tensor_bytes
 
 L0 = "model.language_model.layers.0"
-
-
-def _tensors(path):
-    """name -> (dtype, shape, bytes) straight from the safetensors files."""
-    from nvfp4tools.formats._safetensors import parse_header
-
-    out = {}
-    for n in sorted(os.listdir(path)):
-        if n.endswith(".safetensors"):
-            pf = parse_header(path, n)
-            with open(os.path.join(path, n), "rb") as fh:
-                for k, t in pf.tensors.items():
-                    fh.seek(t.offset)
-                    out[k] = (t.dtype, t.shape, fh.read(t.nbytes))
-    return out
 
 
 def _non_roundtrip_f32() -> float:
@@ -47,17 +32,17 @@ def test_modelopt_ct_modelopt_byte_identical(synth_dir, tmp_path, run_cli):
     ct, back = str(tmp_path / "ct"), str(tmp_path / "back")
     assert run_cli("convert", src, ct, "--to", "compressed-tensors").exit_code == 0
     assert run_cli("convert", ct, back, "--to", "modelopt").exit_code == 0
-    a, b = _tensors(src), _tensors(back)
+    a, b = tensor_bytes(src), tensor_bytes(back)
     assert a.keys() == b.keys()
     assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]][:3]
     # the CT file itself holds the correctly rounded reciprocal, with the original recorded
-    c = _tensors(ct)
+    c = tensor_bytes(ct)
     g = struct.unpack("<f", c[f"{L0}.mlp.down_proj.weight_global_scale"][2])[0]
     assert np.float32(g) == np.float32(1) / np.float32(trap)
     assert formats.read(ct).metadata["safetensors_metadata"]["model.safetensors"]["nvfp4tools.exact_globals"]
 
 
-def test_ct_config_accepted_by_compressed_tensors(synth_dir, tmp_path, run_cli):
+def test_ct_config_accepted_by_compressedtensor_bytes(synth_dir, tmp_path, run_cli):
     qc_mod = pytest.importorskip("compressed_tensors.quantization")
     out = str(tmp_path / "ct")
     assert run_cli("convert", synth_dir(fmt="modelopt", recipe="experts-only"), out, "--to", "compressed-tensors").exit_code == 0
@@ -74,7 +59,7 @@ def test_modelopt_to_ct_same_bytes_as_compressed_tensors_converter(oracles, tmp_
     out = str(tmp_path / "ct")
     r = run_cli("convert", oracles["modelopt_nvfp4"], out, "--to", "compressed-tensors")
     assert r.exit_code == 0, r.stderr
-    ours, theirs = _tensors(out), _tensors(oracles["ct_nvfp4"])
+    ours, theirs = tensor_bytes(out), tensor_bytes(oracles["ct_nvfp4"])
     assert ours.keys() == theirs.keys()
     assert [k for k in ours if ours[k] != theirs[k]] == []
     with open(os.path.join(out, "config.json")) as fh:
@@ -91,7 +76,7 @@ def test_w4a16_to_ct_is_identity(synth_dir, tmp_path, run_cli):
     src = synth_dir(fmt="compressed-tensors-w4a16", recipe="all-linear")
     out = str(tmp_path / "o")
     assert run_cli("convert", src, out, "--to", "compressed-tensors").exit_code == 0
-    a, b = _tensors(src), _tensors(out)
+    a, b = tensor_bytes(src), tensor_bytes(out)
     assert a == b
 
 
@@ -110,7 +95,7 @@ def test_experts_fused_and_back(synth_dir, tmp_path, run_cli, fmt, to):
     gu = t[f"{L0}.experts.gate_up_proj"]
     assert gu.shape == (8, 128, 128) and gu.scheme.name == "nvfp4" and gu.part("global_scale").stored_shape == (8,)
     assert run_cli("convert", fused, back, "--to", fmt, "--experts", "per-expert").exit_code == 0
-    a, b = _tensors(src), _tensors(back)
+    a, b = tensor_bytes(src), tensor_bytes(back)
     assert a.keys() == b.keys()
     for k in a:
         # compressed-tensors globals: the source has llm-compressor's [1], we write the converter's 0-d
@@ -220,7 +205,7 @@ def test_modelopt_gguf_modelopt_round_trip(synth_dir, tmp_path, run_cli):
     assert down.scheme.name == "nvfp4" and down.shape == (8, 128, 64)
     assert ck.metadata["general.file_type"] == "MOSTLY_NVFP4"
     assert run_cli("convert", g, back, "--to", "modelopt").exit_code == 0
-    a, b = _tensors(src), _tensors(back)
+    a, b = tensor_bytes(src), tensor_bytes(back)
     text = {k: v for k, v in a.items() if "vision" not in k}
     assert text.keys() == b.keys() and all(text[k] == b[k] for k in text)
 
@@ -235,7 +220,7 @@ def test_w4a16_q4_0_round_trip_and_dequant(synth_dir, tmp_path, run_cli):
     g, back = str(tmp_path / "q.gguf"), str(tmp_path / "back")
     assert run_cli("convert", src, g, "--to", "gguf").exit_code == 0
     assert run_cli("convert", g, back, "--to", "compressed-tensors").exit_code == 0
-    a, b = _tensors(src), _tensors(back)
+    a, b = tensor_bytes(src), tensor_bytes(back)
     text = {k: v for k, v in a.items() if "vision" not in k}
     assert text.keys() == b.keys() and all(text[k] == b[k] for k in text)
     # gguf-py's Q4_0 dequantization == our W4A16 dequantization, element by element
@@ -300,7 +285,7 @@ def test_quantize_bf16_matches_modelopt_export_bytes(oracles, tmp_path, run_cli)
     assert r.exit_code == 0, r.stderr
     assert os.path.isfile(os.path.join(fused, "nvfp4tools_conversion_report.json"))
     assert run_cli("convert", fused, per, "--to", "modelopt", "--experts", "per-expert").exit_code == 0
-    theirs, ours = _tensors(oracles["modelopt_nvfp4"]), _tensors(per)
+    theirs, ours = tensor_bytes(oracles["modelopt_nvfp4"]), tensor_bytes(per)
     keys = [k for k in theirs if k.endswith((".weight", ".weight_scale", ".weight_scale_2"))]
     assert [k for k in keys if ours.get(k) != theirs[k]] == []
     rep = json.loads(run_cli("inspect", per, "--format", "json").stdout)
@@ -702,10 +687,10 @@ def test_a_slow_copy_is_waited_for_not_misread(synth_dir, tmp_path, monkeypatch,
     monkeypatch.setattr(st.Stream, "MAX_RUN", 64 * 1024)
     rep = convert(src, str(tmp_path / "slow"), "compressed-tensors", verify=verify)
     assert rep["verified_tensors"] > 50
-    assert _tensors(str(tmp_path / "slow")) == _tensors(str(tmp_path / "plain"))
+    assert tensor_bytes(str(tmp_path / "slow")) == tensor_bytes(str(tmp_path / "plain"))
 
 
-def _with_extra_tensors(src: str, dst: str, extra: dict) -> str:
+def _with_extratensor_bytes(src: str, dst: str, extra: dict) -> str:
     """A copy of checkpoint SRC with EXTRA tensors ({name: torch tensor}) added to its one shard."""
     import shutil
 
@@ -724,7 +709,7 @@ def test_0d_and_undecodable_tensors_are_copied_as_stored(synth_dir, tmp_path, ru
     safetensors target byte for byte; GGUF refuses the second by name (no GGUF name, no GGUF type)."""
     import torch
 
-    src = _with_extra_tensors(synth_dir(fmt="modelopt", recipe="all-linear"), str(tmp_path / "src"),
+    src = _with_extratensor_bytes(synth_dir(fmt="modelopt", recipe="all-linear"), str(tmp_path / "src"),
                               {"logit_scale": torch.tensor(2.5), "extra.complex": torch.ones(4, dtype=torch.complex64)})
     for to in ("compressed-tensors", "safetensors"):
         out = str(tmp_path / to)

@@ -9,21 +9,7 @@ import os
 import pytest
 
 from nvfp4tools import formats
-
-
-def _tensors(path):
-    """name -> (dtype, shape, bytes) straight from the safetensors files."""
-    from nvfp4tools.formats._safetensors import parse_header
-
-    out = {}
-    for n in sorted(os.listdir(path)):
-        if n.endswith(".safetensors"):
-            pf = parse_header(path, n)
-            with open(os.path.join(path, n), "rb") as fh:
-                for k, t in pf.tensors.items():
-                    fh.seek(t.offset)
-                    out[k] = (t.dtype, t.shape, fh.read(t.nbytes))
-    return out
+from tests.helpers import tensor_bytes
 
 
 @pytest.fixture
@@ -75,7 +61,7 @@ def test_an_early_copy_gives_the_same_output(synth_dir, tmp_path, early, to, ver
     assert early and early[0], "the early copy was not kept"
     assert rep["verified_tensors"] > 50
     _plain(src, str(tmp_path / "plain"), to)
-    assert _tensors(str(tmp_path / "early")) == _tensors(str(tmp_path / "plain"))
+    assert tensor_bytes(str(tmp_path / "early")) == tensor_bytes(str(tmp_path / "plain"))
     s, o = parse_header(src, "model.safetensors"), parse_header(str(tmp_path / "early"), "model.safetensors")
     first = min(s.tensors.values(), key=lambda t: t.offset)
     assert (o.tensors[next(iter(early[0]))].offset - first.offset) % COPY_ALIGN == 0
@@ -106,7 +92,7 @@ def test_an_early_copy_into_another_layout(synth_dir, tmp_path, early):
     convert(src, str(tmp_path / "early"), "modelopt", experts="fused")
     assert early
     _plain(src, str(tmp_path / "plain"), "modelopt", experts="fused")
-    assert _tensors(str(tmp_path / "early")) == _tensors(str(tmp_path / "plain"))
+    assert tensor_bytes(str(tmp_path / "early")) == tensor_bytes(str(tmp_path / "plain"))
 
 
 def test_a_refused_plan_after_an_early_copy_leaves_nothing(synth_dir, tmp_path, early, monkeypatch):
@@ -184,4 +170,4 @@ def test_an_early_copy_under_int4_shapes(synth_dir, tmp_path, early):
     src = synth_dir(fmt="compressed-tensors-w4a16", recipe="all-linear")
     convert(src, str(tmp_path / "early"), "compressed-tensors")
     assert early and early[0]
-    assert _tensors(str(tmp_path / "early")) == _tensors(src)
+    assert tensor_bytes(str(tmp_path / "early")) == tensor_bytes(src)
