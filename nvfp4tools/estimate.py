@@ -70,6 +70,7 @@ class Settings:
     kv_unified: bool = True   # llama.cpp: one KV stream shared by the -np sequences (-kvu); False: one per sequence
     n_gpu_layers: int | None = None   # llama.cpp -ngl (None: all layers and the output on the GPU)
     n_cpu_moe: int = 0                # llama.cpp --n-cpu-moe: experts of the first N layers on the CPU
+    tensor_split: tuple[float, ...] | None = None   # llama.cpp -ts: layers over len() GPUs of the kind, these proportions
 
     def __post_init__(self) -> None:
         self.check()
@@ -93,6 +94,21 @@ class Settings:
         if self.engine != "llamacpp" and (self.n_gpu_layers is not None or self.n_cpu_moe):
             raise UsageError("--ngl and --n-cpu-moe are llama.cpp settings",
                              hint="use --engine llamacpp, or leave them out")
+        ts = self.tensor_split
+        if ts is not None:
+            if self.engine != "llamacpp":
+                raise UsageError("--tensor-split is llama.cpp's layer split over several GPUs",
+                                 hint="use --engine llamacpp, or --tp for vLLM / SGLang tensor parallelism")
+            if not 2 <= len(ts) <= 15:   # common/arg.cpp -ts: fewer than llama_max_devices() (16)
+                raise UsageError(f"--tensor-split gives {len(ts)} proportions: one per GPU, 2 to 15 GPUs",
+                                 hint="e.g. --tensor-split 1,1 for two GPUs of the --gpu kind")
+            # written as a negated test so NaN fails too
+            if any(not (isinstance(v, (int, float)) and 0 <= v < math.inf) for v in ts) or not sum(ts) > 0:
+                raise UsageError(f"--tensor-split {','.join(map(str, ts))}: proportions must be finite, >= 0 and "
+                                 "not all 0", hint="e.g. --tensor-split 3,1")
+            if self.tp != 1:
+                raise UsageError("--tensor-split and --tp: llama.cpp splits layers, it has no tensor parallelism",
+                                 hint="leave --tp out with --engine llamacpp")
         for opt, v in (("--mem-fraction", self.mem_fraction), ("--swa-ratio", self.swa_ratio)):
             # written as a negated range so NaN fails too
             if v is not None and not (isinstance(v, (int, float)) and 0 < v <= 1):
@@ -142,7 +158,7 @@ def tp_refusal(arch: ArchInfo, engine: str, tp: int) -> str | None:
     ``QKVParallelLinear`` (python/sglang/srt/layers/linear.py, adapted from vLLM's) has the same
     rule. MLA layers (DeepSeek) shard query heads and replicate the one latent, so only the head
     count constrains them. llama.cpp has no tensor parallelism: ``--split-mode layer`` gives each
-    GPU whole layers, which this estimate does not model.
+    GPU whole layers (``Settings.tensor_split``, estimate_offload.layer_split).
     """
     if tp == 1:
         return None
@@ -172,7 +188,8 @@ def check_tp(arch: ArchInfo, engine: str, tp: int) -> None:
         return
     if engine == "llamacpp":
         raise UsageError(f"--tp {tp} with --engine llamacpp: {why}",
-                         hint="use --tp 1; --engine vllm or sglang model tensor parallelism")
+                         hint="use --tensor-split 1,1 (llama.cpp's layer split over two GPUs), or --engine vllm "
+                              "or sglang for tensor parallelism")
     ok = valid_tps(arch, engine)
     near = [t for t in (max((t for t in ok if t < tp), default=None), min((t for t in ok if t > tp), default=None))
             if t is not None]

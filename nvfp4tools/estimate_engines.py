@@ -358,7 +358,9 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
     n_stream = 1 if s.kv_unified or n_seq == 1 else n_seq
     n_ctx_seq = n_ctx // n_stream
     ub = s.ubatch
-    split = layer_split(ckpt, arch, s.n_gpu_layers, s.n_cpu_moe)
+    split = layer_split(ckpt, arch, s.n_gpu_layers, s.n_cpu_moe, s.tensor_split)
+    n_dev = len(split["layer_weight_bytes"])
+    dev_kv = [0.0] * n_dev
     full_bytes = swa_bytes = cpu_kv = 0.0
     swa_cells = None
     for il, l in enumerate(arch.layers):
@@ -374,7 +376,10 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
             cells = n_ctx
         if il < len(split["on_gpu"]) and not split["on_gpu"][il]:
             cpu_kv += cells * per                      # the layer's cache lives with the layer (offload_kqv)
-        elif l.kind == "sliding" and l.window:
+            continue
+        if il < len(split["device"]):
+            dev_kv[split["device"][il]] += cells * per
+        if l.kind == "sliding" and l.window:
             swa_bytes += cells * per
         else:
             full_bytes += cells * per
@@ -411,12 +416,43 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
     # llama.cpp allocates the whole cache (n_ctx cells for -np sequences) at start, so that is
     # what must fit, not one request's share of it
     margin = budget - (gpu_weights + kv_total + compute)
+    devices = None
+    if s.tensor_split:
+        # -ts: every device must hold its own layers, their cache and its compute buffer (the
+        # logits on the output layer's device); the weights outside the layers (output norm,
+        # output matrix) go with the output layer
+        out_dev = split["output_device"] if split["output_device"] is not None else n_dev - 1
+        w_dev = list(split["layer_weight_bytes"])
+        w_dev[out_dev] += gpu_weights - sum(w_dev)
+        devices = []
+        for d in range(n_dev):
+            c = hidden_act + (logits if d == split["output_device"] else 0)
+            layers = [il for il, x in enumerate(split["device"]) if x == d]
+            devices.append({"device": d, "proportion": s.tensor_split[d], "layers": len(layers),
+                            "first_layer": layers[0] if layers else None, "last_layer": layers[-1] if layers else None,
+                            "output_layer": d == split["output_device"], "weight_bytes": int(w_dev[d]),
+                            "kv_bytes": int(dev_kv[d]), "compute_bytes": int(c),
+                            "margin_bytes": math.floor(budget - (w_dev[d] + dev_kv[d] + c))})
+        margin = min(x["margin_bytes"] for x in devices)
+        terms[0] = Term("budget", budget * n_dev, f"{n_dev} GPUs x (total memory minus the CUDA context)",
+                        "gemma4-memory.md section 6")
+        terms[-1] = Term("compute_buffer", n_dev * hidden_act + (logits if split["output_on_gpu"] else 0),
+                         f"one per GPU: n_ubatch {ub} x a few fp32 hidden-size activations, and the fp32 logits "
+                         "over the vocabulary on the output layer's GPU", terms[-1].source)
+        notes.append(f"-ts {','.join(f'{v:g}' for v in s.tensor_split)} over {n_dev} x {gpu.key}: "
+                     + "; ".join(f"GPU{x['device']} layers "
+                                 + (f"{x['first_layer']}-{x['last_layer']}" if x["layers"] else "none")
+                                 + (" + output" if x["output_layer"] else "")
+                                 + f", margin {x['margin_bytes'] / GiB:.2f} GiB" for x in devices)
+                     + "; the smallest margin is the one reported (each GPU must fit)")
     cap = {"n_ctx": n_ctx, "n_seq": n_seq, "swa_cells": swa_cells, "kv_bytes": kv_total,
            "kv_pool_bytes": kv_total, "kv_pool_tokens": n_ctx, "max_concurrency": n_seq,
            "required_kv_bytes": kv_total}
     if kv_dtype in ("q8_0", "q4_0"):
         notes.append("quantized V cache in llama.cpp needs flash attention (-fa)")
-    offload = {k: v for k, v in split.items() if k != "on_gpu"}
+    offload = {k: v for k, v in split.items() if k not in ("on_gpu", "device", "layer_weight_bytes")}
+    if devices is not None:
+        offload["devices"] = devices
     offload.update({"gpu_weight_bytes": gpu_weights, "cpu_kv_bytes": int(cpu_kv),
                     "system_ram_bytes": split["cpu_weight_bytes"] + int(cpu_kv)
                     + (0 if split["output_on_gpu"] else logits)})
@@ -425,7 +461,8 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
                      "layers' weights and KV cache (mmap'd weights count as page cache); CPU layers run at "
                      "system-memory bandwidth, and the decode ceiling above assumes every weight on the GPU")
     return ({"memory": {"terms": [t.as_dict() for t in terms]}, "capacity": cap, "offload": offload,
-             "settings": {"n_seq": n_seq, "ubatch": ub, "kv_unified": n_stream == 1}}, margin)
+             "settings": {"n_seq": n_seq, "ubatch": ub, "kv_unified": n_stream == 1,
+                          **({"tensor_split": list(s.tensor_split)} if s.tensor_split else {})}}, margin)
 
 
 ENGINES = {"vllm": _vllm, "sglang": _sglang, "llamacpp": _llamacpp}

@@ -12,6 +12,12 @@ Offload follows llama.cpp at 0c1e57098 (the copy llama-cpp-python 0.3.36 vendors
 - ``--n-cpu-moe N`` (common/arg.cpp L2767): buffer overrides keep the expert tensors
   (``ffn_(up|down|gate|gate_up)_exps``) of layers 0..N-1 in CPU memory.
 - The KV cache of each layer lives with that layer (``offload_kqv``, the default).
+- Several GPUs (``-ts, --tensor-split N0,N1,...`` under the default ``--split-mode layer``,
+  src/llama-model.cpp L1556-1598): the proportions are summed into cumulative split points
+  normalised to 1 (float32), and offloaded layer ``il`` (the output layer too) goes to the first
+  device whose split point exceeds ``(il - i_gpu_start) / act_gpu_layers``
+  (``std::upper_bound``); without ``-ts`` the proportions are each device's free memory, equal for
+  identical GPUs. Each device holds its layers' weights and KV cache and its own compute buffer.
 
 The solves re-run :func:`nvfp4tools.estimate.estimate` under bisection, which is exact because
 every engine's "fits" is monotone in each quantity (more context, more sequences, more layers on
@@ -20,22 +26,50 @@ the GPU never need less GPU memory).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import struct
 from typing import Any, Callable
 
 from .model import ArchInfo, Checkpoint
 
 
-def layer_split(ckpt: Checkpoint, arch: ArchInfo, ngl: int | None, n_cpu_moe: int) -> dict[str, Any]:
-    """Which layers and bytes llama.cpp places on the GPU for ``-ngl NGL`` (None: all) and
-    ``--n-cpu-moe N_CPU_MOE``: per-layer GPU flags, and the bytes of the weights kept on the CPU
-    (layers not offloaded, experts of the first n_cpu_moe layers, the output when not offloaded,
-    the input embedding when an output matrix is stored)."""
+def _f32(x: float) -> float:
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def split_points(proportions: tuple[float, ...]) -> list[float]:
+    """llama.cpp's cumulative split points of ``-ts`` PROPORTIONS, in float32 as it computes them."""
+    total, points = 0.0, []
+    for v in proportions:
+        total = _f32(total + _f32(v))
+        points.append(total)
+    return [_f32(p / total) for p in points]
+
+
+def layer_split(ckpt: Checkpoint, arch: ArchInfo, ngl: int | None, n_cpu_moe: int,
+                tensor_split: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """Which layers and bytes llama.cpp places on the GPU(s) for ``-ngl NGL`` (None: all),
+    ``--n-cpu-moe N_CPU_MOE`` and ``-ts TENSOR_SPLIT`` (None: one GPU): per-layer GPU flags and
+    device indices, the output layer's device, the weight bytes each device holds, and the bytes
+    of the weights kept on the CPU (layers not offloaded, experts of the first n_cpu_moe layers,
+    the output when not offloaded, the input embedding when an output matrix is stored)."""
     n = arch.n_layers
     ngl_eff = n + 1 if ngl is None else min(ngl, n + 1)
     start = max(n + 1 - ngl_eff, 0)
-    on_gpu = [il >= start for il in range(n)]
-    output_on_gpu = n >= start
+    points = split_points(tensor_split) if tensor_split else [1.0]
+
+    def device(il: int) -> int | None:
+        if il < start:
+            return None
+        # std::upper_bound over the split points of float(il - i_gpu_start) / act_gpu_layers
+        return min(bisect.bisect_right(points, _f32((il - start) / ngl_eff)), len(points) - 1)
+
+    devices = [device(il) for il in range(n)]
+    on_gpu = [d is not None for d in devices]
+    output_device = device(n)
+    output_on_gpu = output_device is not None
+    per_device = [0] * len(points)
     stored_head = any(t.role == "lm_head" for t in ckpt.tensors.values())
     cpu = 0
     cpu_experts = 0
@@ -49,6 +83,8 @@ def layer_split(ckpt: Checkpoint, arch: ArchInfo, ngl: int | None, n_cpu_moe: in
             elif t.role == "experts" and t.layer < n_cpu_moe:
                 cpu += t.nbytes
                 cpu_experts += t.nbytes
+            else:
+                per_device[devices[t.layer]] += t.nbytes
         elif t.role == "lm_head":
             if not output_on_gpu:
                 cpu += t.nbytes
@@ -60,7 +96,8 @@ def layer_split(ckpt: Checkpoint, arch: ArchInfo, ngl: int | None, n_cpu_moe: in
                 cpu += t.nbytes                        # tied: the GPU copy is the output layer's duplicate
     return {"n_gpu_layers": ngl_eff, "n_layers": n, "all_on_gpu": ngl_eff == n + 1 and not n_cpu_moe,
             "layers_on_gpu": sum(on_gpu), "output_on_gpu": output_on_gpu, "on_gpu": on_gpu,
-            "n_cpu_moe": n_cpu_moe, "cpu_weight_bytes": cpu, "cpu_expert_bytes": cpu_experts}
+            "n_cpu_moe": n_cpu_moe, "cpu_weight_bytes": cpu, "cpu_expert_bytes": cpu_experts,
+            "device": devices, "output_device": output_device, "layer_weight_bytes": per_device}
 
 
 def _largest(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:

@@ -20,6 +20,7 @@ is on disk); llama.cpp's arguments are checked against the same table.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,7 @@ FLAGS: dict[str, dict[str, Flag]] = {
         "kv_unified": Flag(("-kvu", "--kv-unified"), "switch", f"{_L} L1724"),
         "gpu_layers": Flag(("-ngl", "--gpu-layers", "--n-gpu-layers"), "ngl", f"{_L} L2789 (N, 'auto' or 'all')"),
         "n_cpu_moe": Flag(("-ncmoe", "--n-cpu-moe"), "int", f"{_L} L2767"),
+        "tensor_split": Flag(("-ts", "--tensor-split"), "proportions", f"{_L} L2831 (N0,N1,N2,...)"),
         "cache_type_k": Flag(("-ctk", "--cache-type-k"), "choice", f"{_L} L2437; kv_cache_types L304", LLAMA_KV),
         "cache_type_v": Flag(("-ctv", "--cache-type-v"), "choice", f"{_L} L2450; kv_cache_types L304", LLAMA_KV),
         "flash_attn": Flag(("-fa", "--flash-attn"), "choice", f"{_L} L1754", ("on", "off", "auto")),
@@ -151,6 +153,8 @@ def launch_command(report: dict[str, Any], kv_dtype_requested: str, model: str |
         parts.append(("gpu_layers", "all" if ngl is None or off.get("all_on_gpu") else ngl))
         if off.get("n_cpu_moe"):
             parts.append(("n_cpu_moe", off["n_cpu_moe"]))
+        if st.get("tensor_split"):
+            parts.append(("tensor_split", ",".join(f"{v:g}" for v in st["tensor_split"])))
         parts += [("cache_type_k", ctype), ("cache_type_v", ctype),
                   # a quantized V cache needs flash attention (llama-context.cpp refuses it otherwise)
                   ("flash_attn", "on" if kv in ("q8_0", "q4_0") else "auto"), ("ubatch_size", st["ubatch"])]
@@ -201,6 +205,12 @@ def parse_args(engine: str, argv: list[str]) -> dict[str, Any]:
             out[key] = float(v)
         elif f.kind == "ngl":
             out[key] = v if v in ("auto", "all") else int(v)
+        elif f.kind == "proportions":
+            # common/arg.cpp -ts: split on [,/]+, std::stof each, fewer than llama_max_devices() (16)
+            vals = [x for x in re.split(r"[,/]+", v)]
+            if len(vals) >= 16:
+                raise ValueError(f"{tok} gives {len(vals)} proportions; llama.cpp takes at most 15")
+            out[key] = tuple(float(x) for x in vals)
         elif f.kind == "choice":
             if v not in (f.choices or ()):
                 raise ValueError(f"{tok} {v!r} is not one of {', '.join(f.choices or ())}")

@@ -115,3 +115,82 @@ def test_cli_solve_and_offload(run_cli, g26):
                 "--solve", "context", "--solve", "ngl")
     assert "offload: -ngl 20" in r.stdout and "solve context:" in r.stdout and "solve ngl:" in r.stdout
     assert max(len(x) for x in r.stdout.splitlines() if x.startswith(("note:", "      "))) <= 100
+
+
+# -- several GPUs: llama.cpp -ts (--split-mode layer) -----------------------------------------------
+
+def test_tensor_split_places_layers_as_llama_cpp_does(g26):
+    """src/llama-model.cpp load_tensors: offloaded layer il (the output layer is il = n_layer) goes to
+    the first device whose cumulative split point exceeds (il - i_gpu_start) / act_gpu_layers."""
+    a = g26.arch
+    n = a.n_layers
+    assert n == 30
+    even = layer_split(g26, a, None, 0, (1, 1))        # il / 31 < 0.5 for il <= 15
+    assert even["device"] == [0] * 16 + [1] * 14 and even["output_device"] == 1
+    skew = layer_split(g26, a, None, 0, (3, 1))        # il / 31 < 0.75 for il <= 23
+    assert skew["device"] == [0] * 24 + [1] * 6 and skew["output_device"] == 1
+    part = layer_split(g26, a, 11, 0, (1, 1))          # start 20, act 11: (il - 20) / 11 < 0.5 for il <= 25
+    assert part["device"] == [None] * 20 + [0] * 6 + [1] * 4 and part["output_device"] == 1
+    zero_first = layer_split(g26, a, None, 0, (0, 1))  # a 0 share: nothing on GPU0
+    assert set(zero_first["device"]) == {1}
+    one = layer_split(g26, a, None, 0)
+    assert sum(even["layer_weight_bytes"]) == sum(one["layer_weight_bytes"]) == sum(
+        _text_bytes(g26, layer=i) for i in range(n))
+
+
+def test_tensor_split_every_gpu_must_fit(g26):
+    """Two GPUs hold a context one cannot; the reported margin is the smallest GPU's, and the per-GPU
+    weights add up to the one-GPU figure."""
+    one = report(g26, "rtx3090", engine="llamacpp", context=131072)
+    two = report(g26, "rtx3090", engine="llamacpp", context=131072, tensor_split=(1, 1))
+    devs = two["offload"]["devices"]
+    assert len(devs) == 2 and two["margin_bytes"] == min(d["margin_bytes"] for d in devs)
+    w_one = next(t["bytes"] for t in one["memory"]["terms"] if t["name"] == "weights")
+    assert sum(d["weight_bytes"] for d in devs) == w_one
+    assert sum(d["kv_bytes"] for d in devs) == one["capacity"]["kv_bytes"]
+    assert two["margin_bytes"] > one["margin_bytes"]
+    # all on one side is the one-GPU case plus an idle GPU's compute buffer
+    lop = report(g26, "rtx3090", engine="llamacpp", context=131072, tensor_split=(1, 0))
+    assert lop["offload"]["devices"][1]["layers"] == 0 and lop["margin_bytes"] <= one["margin_bytes"]
+    # the largest context: two GPUs never less than one
+    s1 = Settings(engine="llamacpp")
+    s2 = Settings(engine="llamacpp", tensor_split=(1, 1))
+    c1, c2 = solve(g26, get_gpu("rtx3090"), s1, "context")["value"], solve(g26, get_gpu("rtx3090"), s2, "context")["value"]
+    assert c1 is not None and c2 >= c1
+
+
+def test_tensor_split_launch_command_parses_back(g26):
+    from nvfp4tools.launch import launch_command, parse_args
+
+    r = report(g26, "rtx3090", engine="llamacpp", context=8192, tensor_split=(3, 1))
+    lc = launch_command(r, "auto", "/m.gguf")
+    assert "-ts 3,1" in lc["command"]
+    assert parse_args("llamacpp", lc["argv"])["tensor_split"] == (3.0, 1.0)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(engine="vllm", tensor_split=(1, 1)), "llama.cpp's layer split"),
+    (dict(engine="llamacpp", tensor_split=(1,)), "2 to 15 GPUs"),
+    (dict(engine="llamacpp", tensor_split=(1, -1)), ">= 0"),
+    (dict(engine="llamacpp", tensor_split=(0, 0)), "not all 0"),
+    (dict(engine="llamacpp", tensor_split=(1, float("nan"))), ">= 0"),
+    (dict(engine="llamacpp", tensor_split=(1, 1), tp=2), "no tensor parallelism"),
+])
+def test_tensor_split_refusals(kw, msg):
+    with pytest.raises(UsageError, match=msg):
+        Settings(**kw)
+
+
+def test_llama_cpp_options_on_the_cli(g26, run_cli):
+    import json
+
+    r = run_cli("estimate", g26.root, "--gpu", "rtx3090", "--tensor-split", "1,1", "--context", "131072",
+                "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["engine"] == "llamacpp" and len(rep["offload"]["devices"]) == 2
+    # llama.cpp's own options name the engine when --engine is left out
+    ngl = run_cli("estimate", g26.root, "--gpu", "rtx3090", "--ngl", "10", "--format", "json")
+    assert ngl.exit_code in (0, 1) and json.loads(ngl.stdout)["engine"] == "llamacpp", ngl.stderr
+    bad = run_cli("estimate", g26.root, "--gpu", "rtx3090", "--tensor-split", "1,x")
+    assert bad.exit_code == 2 and "comma list of numbers" in bad.stderr and "Traceback" not in bad.stderr

@@ -43,6 +43,9 @@ GiB = 2**30
               "(default: all).")
 @click.option("--n-cpu-moe", type=int, default=0, help="llama.cpp --n-cpu-moe: experts of the first N layers stay on "
               "the CPU.")
+@click.option("--tensor-split", "tensor_split", default=None, metavar="N0,N1,...",
+              help="llama.cpp -ts: the layers split over this many GPUs of the --gpu kind, in these proportions "
+                   "(1,1: two equal GPUs; llama.cpp's default split is by free memory).")
 @click.option("--kv-unified/--no-kv-unified", default=True, show_default=True,
               help="llama.cpp -kvu: the -np sequences share one KV stream (the launch command passes -kvu); "
                    "--no-kv-unified: one stream per sequence, llama.cpp's default without -kvu (ollama).")
@@ -54,8 +57,8 @@ GiB = 2**30
 def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None, engine: str | None, context: int | None,
                  kv_dtype: str, mem_fraction: float | None, swa_ratio: float | None, max_seqs: int | None,
                  max_batched_tokens: int | None, tp: int, text_only: bool, weights_gib: float | None,
-                 cudagraph_gib: float, ngl: int | None, n_cpu_moe: int, kv_unified: bool, solves: tuple[str, ...],
-                 explain: bool, fmt: str) -> None:
+                 cudagraph_gib: float, ngl: int | None, n_cpu_moe: int, tensor_split: str | None, kv_unified: bool,
+                 solves: tuple[str, ...], explain: bool, fmt: str) -> None:
     """Will this checkpoint fit, and how many KV-cache tokens and concurrent sequences will it get?
 
     Reads headers only (any format inspect reads). Exit 1 when it does not fit, or when the engine
@@ -72,12 +75,20 @@ def estimate_cmd(ctx: click.Context, path: str, gpu_name: str, vram: str | None,
     from nvfp4tools.estimate import Settings, estimate, gib_to_bytes
     from nvfp4tools.gpus import all_gpus, custom_gpu, detect_local, get_gpu, parse_size
 
-    s = Settings(engine=engine or "vllm", context=context, kv_dtype=kv_dtype, mem_fraction=mem_fraction, swa_ratio=swa_ratio,
+    ts = None
+    if tensor_split is not None:
+        try:
+            ts = tuple(float(v) for v in tensor_split.split(","))
+        except ValueError:
+            raise UsageError(f"--tensor-split {tensor_split!r} is not a comma list of numbers",
+                             hint="e.g. --tensor-split 1,1 (two GPUs, equal shares)") from None
+    # llama.cpp's own settings name the engine when --engine does not
+    eng = engine or ("llamacpp" if ngl is not None or n_cpu_moe or ts else "vllm")
+    s = Settings(engine=eng, context=context, kv_dtype=kv_dtype, mem_fraction=mem_fraction, swa_ratio=swa_ratio,
                  max_seqs=max_seqs, tp=tp, text_only=text_only, max_batched_tokens=max_batched_tokens,
                  kv_unified=kv_unified, weights_bytes_override=gib_to_bytes("--weights-gib", weights_gib),
                  cudagraph_bytes=gib_to_bytes("--cudagraph-gib", cudagraph_gib) or 0,
-                 **({"engine": "llamacpp"} if engine is None and (ngl is not None or n_cpu_moe) else {}),
-                 n_gpu_layers=ngl, n_cpu_moe=n_cpu_moe)
+                 n_gpu_layers=ngl, n_cpu_moe=n_cpu_moe, tensor_split=ts)
     vram_bytes = parse_size(vram, option="--vram", require_unit=True) if vram is not None else None
     if vram_bytes is not None and vram_bytes <= 0:
         raise UsageError(f"--vram {vram!r} must be more than 0 bytes", hint="give the GPU's memory, e.g. 24GiB")
