@@ -136,7 +136,7 @@ def render_table(r: dict[str, Any], explain: bool = False) -> str:
     st = r["settings"]
     lines = [f"{r['source']} on {g['name']} ({_gib(g['memory_total_bytes'])}, cc {g['compute_capability']}, "
              f"FP4 {g['fp4']}) with {r['engine']}, context {st['context']}, KV {k['dtype']}"
-             + (f", TP {st['tp']}" if st["tp"] > 1 else ""), ""]
+             + (f", TP {st['tp']}" if st["tp"] > 1 else "") + _split_text(st), ""]
     rows = [["weights", human_bytes(r["weights"]["bytes_per_gpu"])]]
     rows.append(["KV bytes/token (full layers)", f"{k['bytes_per_token_full_layers']:,} B over {k['n_full_layers']} layers"])
     if k["n_sliding_layers"]:
@@ -251,10 +251,15 @@ def _inversion_notes(engine: str, rows: list[dict[str, Any]]) -> list[str]:
             "and --max-seqs to compare like with like"]
 
 
+def _split_text(st: dict[str, Any]) -> str:
+    ts = st.get("tensor_split")
+    return f", -ts {','.join(f'{v:g}' for v in ts)} ({len(ts)} GPUs)" if ts else ""
+
+
 def _render_all(r: dict[str, Any]) -> str:
     st = r["settings"]
     head = (f"{r['source']}: {r['engine']}, context {st['context']}, KV {st['kv_dtype']}"
-            + (f", TP {st['tp']}" if st.get("tp", 1) > 1 else ""))
+            + (f", TP {st['tp']}" if st.get("tp", 1) > 1 else "") + _split_text(st))
     rows = []
     for x in r["rows"]:
         mark = {u: "*" for u in x.get("unverified", [])}
@@ -266,7 +271,9 @@ def _render_all(r: dict[str, Any]) -> str:
     lines = [head, "",
              tabulate(rows, headers=["gpu", "GiB", "fp4", "fits", "loads", "margin", "weights", "KV tokens",
                                      "conc.", "tok/s"], tablefmt="simple", disable_numparse=True),
-             "", "GiB: memory the driver reports; margin and weights in GiB per GPU; tok/s: decode ceiling at batch 1"]
+             "", "GiB: memory the driver reports; margin and weights in GiB per GPU; tok/s: decode ceiling at batch 1"
+             if not st.get("tensor_split") else
+             "GiB: memory the driver reports per GPU; weights: all GPUs together; margin: the smallest GPU's"]
     if any(x.get("unverified") for x in r["rows"]):
         lines.append("*: the GPU table marks this figure UNVERIFIED (nvfp4tools gpus --format json gives its source)")
     lines += _wrapped_notes(r.get("notes", []))
