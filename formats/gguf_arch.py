@@ -25,6 +25,10 @@ class GGUFArch:
     drop_tied_lm_head: bool = False   # lm_head.weight is skipped when tie_word_embeddings
     experts_in_out_interleaved: bool = False   # experts stored [E, in, out], gate/up columns interleaved
                                                # (transformers GptOssExperts), rearranged (conversion/gpt_oss.py)
+    # what transformers computes with when config.json has no rms_norm_eps: the config class's
+    # default (transformers 5.25 <Model>Config()); llama.cpp's converter writes no key then, and
+    # llama.cpp refuses the file ("key not found ... layer_norm_rms_epsilon")
+    rms_norm_eps_default: float = 1e-6
     source: str = ""
 
 
@@ -35,7 +39,7 @@ ARCHES: dict[str, GGUFArch] = {
                             split_gate_up=False, source="conversion/gemma.py Gemma4Model"),
     "llama": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3", source="conversion/llama.py LlamaModel"),
     "mistral": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3", source="conversion/llama.py LlamaModel"),
-    "mixtral": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3",
+    "mixtral": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3", rms_norm_eps_default=1e-5,
                         source="conversion/llama.py LlamaModel (block_sparse_moe experts stacked w1/w2/w3)"),
     "qwen2": GGUFArch("QWEN2", source="conversion/qwen.py Qwen2Model"),
     "qwen3": GGUFArch("QWEN3", source="conversion/qwen.py Qwen3Model"),
@@ -43,8 +47,8 @@ ARCHES: dict[str, GGUFArch] = {
     "qwen3_moe": GGUFArch("QWEN3MOE", source="conversion/qwen.py Qwen3MoeModel"),
     # qkv_proj -> attn_qkv and gate_up_proj -> ffn_up ([2 n_ff, n_embd], gate half first) unchanged:
     # Phi3MiniModel has no modify_tensors; llama.cpp's loader splits them (llama-model.cpp LLM_ARCH_PHI3)
-    "phi3": GGUFArch("PHI3", source="conversion/phi.py Phi3MiniModel"),
-    "gpt_oss": GGUFArch("GPT_OSS", experts_in_out_interleaved=True, source="conversion/gpt_oss.py GptOssModel"),
+    "phi3": GGUFArch("PHI3", rms_norm_eps_default=1e-5, source="conversion/phi.py Phi3MiniModel"),
+    "gpt_oss": GGUFArch("GPT_OSS", experts_in_out_interleaved=True, rms_norm_eps_default=1e-5, source="conversion/gpt_oss.py GptOssModel"),
     "deepseek_v3": GGUFArch("DEEPSEEK2", mla_split=True, drop_mtp=True, drop_tied_lm_head=True,
                             source="conversion/deepseek.py DeepseekV2Model"),
 }

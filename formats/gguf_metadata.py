@@ -61,6 +61,11 @@ def metadata(w, src: Checkpoint, arch_name: str, ftype: int) -> None:
     k.set("attention.key_length", "uint32", full[0].head_dim_k)
     k.set("attention.value_length", "uint32", full[0].head_dim_v)
     eps = cfg.get("rms_norm_eps")
+    if eps is None:   # transformers' config-class default, what the model computes with (gguf_arch.py)
+        from .gguf_arch import ARCHES
+
+        row = ARCHES.get((a.model_type or "") if a else "")
+        eps = row.rms_norm_eps_default if row is not None else None
     if eps is not None:
         k.set("attention.layer_norm_rms_epsilon", "float32", float(eps))
     if swa:
@@ -259,6 +264,12 @@ def tokenizer(w, src: Checkpoint, arch_name: str) -> None:
     path = os.path.join(src.root, "tokenizer.json")
     tj = read_json(src.root, "tokenizer.json")   # a regular file inside the folder, bounded (formats/validate.py)
     if tj is None:
+        # no vocabulary: llama.cpp refuses a GGUF without tokenizer.ggml.model, and loads one whose
+        # model is "none" with vocab_size dummy tokens (llama-vocab.cpp load: LLAMA_VOCAB_TYPE_NONE),
+        # which runs token ids but no text (the plan's notes say so)
+        w.add_string("tokenizer.ggml.model", "none")
+        if src.arch is not None and src.arch.vocab_size:
+            w.add_uint32(f"{arch_name}.vocab_size", int(src.arch.vocab_size))
         return
     try:
         model = tj["model"]

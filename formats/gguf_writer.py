@@ -98,6 +98,10 @@ class GGUFWriter:
         tmap = gguf.get_tensor_name_map(arch, src.arch.n_layers)
         p = Plan(src, "gguf", [])
         p.notes.append(f"architecture {arch_name} ({spec.source})")
+        from .validate import read_json
+        if read_json(src.root, "tokenizer.json") is None:
+            p.notes.append("no tokenizer.json in the source: the GGUF's vocabulary is 'none' (llama.cpp loads it and "
+                           "runs token ids, not text); add the tokenizer files to the source folder for text")
         tensors = list(src.tensors.values())
         lossy_q4 = opts.allow_lossy and opts.quantize == "q4_0"
         if not any(t.scheme.quantized for t in tensors) and not lossy_q4:

@@ -35,6 +35,9 @@ GEMMA4_26B_A4B: dict[str, Any] = {
         "hidden_size_per_layer_input": 0, "num_kv_shared_layers": 0, "final_logit_softcapping": 30.0,
         "max_position_embeddings": 262144, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6,
         "tie_word_embeddings": True,
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                               "rope_theta": 1000000.0}},
     },
     "vision_config": {
         "model_type": "gemma4_vision", "hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
@@ -55,7 +58,11 @@ GEMMA4_TINY: dict[str, Any] = {
         "layer_types": ["sliding_attention"] * 5 + ["full_attention"], "attention_k_eq_v": True,
         "enable_moe_block": True, "num_experts": 8, "top_k_experts": 2, "moe_intermediate_size": 64,
         "hidden_size_per_layer_input": 0, "num_kv_shared_layers": 0, "max_position_embeddings": 4096,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": True, "rms_norm_eps": 1e-6, "hidden_activation": "gelu_pytorch_tanh",
+        # as transformers' Gemma4TextConfig writes them (its defaults; the real configs carry them too)
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
+                                               "rope_theta": 1000000.0}},
     },
     "vision_config": {
         "model_type": "gemma4_vision", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,

@@ -756,3 +756,29 @@ def test_interrupt_while_the_cli_imports_is_one_line(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_gguf_without_a_tokenizer_loads_and_runs_in_llama_cpp(synth_dir, tmp_path, run_cli):
+    """A source folder without tokenizer.json (the demo's synthetic checkpoint) converts to a GGUF whose
+    vocabulary is 'none' and whose config defaults (rms_norm_eps, Gemma 4's RoPE parameters) are written:
+    llama.cpp loads it and computes finite logits on token ids; the note says there is no vocabulary."""
+    pytest.importorskip("llama_cpp")
+    import gguf
+    import numpy as np
+
+    from tests.oracles.families import llama_logits
+
+    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    assert not os.path.exists(os.path.join(src, "tokenizer.json"))
+    out = str(tmp_path / "m.gguf")
+    r = run_cli("convert", src, out, "--to", "gguf")
+    assert r.exit_code == 0, r.stderr
+    assert "no tokenizer.json in the source" in r.stdout + r.stderr
+    fields = gguf.GGUFReader(out).fields
+    model = fields["tokenizer.ggml.model"]
+    assert bytes(model.parts[model.data[0]]).decode() == "none"
+    assert "gemma4.attention.layer_norm_rms_epsilon" in fields and "rope_freqs.weight" in {
+        t.name for t in gguf.GGUFReader(out).tensors}
+    logits = llama_logits(out, [1, 5, 9, 200, 7])
+    assert logits.shape == (5, 512) and np.all(np.isfinite(logits)) and float(np.abs(logits).max()) > 0
+    assert run_cli("verify", out).exit_code == 0
