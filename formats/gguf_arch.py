@@ -10,6 +10,7 @@ is worse than writing none.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -25,21 +26,30 @@ class GGUFArch:
     drop_tied_lm_head: bool = False   # lm_head.weight is skipped when tie_word_embeddings
     experts_in_out_interleaved: bool = False   # experts stored [E, in, out], gate/up columns interleaved
                                                # (transformers GptOssExperts), rearranged (conversion/gpt_oss.py)
-    # what transformers computes with when config.json has no rms_norm_eps: the config class's
+    # what transformers computes with when config.json leaves a value out: its config class's
     # default (transformers 5.25 <Model>Config()); llama.cpp's converter writes no key then, and
-    # llama.cpp refuses the file ("key not found ... layer_norm_rms_epsilon")
-    rms_norm_eps_default: float = 1e-6
+    # llama.cpp refuses the file ("key not found ... layer_norm_rms_epsilon", "rope_freqs.weight
+    # not found") or runs with its own default
+    config_defaults: tuple[tuple[str, Any], ...] = (("rms_norm_eps", 1e-6),)
     source: str = ""
+
+
+# transformers Gemma4TextConfig() rope_parameters (transformers 5.25), what google/gemma-4 configs carry
+_GEMMA4_DEFAULTS = (("rms_norm_eps", 1e-6), ("rope_parameters", {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0}}))
+_EPS_1E5 = (("rms_norm_eps", 1e-5),)   # MixtralConfig, Phi3Config, GptOssConfig defaults
 
 
 ARCHES: dict[str, GGUFArch] = {
     "gemma4": GGUFArch("GEMMA4", rope_freqs="gemma4_proportional", fold_per_expert_scale=True,
-                       split_gate_up=False, source="conversion/gemma.py Gemma4Model"),
+                       split_gate_up=False, config_defaults=_GEMMA4_DEFAULTS, source="conversion/gemma.py Gemma4Model"),
     "gemma4_text": GGUFArch("GEMMA4", rope_freqs="gemma4_proportional", fold_per_expert_scale=True,
-                            split_gate_up=False, source="conversion/gemma.py Gemma4Model"),
+                            split_gate_up=False, config_defaults=_GEMMA4_DEFAULTS,
+                            source="conversion/gemma.py Gemma4Model"),
     "llama": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3", source="conversion/llama.py LlamaModel"),
     "mistral": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3", source="conversion/llama.py LlamaModel"),
-    "mixtral": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3", rms_norm_eps_default=1e-5,
+    "mixtral": GGUFArch("LLAMA", permute_qk=True, rope_freqs="llama3", config_defaults=_EPS_1E5,
                         source="conversion/llama.py LlamaModel (block_sparse_moe experts stacked w1/w2/w3)"),
     "qwen2": GGUFArch("QWEN2", source="conversion/qwen.py Qwen2Model"),
     "qwen3": GGUFArch("QWEN3", source="conversion/qwen.py Qwen3Model"),
@@ -47,8 +57,8 @@ ARCHES: dict[str, GGUFArch] = {
     "qwen3_moe": GGUFArch("QWEN3MOE", source="conversion/qwen.py Qwen3MoeModel"),
     # qkv_proj -> attn_qkv and gate_up_proj -> ffn_up ([2 n_ff, n_embd], gate half first) unchanged:
     # Phi3MiniModel has no modify_tensors; llama.cpp's loader splits them (llama-model.cpp LLM_ARCH_PHI3)
-    "phi3": GGUFArch("PHI3", rms_norm_eps_default=1e-5, source="conversion/phi.py Phi3MiniModel"),
-    "gpt_oss": GGUFArch("GPT_OSS", experts_in_out_interleaved=True, rms_norm_eps_default=1e-5, source="conversion/gpt_oss.py GptOssModel"),
+    "phi3": GGUFArch("PHI3", config_defaults=_EPS_1E5, source="conversion/phi.py Phi3MiniModel"),
+    "gpt_oss": GGUFArch("GPT_OSS", experts_in_out_interleaved=True, config_defaults=_EPS_1E5, source="conversion/gpt_oss.py GptOssModel"),
     "deepseek_v3": GGUFArch("DEEPSEEK2", mla_split=True, drop_mtp=True, drop_tied_lm_head=True,
                             source="conversion/deepseek.py DeepseekV2Model"),
 }
@@ -130,3 +140,15 @@ def llama3_rope_factors(rope: dict, head_dim: int) -> list[float] | None:
             smooth = (np.float32(old) / wl - np.float32(low)) / np.float32(high - low)
             out.append(float(np.float32(1) / ((np.float32(1) - smooth) / np.float32(factor) + smooth)))
     return out
+
+
+def gguf_config(src) -> dict:
+    """SRC's text config as the GGUF conversion reads it: config.json's values, and for each value it
+    leaves out that its architecture's row names, transformers' default (``config_defaults``)."""
+    from nvfp4tools.arch import text_config
+
+    cfg = dict(text_config(src.config))
+    row = ARCHES.get((src.arch.model_type if src.arch else "") or "")
+    for key, value in (row.config_defaults if row is not None else ()):
+        cfg.setdefault(key, value)
+    return cfg

@@ -37,10 +37,10 @@ def metadata(w, src: Checkpoint, arch_name: str, ftype: int) -> None:
     """conversion/base.py TextModel.set_gguf_parameters, then the architecture's own keys (_ARCH_KEYS)."""
     import gguf
 
-    from nvfp4tools.arch import text_config
+    from .gguf_arch import gguf_config
 
     a = src.arch
-    cfg = text_config(src.config)
+    cfg = gguf_config(src)   # config.json, with transformers' defaults where it leaves a value out
     k = _Keys(arch_name + ".")
     k.set("block_count", "uint32", a.n_layers)
     k.set("context_length", "uint32", a.max_position_embeddings or 4096)
@@ -61,11 +61,6 @@ def metadata(w, src: Checkpoint, arch_name: str, ftype: int) -> None:
     k.set("attention.key_length", "uint32", full[0].head_dim_k)
     k.set("attention.value_length", "uint32", full[0].head_dim_v)
     eps = cfg.get("rms_norm_eps")
-    if eps is None:   # transformers' config-class default, what the model computes with (gguf_arch.py)
-        from .gguf_arch import ARCHES
-
-        row = ARCHES.get((a.model_type or "") if a else "")
-        eps = row.rms_norm_eps_default if row is not None else None
     if eps is not None:
         k.set("attention.layer_norm_rms_epsilon", "float32", float(eps))
     if swa:

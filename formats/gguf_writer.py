@@ -93,8 +93,8 @@ class GGUFWriter:
             raise UsageError("--experts applies to safetensors outputs; GGUF always stacks experts")
         spec, arch, arch_name = gguf_arch(src)
         self.spec = spec
-        from nvfp4tools.arch import text_config
-        rope_scaling_keys(src, text_config(src.config))   # refused here, before anything is written
+        from .gguf_arch import gguf_config
+        rope_scaling_keys(src, gguf_config(src))   # refused here, before anything is written
         tmap = gguf.get_tensor_name_map(arch, src.arch.n_layers)
         p = Plan(src, "gguf", [])
         p.notes.append(f"architecture {arch_name} ({spec.source})")
@@ -312,9 +312,9 @@ class GGUFWriter:
 
     @staticmethod
     def _rope_freqs(src: Checkpoint, spec: GGUFArch) -> list[float] | None:
-        from nvfp4tools.arch import text_config
+        from .gguf_arch import gguf_config
 
-        cfg = text_config(src.config)
+        cfg = gguf_config(src)
         if spec.rope_freqs == "gemma4_proportional":
             return _gemma4_rope_freqs(src)
         if spec.rope_freqs == "llama3":
@@ -411,9 +411,9 @@ def _gemma4_rope_freqs(src: Checkpoint) -> list[float] | None:
     """llama.cpp's Gemma 4 rope_freqs: full layers use proportional RoPE (partial factor p): ggml's
     neox RoPE rotates the first dims, so frequency factors 1.0 for the rotated pairs and 1e30 for
     the rest (conversion/gemma.py generate_extra_tensors)."""
-    from nvfp4tools.arch import text_config
+    from .gguf_arch import gguf_config
 
-    cfg = text_config(src.config)
+    cfg = gguf_config(src)
     rp = (cfg.get("rope_parameters") or {}).get("full_attention") or {}
     if rp.get("rope_type") != "proportional":
         return None

@@ -760,7 +760,8 @@ def test_interrupt_while_the_cli_imports_is_one_line(monkeypatch, capsys):
 
 def test_gguf_without_a_tokenizer_loads_and_runs_in_llama_cpp(synth_dir, tmp_path, run_cli):
     """A source folder without tokenizer.json (the demo's synthetic checkpoint) converts to a GGUF whose
-    vocabulary is 'none' and whose config defaults (rms_norm_eps, Gemma 4's RoPE parameters) are written:
+    vocabulary is 'none'; a config.json without rms_norm_eps and Gemma 4's rope_parameters gets
+    transformers' defaults for them (the model computes with those):
     llama.cpp loads it and computes finite logits on token ids; the note says there is no vocabulary."""
     pytest.importorskip("llama_cpp")
     import gguf
@@ -768,8 +769,15 @@ def test_gguf_without_a_tokenizer_loads_and_runs_in_llama_cpp(synth_dir, tmp_pat
 
     from tests.oracles.families import llama_logits
 
-    src = synth_dir(fmt="modelopt", recipe="all-linear")
+    from tests.helpers import edit_json
+
+    src = copy_ckpt(synth_dir(fmt="modelopt", recipe="all-linear"), tmp_path / "src")
     assert not os.path.exists(os.path.join(src, "tokenizer.json"))
+
+    def strip(c):   # as a hand-written config might: transformers fills both from Gemma4TextConfig
+        c["text_config"].pop("rms_norm_eps")
+        c["text_config"].pop("rope_parameters")
+    edit_json(os.path.join(src, "config.json"), strip)
     out = str(tmp_path / "m.gguf")
     r = run_cli("convert", src, out, "--to", "gguf")
     assert r.exit_code == 0, r.stderr
@@ -777,8 +785,11 @@ def test_gguf_without_a_tokenizer_loads_and_runs_in_llama_cpp(synth_dir, tmp_pat
     fields = gguf.GGUFReader(out).fields
     model = fields["tokenizer.ggml.model"]
     assert bytes(model.parts[model.data[0]]).decode() == "none"
-    assert "gemma4.attention.layer_norm_rms_epsilon" in fields and "rope_freqs.weight" in {
-        t.name for t in gguf.GGUFReader(out).tensors}
+    eps = fields["gemma4.attention.layer_norm_rms_epsilon"]
+    assert float(eps.parts[eps.data[0]][0]) == pytest.approx(1e-6)
+    base = fields["gemma4.rope.freq_base"]
+    assert float(base.parts[base.data[0]][0]) == 1e6
+    assert "rope_freqs.weight" in {t.name for t in gguf.GGUFReader(out).tensors}
     logits = llama_logits(out, [1, 5, 9, 200, 7])
     assert logits.shape == (5, 512) and np.all(np.isfinite(logits)) and float(np.abs(logits).max()) > 0
     assert run_cli("verify", out).exit_code == 0
