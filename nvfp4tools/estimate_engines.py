@@ -386,7 +386,14 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
     kv_total = int(full_bytes + swa_bytes)
     logits = ub * arch.vocab_size * 4
     hidden_act = ub * arch.hidden_size * 4 * 8
-    compute = (logits if split["output_on_gpu"] else 0) + hidden_act
+    # the attention masks, graph inputs sized for the whole cache (llama-graph.cpp
+    # build_attn_inp_kq_mask: [n_kv, n_tokens / n_stream, 1, n_stream], f16 under flash attention,
+    # which the launch command's -fa auto / on gives on CUDA): one over the full cache, one over the
+    # SWA cells
+    has_full = any(l.kind != "sliding" and layer_kv_bytes_per_token(l, b, s.tp) for l in arch.layers)
+    mask_full = (n_ctx // n_stream) * ub * 2 if has_full else 0
+    mask_swa = (swa_cells // n_stream) * ub * 2 if swa_cells else 0
+    compute = (logits if split["output_on_gpu"] else 0) + hidden_act + mask_full + mask_swa
     budget = gpu.memory_total_bytes - context_overhead_bytes()
     gpu_weights = max(0, weights - split["cpu_weight_bytes"])
     offloaded = split["all_on_gpu"]
@@ -406,7 +413,9 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
               "256) per sliding layer on the GPU"), "llama.cpp llama-kv-cache-iswa.cpp"),
         Term("compute_buffer", compute, f"n_ubatch {ub} x (fp32 logits over the vocabulary"
              + ("" if split["output_on_gpu"] else ", on the CPU with the output layer,")
-             + " + a few fp32 hidden-size activations)", "llama.cpp ggml-backend graph allocation (estimate)"),
+             + " + a few fp32 hidden-size activations; an estimate) + the f16 attention masks, n_ubatch x "
+             f"{n_ctx // n_stream} cells" + (f" and x {swa_cells // n_stream} SWA cells" if mask_swa else ""),
+             "llama.cpp llama-graph.cpp build_attn_inp_kq_mask; ggml-backend graph allocation"),
     ]
     per_layer = {t.name: t.mechanism for t in kv_layer_terms(arch, b, s.tp, kv_dtype, {
         "full": (n_ctx, "n_ctx cells"), "sliding": (swa_cells or 0, "the SWA cells")}, "", "")}
@@ -426,8 +435,10 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
         w_dev[out_dev] += gpu_weights - sum(w_dev)
         devices = []
         for d in range(n_dev):
-            c = hidden_act + (logits if d == split["output_device"] else 0)
             layers = [il for il, x in enumerate(split["device"]) if x == d]
+            kinds = {arch.layers[il].kind == "sliding" and bool(arch.layers[il].window) for il in layers}
+            c = hidden_act + (logits if d == split["output_device"] else 0) + (mask_full if False in kinds else 0) \
+                + (mask_swa if True in kinds else 0)
             devices.append({"device": d, "proportion": s.tensor_split[d], "layers": len(layers),
                             "first_layer": layers[0] if layers else None, "last_layer": layers[-1] if layers else None,
                             "output_layer": d == split["output_device"], "weight_bytes": int(w_dev[d]),
@@ -436,9 +447,10 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
         margin = min(x["margin_bytes"] for x in devices)
         terms[0] = Term("budget", budget * n_dev, f"{n_dev} GPUs x (total memory minus the CUDA context)",
                         "gemma4-memory.md section 6")
-        terms[-1] = Term("compute_buffer", n_dev * hidden_act + (logits if split["output_on_gpu"] else 0),
-                         f"one per GPU: n_ubatch {ub} x a few fp32 hidden-size activations, and the fp32 logits "
-                         "over the vocabulary on the output layer's GPU", terms[-1].source)
+        terms[-1] = Term("compute_buffer", sum(x["compute_bytes"] for x in devices),
+                         f"one per GPU: n_ubatch {ub} x a few fp32 hidden-size activations, the f16 attention masks "
+                         "of the layer kinds it holds, and the fp32 logits over the vocabulary on the output "
+                         "layer's GPU", terms[-1].source)
         notes.append(f"-ts {','.join(f'{v:g}' for v in s.tensor_split)} over {n_dev} x {gpu.key}: "
                      + "; ".join(f"GPU{x['device']} layers "
                                  + (f"{x['first_layer']}-{x['last_layer']}" if x["layers"] else "none")

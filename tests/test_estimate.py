@@ -297,6 +297,7 @@ def test_sglang_plain_and_llamacpp_margins_hand_computed(small):
     assert pool < 0 and sg["margin_bytes"] == pool - one_request and sg["shortfall_bytes"] == one_request - pool
     lc = estimate(small, _tiny_gpu(2 * GiB), Settings(engine="llamacpp", context=4096)).report
     compute = 512 * 32000 * 4 + 512 * 2048 * 4 * 8   # n_ubatch x (vocab logits + 8 hidden activations) x fp32
+    compute += 4096 * 512 * 2                         # the f16 attention mask over the 4096 cells x n_ubatch
     # llama.cpp keeps the input embedding on the CPU (load_tensors: dev_input = cpu) when an output
     # matrix is stored, as here: those 32000 x 2048 x 2 B are not in VRAM
     embed = 32000 * 2048 * 2

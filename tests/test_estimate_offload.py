@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from nvfp4tools import formats
 from nvfp4tools.errors import UsageError
 from nvfp4tools.estimate import Settings
 from nvfp4tools.estimate_offload import layer_split, solve
@@ -194,3 +195,30 @@ def test_llama_cpp_options_on_the_cli(g26, run_cli):
     assert ngl.exit_code in (0, 1) and json.loads(ngl.stdout)["engine"] == "llamacpp", ngl.stderr
     bad = run_cli("estimate", g26.root, "--gpu", "rtx3090", "--tensor-split", "1,x")
     assert bad.exit_code == 2 and "comma list of numbers" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_llama_cpp_compute_buffer_grows_with_the_cache_as_llama_cpp_reports(synth_dir, tmp_path, run_cli):
+    """The attention masks (llama-graph.cpp build_attn_inp_kq_mask: n_kv x n_ubatch, f16 under flash
+    attention) make llama.cpp's compute buffer grow with the context: llama.cpp's own reported size
+    (its CPU backend, the same graph) grows by exactly what the estimate's compute_buffer term does,
+    and the two agree within 1 MiB at each context (the fixed part of the term is an estimate)."""
+    pytest.importorskip("llama_cpp")
+    import re
+    import subprocess
+    import sys
+
+    gg = str(tmp_path / "m.gguf")
+    assert run_cli("convert", synth_dir(fmt="modelopt", recipe="all-linear"), gg, "--to", "gguf").exit_code == 0
+    script = ("import sys; from llama_cpp import Llama; "
+              "Llama(model_path=sys.argv[1], n_ctx=int(sys.argv[2]), n_batch=512, n_ubatch=512, n_seq_max=1, "
+              "flash_attn=True, swa_full=False, verbose=True)")
+    ours, theirs = {}, {}
+    for ctx in (1024, 4096):
+        p = subprocess.run([sys.executable, "-c", script, gg, str(ctx)], capture_output=True, text=True, timeout=120)
+        m = re.findall(r"compute buffer size =\s+([0-9.]+) MiB", p.stdout + p.stderr)
+        assert p.returncode == 0 and m, (p.stderr or p.stdout)[-2000:]
+        theirs[ctx] = float(m[0]) * 2**20
+        r = report(formats.read(gg), "rtx3090", engine="llamacpp", context=ctx)
+        ours[ctx] = next(t["bytes"] for t in r["memory"]["terms"] if t["name"] == "compute_buffer")
+    assert abs((ours[4096] - ours[1024]) - (theirs[4096] - theirs[1024])) <= 0.01 * 2**20
+    assert all(abs(ours[c] - theirs[c]) <= 2**20 for c in ours), (ours, theirs)
