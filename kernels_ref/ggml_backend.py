@@ -68,6 +68,22 @@ def bind(obj: object, lib: ctypes.CDLL, calls) -> None:
         setattr(obj, "_" + name[5:], f)
 
 
+def table_problem(lib, name: str) -> str | None:
+    """Why LIB (bound with BASE_CALLS, its folder in ``lib.path``) does not hold ggml type NAME as
+    nvfp4tools' type table does (formats/_ggml_types.py): unknown, another name, another block."""
+    tid = _ID.get(name)
+    if tid is None:
+        return f"ggml type {name} is not in nvfp4tools' type table"
+    got = (lib._type_name(tid) or b"").decode()
+    if got.upper() != name:
+        return f"this libggml ({lib.path}) names type {tid} {got!r}, not {name}"
+    block, nbytes = BY_NAME[name]
+    if (lib._blck_size(tid), lib._type_size(tid)) != (block, nbytes):
+        return (f"this libggml's {name} block is {lib._blck_size(tid)} elements / {lib._type_size(tid)} "
+                f"bytes, not {block} / {nbytes}")
+    return None
+
+
 class _TraitsCPU(ctypes.Structure):
     # ggml-cpu.h struct ggml_type_traits_cpu
     _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p), ("vec_dot_type", ctypes.c_int),
@@ -126,17 +142,10 @@ class GGML:
 
     def type_problem(self, name: str) -> str | None:
         """Why this library cannot multiply a weight of ggml type NAME on the CPU, or None."""
-        tid = _ID.get(name)
-        if tid is None:
-            return f"ggml type {name} is not in nvfp4tools' type table"
-        got = (self._type_name(tid) or b"").decode()
-        if got.upper() != name:
-            return f"this libggml ({self.path}) names type {tid} {got!r}, not {name}"
-        block, nbytes = BY_NAME[name]
-        if (self._blck_size(tid), self._type_size(tid)) != (block, nbytes):
-            return (f"this libggml's {name} block is {self._blck_size(tid)} elements / {self._type_size(tid)} "
-                    f"bytes, not {block} / {nbytes}")
-        if not self._get_type_traits_cpu(tid).contents.vec_dot:
+        why = table_problem(self, name)
+        if why:
+            return why
+        if not self._get_type_traits_cpu(_ID[name]).contents.vec_dot:
             return f"ggml's CPU backend has no vec_dot kernel for {name}"
         return None
 
@@ -211,11 +220,16 @@ def _load() -> tuple[GGML | None, str | None]:
         return None, f"cannot bind libggml in {d}: {e}"
 
 
-def library() -> GGML:
-    lib, why = _load()
+def loaded(load: tuple[object | None, str | None]):
+    """The library of a backend's ``_load()`` result (library, why not), or RuntimeError(why)."""
+    lib, why = load
     if lib is None:
         raise RuntimeError(why)
     return lib
+
+
+def library() -> GGML:
+    return loaded(_load())
 
 
 def available() -> str | None:

@@ -128,15 +128,10 @@ class GGMLCuda:
 
     # -- the checks ggml would GGML_ASSERT (and abort the process on) -------------------------------
     def type_problem(self, name: str, k: int, rows: int) -> str | None:
-        tid = _ID.get(name)
-        if tid is None:
-            return f"ggml type {name} is not in nvfp4tools' type table"
-        got = (self._type_name(tid) or b"").decode()
-        if got.upper() != name:
-            return f"this libggml ({self.path}) names type {tid} {got!r}, not {name}"
-        block, nbytes = BY_NAME[name]
-        if (self._blck_size(tid), self._type_size(tid)) != (block, nbytes):
-            return f"this libggml's {name} block is {self._blck_size(tid)} / {self._type_size(tid)}, not {block} / {nbytes}"
+        why = G.table_problem(self, name)
+        if why:
+            return why
+        block = BY_NAME[name][0]
         if k % block:
             return f"row length {k} is not a multiple of the {name} block ({block})"
         if name not in MIRRORED:
@@ -263,10 +258,7 @@ def _load() -> tuple[GGMLCuda | None, str | None]:
 
 
 def library() -> GGMLCuda:
-    lib, why = _load()
-    if lib is None:
-        raise RuntimeError(why)
-    return lib
+    return G.loaded(_load())
 
 
 def available() -> str | None:

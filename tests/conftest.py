@@ -17,7 +17,7 @@ def missing_oracles() -> list[str]:
     return [m for m in ORACLE_MODULES if importlib.util.find_spec(m) is None]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def oracles(tmp_path_factory):
     """Tiny Gemma 4 checkpoints written by transformers, nvidia-modelopt and compressed-tensors."""
     missing = missing_oracles()
@@ -32,7 +32,7 @@ LLAMA_CPP = os.environ.get("NVFP4TOOLS_LLAMA_CPP") or os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "llama.cpp")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def llama_cpp_ggufs(oracles, tmp_path_factory):
     """GGUF files written by llama.cpp's own converter from the tiny BF16 and ModelOpt NVFP4 models."""
     if not os.path.isfile(os.path.join(LLAMA_CPP, "convert_hf_to_gguf.py")):
@@ -48,7 +48,7 @@ def llama_cpp_ggufs(oracles, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def synth_dir(tmp_path_factory):
     """Factory: synth(name, **kwargs) -> path, cached for the whole test run."""
     from nvfp4tools.synth import synthesize
@@ -84,7 +84,7 @@ def run_cli():
     return run
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def family_oracle(tmp_path_factory):
     """Factory: family_oracle(family, kind) -> path of a real upstream checkpoint of a decoder family.
 
