@@ -15,6 +15,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import time
 
 import torch
 from _gpu import graph_time_us, parse_configs, parse_shapes, shape_args, shape_weights
@@ -23,11 +24,20 @@ from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_ge
 
 def space(m: int) -> list[tuple[int, ...]]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages, DECODE, SWAP, TMA) to try at M >= 17
-    (swapped operands with TMA are refused by the kernel: wrong results, see nvfp4_gemm.py)."""
-    tiles = [(128, 64), (128, 128), (128, 256), (64, 128), (64, 256)]
-    return [(bm, bn, bk, split, warps, stages, 2, swap, tma)
-            for (bm, bn), bk, split, warps, stages, swap, tma in itertools.product(
-                tiles, (64, 128), (1, 2, 3, 4), (4, 8), (3, 4), (0, 1), (0, 1)) if not (swap and tma)]
+    (swapped operands with TMA are refused by the kernel: wrong results, see nvfp4_gemm.py). Small
+    tiles (x32, 64x64) fill the SMs without a K split; 8 warps only on tiles of 8192+ outputs, 4
+    up to 16384; configs whose pipelined tiles would not fit the H100's 227 KB of shared memory
+    are left out (they fail to launch)."""
+    tiles = [(128, 32), (64, 32), (64, 64), (128, 64), (64, 128), (128, 128), (128, 256), (64, 256)]
+    out = []
+    for (bm, bn), bk, split, warps, stages, swap, tma in itertools.product(
+            tiles, (64, 128, 256), (1, 2, 3, 4, 6), (4, 8), (2, 3, 4), (0, 1), (0, 1)):
+        smem = (bm * bk * 2 + bn * bk // 2 + bn * bk // 16) * stages + bn * bk * 2
+        if (swap and tma) or (warps == 8 and bm * bn < 8192) or (warps == 4 and bm * bn > 16384) \
+                or smem > 200 * 1024 or (split == 6 and bn < 128):
+            continue
+        out.append((bm, bn, bk, split, warps, stages, 2, swap, tma))
+    return out
 
 
 def _compile(job) -> int:
@@ -67,6 +77,8 @@ def main() -> None:
     ap.add_argument("--ms", default="128")
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--configs", default=None, help="these configs only, e.g. '128,64,256,1,4,3,2,0,1;...'")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="stop timing a shape's configs after this many seconds per shape (the ones left are reported)")
     a = ap.parse_args()
     ms = [int(v) for v in a.ms.split(",")]
     shapes_arg = a.shapes or "8192x2816,2816x8192"
@@ -81,7 +93,12 @@ def main() -> None:
             t_b = graph_time_us([lambda wi=wi: torch.matmul(x, wi.T) for wi in ws])
             t_d = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemm(x, p, s, g) for p, s in qs])
             res = []
+            t_shape = time.monotonic()
+            left = 0
             for c in configs(m):
+                if a.budget_s and time.monotonic() - t_shape > a.budget_s:
+                    left += 1
+                    continue
                 try:
                     y = nvfp4_w4a16_gemm(x, gw.packed, gw.scales, g, poison=True, config=c)
                     err = float(((y.double() - ref).norm() / ref.norm()).item())
@@ -97,7 +114,7 @@ def main() -> None:
             res.sort()
             best_by_tma = {tma: next((r for r in res if r[1][8] == tma), None) for tma in (0, 1)}
             print(f"{n}x{k} M={m}: bf16 {t_b:.1f} us, default {default_config(m, n, k, in_graph=True)} {t_d:.1f} us "
-                  f"= {t_b / t_d:.2f}x; {len(res)} configs")
+                  f"= {t_b / t_d:.2f}x; {len(res)} configs" + (f", {left} left untimed (--budget-s)" if left else ""))
             for t, c in res[:a.top]:
                 print(f"    {t:6.1f} us = {t_b / t:4.2f}x  {c}")
             for tma, r in best_by_tma.items():
@@ -105,9 +122,9 @@ def main() -> None:
                     print(f"  best TMA={tma}: {r[0]:.1f} us = {t_b / r[0]:.2f}x {r[1]}")
             rows.append({"N": n, "K": k, "M": m, "bf16_us": t_b, "default_us": t_d,
                          "results": [{"us": t, "config": list(c)} for t, c in res]})
-    if a.json:
-        with open(a.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+            if a.json:   # after every shape: a run cut short keeps what it measured
+                with open(a.json, "w") as fh:
+                    json.dump(rows, fh, indent=1)
 
 
 if __name__ == "__main__":
