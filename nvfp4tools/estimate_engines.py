@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from .estimate import (CUBLAS_WORKSPACE, LLAMA_PAD, VLLM_BLOCK, GiB, Term, _num, layer_kv_bytes_per_token)
-from .gpus import context_overhead_bytes
+from .gpus import context_overhead_bytes, context_words
 from .model import ArchInfo
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +264,7 @@ def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
         if mfs <= 0:
             notes.append(f"SGLang's default mem_fraction_static is {mfs:.3f} on this GPU (its reserve is larger than "
                          "the memory): nothing is left for weights and KV; pass --mem-fraction")
-    ctx = context_overhead_bytes()
+    ctx = context_overhead_bytes(gpu)
     pre_free = gpu.memory_total_bytes - ctx
     kv_pool = int(mfs * pre_free - weights)
     full = [l for l in arch.layers if l.kind == "full" and l.kv_shared_from is None]
@@ -273,7 +273,7 @@ def _sglang(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
     swa_tok = sum(layer_kv_bytes_per_token(l, b, s.tp) for l in swa)
     terms = [
         Term("free_before_load", pre_free, f"total {gpu.memory_total_bytes} B minus the CUDA context "
-             f"({ctx} B, measured free-vs-total gap at start)", "gemma4-memory.md section 6"),
+             f"({context_words(gpu)})", "gpus.json context_fixed_bytes; bench/cuda_context.py"),
         Term("static", int(mfs * pre_free), f"mem_fraction_static {mfs} of the memory free before load holds weights "
              "+ KV pool; the rest is left for activations and CUDA graphs",
              "sglang model_runner_kv_cache_mixin / pool_configurator"),
@@ -394,11 +394,12 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
     mask_full = (n_ctx // n_stream) * ub * 2 if has_full else 0
     mask_swa = (swa_cells // n_stream) * ub * 2 if swa_cells else 0
     compute = (logits if split["output_on_gpu"] else 0) + hidden_act + mask_full + mask_swa
-    budget = gpu.memory_total_bytes - context_overhead_bytes()
+    budget = gpu.memory_total_bytes - context_overhead_bytes(gpu)
     gpu_weights = max(0, weights - split["cpu_weight_bytes"])
     offloaded = split["all_on_gpu"]
     terms = [
-        Term("budget", budget, "total memory minus the CUDA context", "gemma4-memory.md section 6"),
+        Term("budget", budget, f"total memory minus the CUDA context ({context_words(gpu)})",
+             "gpus.json context_fixed_bytes; bench/cuda_context.py"),
         Term("weights", gpu_weights, "all layers offloaded (-ngl all): GGUF tensor bytes" if offloaded else
              f"-ngl {split['n_gpu_layers']}: {split['layers_on_gpu']} of {split['n_layers']} layers"
              + (" and the output layer" if split["output_on_gpu"] else "") + " on the GPU"
@@ -445,8 +446,8 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
                             "kv_bytes": int(dev_kv[d]), "compute_bytes": int(c),
                             "margin_bytes": math.floor(budget - (w_dev[d] + dev_kv[d] + c))})
         margin = min(x["margin_bytes"] for x in devices)
-        terms[0] = Term("budget", budget * n_dev, f"{n_dev} GPUs x (total memory minus the CUDA context)",
-                        "gemma4-memory.md section 6")
+        terms[0] = Term("budget", budget * n_dev, f"{n_dev} GPUs x (total memory minus the CUDA context, "
+                        f"{context_words(gpu)})", "gpus.json context_fixed_bytes; bench/cuda_context.py")
         terms[-1] = Term("compute_buffer", sum(x["compute_bytes"] for x in devices),
                          f"one per GPU: n_ubatch {ub} x a few fp32 hidden-size activations, the f16 attention masks "
                          "of the layer kinds it holds, and the fp32 logits over the vocabulary on the output "

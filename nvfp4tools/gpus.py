@@ -27,6 +27,8 @@ class GPU:
     memory_source: str = ""
     bandwidth_source: str = ""
     unified_memory: bool = False
+    sms: int = 0                   # streaming multiprocessors (cudaDeviceProp.multiProcessorCount)
+    threads_per_sm: int = 0        # max resident threads per SM (set by the compute capability)
 
     @property
     def unverified(self) -> tuple[str, ...]:
@@ -42,9 +44,25 @@ def _table() -> dict:
         return json.load(fh)
 
 
-def context_overhead_bytes() -> int:
-    """CUDA context + driver reservation before any engine allocation (measured, see the table)."""
-    return int(_table()["context_overhead_bytes"])
+def context_overhead_bytes(gpu: GPU) -> int:
+    """What the CUDA context holds before any engine allocation: a fixed part (driver, runtime;
+    measured) plus the stack the driver backs for every thread that can be resident at once, SMs x
+    threads per SM x the per-thread stack (CU_LIMIT_STACK_SIZE, 1 KiB by default), which is why a
+    GPU with fewer SMs keeps more of its memory (bench/cuda_context.py measures both parts)."""
+    t = _table()
+    return int(t["context_fixed_bytes"]) + stack_reservation_bytes(gpu)
+
+
+def context_words(gpu: GPU) -> str:
+    """The context term in words, for --explain: its two parts and where each comes from."""
+    t = _table()
+    return (f"{context_overhead_bytes(gpu)} B: {int(t['context_fixed_bytes'])} B fixed (measured) + "
+            f"{gpu.sms} SMs x {gpu.threads_per_sm} threads x {int(t['stack_bytes_per_thread'])} B of stack")
+
+
+def stack_reservation_bytes(gpu: GPU) -> int:
+    """The context's local-memory (stack) reservation: SMs x resident threads per SM x stack bytes."""
+    return gpu.sms * gpu.threads_per_sm * int(_table()["stack_bytes_per_thread"])
 
 
 def all_gpus() -> list[GPU]:
@@ -52,7 +70,8 @@ def all_gpus() -> list[GPU]:
     for g in _table()["gpus"]:
         out.append(GPU(g["key"], g["name"], g["memory_total_bytes"], g["bandwidth_bytes_per_s"],
                        g["compute_capability"], g["fp4"], g["fp8_tensor_cores"], g["memory_nominal"],
-                       g["memory_source"], g["bandwidth_source"], g.get("unified_memory", False)))
+                       g["memory_source"], g["bandwidth_source"], g.get("unified_memory", False),
+                       g["sms"], g["threads_per_sm"]))
     return out
 
 
@@ -119,7 +138,8 @@ def custom_gpu(vram_bytes: int, like: GPU | None = None) -> GPU:
     base = like or get_gpu("rtx4090")
     return GPU("custom", f"custom ({vram_bytes / 2**30:.2f} GiB)", vram_bytes, base.bandwidth_bytes_per_s,
                base.compute_capability, base.fp4, base.fp8_tensor_cores,
-               memory_source="--vram", bandwidth_source=f"assumed {base.key}'s")
+               memory_source="--vram", bandwidth_source=f"assumed {base.key}'s",
+               sms=base.sms, threads_per_sm=base.threads_per_sm)
 
 
 def detect_local() -> GPU:
@@ -146,4 +166,5 @@ def detect_local() -> GPU:
     like = best or get_gpu("h100-sxm")
     return GPU(like.key if best else "local", name, total, like.bandwidth_bytes_per_s, cc,
                "native" if cc.split(".")[0] in ("10", "12") else "marlin", like.fp8_tensor_cores,
-               memory_source="nvidia-smi memory.total", bandwidth_source=f"table entry {like.key}")
+               memory_source="nvidia-smi memory.total", bandwidth_source=f"table entry {like.key}",
+               sms=like.sms, threads_per_sm=like.threads_per_sm)

@@ -9,7 +9,7 @@ import pytest
 
 from nvfp4tools.arch import parse_arch
 from nvfp4tools.estimate import KV_DTYPE_BYTES, Settings, estimate, kv_summary, layer_kv_bytes_per_token
-from nvfp4tools.gpus import GPU, all_gpus, get_gpu
+from nvfp4tools.gpus import GPU, all_gpus, custom_gpu, get_gpu
 from nvfp4tools.synth import GEMMA4_26B_A4B
 
 GiB = 2**30
@@ -63,7 +63,12 @@ def test_mla_latent_and_shared_layers():
 
 
 def _tiny_gpu(mem: int) -> GPU:
-    return GPU("t", "test", mem, 1_000_000_000_000, "9.0", "marlin", True)
+    return GPU("t", "test", mem, 1_000_000_000_000, "9.0", "marlin", True, sms=132, threads_per_sm=2048)
+
+
+# The CUDA context (gpus.json): 275,578,880 B measured fixed + SMs x threads per SM x 1 KiB of stack
+CTX_H100 = 275_578_880 + 132 * 2048 * 1024       # 552,402,944 B, the whole context measured on an H100
+CTX_RTX3090 = 275_578_880 + 82 * 1536 * 1024     # 404,553,728 B
 
 
 # -- properties --------------------------------------------------------------------------------
@@ -288,7 +293,7 @@ def test_vllm_margin_hand_computed_when_weights_do_not_fit(small):
 
 
 def test_sglang_plain_and_llamacpp_margins_hand_computed(small):
-    ctx = 512 * 2**20                                # CUDA context (gpus.json context_overhead_bytes)
+    ctx = CTX_H100                                   # CUDA context of a 132-SM, 2048-thread GPU
     one_request = 4096 * 16 * 4 * (128 + 128) * 2
     weights_ckpt = 16 * SMALL_LINEAR_ELEMENTS_PER_LAYER * 2 + SMALL_EMBED_AND_HEAD
     sg = estimate(small, _tiny_gpu(2 * GiB), Settings(engine="sglang", context=4096, mem_fraction=0.88)).report
@@ -305,6 +310,20 @@ def test_sglang_plain_and_llamacpp_margins_hand_computed(small):
     assert lc["margin_bytes"] < -(weights_ckpt - embed - (2 * GiB - ctx))   # all of the weights' excess, and more
 
 
+def test_cuda_context_scales_with_resident_threads():
+    """The context is the measured fixed part plus the stack backing every resident thread: an
+    RTX 3090 (82 SMs x 1536 threads) keeps 0.377 GiB, an H100 (132 x 2048) 0.514 GiB, the whole
+    gap measured on the H100 (bench/cuda_context.py)."""
+    from nvfp4tools.gpus import context_overhead_bytes
+
+    assert context_overhead_bytes(get_gpu("h100-sxm")) == CTX_H100 == 552_402_944
+    assert context_overhead_bytes(get_gpu("rtx3090")) == CTX_RTX3090
+    for g in all_gpus():
+        assert g.sms > 0 and g.threads_per_sm in (1536, 2048), g.key
+    # a GPU given only by --vram inherits its model GPU's SMs, so its context too
+    assert context_overhead_bytes(custom_gpu(24 * GiB, like=get_gpu("rtx3090"))) == CTX_RTX3090
+
+
 def test_sglang_hybrid_margin_counts_the_swa_pool_minimum(g26):
     """Hybrid SWA: one request needs `context` full tokens and a SWA pool above window + 1; at
     ratio 0.05 that takes ceil(1026 / 0.05) = 20,520 full tokens of 15,360 B (FP8 cell)."""
@@ -313,7 +332,7 @@ def test_sglang_hybrid_margin_counts_the_swa_pool_minimum(g26):
         s = Settings(engine="sglang", context=8192, kv_dtype="fp8", mem_fraction=mfs, swa_ratio=0.05,
                      weights_bytes_override=w)
         r = estimate(g26["all-linear"], get_gpu("rtx3090"), s).report
-        pool = int(mfs * (total - 512 * 2**20) - w)
+        pool = int(mfs * (total - CTX_RTX3090) - w)
         assert r["capacity"]["required_kv_bytes"] == 20_520 * 15_360
         assert r["margin_bytes"] == pool - 20_520 * 15_360
         assert r["fits"] is (pool >= 20_520 * 15_360)

@@ -290,13 +290,17 @@ def gpus_cmd(fmt: str) -> None:
       nvfp4tools gpus --format json
     """
     from nvfp4tools._version import __version__
-    from nvfp4tools.gpus import table_rows
+    from nvfp4tools.gpus import all_gpus, context_overhead_bytes, table_rows
 
-    report = {"schema": "nvfp4tools/gpus/v1", "tool_version": __version__, "gpus": table_rows()}
+    ctx = {g.key: context_overhead_bytes(g) for g in all_gpus()}
+    report = {"schema": "nvfp4tools/gpus/v1", "tool_version": __version__,
+              "gpus": [dict(g, context_bytes=ctx[g["key"]]) for g in table_rows()]}
 
     def render(r: dict[str, Any]) -> str:
-        rows = [[g["key"], g["name"], _gib(g["memory_total_bytes"]), f"{g['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s",
-                 g["compute_capability"], g["fp4"], "yes" if g["fp8_tensor_cores"] else "no"] for g in r["gpus"]]
-        return tabulate(rows, headers=["key", "name", "reported memory", "bandwidth", "cc", "fp4", "fp8 TC"],
-                        tablefmt="simple") + "\n\nsources: nvfp4tools gpus --format json"
+        rows = [[g["key"], g["name"], _gib(g["memory_total_bytes"]), f"{g['bandwidth_bytes_per_s'] / 1e9:.0f}",
+                 g["compute_capability"], g["fp4"], "yes" if g["fp8_tensor_cores"] else "no", g["sms"],
+                 _gib(g["context_bytes"])] for g in r["gpus"]]
+        return tabulate(rows, headers=["key", "name", "memory", "GB/s", "cc", "fp4", "fp8", "SMs",
+                                       "context"],
+                        tablefmt="simple", disable_numparse=True) + "\n\nsources: nvfp4tools gpus --format json"
     emit(report, fmt, render)
