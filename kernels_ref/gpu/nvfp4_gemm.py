@@ -233,12 +233,21 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
         bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
         # the widest K block that divides K: no K masks (2112 and 704 take 64)
         bk = next((b for b in (256, 128) if k % b == 0), 64)
-    else:
+    elif m <= 64 or not narrow_tiles(m, n, k):
         bm, bn, bk, warps, stages, swap, max_split = (64 if m <= 64 else 128), 64, 128, 4, 4, 0, 4
+    else:
+        # 128 x 32 tiles: twice the programs of 128 x 64 without a K split, so small-K layers need
+        # none (2816x704 at M = 128: 9.9 -> 6.6 us); three stages keep two programs per SM
+        bm, bn, bk, warps, stages, swap, max_split = 128, 32, 128, 4, 3, 0, 4
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     blocks = triton.cdiv(k, bk)
     split = 1
-    if m <= 16:
+    if bn == 32:
+        # one wave of two programs per SM, each with at least four K blocks (measured on the ten
+        # Gemma-4-26B shapes: a second wave or shorter K slices cost more than the split gains)
+        while split < max_split and tiles * (split + 1) <= 2 * sms and blocks >= 4 * (split + 1):
+            split += 1
+    elif m <= 16:
         # the split-K fix-up costs no memset: aim at about two programs per SM (the loads need
         # more in flight than one 4-warp program keeps), each with at least one K block
         # (measured on the eight Gemma-4-26B shapes: 8192x2816 split 3, 2816x8192 and 2816x4096
@@ -246,8 +255,7 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
         while tiles * split < 2 * sms and split < max_split and blocks >= split + 1:
             split += 1
     else:
-        # about one wave of output tiles (2816x8192 at M = 128: split 3, 37.6 -> 32.3 us; 128
-        # tiles of 8192x2816 stay unsplit: split 2 measured 30 vs 22 us)
+        # 17 <= M <= 64: about one wave of output tiles
         while tiles * split < 0.75 * sms and split < max_split and blocks >= 2 * (split + 1):
             split += 1
     if m <= 16:
@@ -258,6 +266,19 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
     if in_graph is None:
         in_graph = torch.cuda.is_current_stream_capturing()
     return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k) and in_graph)
+
+
+# Every 32-column program reads the whole activation tile column of its M block from L2: at
+# BLOCK_N 32 that is 2 M K (N / 32) bytes, twice 128 x 64's. Up to this many bytes the extra
+# programs win (the six Gemma-4-26B shapes of at most 2816 x 2112 at M = 128: 0.49-0.65x ->
+# 0.57-0.76x cuBLAS bf16); above it the re-reads cost more (8192x2816: 20.3 -> 24.8 us,
+# 4096x2816: 16.0 -> 16.9 us; bench/RESULTS.md).
+NARROW_TILE_REREAD_BYTES = 48 * 2**20
+
+
+def narrow_tiles(m: int, n: int, k: int) -> bool:
+    """Whether M > 64 takes 128 x 32 output tiles rather than 128 x 64 (NARROW_TILE_REREAD_BYTES)."""
+    return 2 * m * k * n // 32 <= NARROW_TILE_REREAD_BYTES
 
 
 def tma_ok(k: int) -> bool:
