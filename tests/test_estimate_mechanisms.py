@@ -89,12 +89,13 @@ def test_tied_but_stored_lm_head_is_not_loaded(g26, engine):
     assert u["weights"]["bytes_total"] == plain["weights"]["bytes_total"] + nbytes
 
 
-def _gpt_oss_like(n_experts: int = 4):
+def _gpt_oss_like(n_experts: int = 4, biases: bool = False):
     """One gpt-oss-120b-shaped MoE layer (hidden 2880, expert intermediate 2880) with MXFP4
-    experts: n/2 bytes of E2M1 codes + n/32 E8M0 scales per matrix."""
+    experts: n/2 bytes of E2M1 codes + n/32 E8M0 scales per matrix; BIASES adds the BF16
+    ``{gate_up,down}_proj_bias`` [E, out] gpt-oss stores beside them."""
     from nvfp4tools.arch import parse_arch
     from nvfp4tools.model import Checkpoint, TensorInfo, TensorPart
-    from nvfp4tools.schemes import MXFP4
+    from nvfp4tools.schemes import BF16, MXFP4
 
     arch = parse_arch({"model_type": "gpt_oss", "hidden_size": 2880, "intermediate_size": 2880,
                        "num_hidden_layers": 1, "num_attention_heads": 64, "num_key_value_heads": 8,
@@ -109,24 +110,65 @@ def _gpt_oss_like(n_experts: int = 4):
                             shape[:-1] + (shape[-1] // 32,)))
         tensors[name] = TensorInfo(name, shape, MXFP4, parts, role="experts", proj=proj, layer=0,
                                    stack="model", n_experts_fused=shape[0])
-    return Checkpoint("mxfp4", "gpt-oss-like", "", tensors, (), 0, arch=arch), tensors
+    if not biases:
+        return Checkpoint("mxfp4", "gpt-oss-like", "", tensors, (), 0, arch=arch), tensors
+    everything = dict(tensors)
+    for proj, out in (("gate_up", 5760), ("down", 2880)):
+        name = f"model.layers.0.mlp.experts.{proj}_proj_bias"
+        part = TensorPart("data", name, "m.safetensors", 0, n_experts * out * 2, "BF16", (n_experts, out))
+        everything[name] = TensorInfo(name, (n_experts, out), BF16, (part,), role="experts", layer=0, stack="model")
+    return Checkpoint("mxfp4", "gpt-oss-like", "", everything, (), 0, arch=arch), tensors
 
 
 @pytest.mark.parametrize("gpu,factor", [("rtx4090", 2944 * 3072 / 2880**2),     # Marlin: I to 128, H to 256
                                         ("a100-80gb", 2944 * 3072 / 2880**2),   # Marlin
-                                        ("b200", 2944 * 3072 / 2880**2),        # TRT-LLM: the same rounding
-                                        ("h100-sxm", 1.0)])                     # Triton: 2880 % 64 == 0
-def test_vllm_mxfp4_moe_padding_gpt_oss(gpu, factor):
+                                        ("b200", 2944 * 3072 / 2880**2)])       # TRT-LLM: the same rounding
+@pytest.mark.parametrize("biases", [False, True])
+def test_vllm_mxfp4_moe_padding_gpt_oss(gpu, factor, biases):
     """vLLM's MXFP4 MoE rounding for gpt-oss (fused_moe/oracle/mxfp4.py), as the compat model's
     kernel path gives it, lands in the weights as kernel_padding: +9.04% of the expert bytes off
-    Hopper, none on Hopper's Triton path."""
-    ck, tensors = _gpt_oss_like()
+    Hopper (the biases stay as loaded there; Hopper's Triton path: the test below)."""
+    ck, tensors = _gpt_oss_like(biases=biases)
     experts = sum(t.nbytes for t in tensors.values())
     terms = {t.name: t for t in weight_terms(ck, get_gpu(gpu), Settings(engine="vllm"))}
     assert terms["kernel_padding"].bytes == pytest.approx(experts * (factor - 1), rel=1e-6)
-    if factor > 1:
-        assert "MXFP4 MoE" in terms["kernel_padding"].mechanism
+    assert "MXFP4 MoE" in terms["kernel_padding"].mechanism
     assert "kernel_padding" not in {t.name for t in weight_terms(ck, get_gpu(gpu), Settings(engine="llamacpp"))}
+
+
+@pytest.mark.parametrize("tp,created,swizzled,fp32", [
+    # gpt-oss-120b's dims at TP 1: 2880 % 64 == 0, so nothing is rounded at creation; the codes
+    # [5760, 1440] and [2880, 1440] fill 16 x 32-byte tiles; scale groups 90 -> 92, rows
+    # 5760 -> 5888 and 2880 -> 3072; biases (5760 + 2880) x 2 B more per expert
+    (1, 0, 4 * ((5888 * 92 - 5760 * 90) + (3072 * 92 - 2880 * 90)), 4 * (5760 + 2880) * 2),
+    # TP 2: intermediate 1440 per GPU, 1472 as created (+4.25 bits per added weight); the codes
+    # [2944, 1440] and [2880, 736] still fill the tiles; scales: gate/up rows 2944 -> 3072 and
+    # groups 90 -> 92, down rows 2880 -> 3072 and groups 46 -> 48; biases: gate/up [2944] FP32
+    # against the stored 2880 x 2 B, down [2880] 2 B more on each GPU
+    (2, 2 * 4 * ((2944 - 2880) * 2880 + 2880 * (1472 - 1440)) * 17 // 32,
+     2 * 4 * ((3072 * 92 - 2944 * 90) + (3072 * 48 - 2880 * 46)),
+     2 * 4 * ((2944 * 4 - 2880 * 2) + 2880 * 2)),
+])
+def test_vllm_triton_mxfp4_hopper_layout_gpt_oss(tp, created, swizzled, fp32):
+    """vLLM 0.34.0's Triton MXFP4 MoE on sm_90, by hand (4 experts, all GPUs together): the
+    intermediate size per GPU is rounded to 64 at weight creation; then _swizzle_mxfp4 pads each
+    expert's E8M0 scales [N, K/32] to K/32 a multiple of 4 and HopperMXScaleLayout (num_warps 8)
+    N to 256, HopperMXValueLayout pads the codes [N, K/2] to 16 rows x 32 bytes, and the BF16
+    biases become FP32 copies. All of it lands in kernel_padding."""
+    ck, _ = _gpt_oss_like(biases=True)
+    pad = next(t for t in report(ck, "h100-sxm", engine="vllm", tp=tp)["weights"]["terms"]
+               if t["name"] == "kernel_padding")
+    assert pad["bytes"] == created + swizzled + fp32
+    assert "Hopper MX layouts" in pad["mechanism"] and "FP32" in pad["mechanism"]
+    assert "mxfp4_utils.py _swizzle_mxfp4" in pad["source"] and "hopper_scale.py" in pad["source"]
+    # without biases only the padding is charged
+    plain, _ = _gpt_oss_like()
+    assert next(t for t in report(plain, "h100-sxm", engine="vllm", tp=tp)["weights"]["terms"]
+                if t["name"] == "kernel_padding")["bytes"] == created + swizzled
+    # SGLang's MXFP4 MoE and vLLM off Hopper do not convert to this layout
+    for gpu, engine in (("h100-sxm", "sglang"), ("a100-80gb", "vllm"), ("b200", "vllm")):
+        terms = {t.name: t for t in weight_terms(ck, get_gpu(gpu), Settings(engine=engine, tp=tp))}
+        assert "Hopper MX" not in terms["kernel_padding"].mechanism
 
 
 def test_sglang_rope_cache_stays_fp32_on_cuda(g26):

@@ -14,7 +14,8 @@ llama-cpp-python 0.3.36 (llama.cpp commit 0c1e57098, the engine this project's t
 
 from __future__ import annotations
 
-from .model import CC, FormatFact, GGMLTypeFact, KernelPath, KVDtypeFact, LoaderFact, Note, Release, Shape, Source
+from .model import (CC, FormatFact, GGMLTypeFact, KernelPath, KVDtypeFact, LoaderFact, MxLayout, Note, Release, Shape,
+                    Source)
 
 RELEASES = {
     "vllm": Release("vllm", "0.34.0", "62d4bc3c7", "vLLM 0.34.0 wheel, vllm/_version.py"),
@@ -62,6 +63,23 @@ _VLLM_HUMMING = Source("vllm/model_executor/layers/quantization/utils/humming/pr
                        "prefers_humming (_HUMMING_PREFERRED_CAPABILITIES = {90}); kernels/linear/nvfp4/humming.py", _V)
 _VLLM_MXFP4 = Source("vllm/model_executor/layers/fused_moe/oracle/mxfp4.py",
                      "select_mxfp4_moe_backend, mxfp4_round_up_hidden_size_and_intermediate_size", _V)
+# vLLM's Triton MXFP4 MoE on sm_90 converts the experts with _swizzle_mxfp4 (num_warps left at its
+# default 8) into the triton_kernels layouts vendored in the wheel (vLLM imports a site-packages
+# triton_kernels first; the wheel does not depend on one). Values: HopperMXValueLayout
+# (mma_version 3) pads the [N, K / 2] bytes to its tile, 2 x 4 x 2 = 16 rows by 4 x 2 x 4 = 32
+# bytes. Scales: on sm_90 _swizzle_mxfp4 itself pads the K / 32 groups to a multiple of 4 (its
+# "Patches #47303" block), then HopperMXScaleLayout pads N to 2 x num_warps x 2 x 8 = 256 and the
+# groups to 2 (already met). The swizzled tensors replace the params (store_params_in_triton), and
+# the BF16 expert biases are replaced by .to(torch.float32) copies.
+_VLLM_HOPPER_MX = MxLayout(
+    value_rows=16, value_k_bytes=32, scale_rows=256, scale_groups=4, bias_bytes=4,
+    source=Source("vllm/model_executor/layers/quantization/utils/mxfp4_utils.py",
+                  "_swizzle_mxfp4; third_party/triton_kernels/tensor_details/layout_details/hopper_value.py "
+                  "HopperMXValueLayout.swizzle_data, hopper_scale.py HopperMXScaleLayout.swizzle_data; "
+                  "fused_moe/oracle/mxfp4.py convert_gpt_oss_weight_to_mxfp4_moe_kernel_format (TRITON_BACKENDS)",
+                  _V),
+    note="triton_kernels' Hopper MX layouts pad the codes to 16 rows x 32 bytes and the block scales to 256 rows "
+         "x 4 groups; the expert biases become FP32")
 _IN = ("input_scale",)
 # humming-kernels is a dependency of the vLLM 0.34.0 wheel; on sm_90 it is tried before Marlin
 _HUMMING_NOTE = "weight-only; where the humming package does not import, Marlin runs instead"
@@ -108,7 +126,7 @@ KERNEL_PATHS: tuple[KernelPath, ...] = (
     KernelPath("vllm.mxfp4.moe.trtllm", "vllm", "moe", "mxfp4", (10, 0), (10, 3), "FlashInfer TRT-LLM MXFP4 MoE",
                "W4A16", _VLLM_MXFP4, formats=("mxfp4",), pad_hidden=256, pad_intermediate=128),
     KernelPath("vllm.mxfp4.moe.triton", "vllm", "moe", "mxfp4", (9, 0), (9, 0), "Triton (triton_kernels) MXFP4 MoE",
-               "W4A16", _VLLM_MXFP4, formats=("mxfp4",), pad_intermediate=64),
+               "W4A16", _VLLM_MXFP4, formats=("mxfp4",), pad_intermediate=64, layout=_VLLM_HOPPER_MX),
     KernelPath("vllm.mxfp4.moe.marlin", "vllm", "moe", "mxfp4", (8, 0), (12, 9), "Marlin MXFP4 MoE", "W4A16",
                _VLLM_MXFP4, formats=("mxfp4",), pad_hidden=256, pad_intermediate=128, note=_MARLIN_NOTE),
     # vLLM weight-only int4 (compressed-tensors pack-quantized, GPTQ, AWQ)

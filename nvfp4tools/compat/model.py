@@ -81,6 +81,22 @@ class FormatFact:
 
 
 @dataclass(frozen=True)
+class MxLayout:
+    """How a kernel re-stores MXFP4 expert weights after loading, in its own swizzled layout:
+    each tensor zero-padded to the layout's tiles (per expert, on the GEMM's [N, K] as created,
+    N output rows, K input features), and the expert biases cast to another dtype. The new
+    tensors replace the loaded ones, so the padding and the wider biases stay in memory."""
+
+    value_rows: int              # E2M1 codes: N padded to a multiple of this
+    value_k_bytes: int           # ... and the packed bytes along K (K / 2) likewise
+    scale_rows: int              # E8M0 block scales: N padded to a multiple of this
+    scale_groups: int            # ... and the scale groups along K (K / 32) likewise
+    bias_bytes: int              # bytes per element of the expert biases after the cast
+    source: Source
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class KernelPath:
     """One way an engine runs a quantized layer on a class of GPUs.
 
@@ -105,6 +121,7 @@ class KernelPath:
     pads: str | None = None      # how the engine pads shapes in memory: "marlin", "marlin_moe", "native32"
     pad_hidden: int = 1          # MoE: hidden size rounded up to a multiple at weight creation
     pad_intermediate: int = 1    # MoE: expert intermediate size (per GPU) rounded up likewise
+    layout: MxLayout | None = None     # MoE: the kernel's own layout, applied after that rounding
     ignores: tuple[str, ...] = ()      # stored parts the kernel does not use (PartRole names)
     input_scale: str | None = None     # MoE W4A4: "max" (one maximum over experts) or None (per expert)
     note: str = ""

@@ -519,50 +519,101 @@ def padding_rule(p: KernelPath) -> str:
         return "the experts' intermediate size per shard to 64 (to 128 when the hidden size is not a multiple of 128)"
     if p.pads == "native32":
         return "N and K to 32"
-    if p.pad_hidden > 1 or p.pad_intermediate > 1:
-        return f"the hidden size to {p.pad_hidden} and the experts' intermediate size to {p.pad_intermediate}"
-    return "none"
+    sizes = [f"the {what} to {m}" for what, m in (("hidden size", p.pad_hidden),
+                                                   ("experts' intermediate size", p.pad_intermediate)) if m > 1]
+    rule = " and ".join(sizes)
+    if p.layout is not None:
+        rule = f"{rule}; then {p.layout.note}" if rule else p.layout.note
+    return rule or "none"
 
 
-def padding_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tuple[int, list[KernelPath]]:
-    """Bytes the engine's kernels add to the weights by zero-padding shapes (all GPUs together),
-    and the padding paths that did so."""
+def _pads(p: KernelPath | None) -> bool:
+    return p is not None and (p.pads is not None or p.pad_hidden > 1 or p.pad_intermediate > 1)
+
+
+def _padded_nk(p: KernelPath, g: Gemm) -> tuple[int, int]:
+    """G's per-GPU (N, K) as path P stores it."""
+    if p.pads == "marlin":
+        return marlin_padded_nk(g.n, g.k, g.group)
+    if p.pads == "native32":
+        return _round_up(g.n, 32), _round_up(g.k, 32)
+    if p.pads == "marlin_moe":
+        # intermediate padded per gate/up shard, hidden never (prepare_nvfp4_moe_layer_for_marlin)
+        step = 64 if g.hidden % 128 == 0 else 128
+        i2 = _round_up(g.intermediate, step)
+        if g.row_parallel:                                # down: [H, I]
+            return g.n, i2
+        return (g.n // g.intermediate) * i2, g.k          # gate/up shards: [shards * I, H]
+    # MoE sizes rounded up at weight creation (MXFP4)
+    h2, i2 = _round_up(g.hidden, p.pad_hidden), _round_up(g.intermediate, p.pad_intermediate)
+    shards = max(1, g.n // g.intermediate) if not g.row_parallel else 1
+    return (h2, i2) if g.row_parallel else (shards * i2, h2)
+
+
+def _lead(t: TensorInfo) -> int:
+    """Matrices in T (experts fused into one tensor: their count)."""
+    lead = 1
+    for d in t.shape[:-2]:
+        lead *= d
+    return lead
+
+
+def _paths_by_gemm(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int) -> list[tuple[Gemm, KernelPath]]:
     by: dict[tuple[str, str], list[TensorInfo]] = {}
     for t in _linears(ckpt):
         fam = weight_family(t)
         assert fam is not None
         by.setdefault((layer_kind(t), fam), []).append(t)
-    total = 0.0
-    used: dict[str, KernelPath] = {}
+    out = []
     for (kind, fam), ts in by.items():
         for g in gemms(ts, tp):
             p = kernel_path(engine, kind, fam, cc, ckpt.format, g)
-            if p is None or (p.pads is None and p.pad_hidden == 1 and p.pad_intermediate == 1):
-                continue
-            bpe = _bytes_per_element(g.tensors[0])
-            lead = 1
-            for d in g.tensors[0].shape[:-2]:
-                lead *= d
-            if p.pads == "marlin":
-                n2, k2 = marlin_padded_nk(g.n, g.k, g.group)
-            elif p.pads == "native32":
-                n2, k2 = _round_up(g.n, 32), _round_up(g.k, 32)
-            elif p.pads == "marlin_moe":
-                # intermediate padded per gate/up shard, hidden never (prepare_nvfp4_moe_layer_for_marlin)
-                step = 64 if g.hidden % 128 == 0 else 128
-                i2 = _round_up(g.intermediate, step)
-                if g.row_parallel:                                # down: [H, I]
-                    n2, k2 = g.n, i2
-                else:                                             # gate/up shards: [shards * I, H]
-                    n2, k2 = (g.n // g.intermediate) * i2, g.k
-            else:   # MoE sizes rounded up at weight creation (MXFP4)
-                h2, i2 = _round_up(g.hidden, p.pad_hidden), _round_up(g.intermediate, p.pad_intermediate)
-                shards = max(1, g.n // g.intermediate) if not g.row_parallel else 1
-                n2, k2 = (h2, i2) if g.row_parallel else (shards * i2, h2)
-            extra = (n2 * k2 - g.n * g.k) * lead * tp
-            if extra:
-                total += extra * bpe
-                used[p.id] = p
+            if p is not None:
+                out.append((g, p))
+    return out
+
+
+def padding_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tuple[int, list[KernelPath]]:
+    """Bytes the engine's kernels add to the weights by zero-padding shapes (all GPUs together),
+    and the padding paths that did so."""
+    total = 0.0
+    used: dict[str, KernelPath] = {}
+    for g, p in _paths_by_gemm(ckpt, engine, cc, tp):
+        if not _pads(p):
+            continue
+        n2, k2 = _padded_nk(p, g)
+        extra = (n2 * k2 - g.n * g.k) * _lead(g.tensors[0]) * tp
+        if extra:
+            total += extra * _bytes_per_element(g.tensors[0])
+            used[p.id] = p
+    return int(total), list(used.values())
+
+
+def layout_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tuple[int, list[KernelPath]]:
+    """Bytes a kernel's own layout adds after loading (all GPUs together), on top of
+    :func:`padding_bytes`: the MXFP4 expert codes and block scales zero-padded to the layout's
+    tiles (from the shapes as created, :func:`padding_bytes`'s rounding already counted), and the
+    expert biases (gpt-oss ``<experts>_bias``, stored beside the fused weight) cast to a wider
+    dtype. Each GPU holds its own copy of what it converts, hence the factor ``tp``."""
+    total = 0.0
+    used: dict[str, KernelPath] = {}
+    for g, p in _paths_by_gemm(ckpt, engine, cc, tp):
+        lay = p.layout
+        if lay is None:
+            continue
+        n2, k2 = _padded_nk(p, g) if _pads(p) else (g.n, g.k)
+        block = g.group if g.group > 0 else 32
+        lead = _lead(g.tensors[0])
+        codes = _round_up(n2, lay.value_rows) * _round_up(k2 // 2, lay.value_k_bytes) - n2 * (k2 // 2)
+        scales = _round_up(n2, lay.scale_rows) * _round_up(k2 // block, lay.scale_groups) - n2 * (k2 // block)
+        extra = float((codes + scales) * lead * tp)    # one byte per code pair and per E8M0 scale
+        bias = ckpt.tensors.get(g.tensors[0].name + "_bias")
+        if bias is not None:
+            # the bias of the N outputs as created, minus this GPU's share of the stored bytes
+            extra += (lead * n2 * lay.bias_bytes - lead * g.n * _bytes_per_element(bias)) * tp
+        if extra:
+            total += extra
+            used[p.id] = p
     return int(total), list(used.values())
 
 
