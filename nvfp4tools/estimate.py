@@ -287,18 +287,12 @@ def weight_terms(ckpt: Checkpoint, gpu: GPU, s: Settings) -> list[Term]:
         from . import compat
         from .compat.model import parse_cc
 
-        from .compat.rules import layout_bytes
-
         cc = parse_cc(gpu.compute_capability)
         pad, paths = compat.padding_bytes(ckpt, s.engine, cc, s.tp)
-        # a kernel's own layout (vLLM's Triton MXFP4 MoE on sm_90) pads again after loading and
-        # widens the expert biases: the same path's bytes, so the same term
-        lay, lay_paths = layout_bytes(ckpt, s.engine, cc, s.tp)
-        used = {p.id: p for p in paths + lay_paths}
-        rules = "; ".join(f"{p.kernel}: {compat.padding_rule(p)}" for _, p in sorted(used.items()))
-        cites = {p.source.cite() for p in paths} | {p.layout.source.cite() for p in lay_paths if p.layout}
-        terms.append(Term("kernel_padding", pad + lay, f"on cc {gpu.compute_capability} the engine's kernels zero-pad "
-                          f"shapes their tiles do not cover, in memory ({rules or 'no kernel here pads'})",
+        rules = "; ".join(f"{p.kernel}: {compat.padding_rule(p)}" for p in sorted(paths, key=lambda p: p.id))
+        cites = {p.source.cite() for p in paths} | {p.layout.source.cite() for p in paths if p.layout}
+        terms.append(Term("kernel_padding", pad, f"on cc {gpu.compute_capability} the engine's kernels zero-pad shapes "
+                          f"their tiles do not cover, in memory ({rules or 'no kernel here pads'})",
                           "; ".join(sorted(cites)) or "docs/engine-compat.md"))
     sglang_moe = None
     if s.engine == "sglang":

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from nvfp4tools.model import Checkpoint, Finding, TensorInfo
 
 from . import facts
-from .model import CC, ENGINE_NAMES, Assessment, Engine, KernelPath, PathUse, cc_text
+from .model import CC, ENGINE_NAMES, Assessment, Engine, KernelPath, MxLayout, PathUse, cc_text
 
 # projections an engine fuses into one GEMM; Marlin's shape check runs on the fused width
 # (vLLM QKVParallelLinear / MergedColumnParallelLinear: output_size_per_partition is the sum)
@@ -574,47 +574,37 @@ def _paths_by_gemm(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int) -> list[tu
 
 
 def padding_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tuple[int, list[KernelPath]]:
-    """Bytes the engine's kernels add to the weights by zero-padding shapes (all GPUs together),
-    and the padding paths that did so."""
+    """Bytes the engine's kernels add to the weights in memory (all GPUs together), and the paths
+    that add them: shapes zero-padded to the kernel's tiles, then, where the path has its own
+    layout (``KernelPath.layout``), the MXFP4 expert codes and block scales padded again to the
+    layout's tiles and the expert biases (gpt-oss ``<experts>_bias``, stored beside the fused
+    weight) cast to a wider dtype. Each GPU holds its own copy of what it converts, hence ``tp``."""
     total = 0.0
     used: dict[str, KernelPath] = {}
     for g, p in _paths_by_gemm(ckpt, engine, cc, tp):
-        if not _pads(p):
-            continue
-        n2, k2 = _padded_nk(p, g)
-        extra = (n2 * k2 - g.n * g.k) * _lead(g.tensors[0]) * tp
-        if extra:
-            total += extra * _bytes_per_element(g.tensors[0])
-            used[p.id] = p
-    return int(total), list(used.values())
-
-
-def layout_bytes(ckpt: Checkpoint, engine: Engine, cc: CC, tp: int = 1) -> tuple[int, list[KernelPath]]:
-    """Bytes a kernel's own layout adds after loading (all GPUs together), on top of
-    :func:`padding_bytes`: the MXFP4 expert codes and block scales zero-padded to the layout's
-    tiles (from the shapes as created, :func:`padding_bytes`'s rounding already counted), and the
-    expert biases (gpt-oss ``<experts>_bias``, stored beside the fused weight) cast to a wider
-    dtype. Each GPU holds its own copy of what it converts, hence the factor ``tp``."""
-    total = 0.0
-    used: dict[str, KernelPath] = {}
-    for g, p in _paths_by_gemm(ckpt, engine, cc, tp):
-        lay = p.layout
-        if lay is None:
-            continue
+        t = g.tensors[0]
         n2, k2 = _padded_nk(p, g) if _pads(p) else (g.n, g.k)
-        block = g.group if g.group > 0 else 32
-        lead = _lead(g.tensors[0])
-        codes = _round_up(n2, lay.value_rows) * _round_up(k2 // 2, lay.value_k_bytes) - n2 * (k2 // 2)
-        scales = _round_up(n2, lay.scale_rows) * _round_up(k2 // block, lay.scale_groups) - n2 * (k2 // block)
-        extra = float((codes + scales) * lead * tp)    # one byte per code pair and per E8M0 scale
-        bias = ckpt.tensors.get(g.tensors[0].name + "_bias")
-        if bias is not None:
-            # the bias of the N outputs as created, minus this GPU's share of the stored bytes
-            extra += (lead * n2 * lay.bias_bytes - lead * g.n * _bytes_per_element(bias)) * tp
+        extra = (n2 * k2 - g.n * g.k) * _lead(t) * tp * _bytes_per_element(t)
+        if p.layout is not None:
+            extra += _layout_bytes(p.layout, ckpt, g, n2, k2) * tp
         if extra:
             total += extra
             used[p.id] = p
     return int(total), list(used.values())
+
+
+def _layout_bytes(lay: MxLayout, ckpt: Checkpoint, g: Gemm, n2: int, k2: int) -> float:
+    """What layout LAY adds on one GPU to gemm G, created as N2 x K2 (the rounding above counted)."""
+    block = g.group if g.group > 0 else 32
+    lead = _lead(g.tensors[0])
+    codes = _round_up(n2, lay.value_rows) * _round_up(k2 // 2, lay.value_k_bytes) - n2 * (k2 // 2)
+    scales = _round_up(n2, lay.scale_rows) * _round_up(k2 // block, lay.scale_groups) - n2 * (k2 // block)
+    extra = float((codes + scales) * lead)    # one byte per code pair and per E8M0 scale
+    bias = ckpt.tensors.get(g.tensors[0].name + "_bias")
+    if bias is not None:
+        # the bias of the N outputs as created, minus this GPU's share of the stored bytes
+        extra += lead * n2 * lay.bias_bytes - lead * g.n * _bytes_per_element(bias)
+    return extra
 
 
 # -- block scales Marlin flushes to zero (needs the block-scale bytes: inspect --deep) ---------

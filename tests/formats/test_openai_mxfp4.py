@@ -124,7 +124,8 @@ def test_verify_and_deep_nan_scale(goss, tmp_path, run_cli):
 def test_vllm_mxfp4_moe_paths_and_padding(tmp_path):
     """gpt-oss-20b's expert dimensions (hidden 2880, intermediate 2880, 32 experts): vLLM's
     Marlin and TRT-LLM MXFP4 MoE round hidden to 256 and intermediate to 128 (expert weights
-    x 3072*2944 / 2880^2 = 1.0904), Triton (sm_90) intermediate to 64 (2880 already is)."""
+    x 3072*2944 / 2880^2 = 1.0904), Triton (sm_90) intermediate to 64 (2880 already is), then
+    its own layout."""
     path = write_gpt_oss_mxfp4(str(tmp_path / "g20"), hidden=2880, inter=2880, experts=32, layers=1, header_only=True)
     ck = formats.read(path)
     ids = {a.ccs: [u.path.id for u in a.paths] for a in compat.assess_all(ck, ("vllm",))}
@@ -137,7 +138,13 @@ def test_vllm_mxfp4_moe_paths_and_padding(tmp_path):
     marlin, _ = padding_bytes(ck, "vllm", (8, 9))
     assert marlin == int(32 * (3 * 3072 * 2944 - 3 * 2880 * 2880) * bpe)
     assert round((experts + marlin) / experts, 4) == 1.0904
-    assert padding_bytes(ck, "vllm", (9, 0))[0] == 0
+    # Triton (sm_90): no rounding at 2880, but triton_kernels' Hopper layout pads the E8M0 scales
+    # to 256 rows x 4 groups (gate/up 5760 -> 5888 rows, down 2880 -> 3072; 90 -> 92 groups), the
+    # codes not at all (5760 and 2880 rows, 1440 bytes, are whole 16 x 32 tiles), and the fp16
+    # expert biases become fp32
+    scales = (5888 * 92 - 5760 * 90) + (3072 * 92 - 2880 * 90)
+    biases = (5760 + 2880) * (4 - 2)
+    assert padding_bytes(ck, "vllm", (9, 0))[0] == 32 * (scales + biases) == 2_048_000
     assert padding_bytes(ck, "vllm", (10, 0))[0] == marlin
     # below the minimum capability vLLM's Mxfp4Config refuses
     a = compat.assess(ck, compat.Target("vllm", (7, 5)))
