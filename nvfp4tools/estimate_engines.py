@@ -16,14 +16,12 @@ from .model import ArchInfo
 # ---------------------------------------------------------------------------------------------
 # KV terms for --explain: what one token costs per layer kind, and how many tokens each kind holds
 
-def kv_layer_terms(arch: ArchInfo, b: float, tp: int, kv_dtype: str, cells: dict[str, tuple[int, str]],
-                   suffix: str, source: str) -> list[Term]:
-    """One term per layer kind (full, sliding), named ``kv_<kind>_layers<SUFFIX>``: layers x KV
-    heads per GPU x (K head dim + V head dim) x bytes per element = bytes per token, times the
-    tokens CELLS gives that kind (kind -> (tokens, how the engine arrives at them)). K=V layers
-    (Gemma 4 full attention) still cache V; layers sharing another layer's cache cost nothing;
-    MLA caches one latent per token."""
-    out: list[Term] = []
+def kv_per_token(arch: ArchInfo, b: float, tp: int, kv_dtype: str) -> dict[str, tuple[float, str]]:
+    """Per layer kind (full, sliding) with a cache: (bytes per token, how they add up): layers x KV
+    heads per GPU x (K head dim + V head dim) x bytes per element. K=V layers (Gemma 4 full
+    attention) still cache V; layers sharing another layer's cache cost nothing; MLA caches one
+    latent per token."""
+    out: dict[str, tuple[float, str]] = {}
     for kind in ("full", "sliding"):
         layers = [l for l in arch.layers if l.kind == kind and l.kv_shared_from is None]
         if not layers:
@@ -45,15 +43,25 @@ def kv_layer_terms(arch: ArchInfo, b: float, tp: int, kv_dtype: str, cells: dict
                              + (" (K=V: V cached anyway)" if keqv else ""))
             per_tok += t
         shared = sum(1 for l in arch.layers if l.kind == kind and l.kv_shared_from is not None)
-        n_cells, how = cells.get(kind, (0, "not sized"))
         win = layers[0].window if kind == "sliding" else None
         what = "; ".join(parts) + f" per token ({kv_dtype})"
         if shared:
             what += f"; {shared} layers share another layer's cache (no bytes)"
         if win:
             what += f"; window {win}"
-        what += f"; x {n_cells:,} tokens: {how}"
-        out.append(Term(f"kv_{kind}_layers{suffix}", int(per_tok * n_cells), what, source))
+        out[kind] = (per_tok, what)
+    return out
+
+
+def kv_layer_terms(arch: ArchInfo, b: float, tp: int, kv_dtype: str, cells: dict[str, tuple[int, str]],
+                   suffix: str, source: str) -> list[Term]:
+    """One term per layer kind, named ``kv_<kind>_layers<SUFFIX>``: :func:`kv_per_token` times the
+    tokens CELLS gives that kind (kind -> (tokens, how the engine arrives at them))."""
+    out: list[Term] = []
+    for kind, (per_tok, what) in kv_per_token(arch, b, tp, kv_dtype).items():
+        n_cells, how = cells.get(kind, (0, "not sized"))
+        out.append(Term(f"kv_{kind}_layers{suffix}", int(per_tok * n_cells), f"{what}; x {n_cells:,} tokens: {how}",
+                        source))
     return out
 
 
@@ -418,11 +426,11 @@ def _llamacpp(ckpt, arch, gpu, s, kv_dtype, b, context, weights, notes):
              f"{n_ctx // n_stream} cells" + (f" and x {swa_cells // n_stream} SWA cells" if mask_swa else ""),
              "llama.cpp llama-graph.cpp build_attn_inp_kq_mask; ggml-backend graph allocation"),
     ]
-    per_layer = {t.name: t.mechanism for t in kv_layer_terms(arch, b, s.tp, kv_dtype, {
-        "full": (n_ctx, "n_ctx cells"), "sliding": (swa_cells or 0, "the SWA cells")}, "", "")}
-    for t in terms:
-        if t.name in per_layer:
-            t.mechanism = per_layer[t.name].rsplit("; x ", 1)[0] + "; " + t.mechanism
+    # the KV terms above count cells; say what each cell holds
+    for kind, (_, what) in kv_per_token(arch, b, s.tp, kv_dtype).items():
+        for t in terms:
+            if t.name == f"kv_{kind}_layers":
+                t.mechanism = what + "; " + t.mechanism
     # llama.cpp allocates the whole cache (n_ctx cells for -np sequences) at start, so that is
     # what must fit, not one request's share of it
     margin = budget - (gpu_weights + kv_total + compute)
