@@ -207,7 +207,7 @@ def parse_args(engine: str, argv: list[str]) -> dict[str, Any]:
             out[key] = v if v in ("auto", "all") else int(v)
         elif f.kind == "proportions":
             # common/arg.cpp -ts: split on [,/]+, std::stof each, fewer than llama_max_devices() (16)
-            vals = [x for x in re.split(r"[,/]+", v)]
+            vals = re.split(r"[,/]+", v)
             if len(vals) >= 16:
                 raise ValueError(f"{tok} gives {len(vals)} proportions; llama.cpp takes at most 15")
             out[key] = tuple(float(x) for x in vals)

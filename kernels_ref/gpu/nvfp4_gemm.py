@@ -229,20 +229,21 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
     """Default tiles, searched on an H100 (the Gemma-4-26B shapes; bench/README.md).
     IN_GRAPH: whether the call is captured into a CUDA graph (None: whether it is now)."""
     sms, _ = _device_info(torch.cuda.current_device())
+    narrow = m > 64 and narrow_tiles(m, n, k)
     if m <= 16:
         bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
         # the widest K block that divides K: no K masks (2112 and 704 take 64)
         bk = next((b for b in (256, 128) if k % b == 0), 64)
-    elif m <= 64 or not narrow_tiles(m, n, k):
-        bm, bn, bk, warps, stages, swap, max_split = (64 if m <= 64 else 128), 64, 128, 4, 4, 0, 4
-    else:
+    elif narrow:
         # 128 x 32 tiles: twice the programs of 128 x 64 without a K split, so small-K layers need
         # none (2816x704 at M = 128: 9.9 -> 6.6 us); three stages keep two programs per SM
         bm, bn, bk, warps, stages, swap, max_split = 128, 32, 128, 4, 3, 0, 4
+    else:
+        bm, bn, bk, warps, stages, swap, max_split = (64 if m <= 64 else 128), 64, 128, 4, 4, 0, 4
     tiles = triton.cdiv(n, bn) * triton.cdiv(m, bm)
     blocks = triton.cdiv(k, bk)
     split = 1
-    if bn == 32:
+    if narrow:
         # one wave of two programs per SM, each with at least four K blocks (measured on the ten
         # Gemma-4-26B shapes: a second wave or shorter K slices cost more than the split gains)
         while split < max_split and tiles * (split + 1) <= 2 * sms and blocks >= 4 * (split + 1):
@@ -255,7 +256,8 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
         while tiles * split < 2 * sms and split < max_split and blocks >= split + 1:
             split += 1
     else:
-        # 17 <= M <= 64: about one wave of output tiles
+        # 128 x 64 (or 64 x 64) tiles: about one wave of output tiles (2816x8192 at M = 128: split
+        # 3, 37.6 -> 32.3 us; 128 tiles of 8192x2816 stay unsplit: split 2 measured 30 vs 22 us)
         while tiles * split < 0.75 * sms and split < max_split and blocks >= 2 * (split + 1):
             split += 1
     if m <= 16:
@@ -277,7 +279,8 @@ NARROW_TILE_REREAD_BYTES = 48 * 2**20
 
 
 def narrow_tiles(m: int, n: int, k: int) -> bool:
-    """Whether M > 64 takes 128 x 32 output tiles rather than 128 x 64 (NARROW_TILE_REREAD_BYTES)."""
+    """Whether 128 x 32 output tiles rather than 128 x 64 suit this shape (NARROW_TILE_REREAD_BYTES;
+    _config asks at M > 64 only)."""
     return 2 * m * k * n // 32 <= NARROW_TILE_REREAD_BYTES
 
 
