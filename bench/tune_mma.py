@@ -5,7 +5,8 @@ checked against float64 first, then timed beside cuBLAS bf16 and the default con
 run, under ``nvfp4tools bench``'s graph timing. The kernels compile in parallel child processes
 first (one per CPU core, filling Triton's on-disk cache), so the timed loop only loads them.
 
-    python bench/tune_mma.py [--json out.json] [--shapes 8192x2816,2816x8192] [--ms 128,64]
+    python bench/tune_mma.py [--json out.json] [--shapes 8192x2816,2816x8192] [--ms 128,64] \
+        [--budget-s 40] [--ab-scales] [--no-reduce1]
 """
 
 from __future__ import annotations
@@ -22,21 +23,47 @@ from _gpu import graph_time_us, parse_configs, parse_shapes, shape_args, shape_w
 from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm
 
 
-def space(m: int) -> list[tuple[int, ...]]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages, DECODE, SWAP, TMA) to try at M >= 17
-    (swapped operands with TMA are refused by the kernel: wrong results, see nvfp4_gemm.py). Small
-    tiles (x32, 64x64) fill the SMs without a K split; 8 warps only on tiles of 8192+ outputs, 4
-    up to 16384; configs whose pipelined tiles would not fit the H100's 227 KB of shared memory
-    are left out (they fail to launch)."""
-    tiles = [(128, 32), (64, 32), (64, 64), (128, 64), (64, 128), (128, 128), (128, 256), (64, 256)]
-    out = []
-    for (bm, bn), bk, split, warps, stages, swap, tma in itertools.product(
-            tiles, (64, 128, 256), (1, 2, 3, 4, 6), (4, 8), (2, 3, 4), (0, 1), (0, 1)):
-        smem = (bm * bk * 2 + bn * bk // 2 + bn * bk // 16) * stages + bn * bk * 2
-        if (swap and tma) or (warps == 8 and bm * bn < 8192) or (warps == 4 and bm * bn > 16384) \
-                or smem > 200 * 1024 or (split == 6 and bn < 128):
+# (BLOCK_M, BLOCK_N, num_warps) tried: small tiles fill the SMs without a K split, wide ones re-read
+# the activations less and split K to fill them
+TILES = [(128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8), (128, 256, 8), (64, 64, 4), (64, 128, 4),
+         (64, 32, 4)]
+SPLITS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
+
+
+def space(m: int, n: int, k: int, sms: int) -> list[tuple[int, ...]]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages, DECODE, SWAP, TMA, REDUCE) to try at
+    M >= 17 on an N x K layer: each tile with K blocks of 64 and 128 (256 on the narrowest), two
+    pipeline depths, plain / TMA / swapped operands (swapped with TMA is refused by the kernel:
+    wrong results, see nvfp4_gemm.py), and up to three K splits among those that put 0.4-2.2
+    programs on each SM with at least one K block per slice (the fewest slices, about one program
+    per SM, about two), each summed both ways (REDUCE 0 / 1). Configs whose pipelined
+    tiles would not fit the H100's 227 KB of shared memory are left out. The order deals the
+    tiles out in turn, so that a --budget-s cut leaves every tile some configs."""
+    per_tile = []
+    for bm, bn, warps in TILES:
+        if bm > 2 * m:
             continue
-        out.append((bm, bn, bk, split, warps, stages, 2, swap, tma))
+        mine = []
+        bks = (64, 128, 256) if bn == 32 else (64, 128)
+        stage_set = (3, 4) if bn <= 64 else (2, 3)
+        for bk, stages, (swap, tma) in itertools.product(bks, stage_set, ((0, 0), (0, 1), (1, 0))):
+            smem = (bm * bk * 2 + bn * bk // 2 + bn * bk // 16) * stages + bn * bk * 2
+            if smem > 200 * 1024:
+                continue
+            tiles = -(-n // bn) * -(-m // bm)
+            blocks = -(-k // bk)
+            ok = [sp for sp in SPLITS if sp <= blocks and (0.4 * sms <= tiles * sp <= 2.2 * sms
+                                                          or (sp == 1 and tiles * 4 >= sms))]
+            # at most three: the fewest slices, about one program per SM and about two
+            picks = {min(ok, default=None)} | {min(ok, key=lambda sp, w=w: abs(tiles * sp - w * sms), default=None)
+                                               for w in (1, 2)}
+            for split in sorted(p for p in picks if p is not None):
+                for reduce in ((0,) if split == 1 else (0, 1)):
+                    mine.append((bm, bn, bk, split, warps, stages, 2, swap, tma, reduce))
+        per_tile.append(mine)
+    out = []
+    for i in range(max(map(len, per_tile), default=0)):
+        out += [t[i] for t in per_tile if i < len(t)]
     return out
 
 
@@ -64,11 +91,19 @@ def precompile(jobs: list[tuple[int, int, int, tuple]]) -> None:
     seen = {}
     for m, n, k, cs in jobs:
         for c in cs:
-            seen.setdefault(c[:3] + (min(c[3], 2),) + c[4:], (m, n, k))
+            seen.setdefault(c[:3] + (min(c[3], 2),) + c[4:], (m, n, k))   # split 2 stands for any > 1
     tasks = [(*shape, [c]) for c, shape in seen.items()]
     with mp.get_context("spawn").Pool(procs) as pool:
         done = sum(pool.map(_compile, tasks, chunksize=1))
     print(f"compiled {done} of {len(tasks)} kernels in {procs} processes")
+
+
+def byte_strided(scales: torch.Tensor) -> torch.Tensor:
+    """The same block scales in a view the kernel cannot read as words (odd row stride): the
+    byte-load path, for --ab-scales."""
+    wide = torch.empty((scales.shape[0], scales.shape[1] + 1), dtype=scales.dtype, device=scales.device)
+    wide[:, :-1] = scales
+    return wide[:, :-1]
 
 
 def main() -> None:
@@ -79,11 +114,21 @@ def main() -> None:
     ap.add_argument("--configs", default=None, help="these configs only, e.g. '128,64,256,1,4,3,2,0,1;...'")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="stop timing a shape's configs after this many seconds per shape (the ones left are reported)")
+    ap.add_argument("--no-reduce1", action="store_true", help="leave out REDUCE 1 (the shared split-K sum)")
+    ap.add_argument("--confirm", type=int, default=5,
+                    help="time a shape's best this many again, 3x the replays, beside a second cuBLAS timing")
+    ap.add_argument("--ab-scales", action="store_true",
+                    help="also time the default config with the block scales read byte by byte (the word loads' gain)")
     a = ap.parse_args()
     ms = [int(v) for v in a.ms.split(",")]
     shapes_arg = a.shapes or "8192x2816,2816x8192"
-    configs = (lambda m: parse_configs(a.configs)) if a.configs else space
-    precompile([(m, n, k, configs(m)) for n, k in parse_shapes(shapes_arg) for m in ms])
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+
+    def configs(m, n, k):
+        cs = parse_configs(a.configs) if a.configs else space(m, n, k, sms)
+        return [c for c in cs if not (a.no_reduce1 and len(c) > 9 and c[9])]
+
+    precompile([(m, n, k, configs(m, n, k)) for n, k in parse_shapes(shapes_arg) for m in ms])
     rows = []
     for n, k, gw, qs, ws in shape_weights(shapes_arg):
         g = gw.global_scale
@@ -92,10 +137,18 @@ def main() -> None:
             ref = x.double() @ gw.w.double().T
             t_b = graph_time_us([lambda wi=wi: torch.matmul(x, wi.T) for wi in ws])
             t_d = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemm(x, p, s, g) for p, s in qs])
+            row = {"N": n, "K": k, "M": m, "bf16_us": t_b, "default_us": t_d,
+                   "default_config": list(default_config(m, n, k, in_graph=True)[1])}
+            if a.ab_scales:
+                qb = [(p, byte_strided(s)) for p, s in qs]
+                row["default_byte_scales_us"] = graph_time_us([lambda p=p, s=s: nvfp4_w4a16_gemm(x, p, s, g)
+                                                               for p, s in qb])
+                print(f"{n}x{k} M={m}: default with word-read scales {t_d:.1f} us, byte-read "
+                      f"{row['default_byte_scales_us']:.1f} us")
             res = []
             t_shape = time.monotonic()
             left = 0
-            for c in configs(m):
+            for c in configs(m, n, k):
                 if a.budget_s and time.monotonic() - t_shape > a.budget_s:
                     left += 1
                     continue
@@ -112,16 +165,24 @@ def main() -> None:
                     continue
                 res.append((t, c))
             res.sort()
+            if a.confirm and res:
+                t_b2 = graph_time_us([lambda wi=wi: torch.matmul(x, wi.T) for wi in ws], replays=30)
+                again = [(graph_time_us([lambda p=p, s=s, c=c: nvfp4_w4a16_gemm(x, p, s, g, config=c) for p, s in qs],
+                                        replays=30), c) for _, c in res[:a.confirm]]
+                again.sort()
+                row["confirm"] = {"bf16_us": t_b2, "results": [{"us": t, "config": list(c)} for t, c in again]}
+                print(f"  confirmed: bf16 {t_b2:.1f} us; " + "; ".join(f"{t:.1f} us = {t_b2 / t:.2f}x {c}"
+                                                                    for t, c in again[:3]))
             best_by_tma = {tma: next((r for r in res if r[1][8] == tma), None) for tma in (0, 1)}
-            print(f"{n}x{k} M={m}: bf16 {t_b:.1f} us, default {default_config(m, n, k, in_graph=True)} {t_d:.1f} us "
+            print(f"{n}x{k} M={m}: bf16 {t_b:.1f} us, default {row['default_config']} {t_d:.1f} us "
                   f"= {t_b / t_d:.2f}x; {len(res)} configs" + (f", {left} left untimed (--budget-s)" if left else ""))
             for t, c in res[:a.top]:
                 print(f"    {t:6.1f} us = {t_b / t:4.2f}x  {c}")
             for tma, r in best_by_tma.items():
                 if r:
                     print(f"  best TMA={tma}: {r[0]:.1f} us = {t_b / r[0]:.2f}x {r[1]}")
-            rows.append({"N": n, "K": k, "M": m, "bf16_us": t_b, "default_us": t_d,
-                         "results": [{"us": t, "config": list(c)} for t, c in res]})
+            row["results"] = [{"us": t, "config": list(c)} for t, c in res]
+            rows.append(row)
             if a.json:   # after every shape: a run cut short keeps what it measured
                 with open(a.json, "w") as fh:
                     json.dump(rows, fh, indent=1)

@@ -224,6 +224,55 @@ def test_split_k_fixup_is_complete_and_repeatable(split):
 
 
 @needs_cuda
+@pytest.mark.parametrize("split", [2, 3, 6, 16])
+def test_split_k_sums_are_the_same_bits_either_way(split):
+    """The two split-K sums (REDUCE 0: the last slice to arrive sums whole tiles; REDUCE 1: every
+    slice sums its share of row bands after all have arrived) add the same planes in the same
+    order: equal bits, for plain and swapped operands, a partial last tile (N = 2115, M = 100),
+    repeated launches, and the counters back at zero."""
+    import torch
+
+    from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
+
+    gw = K.random_weight(2115, 2112, np.random.default_rng(5))
+    x = torch.randn(100, 2112, device="cuda", dtype=torch.bfloat16)
+    ref = x.double() @ gw.w.double().T
+    for tile in ((128, 64, 128, split, 4, 3, 2, 0, 0), (128, 128, 64, split, 8, 2, 2, 1, 0),
+                 (64, 32, 64, split, 4, 3, 2, 0, 0)):
+        ys = []
+        for reduce in (0, 1, 1, 0):
+            y = K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=tile + (reduce,))
+            assert not torch.isnan(y).any(), (tile, reduce)
+            ys.append(y)
+        assert all(torch.equal(ys[0], y) for y in ys[1:]), tile
+        assert float((ys[0].double() - ref).norm() / ref.norm()) < 1e-5
+    assert int(K._COUNTERS[("cuda", x.device.index)].abs().sum()) == 0
+
+
+@needs_cuda
+def test_scale_words_and_bytes_give_the_same_bits():
+    """The MMA kernel reads block scales as int32 words of four where the rows allow it
+    (scale_words_ok); a view it cannot read so (odd row stride) takes byte loads: equal bits, at
+    K blocks of 64, 128 and 256 and with K = 704 (not a multiple of 128: masked word loads)."""
+    import torch
+
+    from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
+
+    for k in (2816, 704):
+        gw = K.random_weight(300, k, np.random.default_rng(7))
+        wide = torch.empty((300, k // 16 + 1), dtype=torch.uint8, device="cuda")
+        wide[:, :-1] = gw.scales
+        byte_view = wide[:, :-1]
+        assert K.scale_words_ok(gw.scales, 128) and not K.scale_words_ok(byte_view, 128)
+        x = torch.randn(40, k, device="cuda", dtype=torch.bfloat16)
+        for bk in (64, 128, 256):
+            cfg = (64, 64, bk, 1, 4, 3, 2, 0, 0)
+            yw = K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
+            yb = K.nvfp4_w4a16_gemm(x, gw.packed, byte_view, gw.global_scale, poison=True, config=cfg)
+            assert torch.equal(yw, yb) and not torch.isnan(yw).any(), (k, bk)
+
+
+@needs_cuda
 @pytest.mark.parametrize("n,k", [(8192, 2816), (2816, 8192), (704, 2816), (2816, 704), (8192, 2112), (2049, 4096)])
 def test_m1_default_is_the_gemv_and_matches_float64(n, k):
     """M = 1 takes a GEMV kernel by default (nvfp4_gemv.py; on layers with 8192 rows or columns
@@ -333,7 +382,7 @@ def test_mma_kernel_tma_matches_float64(m):
         ref = x.double() @ gw.w.double().T
         kernel, default = K.default_config(m, n, k)
         assert kernel == "mma" and default[8] == 0, default   # eager: no host descriptor encoding
-        assert K.default_config(m, n, k, in_graph=True)[1] == default[:8] + (1,)
+        assert K.default_config(m, n, k, in_graph=True)[1] == default[:8] + (1,) + default[9:]
         bm = 64 if m <= 64 else 128
         for cfg in (None, (bm, 64, 128, 1, 4, 4, 2, 0, 1), (bm, 64, 128, 3, 4, 4, 2, 0, 1),
                     (bm, 64, 128, 2, 4, 3, 2, 0, 1), (bm, 128, 64, 2, 8, 3, 2, 0, 1), (bm, 64, 128, 3, 4, 4, 2, 0, 0),
@@ -345,7 +394,7 @@ def test_mma_kernel_tma_matches_float64(m):
                 # wgmma's fp32 accumulation aligns addends with truncation: 2.5e-6 measured at K = 8192
                 assert err < 1e-5, (n, k, cfg, err)
         # captured into a CUDA graph the default takes TMA (compiled first: no compiling in a capture)
-        K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, config=default[:8] + (1,))
+        K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, config=default[:8] + (1,) + default[9:])
         torch.cuda.synchronize()
         graph, seen = torch.cuda.CUDAGraph(), []
         with torch.cuda.graph(graph):

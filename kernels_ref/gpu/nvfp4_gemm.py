@@ -121,20 +121,38 @@ def decode_words(wq, sb, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
+def scale_word_bytes(sw, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """int32 [BLOCK_N, BLOCK_K/64] words of four E4M3 block scales each (little-endian: scale 4w + j
+    in byte j of word w) -> uint8 [BLOCK_N, BLOCK_K/16] in K order. join appends the minor axis,
+    so joining (b0, b2) with (b1, b3) puts byte 2t + u at position 2t + u."""
+    b0 = sw & 0xFF
+    b1 = (sw >> 8) & 0xFF
+    b2 = (sw >> 16) & 0xFF
+    b3 = (sw >> 24) & 0xFF
+    r = tl.join(tl.join(b0, b2), tl.join(b1, b3))
+    return tl.reshape(r, (BLOCK_N, BLOCK_K // 16)).to(tl.uint8)
+
+
+@triton.jit
 def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2, KS, g,
                         stride_xm, stride_wn, stride_sn, stride_ym,
                         SPLIT_K,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         DECODE: tl.constexpr, SWAP: tl.constexpr, EVEN_K: tl.constexpr,
-                        TMA: tl.constexpr = 0):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
+                        TMA: tl.constexpr = 0, REDUCE: tl.constexpr = 0, SCALE_WORDS: tl.constexpr = 0):
+    if REDUCE == 1:   # the K slices of one tile are neighbours in launch order (see the fix-up)
+        pid_k = tl.program_id(0)
+        pid_n = tl.program_id(1)
+    else:
+        pid_n = tl.program_id(0)
+        pid_k = tl.program_id(2)
+    pid_m = tl.program_id(1 + REDUCE)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_kh = tl.arange(0, BLOCK_K // 2)        # packed bytes (DECODE 0)
     offs_kw = tl.arange(0, BLOCK_K // 8)        # packed 32-bit words (DECODE 2)
     offs_ks = tl.arange(0, BLOCK_K // 16)       # block scales
+    offs_sw = tl.arange(0, BLOCK_K // 64)       # words of four block scales (SCALE_WORDS)
     offs_k = tl.arange(0, BLOCK_K)
     if SWAP:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
@@ -148,11 +166,22 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
     nmask = offs_n[:, None] < N
     for blk in range(start, end):
         k0 = blk * BLOCK_K
-        sp = s_ptr + offs_n[:, None] * stride_sn + (k0 // 16 + offs_ks)[None, :]
-        if EVEN_K:
-            sb = tl.load(sp, mask=nmask, other=0)
+        if SCALE_WORDS:
+            # the block scales as int32 words: Triton's pipeliner copies them ahead like the codes
+            # (cp.async takes 4 bytes at least; a tile row's scale bytes read one by one were a
+            # plain load waited on in every K step)
+            sp = s_ptr + offs_n[:, None] * stride_sn + (k0 // 64 + offs_sw)[None, :]
+            if EVEN_K:
+                sw = tl.load(sp, mask=nmask, other=0)
+            else:
+                sw = tl.load(sp, mask=nmask & ((k0 // 64 + offs_sw)[None, :] < KS // 4), other=0)
+            sb = scale_word_bytes(sw, BLOCK_N, BLOCK_K)
         else:
-            sb = tl.load(sp, mask=nmask & ((k0 // 16 + offs_ks)[None, :] < KS), other=0)
+            sp = s_ptr + offs_n[:, None] * stride_sn + (k0 // 16 + offs_ks)[None, :]
+            if EVEN_K:
+                sb = tl.load(sp, mask=nmask, other=0)
+            else:
+                sb = tl.load(sp, mask=nmask & ((k0 // 16 + offs_ks)[None, :] < KS), other=0)
         if TMA:
             wq = w_ptr.load([pid_n * BLOCK_N, k0 // 8])
             w = decode_words(wq, sb, BLOCK_N, BLOCK_K)
@@ -200,28 +229,62 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
         tl.store(y_ptrs, acc, mask=ymask)
     else:
         # Split-K without a zeroed output: each K slice stores its partial tile in the workspace
-        # ([SPLIT_K, M, N] fp32), then counts itself in on the tile's counter (atomic, acq_rel at
-        # GPU scope, after a CTA barrier so every warp's stores are released); the slice that
-        # arrives last sums the planes into y (.cg loads: past L1, which is not coherent) and
-        # resets the counter, so the counters stay zero between launches and need no memset.
+        # ([SPLIT_K, M, N] fp32) and counts itself in on the tile's counter (atomic, acq_rel at GPU
+        # scope, after a CTA barrier so every warp's stores are released). The sums read the planes
+        # with .cg loads (past L1, which is not coherent), always in plane order 0, 1, ..., so the
+        # result is the same bits whichever program sums.
         if SWAP:
             w_ptrs = ws_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
         else:
             w_ptrs = ws_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
         tl.store(w_ptrs, acc, mask=ymask)
         tl.debug_barrier()
-        tile = pid_m * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:
-            tot = tl.load(w_ptrs - pid_k * M * N, mask=ymask, other=0.0, cache_modifier=".cg")
-            for sk in range(1, SPLIT_K):
-                tot += tl.load(w_ptrs + (sk - pid_k) * M * N, mask=ymask, other=0.0, cache_modifier=".cg")
-            tl.store(y_ptrs, tot, mask=ymask)
-            tl.atomic_xchg(cnt_ptr + tile, 0)
+        tile = pid_m * tl.cdiv(N, BLOCK_N) + pid_n
+        if REDUCE == 0:
+            # the slice that arrives last sums the planes into y (its own from registers) and
+            # resets the counter, so the counters stay zero between launches and need no memset
+            arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:
+                tot = tl.zeros_like(acc)
+                for sk in range(0, SPLIT_K):
+                    part = tl.load(w_ptrs + (sk - pid_k) * M * N, mask=ymask & (sk != pid_k), other=0.0,
+                                   cache_modifier=".cg")
+                    tot += tl.where(sk == pid_k, acc, part)
+                tl.store(y_ptrs, tot, mask=ymask)
+                tl.atomic_xchg(cnt_ptr + tile, 0)
+        else:
+            # Every slice waits until all SPLIT_K have stored their planes, then sums its share of
+            # the tile's 16 row bands: one program summing whole tiles (REDUCE 0) reads SPLIT_K
+            # tiles alone, the wide-tile configs' critical path. Waiting on peers needs them
+            # resident: they are launched next to each other (pid_k is grid axis 0) and in-order
+            # dispatch places every earlier program first, as CUTLASS's stream-K fix-up assumes,
+            # so this holds whenever SPLIT_K programs fit on the GPU at once. Counters: arrivals
+            # at 2 tile, departures at 2 tile + 1; the last to leave zeroes both (everyone has
+            # seen all arrivals by then).
+            arrived = tl.atomic_add(cnt_ptr + 2 * tile, 1, sem="acq_rel", scope="gpu") + 1
+            while arrived < SPLIT_K:
+                arrived = tl.atomic_add(cnt_ptr + 2 * tile, 0, sem="acquire", scope="gpu")
+            left = tl.atomic_add(cnt_ptr + 2 * tile + 1, 1, sem="acq_rel", scope="gpu")
+            RB: tl.constexpr = BLOCK_M // 16
+            rows0 = pid_m * BLOCK_M + tl.arange(0, RB)
+            cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+            for band in range(pid_k, 16, SPLIT_K):
+                rows = rows0 + band * RB
+                bmask = (rows[:, None] < M) & (cols[None, :] < N)
+                off = rows[:, None] * N + cols[None, :]
+                tot = tl.load(ws_ptr + off, mask=bmask, other=0.0, cache_modifier=".cg")
+                for sk in range(1, SPLIT_K):
+                    tot += tl.load(ws_ptr + sk * M * N + off, mask=bmask, other=0.0, cache_modifier=".cg")
+                tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], tot, mask=bmask)
+            if left == SPLIT_K - 1:
+                tl.atomic_xchg(cnt_ptr + 2 * tile, 0)
+                tl.atomic_xchg(cnt_ptr + 2 * tile + 1, 0)
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, DECODE, SWAP[, TMA]); SPLIT_K is a
-# runtime argument (one compiled kernel serves every split); TMA left out means 0
+# (BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages, DECODE, SWAP[, TMA[, REDUCE]]);
+# SPLIT_K is a runtime argument (one compiled kernel serves every split); TMA and REDUCE (how a K
+# split's partial tiles are summed: 0 by the last slice to arrive, 1 shared by all slices) left out
+# mean 0
 Config = tuple[int, ...]
 
 
@@ -282,6 +345,14 @@ def narrow_tiles(m: int, n: int, k: int) -> bool:
     """Whether 128 x 32 output tiles rather than 128 x 64 suit this shape (NARROW_TILE_REREAD_BYTES;
     _config asks at M > 64 only)."""
     return 2 * m * k * n // 32 <= NARROW_TILE_REREAD_BYTES
+
+
+def scale_words_ok(scales: torch.Tensor, block_k: int) -> bool:
+    """Whether the kernel can read this block-scale tensor ([N, K/16] uint8) as int32 words of four:
+    whole words per K block (BLOCK_K % 64 == 0), rows of whole words (K % 64 == 0) starting
+    4-byte aligned."""
+    return block_k % 64 == 0 and scales.shape[1] % 4 == 0 and scales.stride(0) % 4 == 0 \
+        and scales.data_ptr() % 4 == 0
 
 
 def tma_ok(k: int) -> bool:
@@ -352,17 +423,23 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
     assert x.stride(1) == 1 and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
     bm, bn, bk, split, warps, stages, decode, swap, *rest = config or _config(m, n, k)
-    tma = rest[0] if rest else 0
+    tma, reduce = (list(rest) + [0, 0])[:2]
     if tma and (swap or decode != 2 or not tma_ok(k)):
         raise ValueError(f"config {config}: TMA needs DECODE 2, no SWAP (wrong results seen with it) "
                          f"and K % 32 == 0 on an sm_90+ GPU (K = {k})")
     if tma and (x.data_ptr() % 16 or packed.data_ptr() % 16 or x.stride(0) % 8 or packed.stride(0) % 16):
         tma = 0   # a view TMA cannot describe (unaligned start or rows); the per-thread loads can
-    grid = (triton.cdiv(n, bn), triton.cdiv(m, bm), split)
+    if reduce and bm < 16:
+        raise ValueError(f"config {config}: REDUCE 1 sums 16 row bands, so BLOCK_M must be at least 16")
+    tiles = (triton.cdiv(n, bn), triton.cdiv(m, bm))
+    grid = (split, *tiles) if reduce else (*tiles, split)
     y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
         torch.empty((m, n), dtype=torch.float32, device=x.device)
-    ws, cnt = split_k_workspace(y, split, grid[0] * grid[1])
+    ws, cnt = split_k_workspace(y, split, tiles[0] * tiles[1] * (2 if reduce else 1))
     w = packed.view(torch.int32) if decode == 2 else packed   # DECODE 2 reads whole words
+    scale_words = scale_words_ok(scales, bk)
+    if scale_words:
+        scales = scales.view(torch.int32)
     strides = (x.stride(0), w.stride(0), scales.stride(0), y.stride(0))
     if tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -372,7 +449,8 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     _nvfp4_w4a16_kernel[grid](x, w, scales, y, ws, cnt, m, n, k, k // 2, k // 16, float(global_scale),
                               *strides, split,
                               BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DECODE=decode, SWAP=swap, EVEN_K=k % bk == 0,
-                              TMA=tma, num_warps=warps, num_stages=stages)
+                              TMA=tma, REDUCE=reduce, SCALE_WORDS=scale_words, num_warps=warps,
+                              num_stages=stages)
     return y
 
 
@@ -384,22 +462,22 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
 _COUNTERS: dict[tuple[str, int | None], torch.Tensor] = {}
 
 
-def _tile_counters(n_tiles: int, device: torch.device) -> torch.Tensor:
+def _tile_counters(n_counters: int, device: torch.device) -> torch.Tensor:
     key = (device.type, device.index)
     c = _COUNTERS.get(key)
-    if c is None or c.numel() < n_tiles:
-        c = _COUNTERS[key] = torch.zeros(max(n_tiles, 1 << 14), dtype=torch.int32, device=device)
+    if c is None or c.numel() < n_counters:
+        c = _COUNTERS[key] = torch.zeros(max(n_counters, 1 << 14), dtype=torch.int32, device=device)
     return c
 
 
-def split_k_workspace(y: torch.Tensor, split: int, n_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_k_workspace(y: torch.Tensor, split: int, n_counters: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The fix-up's partial-sum workspace [split, M, N] (fp32, uninitialised: the caching
-    allocator, no launch) and arrival counters for n_tiles output tiles; (y, y) when split == 1
-    (the kernels take the pointers but never touch them)."""
+    allocator, no launch) and n_counters arrival counters (one per output tile, two with REDUCE
+    1); (y, y) when split == 1 (the kernels take the pointers but never touch them)."""
     if split == 1:
         return y, y
     ws = torch.empty((split, *y.shape), dtype=torch.float32, device=y.device)
-    return ws, _tile_counters(n_tiles, y.device)
+    return ws, _tile_counters(n_counters, y.device)
 
 
 def pack_for_kernel(codes: np.ndarray, scale_bytes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
