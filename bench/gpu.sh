@@ -11,6 +11,11 @@
 # cuBLAS bf16 (bench/gpu_bench_cli.py: `nvfp4tools bench`, both timing methods). Logs under
 # ${OUT:-bench/out}. Carry: .cache/ggml-cuda-pack (or .cache/ggml-src), .cache/vllm-marlin-src,
 # .cache/gpu-fixtures, .cache/whl.
+# TUNE=1 first sweeps the MMA GEMM at M = 128 on the ten Gemma-4-26B shapes (bench/tune_mma.py
+# --write-table, TUNE_BUDGET_S seconds of timing per shape, 10 by default) and records this GPU's
+# best configs in kernels_ref/gpu/mma_tuned.json (copied to $OUT), so that everything after it runs
+# them; it times `bench` under graph timing only, to stay inside one 10-minute command.
+# NVFP4TOOLS_COMMIT names the commit in the table's entries.
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -45,6 +50,22 @@ if [[ -z "${NVFP4TOOLS_MARLIN_LIB:-}" && ! -f .cache/vllm-marlin/libnvfp4tools_m
 fi
 stamp "installed and built"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$OUT/gpu.txt"
+TIMINGS=graph,single
+if [[ "${TUNE:-0}" == 1 ]]; then
+  # the shared split-K sum waits on its peers: a first launch of it under a time limit, and the
+  # sweep leaves it out if that does not come back
+  NR=
+  timeout 90 python3 bench/tune_mma.py --ms 128 --shapes 2816x2112 --confirm 0 \
+    --configs "128,64,128,3,4,3,2,0,0,1;128,128,64,6,8,3,2,1,0,1" >"$OUT/tune_smoke.log" 2>&1 || NR=--no-reduce1
+  echo "shared split-K sum smoke: ${NR:-ok}"
+  timeout 270 python3 bench/tune_mma.py --ms 128 --budget-s "${TUNE_BUDGET_S:-10}" --ab-scales --write-table $NR \
+    --shapes 2816x704,704x2816,1024x2816,2816x2112,2112x2816,2048x2816,4096x2816,2816x4096,8192x2816,2816x8192 \
+    --json "$OUT/tune.json" >"$OUT/tune.log" 2>&1
+  grep -E "^[0-9]+x[0-9]+ M=|confirmed|recorded|word-read" "$OUT/tune.log"
+  cp kernels_ref/gpu/mma_tuned.json "$OUT/"
+  TIMINGS=graph
+  stamp "tune_mma.py --write-table"
+fi
 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_gpu_marlin.py -s 2>&1 | tee "$OUT/gpu_tests.log"
 stamp "tests/test_gpu.py"
 tiny=$(python3 -c 'from nvfp4tools.synth import synthesize; import tempfile; d=tempfile.mkdtemp(); synthesize(d+"/t"); print(d+"/t")')
@@ -60,5 +81,5 @@ if [[ -d "$FIX/modelopt_nvfp4" ]]; then
   done
 fi
 stamp "verify --backend all"
-python3 bench/gpu_bench_cli.py --json-dir "$OUT" 2>&1 | tee "$OUT/gpu_bench_cli.log"
+python3 bench/gpu_bench_cli.py --json-dir "$OUT" --timings "$TIMINGS" 2>&1 | tee "$OUT/gpu_bench_cli.log"
 stamp "bench"

@@ -35,6 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", default="/tmp/nvfp4tools-bench-g26-2l")
     ap.add_argument("--json-dir", default=None)
+    ap.add_argument("--timings", default="graph,single", help="which of bench's timing methods, in order")
     a = ap.parse_args()
     if not os.path.isdir(a.dir):
         from nvfp4tools.synth import synthesize
@@ -42,7 +43,7 @@ def main() -> None:
     from nvfp4tools.cli.bench import render_table
 
     out_dir = a.json_dir or tempfile.mkdtemp()
-    for timing in ("graph", "single"):
+    for timing in a.timings.split(","):
         path = os.path.join(out_dir, f"bench_cli_{timing}.json")
         print(f"$ nvfp4tools bench {a.dir} --timing {timing} --format json > {path}", flush=True)
         with open(path, "w") as fh:

@@ -6,7 +6,7 @@ run, under ``nvfp4tools bench``'s graph timing. The kernels compile in parallel 
 first (one per CPU core, filling Triton's on-disk cache), so the timed loop only loads them.
 
     python bench/tune_mma.py [--json out.json] [--shapes 8192x2816,2816x8192] [--ms 128,64] \
-        [--budget-s 40] [--ab-scales] [--no-reduce1]
+        [--budget-s 40] [--ab-scales] [--no-reduce1] [--write-table]
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import time
 
 import torch
 from _gpu import graph_time_us, parse_configs, parse_shapes, shape_args, shape_weights
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import default_config, nvfp4_w4a16_gemm
+from nvfp4tools.kernels_ref.gpu import tuned
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, default_config, nvfp4_w4a16_gemm
 
 
 # (BLOCK_M, BLOCK_N, num_warps) tried: small tiles fill the SMs without a K split, wide ones re-read
@@ -119,13 +120,25 @@ def main() -> None:
                     help="time a shape's best this many again, 3x the replays, beside a second cuBLAS timing")
     ap.add_argument("--ab-scales", action="store_true",
                     help="also time the default config with the block scales read byte by byte (the word loads' gain)")
+    ap.add_argument("--write-table", action="store_true",
+                    help="record each shape's confirmed best (never slower than the rules' config, which is always "
+                         "a candidate) for this GPU in kernels_ref/gpu/mma_tuned.json")
     a = ap.parse_args()
     ms = [int(v) for v in a.ms.split(",")]
     shapes_arg = a.shapes or "8192x2816,2816x8192"
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    props = torch.cuda.get_device_properties(0)
+    sms = props.multi_processor_count
+    table = tuned.load_table()
+    measured = f"{time.strftime('%Y-%m-%d')} {os.environ.get('NVFP4TOOLS_COMMIT', 'uncommitted tree')}"
+
+    def rules(m, n, k):
+        """The config _config's rules give (the table aside), all ten entries spelled out."""
+        c = _config(m, n, k, in_graph=True, use_table=False)
+        return tuple(c) + (0,) * (len(tuned.CONFIG_FIELDS) - len(c))
 
     def configs(m, n, k):
         cs = parse_configs(a.configs) if a.configs else space(m, n, k, sms)
+        cs = [rules(m, n, k)] + [c for c in cs if c != rules(m, n, k)]
         return [c for c in cs if not (a.no_reduce1 and len(c) > 9 and c[9])]
 
     precompile([(m, n, k, configs(m, n, k)) for n, k in parse_shapes(shapes_arg) for m in ms])
@@ -167,8 +180,10 @@ def main() -> None:
             res.sort()
             if a.confirm and res:
                 t_b2 = graph_time_us([lambda wi=wi: torch.matmul(x, wi.T) for wi in ws], replays=30)
+                top = [c for _, c in res[:a.confirm]]
+                top += [c for _, c in res if c == rules(m, n, k) and c not in top]   # the rules' config too
                 again = [(graph_time_us([lambda p=p, s=s, c=c: nvfp4_w4a16_gemm(x, p, s, g, config=c) for p, s in qs],
-                                        replays=30), c) for _, c in res[:a.confirm]]
+                                        replays=30), c) for c in top]
                 again.sort()
                 row["confirm"] = {"bf16_us": t_b2, "results": [{"us": t, "config": list(c)} for t, c in again]}
                 print(f"  confirmed: bf16 {t_b2:.1f} us; " + "; ".join(f"{t:.1f} us = {t_b2 / t:.2f}x {c}"
@@ -183,6 +198,11 @@ def main() -> None:
                     print(f"  best TMA={tma}: {r[0]:.1f} us = {t_b / r[0]:.2f}x {r[1]}")
             row["results"] = [{"us": t, "config": list(c)} for t, c in res]
             rows.append(row)
+            if a.write_table and a.confirm and res and len(again[0][1]) == len(tuned.CONFIG_FIELDS):
+                t_best, c_best = again[0]
+                tuned.record(table, props.name, m, n, k, tuned.TunedEntry(c_best, t_best, t_b2, measured))
+                tuned.save_table(table)
+                print(f"  recorded for {props.name} M={m}: {c_best} {t_best:.1f} us")
             if a.json:   # after every shape: a run cut short keeps what it measured
                 with open(a.json, "w") as fh:
                     json.dump(rows, fh, indent=1)

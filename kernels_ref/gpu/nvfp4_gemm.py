@@ -16,7 +16,12 @@ H100, bench/README.md):
 * Small M cannot fill the SMs with output tiles alone, so the K loop is split across programs
   (``SPLIT_K``, whole K blocks each). The partial tiles meet in a workspace; the program that
   arrives last at its tile's counter sums them (the fix-up), so no zeroed output (a separate
-  memset launch, 4-5 us, which fp32 atomic adds into the output would need) is needed.
+  memset launch, 4-5 us, which fp32 atomic adds into the output would need) is needed. With
+  ``REDUCE=1`` every slice waits for its peers and sums a share of the tile instead, so that wide
+  tiles split many ways do not leave one program reading every plane.
+* The block scales are read as int32 words of four (``SCALE_WORDS``, where the rows allow it):
+  Triton pipelines loads of 4 bytes or more per thread (cp.async) and left the byte loads as a
+  plain load that each K step waited on.
 * M = 1 (decode) goes to the GEMV kernel of ``nvfp4_gemv.py`` (on the largest layers to the
   diagonal-MMA GEMV of ``nvfp4_skinny.py``) and 2 <= M <= 16 to the skinny
   kernel of ``nvfp4_skinny.py`` (mma.sync fed from registers) where K % 32 == 0; this kernel
@@ -43,6 +48,8 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from .tuned import lookup
 
 
 @triton.jit
@@ -288,10 +295,18 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
 Config = tuple[int, ...]
 
 
-def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
-    """Default tiles, searched on an H100 (the Gemma-4-26B shapes; bench/README.md).
-    IN_GRAPH: whether the call is captured into a CUDA graph (None: whether it is now)."""
-    sms, _ = _device_info(torch.cuda.current_device())
+def _config(m: int, n: int, k: int, in_graph: bool | None = None, use_table: bool = True) -> Config:
+    """Default tiles: this GPU's measured best for the layer where mma_tuned.json has it (tuned.py;
+    USE_TABLE False skips it, for the sweep that writes it), else the rules below, searched on an
+    H100 (the Gemma-4-26B shapes; bench/README.md). IN_GRAPH: whether the call is captured into a
+    CUDA graph (None: whether it is now)."""
+    sms, _, name = _device_info(torch.cuda.current_device())
+    if in_graph is None:
+        in_graph = torch.cuda.is_current_stream_capturing()
+    tuned = lookup(name, m, n, k) if m > 16 and use_table else None
+    if tuned is not None:
+        # measured under graph timing; eager calls keep per-thread loads (see TMA below)
+        return tuned[:8] + (int(tuned[8] and tma_ok(k) and in_graph),) + tuned[9:]
     narrow = m > 64 and narrow_tiles(m, n, k)
     if m <= 16:
         bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
@@ -328,8 +343,6 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None) -> Config:
     # TMA only where the launch is being captured into a CUDA graph: eagerly, Triton encodes the
     # two descriptors on the host at every launch (+10-90 us per call on the H100 machine's CPU,
     # against 2 us of GPU time saved; bench/RESULTS.md), while a graph pays that once
-    if in_graph is None:
-        in_graph = torch.cuda.is_current_stream_capturing()
     return bm, bn, bk, split, warps, stages, 2, swap, int(tma_ok(k) and in_graph)
 
 
@@ -362,11 +375,11 @@ def tma_ok(k: int) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_info(device: int) -> tuple[int, int]:
-    """(SM count, compute-capability major), asked once per device: the query costs more host
-    time than the rest of a launch's Python."""
+def _device_info(device: int) -> tuple[int, int, str]:
+    """(SM count, compute-capability major, device name), asked once per device: the query costs
+    more host time than the rest of a launch's Python."""
     p = torch.cuda.get_device_properties(device)
-    return p.multi_processor_count, p.major
+    return p.multi_processor_count, p.major, p.name
 
 
 def default_kernel(m: int, k: int, n: int) -> str:
