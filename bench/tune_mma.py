@@ -16,6 +16,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import random
 import time
 
 import torch
@@ -39,7 +40,8 @@ def space(m: int, n: int, k: int, sms: int) -> list[tuple[int, ...]]:
     programs on each SM with at least one K block per slice (the fewest slices, about one program
     per SM, about two), each summed both ways (REDUCE 0 / 1). Configs whose pipelined
     tiles would not fit the H100's 227 KB of shared memory are left out. The order deals the
-    tiles out in turn, so that a --budget-s cut leaves every tile some configs."""
+    tiles out in turn, each tile's configs shuffled (seed 0), so that a --budget-s cut leaves every
+    tile a fair sample."""
     per_tile = []
     for bm, bn, warps in TILES:
         if bm > 2 * m:
@@ -61,6 +63,7 @@ def space(m: int, n: int, k: int, sms: int) -> list[tuple[int, ...]]:
             for split in sorted(p for p in picks if p is not None):
                 for reduce in ((0,) if split == 1 else (0, 1)):
                     mine.append((bm, bn, bk, split, warps, stages, 2, swap, tma, reduce))
+        random.Random(0).shuffle(mine)   # a --budget-s cut takes a fair sample of each tile's configs
         per_tile.append(mine)
     out = []
     for i in range(max(map(len, per_tile), default=0)):
