@@ -273,6 +273,34 @@ def test_scale_words_and_bytes_give_the_same_bits():
 
 
 @needs_cuda
+def test_tuned_table_entry_is_the_default_for_its_gpu_and_bucket(monkeypatch):
+    """An mma_tuned.json entry for this GPU's name is the default for its N x K and M bucket (M =
+    65-128 for an entry at 128), with TMA only inside graph capture; other M and shapes keep the
+    rules; the kernel computes the float64 product with it."""
+    import torch
+
+    from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
+    from nvfp4tools.kernels_ref.gpu import tuned
+
+    name = torch.cuda.get_device_properties(torch.cuda.current_device()).name
+    entry = (128, 64, 128, 3, 4, 3, 2, 0, 1, 1)
+    table = {"gpus": {}}
+    tuned.record(table, name, 128, 704, 2112, tuned.TunedEntry(entry, 1.0, 1.0, "test"))
+    monkeypatch.setattr(tuned, "_shipped", lambda: table)
+    rules = K._config(100, 704, 2112, in_graph=False, use_table=False)
+    assert K.default_config(100, 704, 2112, in_graph=True) == ("mma", entry)
+    assert K.default_config(128, 704, 2112, in_graph=False) == ("mma", entry[:8] + (0, 1))
+    assert K.default_config(64, 704, 2112, in_graph=False)[1] == K._config(64, 704, 2112, False, use_table=False)
+    assert K.default_config(100, 2112, 704, in_graph=False)[1] != entry
+    gw = K.random_weight(704, 2112, np.random.default_rng(9))
+    x = torch.randn(100, 2112, device="cuda", dtype=torch.bfloat16)
+    y = K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True)
+    ref = x.double() @ gw.w.double().T
+    assert not torch.isnan(y).any() and float((y.double() - ref).norm() / ref.norm()) < 1e-5
+    assert rules != entry[:8] + (0, 1)
+
+
+@needs_cuda
 @pytest.mark.parametrize("n,k", [(8192, 2816), (2816, 8192), (704, 2816), (2816, 704), (8192, 2112), (2049, 4096)])
 def test_m1_default_is_the_gemv_and_matches_float64(n, k):
     """M = 1 takes a GEMV kernel by default (nvfp4_gemv.py; on layers with 8192 rows or columns
