@@ -26,16 +26,16 @@ from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, default_config, nvfp4
 
 
 # (BLOCK_M, BLOCK_N, num_warps) tried: small tiles fill the SMs without a K split, wide ones re-read
-# the activations less and split K to fill them
-TILES = [(128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8), (128, 256, 8), (64, 64, 4), (64, 128, 4),
-         (64, 32, 4)]
+# the activations less and split K to fill them. Not 128 x 256: its accumulator alone is 128
+# registers a thread at 8 warps, and ptxas spills 1.2-1.6 KB a thread (sm_90a, Triton 3.6)
+TILES = [(128, 32, 4), (128, 64, 4), (128, 64, 8), (128, 128, 8), (64, 64, 4), (64, 128, 4)]
 SPLITS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
 
 
 def space(m: int, n: int, k: int, sms: int) -> list[tuple[int, ...]]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, warps, stages, DECODE, SWAP, TMA, REDUCE) to try at
-    M >= 17 on an N x K layer: each tile with K blocks of 64 and 128 (256 on the narrowest), two
-    pipeline depths, plain / TMA / swapped operands (swapped with TMA is refused by the kernel:
+    M >= 17 on an N x K layer: each tile with K blocks of 64 and 128, two pipeline depths (one for
+    128 x 64 at 8 warps), plain / TMA / swapped operands (swapped with TMA is refused by the kernel:
     wrong results, see nvfp4_gemm.py), and up to three K splits among those that put 0.4-2.2
     programs on each SM with at least one K block per slice (the fewest slices, about one program
     per SM, about two), each summed both ways (REDUCE 0 / 1). Configs whose pipelined
@@ -47,16 +47,17 @@ def space(m: int, n: int, k: int, sms: int) -> list[tuple[int, ...]]:
         if bm > 2 * m:
             continue
         mine = []
-        bks = (64, 128, 256) if bn == 32 else (64, 128)
-        stage_set = (3, 4) if bn <= 64 else (2, 3)
+        bks = (64, 128)
+        stage_set = (3,) if warps == 8 and bn == 64 else (3, 4) if bn <= 64 else (2, 3)
         for bk, stages, (swap, tma) in itertools.product(bks, stage_set, ((0, 0), (0, 1), (1, 0))):
             smem = (bm * bk * 2 + bn * bk // 2 + bn * bk // 16) * stages + bn * bk * 2
             if smem > 200 * 1024:
                 continue
             tiles = -(-n // bn) * -(-m // bm)
             blocks = -(-k // bk)
-            ok = [sp for sp in SPLITS if sp <= blocks and (0.4 * sms <= tiles * sp <= 2.2 * sms
-                                                          or (sp == 1 and tiles * 4 >= sms))]
+            # every slice gets at least one K block (slice sp - 1 starts before the last block)
+            ok = [sp for sp in SPLITS if (sp - 1) * -(-blocks // sp) < blocks
+                  and (0.4 * sms <= tiles * sp <= 2.2 * sms or (sp == 1 and tiles * 4 >= sms))]
             # at most three: the fewest slices, about one program per SM and about two
             picks = {min(ok, default=None)} | {min(ok, key=lambda sp, w=w: abs(tiles * sp - w * sms), default=None)
                                                for w in (1, 2)}
@@ -91,15 +92,17 @@ def _compile(job) -> int:
 def precompile(jobs: list[tuple[int, int, int, tuple]]) -> None:
     procs = max(1, (os.cpu_count() or 2) - 2)
     # one compile per task: the split is a run-time argument (only split 1 vs > 1 compile apart),
-    # and N, K, M are run-time arguments too
+    # and so are N, K and M, but Triton specializes integer arguments on divisibility by 16 and
+    # EVEN_K follows K: each K compiles its own kernels (one shape of each K stands for all)
     seen = {}
+    t0 = time.monotonic()
     for m, n, k, cs in jobs:
         for c in cs:
-            seen.setdefault(c[:3] + (min(c[3], 2),) + c[4:], (m, n, k))   # split 2 stands for any > 1
-    tasks = [(*shape, [c]) for c, shape in seen.items()]
+            seen.setdefault((k,) + c[:3] + (min(c[3], 2),) + c[4:], (m, n, k, c))   # split 2 stands for any > 1
+    tasks = [(m, n, k, [c]) for m, n, k, c in seen.values()]
     with mp.get_context("spawn").Pool(procs) as pool:
         done = sum(pool.map(_compile, tasks, chunksize=1))
-    print(f"compiled {done} of {len(tasks)} kernels in {procs} processes")
+    print(f"compiled {done} of {len(tasks)} kernels in {procs} processes in {time.monotonic() - t0:.0f} s")
 
 
 def byte_strided(scales: torch.Tensor) -> torch.Tensor:
@@ -140,7 +143,8 @@ def main() -> None:
         return tuple(c) + (0,) * (len(tuned.CONFIG_FIELDS) - len(c))
 
     def configs(m, n, k):
-        cs = parse_configs(a.configs) if a.configs else space(m, n, k, sms)
+        pad = (0,) * len(tuned.CONFIG_FIELDS)
+        cs = [(c + pad)[:len(pad)] for c in parse_configs(a.configs)] if a.configs else space(m, n, k, sms)
         cs = [rules(m, n, k)] + [c for c in cs if c != rules(m, n, k)]
         return [c for c in cs if not (a.no_reduce1 and len(c) > 9 and c[9])]
 

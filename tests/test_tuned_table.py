@@ -56,6 +56,7 @@ def test_record_lookup_round_trip(tmp_path):
     (GOOD[:7] + (1, 1, 0), "never SWAP with TMA"),
     (GOOD[:6] + (0,) + GOOD[7:], "DECODE 2"),
     (GOOD[:9] + (2,), "REDUCE 0 or 1"),
+    ((8,) + GOOD[1:], "BLOCK_M >= 16"),
 ])
 def test_bad_configs_are_refused(config, why, tmp_path):
     with pytest.raises(ValueError, match=why):

@@ -240,23 +240,24 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
         # scope, after a CTA barrier so every warp's stores are released). The sums read the planes
         # with .cg loads (past L1, which is not coherent), always in plane order 0, 1, ..., so the
         # result is the same bits whichever program sums.
+        plane = tl.cast(M, tl.int64) * N    # 64-bit: split x M x N passes 2^31 on large layers
         if SWAP:
-            w_ptrs = ws_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
+            w_ptrs = ws_ptr + pid_k * plane + offs_m[None, :] * N + offs_n[:, None]
         else:
-            w_ptrs = ws_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
+            w_ptrs = ws_ptr + pid_k * plane + offs_m[:, None] * N + offs_n[None, :]
         tl.store(w_ptrs, acc, mask=ymask)
         tl.debug_barrier()
         tile = pid_m * tl.cdiv(N, BLOCK_N) + pid_n
         if REDUCE == 0:
-            # the slice that arrives last sums the planes into y (its own from registers) and
-            # resets the counter, so the counters stay zero between launches and need no memset
+            # the slice that arrives last sums the planes into y and resets the counter, so the
+            # counters stay zero between launches and need no memset (its own plane comes back
+            # from L2 too: taking it from the accumulator would move every plane into the MMA
+            # register layout through shared memory)
             arrived = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
             if arrived == SPLIT_K - 1:
-                tot = tl.zeros_like(acc)
-                for sk in range(0, SPLIT_K):
-                    part = tl.load(w_ptrs + (sk - pid_k) * M * N, mask=ymask & (sk != pid_k), other=0.0,
-                                   cache_modifier=".cg")
-                    tot += tl.where(sk == pid_k, acc, part)
+                tot = tl.load(w_ptrs - pid_k * plane, mask=ymask, other=0.0, cache_modifier=".cg")
+                for sk in range(1, SPLIT_K):
+                    tot += tl.load(w_ptrs + (sk - pid_k) * plane, mask=ymask, other=0.0, cache_modifier=".cg")
                 tl.store(y_ptrs, tot, mask=ymask)
                 tl.atomic_xchg(cnt_ptr + tile, 0)
         else:
@@ -281,7 +282,7 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
                 off = rows[:, None] * N + cols[None, :]
                 tot = tl.load(ws_ptr + off, mask=bmask, other=0.0, cache_modifier=".cg")
                 for sk in range(1, SPLIT_K):
-                    tot += tl.load(ws_ptr + sk * M * N + off, mask=bmask, other=0.0, cache_modifier=".cg")
+                    tot += tl.load(ws_ptr + sk * plane + off, mask=bmask, other=0.0, cache_modifier=".cg")
                 tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], tot, mask=bmask)
             if left == SPLIT_K - 1:
                 tl.atomic_xchg(cnt_ptr + 2 * tile, 0)
@@ -444,6 +445,10 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
         tma = 0   # a view TMA cannot describe (unaligned start or rows); the per-thread loads can
     if reduce and bm < 16:
         raise ValueError(f"config {config}: REDUCE 1 sums 16 row bands, so BLOCK_M must be at least 16")
+    if reduce and split > _device_info(x.device.index)[0]:
+        # the slices of a tile wait for each other: all SPLIT_K must be resident at once
+        raise ValueError(f"config {config}: REDUCE 1 needs SPLIT_K <= the GPU's SM count "
+                         f"({_device_info(x.device.index)[0]}); use REDUCE 0")
     tiles = (triton.cdiv(n, bn), triton.cdiv(m, bm))
     grid = (split, *tiles) if reduce else (*tiles, split)
     y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \

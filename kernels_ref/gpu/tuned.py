@@ -47,6 +47,8 @@ def check_config(config: tuple[int, ...]) -> None:
         raise ValueError(f"tuned config {config}: tiles and warps are powers of two, K blocks >= 64, split >= 1")
     if decode != 2 or swap not in (0, 1) or tma not in (0, 1) or reduce not in (0, 1) or (swap and tma):
         raise ValueError(f"tuned config {config}: DECODE 2, SWAP/TMA/REDUCE 0 or 1, never SWAP with TMA")
+    if reduce and bm < 16:
+        raise ValueError(f"tuned config {config}: REDUCE 1 sums 16 row bands, BLOCK_M >= 16")
 
 
 def entries(table: dict):
@@ -86,6 +88,9 @@ def record(table: dict, gpu_name: str, m: int, n: int, k: int, entry: TunedEntry
 
 
 def save_table(table: dict, path: str = TABLE_PATH) -> None:
-    with open(path, "w") as fh:
+    """Write TABLE whole or not at all (a sweep cut off mid-write leaves the old file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
         json.dump(table, fh, indent=1, sort_keys=True)
         fh.write("\n")
+    os.replace(tmp, path)
