@@ -38,7 +38,7 @@ def space(m: int, n: int, k: int, sms: int) -> list[tuple[int, ...]]:
     128 x 64 at 8 warps), plain / TMA / swapped operands (swapped with TMA is refused by the kernel:
     wrong results, see nvfp4_gemm.py), and up to three K splits among those that put 0.4-2.2
     programs on each SM with at least one K block per slice (the fewest slices, about one program
-    per SM, about two), each summed both ways (REDUCE 0 / 1). Configs whose pipelined
+    per SM, about two), each summed both ways (REDUCE 0 / 1) where the grid is one wave. Configs whose pipelined
     tiles would not fit the H100's 227 KB of shared memory are left out. The order deals the
     tiles out in turn, each tile's configs shuffled (seed 0), so that a --budget-s cut leaves every
     tile a fair sample."""
@@ -62,7 +62,8 @@ def space(m: int, n: int, k: int, sms: int) -> list[tuple[int, ...]]:
             picks = {min(ok, default=None)} | {min(ok, key=lambda sp, w=w: abs(tiles * sp - w * sms), default=None)
                                                for w in (1, 2)}
             for split in sorted(p for p in picks if p is not None):
-                for reduce in ((0,) if split == 1 else (0, 1)):
+                # REDUCE 1 only in one wave of one program per SM (the kernel refuses more)
+                for reduce in ((0,) if split == 1 else (0, 1) if tiles * split <= sms else (0,)):
                     mine.append((bm, bn, bk, split, warps, stages, 2, swap, tma, reduce))
         random.Random(0).shuffle(mine)   # a --budget-s cut takes a fair sample of each tile's configs
         per_tile.append(mine)

@@ -228,17 +228,23 @@ def test_split_k_fixup_is_complete_and_repeatable(split):
 def test_split_k_sums_are_the_same_bits_either_way(split):
     """The two split-K sums (REDUCE 0: the last slice to arrive sums whole tiles; REDUCE 1: every
     slice sums its share of row bands after all have arrived) add the same planes in the same
-    order: equal bits, for plain and swapped operands, a partial last tile (N = 2115, M = 100),
-    repeated launches, and the counters back at zero."""
+    order: equal bits, for plain and swapped operands, partial last tiles (N = 515, M = 100),
+    repeated launches, and the counters back at zero; REDUCE 1 beyond one program per SM is
+    refused."""
     import torch
 
     from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
 
-    gw = K.random_weight(2115, 2112, np.random.default_rng(5))
+    gw = K.random_weight(515, 2112, np.random.default_rng(5))
     x = torch.randn(100, 2112, device="cuda", dtype=torch.bfloat16)
     ref = x.double() @ gw.w.double().T
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count
     for tile in ((128, 64, 128, split, 4, 3, 2, 0, 0), (128, 128, 64, split, 8, 2, 2, 1, 0),
                  (64, 32, 64, split, 4, 3, 2, 0, 0)):
+        if -(-515 // tile[1]) * -(-100 // tile[0]) * split > sms:   # more than one program per SM
+            with pytest.raises(ValueError, match="REDUCE 1 runs one wave"):
+                K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, config=tile + (1,))
+            continue
         ys = []
         for reduce in (0, 1, 1, 0):
             y = K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=tile + (reduce,))

@@ -264,11 +264,10 @@ def _nvfp4_w4a16_kernel(x_ptr, w_ptr, s_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, K2
             # Every slice waits until all SPLIT_K have stored their planes, then sums its share of
             # the tile's 16 row bands: one program summing whole tiles (REDUCE 0) reads SPLIT_K
             # tiles alone, the wide-tile configs' critical path. Waiting on peers needs them
-            # resident: they are launched next to each other (pid_k is grid axis 0) and in-order
-            # dispatch places every earlier program first, as CUTLASS's stream-K fix-up assumes,
-            # so this holds whenever SPLIT_K programs fit on the GPU at once. Counters: arrivals
-            # at 2 tile, departures at 2 tile + 1; the last to leave zeroes both (everyone has
-            # seen all arrivals by then).
+            # resident: the launcher allows REDUCE 1 only where the grid is at most one program
+            # per SM (and the peers are neighbours in launch order, pid_k being grid axis 0).
+            # Counters: arrivals at 2 tile, departures at 2 tile + 1; the last to leave zeroes
+            # both (everyone has seen all arrivals by then).
             arrived = tl.atomic_add(cnt_ptr + 2 * tile, 1, sem="acq_rel", scope="gpu") + 1
             while arrived < SPLIT_K:
                 arrived = tl.atomic_add(cnt_ptr + 2 * tile, 0, sem="acquire", scope="gpu")
@@ -306,8 +305,11 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None, use_table: boo
         in_graph = torch.cuda.is_current_stream_capturing()
     tuned = lookup(name, m, n, k) if m > 16 and use_table else None
     if tuned is not None:
-        # measured under graph timing; eager calls keep per-thread loads (see TMA below)
-        return tuned[:8] + (int(tuned[8] and tma_ok(k) and in_graph),) + tuned[9:]
+        # measured under graph timing; eager calls keep per-thread loads (see TMA below); the
+        # shared split-K sum only where its grid is one program per SM on this GPU (a MIG slice
+        # can carry the full GPU's name with fewer SMs), else the same tiles with REDUCE 0
+        grid = triton.cdiv(n, tuned[1]) * triton.cdiv(m, tuned[0]) * tuned[3]
+        return tuned[:8] + (int(tuned[8] and tma_ok(k) and in_graph), int(tuned[9] and grid <= sms))
     narrow = m > 64 and narrow_tiles(m, n, k)
     if m <= 16:
         bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
@@ -445,11 +447,13 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
         tma = 0   # a view TMA cannot describe (unaligned start or rows); the per-thread loads can
     if reduce and bm < 16:
         raise ValueError(f"config {config}: REDUCE 1 sums 16 row bands, so BLOCK_M must be at least 16")
-    if reduce and split > _device_info(x.device.index)[0]:
-        # the slices of a tile wait for each other: all SPLIT_K must be resident at once
-        raise ValueError(f"config {config}: REDUCE 1 needs SPLIT_K <= the GPU's SM count "
-                         f"({_device_info(x.device.index)[0]}); use REDUCE 0")
     tiles = (triton.cdiv(n, bn), triton.cdiv(m, bm))
+    if reduce and tiles[0] * tiles[1] * split > (sms := _device_info(x.device.index)[0]):
+        # the slices of a tile wait for each other, so every program must be resident at once,
+        # whatever order the GPU dispatches them in: one program per SM always is
+        raise ValueError(f"config {config}: REDUCE 1 runs one wave, {tiles[0] * tiles[1]} tiles x split "
+                         f"{split} = {tiles[0] * tiles[1] * split} programs on {sms} SMs; use REDUCE 0 or a "
+                         f"smaller split")
     grid = (split, *tiles) if reduce else (*tiles, split)
     y = torch.full((m, n), float("nan"), dtype=torch.float32, device=x.device) if poison else \
         torch.empty((m, n), dtype=torch.float32, device=x.device)
