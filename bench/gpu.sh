@@ -9,7 +9,7 @@
 # the upstream checkpoints (ModelOpt NVFP4, its compressed-tensors conversion, llama.cpp's NVFP4 and
 # Q4_0 GGUFs, from tests/oracles/families.py in .cache/gpu-fixtures/llama), then time them against
 # cuBLAS bf16 (bench/gpu_bench_cli.py: `nvfp4tools bench`, both timing methods). Logs under
-# ${OUT:-bench/out}. Carry: .cache/ggml-cuda-pack (or .cache/ggml-src), .cache/vllm-marlin-src,
+# ${OUT:-bench/out} (PACK=FILE also tars them after each step). Carry: .cache/ggml-cuda-pack (or .cache/ggml-src), .cache/vllm-marlin-src,
 # .cache/gpu-fixtures, .cache/whl.
 # TUNE=1 first sweeps the MMA GEMM at M = 128 on the ten Gemma-4-26B shapes (bench/tune_mma.py
 # --write-table, TUNE_BUDGET_S seconds of timing per shape, 10 by default) and records this GPU's
@@ -20,7 +20,12 @@ set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
 T0=$(date +%s)
-stamp() { echo "[gpu.sh] $1: $(( $(date +%s) - T0 )) s"; }
+# PACK=FILE: after every step, the logs so far as one tarball (a GPU machine that returns few files,
+# or a command stopped at its time limit, still brings back everything up to the last step)
+stamp() {
+  echo "[gpu.sh] $1: $(( $(date +%s) - T0 )) s"
+  if [[ -n "${PACK:-}" ]]; then tar czf "$PACK.part" -C "$OUT" . 2>/dev/null && mv "$PACK.part" "$PACK"; fi
+}
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1 || {
   echo "install failed"; tail -20 "$OUT/install.log"; }
 if ! python3 -c "import gguf" 2>/dev/null && ls .cache/whl/gguf-*.whl >/dev/null 2>&1; then
