@@ -22,7 +22,7 @@ import time
 import torch
 from _gpu import graph_time_us, parse_configs, parse_shapes, shape_args, shape_weights
 from nvfp4tools.kernels_ref.gpu import tuned
-from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, default_config, nvfp4_w4a16_gemm
+from nvfp4tools.kernels_ref.gpu.nvfp4_gemm import _config, default_config, nvfp4_w4a16_gemm, one_wave
 
 
 # (BLOCK_M, BLOCK_N, num_warps) tried: small tiles fill the SMs without a K split, wide ones re-read
@@ -66,7 +66,7 @@ def space(m: int, n: int, k: int, sms: int) -> list[tuple[int, ...]]:
                                                for w in (1, 2)}
             for split in sorted(p for p in picks if p is not None):
                 # REDUCE 1 only in one wave of one program per SM (the kernel refuses more)
-                for reduce in ((0,) if split == 1 else (0, 1) if tiles * split <= sms else (0,)):
+                for reduce in ((0, 1) if split > 1 and one_wave(m, n, (bm, bn, bk, split), sms) else (0,)):
                     mine.append((bm, bn, bk, split, warps, stages, 2, swap, tma, reduce))
         random.Random(0).shuffle(mine)   # a --budget-s cut takes a fair sample of each tile's configs
         per_tile.append(mine)
@@ -143,14 +143,13 @@ def main() -> None:
 
     def rules(m, n, k):
         """The config _config's rules give (the table aside), all ten entries spelled out."""
-        c = _config(m, n, k, in_graph=True, use_table=False)
-        return tuple(c) + (0,) * (len(tuned.CONFIG_FIELDS) - len(c))
+        return tuned.spell_out(_config(m, n, k, in_graph=True, use_table=False))
 
     def configs(m, n, k):
-        pad = (0,) * len(tuned.CONFIG_FIELDS)
-        cs = [(c + pad)[:len(pad)] for c in parse_configs(a.configs)] if a.configs else space(m, n, k, sms)
-        cs = [rules(m, n, k)] + [c for c in cs if c != rules(m, n, k)]
-        return [c for c in cs if not (a.no_reduce1 and len(c) > 9 and c[9])]
+        cs = [tuned.spell_out(c) for c in parse_configs(a.configs)] if a.configs else space(m, n, k, sms)
+        r = rules(m, n, k)
+        cs = [r] + [c for c in cs if c != r]
+        return [c for c in cs if not (a.no_reduce1 and c[9])]
 
     precompile([(m, n, k, configs(m, n, k)) for n, k in parse_shapes(shapes_arg) for m in ms])
     rows = []
@@ -209,7 +208,7 @@ def main() -> None:
                     print(f"  best TMA={tma}: {r[0]:.1f} us = {t_b / r[0]:.2f}x {r[1]}")
             row["results"] = [{"us": t, "config": list(c)} for t, c in res]
             rows.append(row)
-            if a.write_table and a.confirm and res and len(again[0][1]) == len(tuned.CONFIG_FIELDS):
+            if a.write_table and a.confirm and res:
                 t_best, c_best = again[0]
                 tuned.record(table, props.name, m, n, k, tuned.TunedEntry(c_best, t_best, t_b2, measured))
                 tuned.save_table(table)

@@ -74,3 +74,9 @@ def test_reading_the_table_imports_no_torch_or_triton():
             "print(sorted(m for m in ('torch', 'triton') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_spell_out_writes_in_the_entries_a_config_may_leave_out():
+    assert tuned.spell_out(GOOD[:8]) == GOOD[:8] + (0, 0)
+    assert tuned.spell_out(GOOD[:9]) == GOOD[:9] + (0,)
+    assert tuned.spell_out(GOOD) == GOOD

@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuned import lookup
+from .tuned import lookup, spell_out
 
 
 @triton.jit
@@ -308,8 +308,7 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None, use_table: boo
         # measured under graph timing; eager calls keep per-thread loads (see TMA below); the
         # shared split-K sum only where its grid is one program per SM on this GPU (a MIG slice
         # can carry the full GPU's name with fewer SMs), else the same tiles with REDUCE 0
-        grid = triton.cdiv(n, tuned[1]) * triton.cdiv(m, tuned[0]) * tuned[3]
-        return tuned[:8] + (int(tuned[8] and tma_ok(k) and in_graph), int(tuned[9] and grid <= sms))
+        return tuned[:8] + (int(tuned[8] and tma_ok(k) and in_graph), int(tuned[9] and one_wave(m, n, tuned, sms)))
     narrow = m > 64 and narrow_tiles(m, n, k)
     if m <= 16:
         bm, bn, warps, stages, swap, max_split = 16, 64, 4, 3, 1, 8
@@ -361,6 +360,14 @@ def narrow_tiles(m: int, n: int, k: int) -> bool:
     """Whether 128 x 32 output tiles rather than 128 x 64 suit this shape (NARROW_TILE_REREAD_BYTES;
     _config asks at M > 64 only)."""
     return 2 * m * k * n // 32 <= NARROW_TILE_REREAD_BYTES
+
+
+def one_wave(m: int, n: int, config: Config, sms: int) -> bool:
+    """Whether CONFIG's grid on an M x N output is at most one program per SM: where REDUCE 1 may
+    run (its K slices wait for each other, so every program must be resident at once, whatever
+    order the GPU dispatches them in)."""
+    bm, bn, _, split = config[:4]
+    return triton.cdiv(n, bn) * triton.cdiv(m, bm) * split <= sms
 
 
 def scale_words_ok(scales: torch.Tensor, block_k: int) -> bool:
@@ -438,8 +445,7 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
         return nvfp4_w4a16_skinny(x.contiguous(), packed, scales, global_scale, poison=poison)
     assert packed.shape[1] * 2 == k and scales.shape[1] * 16 == k, "shapes do not match"
     assert x.stride(1) == 1 and packed.stride(1) == 1 and scales.stride(1) == 1, "inner dims must be contiguous"
-    bm, bn, bk, split, warps, stages, decode, swap, *rest = config or _config(m, n, k)
-    tma, reduce = (list(rest) + [0, 0])[:2]
+    bm, bn, bk, split, warps, stages, decode, swap, tma, reduce = spell_out(config or _config(m, n, k))
     if tma and (swap or decode != 2 or not tma_ok(k)):
         raise ValueError(f"config {config}: TMA needs DECODE 2, no SWAP (wrong results seen with it) "
                          f"and K % 32 == 0 on an sm_90+ GPU (K = {k})")
@@ -448,9 +454,7 @@ def nvfp4_w4a16_gemm(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor
     if reduce and bm < 16:
         raise ValueError(f"config {config}: REDUCE 1 sums 16 row bands, so BLOCK_M must be at least 16")
     tiles = (triton.cdiv(n, bn), triton.cdiv(m, bm))
-    if reduce and tiles[0] * tiles[1] * split > (sms := _device_info(x.device.index)[0]):
-        # the slices of a tile wait for each other, so every program must be resident at once,
-        # whatever order the GPU dispatches them in: one program per SM always is
+    if reduce and not one_wave(m, n, (bm, bn, bk, split), sms := _device_info(x.device.index)[0]):
         raise ValueError(f"config {config}: REDUCE 1 runs one wave, {tiles[0] * tiles[1]} tiles x split "
                          f"{split} = {tiles[0] * tiles[1] * split} programs on {sms} SMs; use REDUCE 0 or a "
                          f"smaller split")

@@ -38,6 +38,11 @@ def m_bucket(m: int) -> int:
     return 1 << (max(m, 1) - 1).bit_length()
 
 
+def spell_out(config: tuple[int, ...]) -> tuple[int, ...]:
+    """A config with the entries it may leave out (TMA, REDUCE: 0) written in."""
+    return tuple(config) + (0,) * (len(CONFIG_FIELDS) - len(config))
+
+
 def check_config(config: tuple[int, ...]) -> None:
     """Raise ValueError unless CONFIG is a whole config the MMA kernel accepts."""
     if len(config) != len(CONFIG_FIELDS) or not all(isinstance(v, int) for v in config):
