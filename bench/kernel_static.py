@@ -8,6 +8,7 @@ arguments are specialized as a launch on the given N and K would be (divisible b
 
     pip install triton==3.6.0   # a scratch environment is enough
     python bench/kernel_static.py [--n 2816 --k 704 --m 128] [--configs 'a,b,...;...'] [--scale-bytes]
+                                  [--num-ctas 2]
 
 Without --configs: the default config of every M >= 17 rule at that shape plus the sweep's tiles at
 split 2 with each split-K sum (bench/tune_mma.py).
@@ -33,9 +34,11 @@ PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bi
 INTS = ("M", "N", "K", "K2", "KS", "stride_xm", "stride_wn", "stride_sn", "stride_ym")
 
 
-def compile_config(cfg: tuple[int, ...], m: int, n: int, k: int, scale_words: bool):
+def compile_config(cfg: tuple[int, ...], m: int, n: int, k: int, scale_words: bool, num_ctas: int = 1):
     """Compile the kernel as nvfp4_w4a16_gemm would launch it on contiguous [M, K] x and an N x K
-    weight (int32 code words; scales as int32 words or bytes)."""
+    weight (int32 code words; scales as int32 words or bytes). NUM_CTAS > 1 asks for a thread-block
+    cluster, the way Triton would share (multicast) the activation tile between neighbouring output
+    tiles; the launcher never does."""
     bm, bn, bk, split, warps, stages, decode, swap, tma, reduce = (tuple(cfg) + (0, 0))[:10]
     ks_stride = k // 64 if scale_words else k // 16
     values = {"M": m, "N": n, "K": k, "K2": k // 2, "KS": k // 16, "stride_xm": k, "stride_wn": k // 8,
@@ -60,7 +63,7 @@ def compile_config(cfg: tuple[int, ...], m: int, n: int, k: int, scale_words: bo
     div16 += [a for a in INTS if a in sig and values[a] % 16 == 0]
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in div16}
     return triton.compile(ASTSource(_nvfp4_w4a16_kernel, full_sig, const, attrs), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": warps, "num_stages": stages})
+                          options={"num_warps": warps, "num_stages": stages, "num_ctas": num_ctas})
 
 
 def loop_body(ttgir: str) -> str:
@@ -110,6 +113,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=704)
     ap.add_argument("--configs", default=None)
     ap.add_argument("--scale-bytes", action="store_true", help="the scales read byte by byte (before SCALE_WORDS)")
+    ap.add_argument("--num-ctas", type=int, default=1, help="compile as a cluster of this many CTAs")
     a = ap.parse_args()
     cfgs = ([tuple(int(v) for v in c.split(",")) for c in a.configs.split(";")] if a.configs
             else default_space(a.m, a.n, a.k))
@@ -119,7 +123,7 @@ def main() -> None:
           f"{'wgmma':>5s} {'in flight':>9s}")
     for c in cfgs:
         try:
-            r = report(compile_config(c, a.m, a.n, a.k, not a.scale_bytes))
+            r = report(compile_config(c, a.m, a.n, a.k, not a.scale_bytes, a.num_ctas))
         except Exception as e:  # noqa: BLE001  (a config Triton cannot compile: say so, go on)
             print(f"{','.join(map(str, c)):40s} does not compile: {type(e).__name__}: {str(e).splitlines()[0][:80]}")
             continue
