@@ -15,7 +15,10 @@
 # --write-table, TUNE_BUDGET_S seconds of timing per shape, 10 by default) and records this GPU's
 # best configs in kernels_ref/gpu/mma_tuned.json (copied to $OUT), so that everything after it runs
 # them; it times `bench` under graph timing only, to stay inside one 10-minute command.
-# NVFP4TOOLS_COMMIT names the commit in the table's entries.
+# NVFP4TOOLS_COMMIT names the commit in the table's entries. TUNE_MS (128 by default) are the M the
+# sweep records (the table is per M bucket, the power of two at or above M); TUNE_ONLY=1 then skips
+# the tests and verify and benches the Triton kernel alone at BENCH_MS (1,16,128 by default).
+# TUNE_LIMIT_S (240 by default) bounds the sweep; the shapes recorded before it stay.
 set -uo pipefail
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -65,14 +68,21 @@ if [[ "${TUNE:-0}" == 1 ]]; then
   echo "shared split-K sum smoke: ${NR:-ok}"
   export NVFP4TOOLS_COMMIT=${NVFP4TOOLS_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo "uncommitted tree")}
   # the shapes below 1.0x cuBLAS bf16 first: a sweep cut off by the limit has recorded those
-  timeout 240 python3 bench/tune_mma.py --ms 128 --budget-s "${TUNE_BUDGET_S:-10}" --ab-scales --write-table $NR \
+  timeout "${TUNE_LIMIT_S:-240}" python3 bench/tune_mma.py --ms "${TUNE_MS:-128}" --budget-s "${TUNE_BUDGET_S:-10}" \
+    --ab-scales --write-table $NR \
     --shapes 2816x704,704x2816,1024x2816,2816x2112,2112x2816,2048x2816,4096x2816,2816x4096,8192x2816,2816x8192 \
     --json "$OUT/tune.json" >"$OUT/tune.log" 2>&1
-  echo "tune_mma.py exit $? (124: cut off at 240 s; the shapes recorded before it stay)"
+  echo "tune_mma.py exit $? (124: cut off at ${TUNE_LIMIT_S:-240} s; the shapes recorded before it stay)"
   grep -E "^[0-9]+x[0-9]+ M=|compiled|confirmed|recorded|word-read" "$OUT/tune.log"
   cp kernels_ref/gpu/mma_tuned.json "$OUT/"
   TIMINGS=graph
   stamp "tune_mma.py --write-table"
+fi
+if [[ "${TUNE_ONLY:-0}" == 1 ]]; then
+  python3 bench/gpu_bench_cli.py --json-dir "$OUT" --timings graph --backend triton --ms "${BENCH_MS:-1,16,128}" 2>&1 \
+    | tee "$OUT/gpu_bench_cli.log"
+  stamp "bench"
+  exit 0
 fi
 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_gpu_marlin.py -s 2>&1 | tee "$OUT/gpu_tests.log"
 stamp "tests/test_gpu.py"

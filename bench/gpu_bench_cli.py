@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--dir", default="/tmp/nvfp4tools-bench-g26-2l")
     ap.add_argument("--json-dir", default=None)
     ap.add_argument("--timings", default="graph,single", help="which of bench's timing methods, in order")
+    ap.add_argument("--ms", default="1,16,128", help="bench's --ms")
+    ap.add_argument("--backend", default="all", help="bench's --backend")
     a = ap.parse_args()
     if not os.path.isdir(a.dir):
         from nvfp4tools.synth import synthesize
@@ -48,7 +50,7 @@ def main() -> None:
         print(f"$ nvfp4tools bench {a.dir} --timing {timing} --format json > {path}", flush=True)
         with open(path, "w") as fh:
             r = subprocess.run([sys.executable, "-m", "nvfp4tools", "bench", a.dir, "--timing", timing,
-                                "--format", "json"], stdout=fh, check=False)
+                                "--format", "json", "--ms", a.ms, "--backend", a.backend], stdout=fh, check=False)
         if r.returncode:
             print(f"exit {r.returncode}")
             continue
