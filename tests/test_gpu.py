@@ -307,6 +307,37 @@ def test_tuned_table_entry_is_the_default_for_its_gpu_and_bucket(monkeypatch):
 
 
 @needs_cuda
+def test_every_shipped_table_entry_for_this_gpu_matches_float64():
+    """Every config mma_tuned.json ships for this GPU's name, on its own N x K at the top and the
+    bottom M of its bucket (128: M = 128 and 65), as recorded and with TMA off (how an eager call
+    takes it): all outputs written (NaN poison gone), equal to the float64 product up to fp32
+    summation, and the default config there. The sweep that wrote an entry checked it at one M;
+    this checks the shipped file, at both ends of the M range it serves."""
+    import torch
+
+    from nvfp4tools.kernels_ref.gpu import nvfp4_gemm as K
+    from nvfp4tools.kernels_ref.gpu import tuned
+
+    name = torch.cuda.get_device_properties(torch.cuda.current_device()).name
+    mine = [(m, n, k, e.config) for gpu, m, n, k, e in tuned.entries(tuned.load_table()) if gpu == name]
+    if not mine:
+        pytest.skip(f"mma_tuned.json has no entries for {name}: this GPU takes the rules")
+    weights = {}
+    for bucket, n, k, config in mine:
+        gw = weights.setdefault((n, k), K.random_weight(n, k, np.random.default_rng(n + k)))
+        for m in (bucket, bucket // 2 + 1):
+            assert K.default_config(m, n, k, in_graph=True) == ("mma", config)
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = x.double() @ gw.w.double().T
+            for cfg in {config, config[:8] + (0,) + config[9:]}:
+                y = K.nvfp4_w4a16_gemm(x, gw.packed, gw.scales, gw.global_scale, poison=True, config=cfg)
+                err = float((y.double() - ref).norm() / ref.norm())
+                assert not torch.isnan(y).any() and err < 1e-5, (name, m, n, k, cfg, err)
+    print(f"\n{len(mine)} shipped entries for {name}, each at 2 M, as recorded and without TMA: "
+          f"all within 1e-5 of float64")
+
+
+@needs_cuda
 @pytest.mark.parametrize("n,k", [(8192, 2816), (2816, 8192), (704, 2816), (2816, 704), (8192, 2112), (2049, 4096)])
 def test_m1_default_is_the_gemv_and_matches_float64(n, k):
     """M = 1 takes a GEMV kernel by default (nvfp4_gemv.py; on layers with 8192 rows or columns
