@@ -21,6 +21,8 @@ run somewhere (bench/RESULTS.md says what wiring them up needs).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from nvfp4tools.kernels_ref.dispatch import Backend, DeviceCase, LayerCase, NotRunnable, register
 
@@ -71,16 +73,31 @@ def _torch_x(case: LayerCase):
     return torch.from_numpy(np.array(x, dtype=np.float32)).to("cuda")
 
 
+@contextlib.contextmanager
+def _no_tf32():
+    """float32 matmuls in full float32 for the block, then the caller's setting back: TF32 (10-bit
+    mantissas) would put the torch backend's error above its 1e-5 tolerance, and the switch is
+    process-wide, so it is not left changed in a program that imports nvfp4tools."""
+    import torch
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def _run_torch(case: LayerCase) -> np.ndarray:
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = False
     if case.codes is None:
         w = torch.from_numpy(np.array(case.w, dtype=np.float32)).to("cuda")
     else:
         w = _torch_dequant(case)
     y = torch.full((case.x.shape[0], w.shape[0]), float("nan"), device="cuda")  # poisoned
-    torch.matmul(_torch_x(case), w.T, out=y)
+    with _no_tf32():
+        torch.matmul(_torch_x(case), w.T, out=y)
     torch.cuda.synchronize()
     return y.cpu().numpy()
 
@@ -177,7 +194,6 @@ def _time_torch(dc: DeviceCase):
     16-entry table, block scales, global), then a float32 matmul with TF32 off."""
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32 = False
     dequant = _dequantizer(dc.packed.device)
     x = dc.x.float()
     packed, scales = dc.packed, dc.scales
@@ -186,7 +202,8 @@ def _time_torch(dc: DeviceCase):
 
     def call():
         codes = torch.stack((packed & 0xF, packed >> 4), dim=-1).view(n, -1).long()   # element 2i: low nibble
-        return torch.matmul(x, dequant(codes, scales, g).T)
+        with _no_tf32():
+            return torch.matmul(x, dequant(codes, scales, g).T)
     return call
 
 
