@@ -81,8 +81,9 @@ fi
 if [[ "${TUNE_ONLY:-0}" == 1 ]]; then
   python3 bench/gpu_bench_cli.py --json-dir "$OUT" --timings graph --backend triton --ms "${BENCH_MS:-1,16,128}" 2>&1 \
     | tee "$OUT/gpu_bench_cli.log"
+  rc=${PIPESTATUS[0]}
   stamp "bench"
-  exit 0
+  exit "$rc"
 fi
 python3 -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_gpu_marlin.py -s 2>&1 | tee "$OUT/gpu_tests.log"
 stamp "tests/test_gpu.py"

@@ -76,16 +76,17 @@ def _torch_x(case: LayerCase):
 @contextlib.contextmanager
 def _no_tf32():
     """float32 matmuls in full float32 for the block, then the caller's setting back: TF32 (10-bit
-    mantissas) would put the torch backend's error above its 1e-5 tolerance, and the switch is
-    process-wide, so it is not left changed in a program that imports nvfp4tools."""
+    mantissas) would put the torch backend's error above its 1e-5 tolerance, and the setting is
+    process-wide, so it is not left changed in a program that imports nvfp4tools. Through the
+    public precision setting ("highest": no TF32), which also holds the caller's "medium"."""
     import torch
 
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = before
+        torch.set_float32_matmul_precision(before)
 
 
 def _run_torch(case: LayerCase) -> np.ndarray:

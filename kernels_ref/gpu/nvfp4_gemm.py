@@ -352,7 +352,7 @@ def _config(m: int, n: int, k: int, in_graph: bool | None = None, use_table: boo
 # BLOCK_N 32 that is 2 M K (N / 32) bytes, twice 128 x 64's. Up to this many bytes the extra
 # programs win (the six Gemma-4-26B shapes of at most 2816 x 2112 at M = 128: 0.49-0.65x ->
 # 0.57-0.76x cuBLAS bf16); above it the re-reads cost more (8192x2816: 20.3 -> 24.8 us,
-# 4096x2816: 16.0 -> 16.9 us; bench/RESULTS.md).
+# 4096x2816: 16.0 -> 16.9 us; `git show 2b29d2c:bench/RESULTS.md`, "GPU: speed").
 NARROW_TILE_REREAD_BYTES = 48 * 2**20
 
 
