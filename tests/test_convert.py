@@ -121,6 +121,12 @@ def test_refusals(synth_dir, tmp_path, run_cli):
     r = run_cli("convert", src, str(out), "--to", "compressed-tensors")
     assert r.exit_code == 2 and "--force" in r.stderr
     assert run_cli("convert", src, str(out), "--to", "compressed-tensors", "--force").exit_code == 0
+    # a destination that holds the source: --force would replace (delete) the folder the source is in
+    holder = tmp_path / "holder"
+    inner = copy_ckpt(src, holder / "src")
+    r = run_cli("convert", inner, str(holder), "--to", "modelopt", "--force")
+    assert r.exit_code == 2 and "holds the source" in r.stderr
+    assert os.path.isfile(os.path.join(inner, "config.json"))
     w4 = synth_dir(fmt="compressed-tensors-w4a16", recipe="all-linear")
     r = run_cli("convert", w4, str(tmp_path / "x"), "--to", "modelopt")
     assert r.exit_code == 3 and "int4-g32-sym tensors have no exact modelopt form" in r.stderr and "lossless paths" in r.stderr

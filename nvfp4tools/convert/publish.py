@@ -85,12 +85,16 @@ def terminate_as_interrupt() -> Callable[[], None]:
 
 
 def check_destination(src_path: str, dst: str, force: bool, *, suffix: str | None, existing: bool = True) -> None:
-    """Refuse DST when it is the source or inside it, lacks the target's file suffix, or (EXISTING)
-    exists without FORCE."""
+    """Refuse DST when it is the source, inside it or holds it (replacing DST with --force removes
+    the old DST whole, so a source inside it would be deleted), lacks the target's file suffix, or
+    (EXISTING) exists without FORCE."""
     src_real = os.path.realpath(src_path)
     dst_real = os.path.realpath(dst)
     if src_real == dst_real or dst_real.startswith(src_real.rstrip(os.sep) + os.sep):
         raise UsageError(f"destination {dst} is the source or inside it", hint="choose a new path")
+    if src_real.startswith(dst_real.rstrip(os.sep) + os.sep):
+        raise UsageError(f"destination {dst} holds the source {src_path}: replacing it would delete the source",
+                         hint="choose a path outside the source's folders")
     if suffix is not None and not dst.endswith(suffix):
         raise UsageError(f"destination {dst} does not end in {suffix}",
                          hint=f"name the output file, e.g. {dst.rstrip(os.sep)}{suffix}")
