@@ -240,10 +240,33 @@ class SafetensorsTarget:
             raise UnsupportedError(f"{src.source}: Q4_0 has no exact {self.name} form",
                                    hint="convert to compressed-tensors first (Q4_0 -> pack-quantized W4A16 is exact), "
                                         f"then --to {self.name} --allow-lossy")
+        from nvfp4tools.arch import parse_arch
+        from nvfp4tools.roles import classify
+
+        from .gguf_arch import ARCHES
+        from .gguf_restore import GENERATED
+
+        # tensors the writer left without a record (those it split in two: gpt-oss's gate_up and
+        # interleaved down experts, DeepSeek's kv_b) cannot be put back: refuse rather than drop them
+        missing = sorted(n for n in src.tensors if n not in hf and n not in GENERATED)
+        if missing:
+            raise UnsupportedError(
+                f"{src.source}: {len(missing)} tensors have no record of the safetensors tensor they came from "
+                f"(first: {missing[0]}); nvfp4tools split them on the way to GGUF and does not join them back",
+                hint="convert from the original safetensors checkpoint instead")
+        # the writer put Q and K rows into ggml's RoPE pair order where llama.cpp's converter does
+        # (GGUFArch.permute_qk, from the embedded config's model_type): undo it, with the same heads
+        hf_arch = parse_arch(src.config)
+        spec = ARCHES.get(hf_arch.model_type) if hf_arch else None
         for t in src.tensors.values():
             if t.name not in hf:
                 continue
             targets = hf[t.name]
+            heads = None
+            if spec is not None and spec.permute_qk and len(targets) == 1:
+                r = classify(targets[0].partition("|")[0])
+                if r.role == "attention" and r.proj in ("q", "k") and r.layer is not None:
+                    heads = hf_arch.n_heads if r.proj == "q" else hf_arch.layers[r.layer].n_kv_heads
             want_all = targets[-1].partition("|")[2]
             restore = src.metadata.get(f"nvfp4tools.restore.{t.name}.scale")
             for e, entry in enumerate(targets):
@@ -264,7 +287,8 @@ class SafetensorsTarget:
                 p.actions.append(Action(
                     kind, (t.name,), tuple(outs), True, self.layout.out_name(outs[0].key),
                     rows=RowSlice(e, 0, t.shape[1]) if stacked else None,
-                    global_override=(float(restore[e]),) if restore and stacked else None))
+                    global_override=(float(restore[e]),) if restore and stacked else None,
+                    permute_heads=heads, unpermute=heads is not None))
         import numpy as np
         for k, v in src.metadata.items():
             if k.startswith("nvfp4tools.restore.") and k.endswith(".router.per_expert_scale"):
