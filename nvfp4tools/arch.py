@@ -12,10 +12,29 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .errors import FormatError
-from .model import ArchInfo, LayerAttention
+from .model import ArchInfo, LayerAttention, TensorInfo
 
 # Families whose full layers take head_dim/kv-heads overrides the Gemma 4 way.
 _GEMMA4_TYPES = {"gemma4", "gemma4_text", "diffusion_gemma", "diffusion_gemma_text"}
+
+# What a config that leaves a key out means: the default of the family's transformers config class
+# (configuration_<family>.py; pinned against the installed transformers by tests/test_arch.py).
+# Only keys real configs omit and whose default is not derived from other keys: a Gemma 3
+# text_config carries no head_dim (256, not hidden_size / heads) and no max_position_embeddings.
+# Families absent here derive head_dim as hidden_size // num_attention_heads, as transformers does.
+# A multimodal config's own model_type ("gemma3") stands for its text config class.
+CONFIG_DEFAULTS: dict[str, dict[str, int]] = {
+    "gemma": {"head_dim": 256, "max_position_embeddings": 8192},
+    "gemma2": {"head_dim": 256, "max_position_embeddings": 8192},
+    "gemma3": {"head_dim": 256, "max_position_embeddings": 131072},
+    "gemma3_text": {"head_dim": 256, "max_position_embeddings": 131072},
+    "gemma3n_text": {"head_dim": 256, "max_position_embeddings": 32768},
+    "gemma4_text": {"head_dim": 256, "max_position_embeddings": 131072},
+    "diffusion_gemma_text": {"head_dim": 256, "max_position_embeddings": 131072},
+    "gpt_oss": {"head_dim": 64, "max_position_embeddings": 131072},
+    "qwen3": {"head_dim": 128, "max_position_embeddings": 32768},
+    "llama4_text": {"head_dim": 128, "max_position_embeddings": 131072},
+}
 
 
 def text_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -45,8 +64,14 @@ def _int(cfg: Mapping[str, Any], *keys: str, default: int | None = None) -> int 
 def _layer_types(cfg: Mapping[str, Any], n_layers: int, model_type: str) -> list[str]:
     """'full' or 'sliding' per layer, following each family's config convention."""
     lt = cfg.get("layer_types")
-    if isinstance(lt, list) and len(lt) == n_layers:
-        return ["sliding" if "sliding" in str(t) or "local" in str(t) else "full" for t in lt]
+    if lt is not None:
+        # transformers refuses a layer_types list that does not name every layer once
+        # (configuration_utils.layer_type_validation); sizing the cache from part of it would not
+        if not isinstance(lt, list) or len(lt) != n_layers or not all(isinstance(t, str) for t in lt):
+            got = f"{len(lt)} entries" if isinstance(lt, list) else type(lt).__name__
+            raise FormatError(f"config.json: layer_types has {got}, expected a list of {n_layers} strings "
+                              f"(num_hidden_layers)", hint="fix layer_types or num_hidden_layers in config.json")
+        return ["sliding" if "sliding" in t or "local" in t else "full" for t in lt]
     window = cfg.get("sliding_window")
     if model_type in _GEMMA4_TYPES or model_type.startswith("gemma3"):
         # transformers Gemma3/Gemma4 configs: pattern 6 by default (5 sliding : 1 full);
@@ -92,7 +117,12 @@ def parse_arch(config: Mapping[str, Any]) -> ArchInfo | None:
     if not n_layers or not hidden or not n_heads:
         return None
     n_kv = _int(cfg, "num_key_value_heads", "num_kv_heads", default=n_heads) or n_heads
-    head_dim = _int(cfg, "head_dim", default=hidden // n_heads) or hidden // n_heads
+    if n_kv > n_heads or n_heads % n_kv:
+        # grouped-query attention shares each KV head among a whole number of query heads
+        raise FormatError(f"config.json: num_key_value_heads {n_kv} does not divide num_attention_heads {n_heads}",
+                          hint="fix num_key_value_heads in config.json (the k_proj weight has n_kv x head_dim rows)")
+    defaults = CONFIG_DEFAULTS.get(model_type, {})
+    head_dim = (_int(cfg, "head_dim") or defaults.get("head_dim") or hidden // n_heads)
     window = _int(cfg, "sliding_window")
     types = _layer_types(cfg, n_layers, model_type)
     if "sliding" in types and not window:
@@ -181,7 +211,8 @@ def parse_arch(config: Mapping[str, Any]) -> ArchInfo | None:
         n_shared_experts=n_shared,
         dense_mlp_with_experts=dense_with_experts,
         tie_word_embeddings=bool(config.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False))),
-        max_position_embeddings=_int(cfg, "max_position_embeddings", "n_positions"),
+        max_position_embeddings=_int(cfg, "max_position_embeddings", "n_positions",
+                                     default=defaults.get("max_position_embeddings")),
         has_vision="vision_config" in config,
         architectures=tuple(str(a) for a in archs) if isinstance(archs, list) else (),
     )
@@ -221,3 +252,34 @@ def arch_to_dict(arch: ArchInfo | None) -> dict[str, Any] | None:
             for i, l in enumerate(arch.layers)
         ],
     }
+
+
+def check_kv_projections(arch: ArchInfo | None, tensors: Mapping[str, TensorInfo]) -> None:
+    """Raise FormatError where a decoder layer's K projection disagrees with the KV geometry the
+    config gives it: k_proj has n_kv_heads x head_dim rows, exactly what the KV cache stores per
+    token (a fused qkv_proj (n_heads + 2 n_kv_heads) x head_dim). Every engine sizes its cache from
+    the config, so a config that the weights contradict (a head_dim left out where the family's
+    default does not hold, a wrong num_key_value_heads) would give a KV estimate that no engine
+    reaches: the model does not load. MLA layers cache a latent instead and are not checked."""
+    if arch is None:
+        return
+    for t in tensors.values():
+        if t.role != "attention" or t.proj not in ("k", "qkv") or t.layer is None or t.layer >= len(arch.layers):
+            continue
+        if t.expert is not None or len(t.shape) != 2 or not t.name.endswith(".weight"):
+            continue   # a loose scale tensor (FP8 weight_scale_inv) has other rows
+        la = arch.layers[t.layer]
+        if la.mla_latent_dim is not None or la.kind == "none":
+            continue
+        heads = la.n_kv_heads if t.proj == "k" else la.n_heads + 2 * la.n_kv_heads
+        want = heads * la.head_dim_k
+        rows = t.shape[0]
+        if rows == want:
+            continue
+        fit = f"; head_dim {rows // heads} would match" if rows % heads == 0 else ""
+        what = "n_kv_heads" if t.proj == "k" else "n_heads + 2 n_kv_heads"
+        raise FormatError(
+            f"{t.name}: {rows} rows, but config.json gives layer {t.layer} {what} = {heads} x head_dim "
+            f"{la.head_dim_k} = {want}{fit}",
+            hint="fix head_dim / num_key_value_heads in config.json so that the weights load; "
+                 "the KV-cache size follows from them")

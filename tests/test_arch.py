@@ -130,3 +130,72 @@ def test_deepseek_v3_mla():
 
 def test_not_a_decoder():
     assert parse_arch({"model_type": "bert"}) is None
+
+
+def test_gemma3_text_config_without_head_dim_takes_the_family_default():
+    """google/gemma-3-12b-it's text_config leaves out head_dim (transformers Gemma3TextConfig: 256,
+    not hidden_size / heads = 240) and max_position_embeddings (131072)."""
+    a = parse_arch({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                    "text_config": {"model_type": "gemma3_text", "hidden_size": 3840, "intermediate_size": 15360,
+                                    "num_attention_heads": 16, "num_hidden_layers": 48, "num_key_value_heads": 8,
+                                    "sliding_window": 1024},
+                    "vision_config": {"model_type": "siglip_vision_model"}})
+    assert {l.head_dim_k for l in a.layers} == {256} and a.max_position_embeddings == 131072
+    assert kinds(a).count("full") == 8 and a.layers[0].window == 1024
+
+
+def test_config_defaults_are_transformers_defaults():
+    """Each CONFIG_DEFAULTS entry is its family's transformers config-class default (the code is
+    the source; skipped where transformers is not installed)."""
+    import inspect
+
+    import pytest
+
+    from nvfp4tools.arch import CONFIG_DEFAULTS
+
+    transformers = pytest.importorskip("transformers")
+    mapping = transformers.CONFIG_MAPPING
+    for model_type, defaults in CONFIG_DEFAULTS.items():
+        cls = mapping[model_type]
+        if model_type == "gemma3":   # the multimodal config: its text config class holds the keys
+            cls = mapping["gemma3_text"]
+        params = inspect.signature(cls.__init__).parameters
+        for key, value in defaults.items():
+            assert params[key].default == value, (model_type, key, params[key].default, value)
+
+
+def test_impossible_kv_geometry_is_refused():
+    import pytest
+
+    from nvfp4tools.errors import FormatError
+
+    base = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 4, "num_attention_heads": 32,
+            "num_key_value_heads": 8}
+    for kv in (7, 64):
+        with pytest.raises(FormatError, match=f"num_key_value_heads {kv} does not divide num_attention_heads 32"):
+            parse_arch({**base, "num_key_value_heads": kv})
+    with pytest.raises(FormatError, match="layer_types has 3 entries, expected a list of 4"):
+        parse_arch({**base, "layer_types": ["full_attention"] * 3})
+    with pytest.raises(FormatError, match="layer_types has 4 entries"):
+        parse_arch({**base, "layer_types": ["full_attention", 1, 2, 3]})
+
+
+def test_config_that_the_k_projection_contradicts_is_refused(synth_dir, tmp_path, run_cli):
+    """k_proj holds n_kv_heads x head_dim rows, exactly what the KV cache stores: a config that says
+    otherwise (here head_dim) is refused by inspect and estimate, naming the tensor and the fit."""
+    import json
+    import os
+
+    from tests.helpers import copy_ckpt
+
+    src = copy_ckpt(synth_dir(fmt="modelopt", recipe="all-linear"), tmp_path / "s")
+    cfg_path = os.path.join(src, "config.json")
+    cfg = json.load(open(cfg_path))
+    text = cfg.get("text_config", cfg)
+    good = text["head_dim"]
+    text["head_dim"] = good * 2
+    json.dump(cfg, open(cfg_path, "w"))
+    for cmd in (("inspect", src), ("estimate", src, "--gpu", "h100-sxm")):
+        r = run_cli(*cmd)
+        assert r.exit_code == 3 and "k_proj.weight" in r.stderr and f"head_dim {good} would match" in r.stderr, \
+            r.stderr
