@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from nvfp4tools.arch import check_kv_projections, parse_arch
+from nvfp4tools.arch import check_against_tensors, parse_arch
 from nvfp4tools.errors import FormatError
 from nvfp4tools.io import PartReader
 from nvfp4tools.model import Checkpoint, Finding, QuantScheme
@@ -63,7 +63,7 @@ def build(
         asm = Assembler(raw, suffixes, expect, read_bytes, config_label, int_bits, requires_input_scale,
                         has_config)
         tensors = asm.build()
-    check_kv_projections(arch, tensors)
+    check_against_tensors(arch, tensors)
     findings.extend(asm.findings)
     if patterns:
         findings.extend(unmatched_patterns(patterns, raw.keys(), bool(arch and arch.tie_word_embeddings),

@@ -254,32 +254,74 @@ def arch_to_dict(arch: ArchInfo | None) -> dict[str, Any] | None:
     }
 
 
-def check_kv_projections(arch: ArchInfo | None, tensors: Mapping[str, TensorInfo]) -> None:
-    """Raise FormatError where a decoder layer's K projection disagrees with the KV geometry the
-    config gives it: k_proj has n_kv_heads x head_dim rows, exactly what the KV cache stores per
-    token (a fused qkv_proj (n_heads + 2 n_kv_heads) x head_dim). Every engine sizes its cache from
-    the config, so a config that the weights contradict (a head_dim left out where the family's
-    default does not hold, a wrong num_key_value_heads) would give a KV estimate that no engine
-    reaches: the model does not load. MLA layers cache a latent instead and are not checked."""
+def check_against_tensors(arch: ArchInfo | None, tensors: Mapping[str, TensorInfo]) -> None:
+    """Raise FormatError where the stored weights contradict the config, so that no command sizes,
+    converts or verifies a model that no engine can load (each engine builds the model from the
+    config and then loads the weights into it):
+
+    * k_proj has n_kv_heads x head_dim rows (a fused qkv_proj (n_heads + 2 n_kv_heads) x head_dim),
+      exactly what the KV cache stores per token: a head_dim the config leaves out where the
+      family's default does not hold, or a wrong num_key_value_heads, would give a KV estimate no
+      engine reaches;
+    * the projections reading the residual stream take hidden_size inputs (q, k, v, qkv, gate, up,
+      gate_up) and those writing it give hidden_size outputs (o, down);
+    * every decoder layer 0 .. num_hidden_layers - 1 holds weights, and a layer's projections come
+      whole (q with k and o, k with v unless K=V, gate/up with down).
+
+    MLA attention (DeepSeek) caches a latent and has its own projections: its attention is not
+    checked; experts are not either (their layouts differ by family)."""
     if arch is None:
         return
+    hidden = arch.hidden_size
+    present: dict[int, dict[str, set[str]]] = {}
     for t in tensors.values():
-        if t.role != "attention" or t.proj not in ("k", "qkv") or t.layer is None or t.layer >= len(arch.layers):
+        if t.layer is None or t.role not in ("attention", "mlp", "experts", "shared_expert", "router", "norm"):
             continue
-        if t.expert is not None or len(t.shape) != 2 or not t.name.endswith(".weight"):
-            continue   # a loose scale tensor (FP8 weight_scale_inv) has other rows
+        by_role = present.setdefault(t.layer, {})
+        if t.layer >= len(arch.layers) or t.expert is not None or t.role not in ("attention", "mlp"):
+            by_role.setdefault(t.role, set())
+            continue
+        if len(t.shape) != 2 or not t.name.endswith(".weight") or t.proj is None:
+            continue   # a loose scale tensor (FP8 weight_scale_inv), a norm, a bias
         la = arch.layers[t.layer]
-        if la.mla_latent_dim is not None or la.kind == "none":
+        if t.role == "attention" and la.mla_latent_dim is not None:
             continue
-        heads = la.n_kv_heads if t.proj == "k" else la.n_heads + 2 * la.n_kv_heads
-        want = heads * la.head_dim_k
-        rows = t.shape[0]
-        if rows == want:
-            continue
-        fit = f"; head_dim {rows // heads} would match" if rows % heads == 0 else ""
-        what = "n_kv_heads" if t.proj == "k" else "n_heads + 2 n_kv_heads"
-        raise FormatError(
-            f"{t.name}: {rows} rows, but config.json gives layer {t.layer} {what} = {heads} x head_dim "
-            f"{la.head_dim_k} = {want}{fit}",
-            hint="fix head_dim / num_key_value_heads in config.json so that the weights load; "
-                 "the KV-cache size follows from them")
+        by_role.setdefault(t.role, set()).add(t.proj)
+        rows, cols = t.shape
+        if t.role == "attention" and t.proj in ("k", "qkv"):
+            heads = la.n_kv_heads if t.proj == "k" else la.n_heads + 2 * la.n_kv_heads
+            want = heads * la.head_dim_k
+            if rows != want:
+                fit = f"; head_dim {rows // heads} would match" if rows % heads == 0 else ""
+                what = "n_kv_heads" if t.proj == "k" else "n_heads + 2 n_kv_heads"
+                raise FormatError(
+                    f"{t.name}: {rows} rows, but config.json gives layer {t.layer} {what} = {heads} x head_dim "
+                    f"{la.head_dim_k} = {want}{fit}",
+                    hint="fix head_dim / num_key_value_heads in config.json so that the weights load; "
+                         "the KV-cache size follows from them")
+        reads, writes = ("q", "k", "v", "qkv", "gate", "up", "gate_up"), ("o", "down")
+        if (t.proj in reads and cols != hidden) or (t.proj in writes and rows != hidden):
+            side, got = ("input", cols) if t.proj in reads else ("output", rows)
+            raise FormatError(f"{t.name}: {side} width {got}, but config.json gives hidden_size {hidden}",
+                              hint="fix hidden_size in config.json, or the weights do not belong to this config")
+    missing = [i for i in range(arch.n_layers) if i not in present]
+    if missing:
+        raise FormatError(f"config.json: num_hidden_layers {arch.n_layers}, but no weight of decoder layer "
+                          f"{missing[0]} is stored ({len(missing)} layers missing)",
+                          hint="fix num_hidden_layers, or add the missing shards")
+    for i in range(arch.n_layers):
+        att, mlp = present[i].get("attention", set()), present[i].get("mlp", set())
+        need = []
+        if "q" in att:
+            need += [p for p in ("k", "o") if p not in att]
+        if "k" in att and "v" not in att and not arch.layers[i].k_eq_v:
+            need.append("v")
+        if "qkv" in att and "o" not in att:
+            need.append("o")
+        if mlp & {"gate", "up", "gate_up"} and "down" not in mlp:
+            need.append("down")
+        if "down" in mlp and not mlp & {"up", "gate_up"}:
+            need.append("up")
+        if need:
+            raise FormatError(f"decoder layer {i}: no {need[0]}_proj weight is stored beside its other projections",
+                              hint="the checkpoint is incomplete: re-export it, or restore the missing tensor")

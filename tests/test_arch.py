@@ -199,3 +199,47 @@ def test_config_that_the_k_projection_contradicts_is_refused(synth_dir, tmp_path
         r = run_cli(*cmd)
         assert r.exit_code == 3 and "k_proj.weight" in r.stderr and f"head_dim {good} would match" in r.stderr, \
             r.stderr
+
+
+def _drop_tensors(ckpt: str, marker: str) -> None:
+    """Rewrite the checkpoint's shards without the tensors whose names contain MARKER."""
+    import glob
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    for f in glob.glob(os.path.join(ckpt, "*.safetensors")):
+        kept = {k: v for k, v in load_file(f).items() if marker not in k}
+        save_file(kept, f, metadata={"format": "pt"})
+    for idx in glob.glob(os.path.join(ckpt, "*.index.json")):
+        import json
+
+        d = json.load(open(idx))
+        d["weight_map"] = {k: v for k, v in d["weight_map"].items() if marker not in k}
+        json.dump(d, open(idx, "w"))
+
+
+def test_weights_that_do_not_make_the_configured_model_are_refused(synth_dir, tmp_path, run_cli):
+    """A projection missing from a layer, a decoder layer with no weights, a hidden_size the
+    weights do not have: inspect refuses (exit 3) naming the layer, tensor or key, and convert
+    writes nothing."""
+    import json
+    import os
+
+    from tests.helpers import copy_ckpt, edit_json
+
+    base = synth_dir(fmt="modelopt", recipe="all-linear")
+    n = json.load(open(os.path.join(base, "config.json"))).get("text_config", {}).get("num_hidden_layers")
+    cases = {"down": ("no down_proj weight", lambda d: _drop_tensors(d, ".layers.1.mlp.down_proj.")),
+             "layer": (f"no weight of decoder layer {n - 1}", lambda d: _drop_tensors(d, f".layers.{n - 1}.")),
+             "hidden": ("but config.json gives hidden_size", lambda d: edit_json(
+                 os.path.join(d, "config.json"),
+                 lambda c: c["text_config"].update(hidden_size=c["text_config"]["hidden_size"] * 2)))}
+    for name, (says, damage) in cases.items():
+        d = copy_ckpt(base, tmp_path / name)
+        damage(d)
+        r = run_cli("inspect", d)
+        assert r.exit_code == 3 and says in r.stderr, (name, r.stderr)
+        out = tmp_path / f"{name}.ct"
+        r = run_cli("convert", d, str(out), "--to", "compressed-tensors")
+        assert r.exit_code == 3 and says in r.stderr and not out.exists(), (name, r.stderr)
