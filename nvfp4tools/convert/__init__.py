@@ -18,7 +18,7 @@ import os
 import shutil
 from typing import Any
 
-from nvfp4tools.errors import UnsupportedError, UsageError
+from nvfp4tools.errors import FormatError, UnsupportedError, UsageError
 
 from .canon import View
 from .options import Options
@@ -44,10 +44,20 @@ def _writer(to: str):
     return spec.writer()
 
 
+# reader findings (formats/_assemble.py) that mean tensors are missing: no conversion of them is exact
+BROKEN_SOURCE = ("orphan_scale", "missing_scale")
+
+
 def make_plan(src, opts: Options, view: View | None = None) -> Plan:
     """The target writer's plan for SRC (reads only headers and per-tensor scalars)."""
     if opts.quantize is not None and not opts.allow_lossy:
         raise UsageError("--quantize requantizes weights: pass --allow-lossy as well")
+    broken = next((f for f in src.findings if f.code in BROKEN_SOURCE), None)
+    if broken is not None:
+        # scales without their weight, or a quantized weight without its scales: whatever the
+        # writer made of them, the output would be as broken (and its own inspect refuses it)
+        raise FormatError(f"{src.source}: {broken.message}",
+                          hint="the checkpoint is incomplete: re-export it, or restore the missing tensors")
     transposed = next((t for t in src.tensors.values() if any(p.transposed for p in t.parts)), None)
     if transposed is not None:
         # the 4-bit blocks of a tensor stored [.., in, out] run across the other axis of every target's

@@ -131,6 +131,10 @@ def test_missing_scale(synth_dir, run_cli, tmp_path):
     c = codes(rep)
     assert c["missing_scale"]["tensor"] == f"{L0}.mlp.down_proj.weight"
     assert "global scale" in c["missing_scale"]["message"]
+    # convert refuses it before writing (the output would miss the scale too, or carry the orphan)
+    out = tmp_path / "o"
+    r = run_cli("convert", p, str(out), "--to", "compressed-tensors")
+    assert r.exit_code == 3 and "global scale" in r.stderr and not out.exists(), r.stderr
 
 
 def test_experts_left_bf16_fused(synth_dir, run_cli, tmp_path):
