@@ -13,9 +13,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from ._version import __version__
+from .arch import text_config
 from .errors import FormatError, UsageError
 from .gpus import GPU
 from .model import ArchInfo, Checkpoint, LayerAttention, TensorInfo, TensorPart
@@ -356,12 +357,28 @@ def _sglang_dead_swizzled_scales(tensors: list[TensorInfo]) -> int:
 
 
 def _rope_bytes(ckpt: Checkpoint, arch: ArchInfo, elem_bytes: int = 2) -> int:
-    """Bytes of the cos/sin caches: [max_position, rotary_dim] of ELEM_BYTES per distinct layer kind
-    and head size (sliding and full layers have their own RoPE base, Gemma 4 its own head size)."""
+    """Bytes of the cos/sin caches: [max_position, rotary_dim] of ELEM_BYTES per distinct RoPE: the
+    engines build one rotary embedding per distinct set of parameters and share it between layers
+    (vLLM get_rope's cache), so sliding and full layers cost one each only where their RoPE differs
+    (Gemma 3's local base, Gemma 4's per-type parameters and head size), and one in all for
+    gpt-oss, Gemma 2 or Mistral."""
     if arch.max_position_embeddings is None or any(l.mla_latent_dim for l in arch.layers):
         return 0
-    dims = {(l.kind, l.head_dim_k) for l in arch.layers}
+    differ = _rope_differs_by_layer_kind(text_config(ckpt.config or {}))
+    dims = {(l.kind if differ else "", l.head_dim_k) for l in arch.layers}
     return sum(arch.max_position_embeddings * hd * elem_bytes for _, hd in dims)
+
+
+def _rope_differs_by_layer_kind(cfg: Mapping[str, Any]) -> bool:
+    """Whether sliding and full layers have RoPE parameters of their own: transformers 5 writes
+    them per layer type (rope_parameters {"full_attention": ..., "sliding_attention": ...}),
+    earlier Gemma 3 configs a rope_local_base_freq beside rope_theta."""
+    rp = cfg.get("rope_parameters")
+    if isinstance(rp, Mapping) and isinstance(rp.get("full_attention"), Mapping) \
+            and isinstance(rp.get("sliding_attention"), Mapping):
+        return rp["full_attention"] != rp["sliding_attention"]
+    local = cfg.get("rope_local_base_freq")
+    return local is not None and local != cfg.get("rope_theta")
 
 
 # ---------------------------------------------------------------------------------------------

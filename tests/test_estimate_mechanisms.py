@@ -216,3 +216,23 @@ def test_explain_covers_the_kv_terms(g26, engine, run_cli):
     assert f"kv_full_layers{suffix}" in out and "KV heads/GPU" in out
     notes = [line for line in out.splitlines() if line.startswith(("note: ", "      "))]
     assert notes and all(len(line) <= 100 for line in notes)
+
+
+def test_rope_cache_once_per_distinct_rope():
+    """Engines share one rotary embedding between layers whose RoPE parameters agree (vLLM's
+    get_rope cache): gpt-oss (one RoPE for sliding and full layers) pays one cos/sin cache, Gemma 3
+    (a local base beside rope_theta) two."""
+    from types import SimpleNamespace
+
+    from nvfp4tools.arch import parse_arch
+    from nvfp4tools.estimate import _rope_bytes
+
+    gpt_oss = {"model_type": "gpt_oss", "hidden_size": 2880, "num_hidden_layers": 4, "num_attention_heads": 64,
+               "num_key_value_heads": 8, "head_dim": 64, "sliding_window": 128, "max_position_embeddings": 131072,
+               "layer_types": ["sliding_attention", "full_attention"] * 2,
+               "rope_parameters": {"rope_type": "yarn", "rope_theta": 150000, "factor": 32.0}}
+    assert _rope_bytes(SimpleNamespace(config=gpt_oss), parse_arch(gpt_oss)) == 131072 * 64 * 2
+    gemma3 = {"model_type": "gemma3_text", "hidden_size": 3840, "num_hidden_layers": 12, "num_attention_heads": 16,
+              "num_key_value_heads": 8, "sliding_window": 1024, "rope_theta": 1000000.0,
+              "rope_local_base_freq": 10000.0}
+    assert _rope_bytes(SimpleNamespace(config=gemma3), parse_arch(gemma3)) == 2 * 131072 * 256 * 2
