@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from nvfp4tools import schemes
+from nvfp4tools.arch import check_against_tensors
 from nvfp4tools.errors import FormatError, UnsupportedError
 from nvfp4tools.model import ArchInfo, Checkpoint, Finding, LayerAttention, TensorInfo, TensorPart
 
@@ -199,6 +200,7 @@ def from_parsed(path: str, root: str, files: list[str], parsed: list[GGUFFile], 
     validate.gguf_metadata(kv, files[0])  # types and ranges of every key read below
     arch_name = str(kv.get("general.architecture", "unknown"))
     arch = arch_from_gguf(kv, lengths, arch_name, tensors)
+    check_against_tensors(arch, tensors)   # llama.cpp builds the graph from these keys, then loads the tensors
     ftype = kv.get("general.file_type")
     meta = {
         "general.file_type": FILE_TYPES.get(ftype, str(ftype)) if ftype is not None else None,

@@ -266,7 +266,8 @@ def check_against_tensors(arch: ArchInfo | None, tensors: Mapping[str, TensorInf
     * the projections reading the residual stream take hidden_size inputs (q, k, v, qkv, gate, up,
       gate_up) and those writing it give hidden_size outputs (o, down);
     * every decoder layer 0 .. num_hidden_layers - 1 holds weights, and a layer's projections come
-      whole (q with k and o, k with v unless K=V, gate/up with down).
+      whole (q with k and o, k with v unless K=V, gate/up with down; a layer sharing another's
+      KV cache may store no K/V).
 
     MLA attention (DeepSeek) caches a latent and has its own projections: its attention is not
     checked; experts are not either (their layouts differ by family)."""
@@ -313,7 +314,8 @@ def check_against_tensors(arch: ArchInfo | None, tensors: Mapping[str, TensorInf
         att, mlp = present[i].get("attention", set()), present[i].get("mlp", set())
         need = []
         if "q" in att:
-            need += [p for p in ("k", "o") if p not in att]
+            # a layer reading another layer's cache (Gemma 3n/4 KV sharing) may store no K/V weights
+            need += [p for p in ("k", "o") if p not in att and not (p == "k" and arch.layers[i].kv_shared_from is not None)]
         if "k" in att and "v" not in att and not arch.layers[i].k_eq_v:
             need.append("v")
         if "qkv" in att and "o" not in att:

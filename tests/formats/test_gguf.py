@@ -343,3 +343,19 @@ def test_metadata_of_a_safetensors_checkpoint(synth_dir, run_cli):
     assert by["config.json"]["text_config.num_hidden_layers"]["value"] == 6
     assert by["config.json"]["text_config.num_hidden_layers"]["type"] == "INT"
     assert by["hf_quant_config.json"]["quantization.quant_algo"]["value"] == "NVFP4"
+
+
+def test_block_count_past_the_stored_layers_is_refused(tiny_gguf, tmp_path, run_cli):
+    """llama.cpp builds its graph from {arch}.block_count and then looks for every layer's tensors:
+    a count past the stored layers does not load, so inspect refuses it, naming the layer."""
+    path = tiny_gguf["q4_0"]
+    raw = bytearray(open(path, "rb").read())
+    key = b"gemma4.block_count"
+    at = raw.index(key) + len(key)
+    vtype, n = struct.unpack_from("<II", raw, at)
+    assert vtype == 4   # GGUF UINT32
+    struct.pack_into("<I", raw, at + 4, n + 1)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(raw))
+    r = run_cli("inspect", str(bad))
+    assert r.exit_code == 3 and f"no weight of decoder layer {n}" in r.stderr, r.stderr
