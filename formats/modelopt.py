@@ -96,6 +96,14 @@ def read(path: str) -> Checkpoint:
                                 f"{where}: quant_algo {algo!r} is not one nvfp4tools knows; schemes are read "
                                 "from the stored dtypes only"))
 
+    group, scheme = q.get("group_size"), ALGOS.get(algo)
+    if scheme is not None and scheme.name == "nvfp4" and group is not None and group != scheme.block_size:
+        # NVFP4 blocks are 16 elements by the format (one E4M3 scale per 16); engines size the
+        # block-scale tensors from group_size (vLLM ModelOptNvFp4Config), so another value fails to load
+        findings.append(Finding("group_size_mismatch", "error",
+                                f"{where}: group_size {group!r}, but NVFP4 stores one block scale per "
+                                f"{scheme.block_size} elements (weight_scale holds in/{scheme.block_size} columns)"))
+
     exclude_set = PatternSet(excludes, f"{where} {'exclude_modules' if where.startswith('hf') else 'ignore'}")
 
     def expect(module: str) -> QuantScheme | None:

@@ -161,6 +161,16 @@ def test_exclude_pattern_matching_nothing(synth_dir, run_cli, tmp_path):
     assert "layers.9.router*" in f["message"] and f["severity"] == "warning"
 
 
+def test_nvfp4_group_size_other_than_16(synth_dir, run_cli, tmp_path):
+    """A ModelOpt NVFP4 config saying group_size 32 over 16-element blocks does not load (engines
+    size the scale tensors from it): an error finding naming the key."""
+    p = copy_ckpt(synth_dir(fmt="modelopt", recipe="all-linear"), tmp_path / "c")
+    edit_json(os.path.join(p, "hf_quant_config.json"), lambda d: d["quantization"].update(group_size=32))
+    r = run_cli("inspect", p, "--format", "json")
+    f = codes(js(r))["group_size_mismatch"]
+    assert r.exit_code == 1 and "group_size 32" in f["message"] and f["severity"] == "error"
+
+
 def test_quantized_but_excluded(synth_dir, run_cli, tmp_path):
     p = copy_ckpt(synth_dir(fmt="modelopt", recipe="all-linear"), tmp_path / "c")
     edit_json(os.path.join(p, "hf_quant_config.json"),
