@@ -266,8 +266,8 @@ def check_against_tensors(arch: ArchInfo | None, tensors: Mapping[str, TensorInf
     * the projections reading the residual stream take hidden_size inputs (q, k, v, qkv, gate, up,
       gate_up) and those writing it give hidden_size outputs (o, down);
     * every decoder layer 0 .. num_hidden_layers - 1 holds weights, and a layer's projections come
-      whole (q with k and o, k with v unless K=V, gate/up with down; a layer sharing another's
-      KV cache may store no K/V).
+      whole (q with k and o, k with v unless K=V, no k/v/o without q, gate/up with down; a layer
+      sharing another's KV cache may store no K/V).
 
     MLA attention (DeepSeek) caches a latent and has its own projections: its attention is not
     checked; experts are not either (their layouts differ by family)."""
@@ -320,6 +320,8 @@ def check_against_tensors(arch: ArchInfo | None, tensors: Mapping[str, TensorInf
             need.append("v")
         if "qkv" in att and "o" not in att:
             need.append("o")
+        if att & {"k", "v", "o"} and not att & {"q", "qkv"}:
+            need.append("q")
         if mlp & {"gate", "up", "gate_up"} and "down" not in mlp:
             need.append("down")
         if "down" in mlp and not mlp & {"up", "gate_up"}:

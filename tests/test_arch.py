@@ -231,6 +231,7 @@ def test_weights_that_do_not_make_the_configured_model_are_refused(synth_dir, tm
     base = synth_dir(fmt="modelopt", recipe="all-linear")
     n = json.load(open(os.path.join(base, "config.json"))).get("text_config", {}).get("num_hidden_layers")
     cases = {"down": ("no down_proj weight", lambda d: _drop_tensors(d, ".layers.1.mlp.down_proj.")),
+             "q": ("no q_proj weight", lambda d: _drop_tensors(d, ".layers.0.self_attn.q_proj.weight")),
              "layer": (f"no weight of decoder layer {n - 1}", lambda d: _drop_tensors(d, f".layers.{n - 1}.")),
              "hidden": ("but config.json gives hidden_size", lambda d: edit_json(
                  os.path.join(d, "config.json"),
