@@ -12,7 +12,7 @@ with no counterpart is reported with the reason, never skipped in silence.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .model import Checkpoint, TensorInfo
 # Module-path components that name the language model inside a wrapper (Gemma 4's
 # ``model.language_model``, multimodal ``text_model``): a stack is compared without them, so a
 # text-only original matches a checkpoint of the full multimodal model and vice versa.
-_WRAPPERS = frozenset({"model", "language_model", "text_model"})
+_WRAPPERS = frozenset({"model", "language_model", "text_model", "blk"})   # blk: a GGUF's layer list
 
 # Projections an exporter may store fused, and the separate projections they are made of, in
 # row order (the fused weight is the members concatenated along the output dimension).
@@ -45,6 +45,15 @@ FUSED_EXPERT_LAYOUTS = {
 _DEFAULT_LAYOUT = ExpertLayout(False, False, "transformers Qwen3-MoE / Gemma 4 experts")
 
 
+def _four_bit(o: TensorInfo) -> str:
+    """Why O cannot stand for an original weight ("" where it can): a 4-bit tensor is itself a
+    quantization (an 8-bit original such as DeepSeek-V3's FP8 release is accepted)."""
+    if o.scheme.quantized and o.scheme.bits <= 4:
+        return (f"the original's {o.name} is {o.scheme.name} (4-bit): --against takes the unquantized "
+                "(or 8-bit) checkpoint this one was quantized from")
+    return ""
+
+
 def stack_key(stack: str | None) -> str:
     if not stack:
         return ""
@@ -60,6 +69,9 @@ class Original:
     """An unquantized checkpoint, indexed for :meth:`weight` lookups (one fused tensor cached)."""
 
     ckpt: Checkpoint
+    # row i of the quantized tensor T is row order(T)[i] of the original's (None: the same order):
+    # where one side is a GGUF whose converter put Q/K rows into ggml's RoPE pair order
+    row_order: Callable[[TensorInfo], np.ndarray | None] | None = None
     _index: dict[tuple, TensorInfo] = field(default_factory=dict)
     _cache: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -71,12 +83,19 @@ class Original:
         self.layout = FUSED_EXPERT_LAYOUTS.get(model_type, _DEFAULT_LAYOUT)
 
     def weight(self, t: TensorInfo) -> tuple[np.ndarray | None, str]:
-        """(the original's float weight in T's logical shape, "") or (None, why not)."""
+        """(the original's float weight in T's logical shape and row order, "") or (None, why not)."""
+        w, why = self._weight(t)
+        order = self.row_order(t) if (w is not None and self.row_order is not None) else None
+        return (w if order is None else w[order]), why
+
+    def _weight(self, t: TensorInfo) -> tuple[np.ndarray | None, str]:
         o = self.ckpt.tensors.get(t.name)
         if o is not None and o.shape == t.shape:
-            return self._load(o), ""
+            return (None, _four_bit(o)) if _four_bit(o) else (self._load(o), "")
         key = match_key(t)
         o = self._index.get(key)
+        if o is not None and _four_bit(o):
+            return None, _four_bit(o)
         if o is not None:
             if o.shape == t.shape:
                 return self._load(o), ""
@@ -153,3 +172,34 @@ class Original:
         if any(p is None for p in parts):
             return None
         return np.concatenate([self._load(p) for p in parts], axis=0)
+
+
+def gguf_rope_rows(ck: Checkpoint, t: TensorInfo) -> np.ndarray | None:
+    """The row order llama.cpp's converter gives T's Q or K weight in the GGUF CK (row i holds
+    the checkpoint's row perm[i]; convert_hf_to_gguf.py LlamaModel.permute, for the architectures
+    formats.gguf_restore marks unpermute_qk), or None where CK is no such GGUF or T no Q/K weight."""
+    if ck.format != "gguf" or ck.arch is None or t.role != "attention" or t.proj not in ("q", "k") or t.layer is None:
+        return None
+    from nvfp4tools.convert.canon import llama_permutation
+    from nvfp4tools.formats.gguf_restore import FAMILIES
+
+    fam = FAMILIES.get(str(ck.metadata.get("architecture")))
+    if fam is None or not fam.unpermute_qk or t.layer >= len(ck.arch.layers):
+        return None
+    heads = ck.arch.n_heads if t.proj == "q" else ck.arch.layers[t.layer].n_kv_heads
+    return llama_permutation(t.shape[0], heads)
+
+
+def row_order_between(quantized: Checkpoint, original: Checkpoint) -> Callable[[TensorInfo], np.ndarray | None] | None:
+    """Original.row_order for comparing QUANTIZED with ORIGINAL row for row: GGUF against
+    safetensors, safetensors against GGUF (two GGUFs share their order)."""
+    if (quantized.format == "gguf") == (original.format == "gguf"):
+        return None
+    from nvfp4tools.convert.canon import unpermute
+
+    def order(t: TensorInfo) -> np.ndarray | None:
+        if quantized.format == "gguf":
+            return gguf_rope_rows(quantized, t)
+        p = gguf_rope_rows(original, t)
+        return None if p is None else unpermute(p)
+    return order

@@ -231,7 +231,7 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
     from nvfp4tools.kernels_ref.gemm import gemm_reference, quantize_activations_nvfp4
     from nvfp4tools.tensors import canonical_nvfp4, dequantize
 
-    from .matching import Original
+    from .matching import Original, row_order_between
 
     if tokens < 1:
         raise UsageError("--tokens must be at least 1")
@@ -243,7 +243,7 @@ def verify(ckpt: Checkpoint, *, backends: list, sample: int | None = None, token
     if sample is not None and sample < len(layers):
         idx = sorted(rng.choice(len(layers), size=sample, replace=False))
         layers = [layers[i] for i in idx]
-    orig = Original(against) if against is not None else None
+    orig = Original(against, row_order_between(ckpt, against)) if against is not None else None
     ran: dict[str, int] = {b.name: 0 for b in backends}
     skipped: dict[str, dict[str, int]] = {b.name: {} for b in backends}   # backend -> reason -> layers
     rows: list[dict[str, Any]] = []

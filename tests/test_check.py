@@ -361,3 +361,15 @@ def test_upstream_checkpoint_gate(family, family_oracle, run_cli, tmp_path):
     text = text.replace('attention = "nvfp4"', 'attention = "bf16"')
     code, rep = _check(run_cli, family_oracle(family, "modelopt_nvfp4"), "--policy", _policy(tmp_path, text, "b.toml"))
     assert code == 1 and _by_id(rep)["quantization.role.attention"]["status"] == "fail"
+
+
+def test_policy_cannot_drop_the_checks_it_asks_for(ckpts, run_cli, tmp_path):
+    """backends = [] with verify on, or an original with verify = false: a policy error (exit 2),
+    not a gate that silently leaves the numerics out; an original no layer matches fails its row."""
+    for text, says in (('version = 1\n[numerics]\nbackends = []\n', "no backend to verify with"),
+                       ('version = 1\n[numerics]\nverify = false\nagainst = "x"\n', "but verify = false")):
+        r = run_cli("check", ckpts["nvfp4"], "--policy", _policy(tmp_path, text))
+        assert r.exit_code == 2 and says in r.stderr, r.stderr
+    code, rep = _check(run_cli, ckpts["nvfp4"], "--against", ckpts["nvfp4"])
+    src = _by_id(rep)["numerics.against.source"]
+    assert code == 1 and src["status"] == "fail" and src["measured"] == "no layer matched"

@@ -201,3 +201,27 @@ def test_upstream_export_against_its_original(family, family_oracle, run_cli):
     ag = rep["summary"]["against"]
     assert ag["n_unmatched"] == 0, ag["unmatched"][:3]
     assert code == 0 and rep["verdict"] == "pass" and ag["median_weight_sqnr_db"] > 15
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("q_kind,o_kind", [("nvfp4.gguf", "bf16"), ("modelopt_nvfp4", "bf16.gguf"),
+                                           ("nvfp4.gguf", "bf16.gguf")])
+def test_gguf_and_safetensors_against_each_other(q_kind, o_kind, family_oracle, run_cli):
+    """llama.cpp's GGUF against the transformers original and the reverse: layers match across the
+    naming dialects (blk.N.attn_q / model.layers.N.self_attn.q_proj), and the Q/K rows llama.cpp's
+    converter put into ggml's RoPE pair order are compared in the same order (else attention SQNR
+    reads about -3 dB and the checkpoint is called someone else's)."""
+    code, rep = _verify(run_cli, family_oracle("llama", q_kind), "--against", family_oracle("llama", o_kind))
+    ag = rep["summary"]["against"]
+    assert ag["n_unmatched"] == 0 and ag["n_matched"] > 0, ag["unmatched"][:3]
+    att = next(r for r in rep["summary"]["by_role"] if r["role"] == "attention")
+    assert code == 0 and rep["verdict"] == "pass" and att["min_weight_sqnr_db"] > 15, att
+
+
+def test_a_four_bit_original_is_not_an_original(pair, run_cli):
+    """--against the checkpoint itself (or any 4-bit one): every layer unmatched with the reason,
+    verdict FAIL, never an 'identical weights' PASS."""
+    code, rep = _verify(run_cli, pair["q"], "--against", pair["q"])
+    ag = rep["summary"]["against"]
+    assert code == 1 and rep["verdict"] == "fail" and ag["n_matched"] == 0
+    assert "(4-bit): --against takes the unquantized" in ag["unmatched"][0]["reason"]

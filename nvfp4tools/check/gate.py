@@ -192,6 +192,13 @@ def _numerics(ckpt: Checkpoint, p: Policy, against_path: str | None, remote: boo
                             None if allowed else False, "unavailable", "runs",
                             e.message + ("; allow-missing-backends = true" if allowed else "")))
     if not backends:
+        # every backend named is unavailable here and the policy allows that: the checks they
+        # would run are unchecked, listed with the reason, never left out
+        why = "no backend of the policy runs on this machine"
+        out.append(_req("numerics.verify", "numerics", title, None, detail=why))
+        if against_path:
+            out.append(_req("numerics.against.source", "numerics", f"{against_path} is this checkpoint's original",
+                            None, detail=why))
         return out
     against = formats.read(against_path) if against_path else None
     rep = verify(ckpt, backends=backends, sample=p.sample, tokens=p.tokens, seed=p.seed, against=against,
@@ -215,7 +222,7 @@ def _numerics(ckpt: Checkpoint, p: Policy, against_path: str | None, remote: boo
     ag = rep["summary"]["against"]
     if ag is not None:
         out.append(_req("numerics.against.source", "numerics", f"{ag['source']} is this checkpoint's original",
-                        not ag["not_source"],
+                        not ag["not_source"] and ag["n_matched"] > 0,
                         "no layer matched" if ag["median_weight_sqnr_db"] is None
                         else f"median weight SQNR {ag['median_weight_sqnr_db']:.1f} dB", "> 0 dB",
                         ag["message"] or ""))

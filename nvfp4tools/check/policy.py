@@ -169,6 +169,14 @@ def from_dict(data: dict[str, Any], source: str = "built-in defaults", lines: di
     if against is not None and source != "built-in defaults" and not os.path.isabs(against):
         against = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(source)), against))
     kw["against"] = against
+    # a numerics table that turns checking off, or names no backend to check with, cannot also ask
+    # for the checks: said here rather than dropped in silence by the gate
+    if not kw["backends"] and kw["verify"]:
+        raise PolicyError(f"{r.where(('numerics', 'backends'))}: no backend to verify with",
+                          hint='name one (backends = ["ref"] runs on any machine), or set verify = false')
+    if against is not None and not kw["verify"]:
+        raise PolicyError(f"{r.where(('numerics', 'against'))}: an original to check against, but verify = false",
+                          hint="remove against, or set verify = true")
     kw["min_sqnr_db"] = _role_numbers(r, n, ("numerics", "min-sqnr-db"), ROLES)
     kw["max_output_error"] = _role_numbers(r, n, ("numerics", "max-output-error"), ROLES)
     kw["max_unmatched"] = r.get(n, ("numerics", "max-unmatched"), _non_negative_int, default=0)
