@@ -240,11 +240,7 @@ class SafetensorsTarget:
             raise UnsupportedError(f"{src.source}: Q4_0 has no exact {self.name} form",
                                    hint="convert to compressed-tensors first (Q4_0 -> pack-quantized W4A16 is exact), "
                                         f"then --to {self.name} --allow-lossy")
-        from nvfp4tools.arch import parse_arch
-        from nvfp4tools.roles import classify
-
-        from .gguf_arch import ARCHES
-        from .gguf_restore import GENERATED
+        from .gguf_restore import GENERATED, rope_permuted_heads
 
         # tensors the writer left without a record (those it split in two: gpt-oss's gate_up and
         # interleaved down experts, DeepSeek's kv_b) cannot be put back: refuse rather than drop them
@@ -254,19 +250,12 @@ class SafetensorsTarget:
                 f"{src.source}: {len(missing)} tensors have no record of the safetensors tensor they came from "
                 f"(first: {missing[0]}); nvfp4tools split them on the way to GGUF and does not join them back",
                 hint="convert from the original safetensors checkpoint instead")
-        # the writer put Q and K rows into ggml's RoPE pair order where llama.cpp's converter does
-        # (GGUFArch.permute_qk, from the embedded config's model_type): undo it, with the same heads
-        hf_arch = parse_arch(src.config)
-        spec = ARCHES.get(hf_arch.model_type) if hf_arch else None
         for t in src.tensors.values():
             if t.name not in hf:
                 continue
             targets = hf[t.name]
-            heads = None
-            if spec is not None and spec.permute_qk and len(targets) == 1:
-                r = classify(targets[0].partition("|")[0])
-                if r.role == "attention" and r.proj in ("q", "k") and r.layer is not None:
-                    heads = hf_arch.n_heads if r.proj == "q" else hf_arch.layers[r.layer].n_kv_heads
+            # the writer put Q and K rows into ggml's RoPE pair order where llama.cpp's converter does: undo it
+            heads = rope_permuted_heads(src, t)
             want_all = targets[-1].partition("|")[2]
             restore = src.metadata.get(f"nvfp4tools.restore.{t.name}.scale")
             for e, entry in enumerate(targets):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nvfp4tools.model import ArchInfo, TensorInfo
+
 
 @dataclass(frozen=True)
 class GGUFArch:
@@ -152,3 +154,14 @@ def gguf_config(src) -> dict:
     for key, value in (row.config_defaults if row is not None else ()):
         cfg.setdefault(key, value)
     return cfg
+
+
+def qk_permute_heads(arch: ArchInfo | None, t: TensorInfo) -> int | None:
+    """The head count by which llama.cpp's converter reorders T's rows into ggml's RoPE pair order
+    (conversion/llama.py LlamaModel.permute: Q by the attention heads, K by its layer's KV heads),
+    where T is a decoder layer's Q or K weight; None for any other tensor. Whether a family is
+    permuted at all is the caller's table (GGUFArch.permute_qk, gguf_restore.Family.unpermute_qk)."""
+    if arch is None or t.role != "attention" or t.proj not in ("q", "k") or t.layer is None \
+            or t.layer >= len(arch.layers):
+        return None
+    return arch.n_heads if t.proj == "q" else arch.layers[t.layer].n_kv_heads

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from nvfp4tools.errors import UnsupportedError
-from nvfp4tools.model import Checkpoint
+from nvfp4tools.model import Checkpoint, TensorInfo
 
 from . import gguf_restore_gemma4 as gemma4
+from .gguf_arch import qk_permute_heads
 from .gguf_metadata import GATING
 
 L = "model.layers.{L}."
@@ -149,7 +150,6 @@ def restore(src: Checkpoint, keeps: frozenset[str] = frozenset()) -> Restoration
     kv = key_values(src)
     fam = family_of(src, kv)
     r = Restoration(fam, config(src, kv, fam))
-    n_head = int(kv.get(_k(kv, "attention.head_count")) or 0)
     by_layer_block: dict[tuple[int, str], str] = {}
     for gname, t in src.tensors.items():
         if gname in GENERATED:
@@ -163,7 +163,7 @@ def restore(src: Checkpoint, keeps: frozenset[str] = frozenset()) -> Restoration
             layer, block = None, base
         by_layer_block[(layer, block + "." + suffix)] = gname
     for (layer, blk), gname in sorted(by_layer_block.items(), key=lambda kv_: (kv_[0][0] is None, kv_[0])):
-        r.targets += _targets(src, fam, kv, layer, blk, gname, by_layer_block, n_head, keeps)
+        r.targets += _targets(src, fam, kv, layer, blk, gname, by_layer_block, keeps)
     if fam.model_type == "gemma4_text":
         r.notes += gemma4.notes(src)
     if fam.model_type == "llama" and "rope_freqs.weight" in src.tensors:
@@ -176,7 +176,7 @@ def _k(kv: dict[str, Any], key: str) -> str:
     return f"{kv.get('general.architecture')}.{key}"
 
 
-def _targets(src, fam: Family, kv, layer, blk, gname, index, n_head, keeps=frozenset()) -> list[Target]:
+def _targets(src, fam: Family, kv, layer, blk, gname, index, keeps=frozenset()) -> list[Target]:
     if fam.model_type == "gemma4_text":
         return [Target(n, (gname,), expert=e, rows=rows)
                 for n, e, rows in gemma4.targets(src, layer, blk, gname, keeps)]
@@ -218,10 +218,7 @@ def _targets(src, fam: Family, kv, layer, blk, gname, index, n_head, keeps=froze
     t = src.tensors[gname]
     if "{E}" in name:
         return [Target(name.format(E=e), (gname,), expert=e) for e in range(t.shape[0])]
-    heads = None
-    if fam.unpermute_qk and block in ("attn_q", "attn_k"):
-        heads = n_head if block == "attn_q" else int(kv.get(_k(kv, "attention.head_count_kv")) or n_head)
-    return [Target(name, (gname,), unpermute_heads=heads)]
+    return [Target(name, (gname,), unpermute_heads=qk_permute_heads(src.arch, t) if fam.unpermute_qk else None)]
 
 
 def _small_array(src: Checkpoint, name: str) -> np.ndarray:
@@ -316,3 +313,13 @@ def config(src: Checkpoint, kv: dict[str, Any], fam: Family) -> dict[str, Any]:
                    topk_group=int(g("expert_group_used_count") or 1), num_nextn_predict_layers=0,
                    scoring_func={v: k for k, v in GATING.items()}.get(int(g("expert_gating_func") or 1), "softmax"))
     return cfg
+
+
+def rope_permuted_heads(src: Checkpoint, t: TensorInfo) -> int | None:
+    """For a GGUF of a family whose Q/K rows llama.cpp's converter permutes (FAMILIES unpermute_qk,
+    by general.architecture; nvfp4tools' GGUF writer permutes the same families): the head count
+    T's rows were permuted by (qk_permute_heads), else None."""
+    if src.format != "gguf":
+        return None
+    fam = FAMILIES.get(str(src.metadata.get("architecture")))
+    return qk_permute_heads(src.arch, t) if fam is not None and fam.unpermute_qk else None

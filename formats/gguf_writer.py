@@ -31,7 +31,7 @@ from nvfp4tools.errors import UnsupportedError, UsageError
 from nvfp4tools.model import Checkpoint, TensorInfo
 
 from ._ggml_types import BY_NAME
-from .gguf_arch import ARCHES, REFUSED, GGUFArch, llama3_rope_factors, scaled_in_llama_cpp
+from .gguf_arch import ARCHES, REFUSED, GGUFArch, llama3_rope_factors, qk_permute_heads, scaled_in_llama_cpp
 from .gguf_metadata import metadata, rope_scaling_keys, tokenizer
 from .layouts import Out
 
@@ -161,9 +161,7 @@ class GGUFWriter:
             if gname is None:
                 raise UnsupportedError(f"{src.source}: no GGUF name for tensor '{t.name}' (architecture {arch_name})",
                                        hint="nvfp4tools names GGUF tensors with gguf-py's tables; this tensor has none")
-            heads = None
-            if spec.permute_qk and t.role == "attention" and t.proj in ("q", "k"):
-                heads = src.arch.n_heads if t.proj == "q" else src.arch.layers[t.layer or 0].n_kv_heads
+            heads = qk_permute_heads(src.arch, t) if spec.permute_qk else None
             p.actions.append(self._action(view, [t], gname, tuple(t.shape), opts, Kind.COPY, permute=heads))
         rope = self._rope_freqs(src, spec)
         if rope is not None:

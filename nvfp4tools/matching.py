@@ -89,11 +89,10 @@ class Original:
         return (w if order is None else w[order]), why
 
     def _weight(self, t: TensorInfo) -> tuple[np.ndarray | None, str]:
-        o = self.ckpt.tensors.get(t.name)
-        if o is not None and o.shape == t.shape:
-            return (None, _four_bit(o)) if _four_bit(o) else (self._load(o), "")
         key = match_key(t)
-        o = self._index.get(key)
+        o = self.ckpt.tensors.get(t.name)
+        if o is None or o.shape != t.shape:
+            o = self._index.get(key)
         if o is not None and _four_bit(o):
             return None, _four_bit(o)
         if o is not None:
@@ -175,19 +174,13 @@ class Original:
 
 
 def gguf_rope_rows(ck: Checkpoint, t: TensorInfo) -> np.ndarray | None:
-    """The row order llama.cpp's converter gives T's Q or K weight in the GGUF CK (row i holds
-    the checkpoint's row perm[i]; convert_hf_to_gguf.py LlamaModel.permute, for the architectures
-    formats.gguf_restore marks unpermute_qk), or None where CK is no such GGUF or T no Q/K weight."""
-    if ck.format != "gguf" or ck.arch is None or t.role != "attention" or t.proj not in ("q", "k") or t.layer is None:
-        return None
+    """The row order llama.cpp's converter gives T's Q or K weight in the GGUF CK (row i holds the
+    checkpoint's row perm[i]), or None where CK is no such GGUF or T no Q/K weight."""
     from nvfp4tools.convert.canon import llama_permutation
-    from nvfp4tools.formats.gguf_restore import FAMILIES
+    from nvfp4tools.formats.gguf_restore import rope_permuted_heads
 
-    fam = FAMILIES.get(str(ck.metadata.get("architecture")))
-    if fam is None or not fam.unpermute_qk or t.layer >= len(ck.arch.layers):
-        return None
-    heads = ck.arch.n_heads if t.proj == "q" else ck.arch.layers[t.layer].n_kv_heads
-    return llama_permutation(t.shape[0], heads)
+    heads = rope_permuted_heads(ck, t)
+    return None if heads is None else llama_permutation(t.shape[0], heads)
 
 
 def row_order_between(quantized: Checkpoint, original: Checkpoint) -> Callable[[TensorInfo], np.ndarray | None] | None:
